@@ -1,0 +1,48 @@
+#include "test_support.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace pdvm::test {
+
+std::filesystem::path source_dir() { return PDVM_SOURCE_DIR; }
+
+std::filesystem::path testdata_dir() {
+  if (const char* env = std::getenv("PDVM_TESTDATA")) return env;
+  return source_dir().parent_path() / "shared" / "testdata";
+}
+
+std::filesystem::path default_model_path() {
+  if (const char* env = std::getenv("PDVM_MODEL")) return env;
+  return source_dir() / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+bool require_default_model() {
+  if (std::filesystem::exists(default_model_path())) return true;
+  if (std::getenv("PDVM_REQUIRE_MODEL")) {
+    ADD_FAILURE() << "default model missing at " << default_model_path() << " (run scripts/setup.sh)";
+  }
+  return false;
+}
+
+std::mt19937_64& rng() {
+  static std::mt19937_64 generator = [] {
+    uint64_t seed = std::random_device{}();
+    if (const char* env = std::getenv("PDVM_TEST_SEED")) seed = std::strtoull(env, nullptr, 10);
+    std::fprintf(stderr, "[pdvm test] random seed %llu (set PDVM_TEST_SEED to replay)\n",
+                 static_cast<unsigned long long>(seed));
+    return std::mt19937_64(seed);
+  }();
+  return generator;
+}
+
+std::vector<float> random_floats(size_t n, float stddev) {
+  std::normal_distribution<float> dist(0.0f, stddev);
+  std::vector<float> out(n);
+  for (float& v : out) v = dist(rng());
+  return out;
+}
+
+}  // namespace pdvm::test

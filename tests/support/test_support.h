@@ -1,0 +1,24 @@
+// Shared helpers for the C++ tests: well-known paths and fresh random inputs.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace pdvm::test {
+
+std::filesystem::path source_dir();
+// ../shared/testdata next to the checkout (PDVM_TESTDATA overrides).
+std::filesystem::path testdata_dir();
+// The default model (PDVM_MODEL overrides); tests of label "model" skip only if it is absent
+// AND PDVM_REQUIRE_MODEL is unset, CI sets it so a missing model fails loudly.
+std::filesystem::path default_model_path();
+bool require_default_model();
+
+// A generator seeded freshly per run (printed so a failure can be replayed with PDVM_TEST_SEED).
+std::mt19937_64& rng();
+std::vector<float> random_floats(size_t n, float stddev = 1.0f);
+
+}  // namespace pdvm::test
