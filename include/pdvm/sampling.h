@@ -1,0 +1,74 @@
+// Token sampling from a logits vector.
+//
+// Pipeline, in this order (the order of llama.cpp's default chain):
+//   1. repetition penalty over the last repeat_last_n tokens of the history (each distinct token
+//      once: a positive logit is divided by repeat_penalty, a negative one multiplied by it);
+//   2. top-k: keep the k largest logits;
+//   3. top-p: keep the smallest set of most likely tokens whose probability mass (softmax of the
+//      remaining logits at temperature 1) reaches top_p;
+//   4. min-p: keep tokens whose probability is at least min_p times the most likely one's;
+//   5. temperature: draw from softmax(logit / temperature) over what is left.
+// temperature <= 0 means greedy: the largest penalized logit, the lowest token id on ties
+// (steps 2-4 never remove the maximum, so they are skipped).
+// Ties everywhere are broken towards the lower token id, so results do not depend on the
+// standard library's sort. The random stream is the Sampler's own, seeded explicitly.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace pdvm {
+
+struct SamplingParams {
+  float temperature = 0.8f;     // <= 0: greedy
+  int32_t top_k = 40;           // <= 0 or >= vocabulary size: off
+  float top_p = 0.95f;          // >= 1: off
+  float min_p = 0.05f;          // <= 0: off
+  float repeat_penalty = 1.0f;  // 1: off
+  int32_t repeat_last_n = 64;   // how many of the latest history tokens are penalized; 0: off
+  uint64_t seed = 0;
+
+  // Throws Error(kInvalidArgument) naming the bad field (negative temperature, top_p <= 0, ...).
+  void validate() const;
+  std::string describe() const;  // one line, for logs
+};
+
+// Step 1 on its own, in place: each distinct token among the last `last_n` of history (all of it
+// when last_n is -1) gets logit / penalty if positive, logit * penalty otherwise.
+void apply_repeat_penalty(std::span<float> logits, std::span<const int32_t> history, float penalty,
+                          int32_t last_n);
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+
+  // Picks the next token. history: the tokens so far (prompt and generated), whose tail feeds
+  // the repetition penalty. Ids in history outside the vocabulary are ignored.
+  int32_t sample(std::span<const float> logits, std::span<const int32_t> history = {});
+
+  // Restarts the random stream from the seed.
+  void reseed(uint64_t seed);
+  const SamplingParams& params() const { return params_; }
+
+ private:
+  struct Candidate {
+    float logit;
+    int32_t id;
+  };
+  void keep_top_k(std::span<const float> logits, size_t k);
+  void keep_top_p(float p);
+  void keep_min_p(float min_p);
+  int32_t draw(float temperature);
+  double uniform();  // [0, 1), identical on every platform
+
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+  std::vector<float> penalized_;          // logits after the penalty (only when it is on)
+  std::vector<Candidate> candidates_;
+  bool candidates_sorted_ = false;        // descending logit, ascending id on ties
+};
+
+}  // namespace pdvm

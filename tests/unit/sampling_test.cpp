@@ -1,0 +1,293 @@
+// Sampler tests: exact properties (support of top-k / top-p / min-p, greedy ties, penalties,
+// seeding) on fresh random logits, and distributions checked against an independent
+// double-precision computation with a chi-square bound.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <set>
+
+#include "pdvm/error.h"
+#include "pdvm/sampling.h"
+#include "test_support.h"
+
+namespace pdvm {
+namespace {
+
+SamplingParams plain(float temperature) {
+  SamplingParams p;
+  p.temperature = temperature;
+  p.top_k = 0;
+  p.top_p = 1.0f;
+  p.min_p = 0.0f;
+  p.repeat_penalty = 1.0f;
+  p.seed = test::rng()();
+  return p;
+}
+
+// Token ids ordered by descending logit (ties: lower id first).
+std::vector<int32_t> ranking(const std::vector<float>& logits) {
+  std::vector<int32_t> ids(logits.size());
+  std::iota(ids.begin(), ids.end(), 0);
+  std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  return ids;
+}
+
+std::vector<double> softmax(const std::vector<float>& logits, double temperature) {
+  double max_logit = *std::max_element(logits.begin(), logits.end());
+  std::vector<double> p(logits.size());
+  double total = 0;
+  for (size_t i = 0; i < logits.size(); ++i) total += p[i] = std::exp((logits[i] - max_logit) / temperature);
+  for (double& v : p) v /= total;
+  return p;
+}
+
+// Smallest prefix of the ranking whose softmax mass reaches top_p.
+std::set<int32_t> nucleus(const std::vector<float>& logits, double top_p) {
+  std::vector<double> p = softmax(logits, 1.0);
+  std::set<int32_t> kept;
+  double mass = 0;
+  for (int32_t id : ranking(logits)) {
+    kept.insert(id);
+    mass += p[id];
+    if (mass >= top_p) break;
+  }
+  return kept;
+}
+
+// Upper 1e-6 quantile of chi-square with df degrees of freedom (Wilson-Hilferty): a correct
+// sampler fails this about once in a million runs.
+double chi_square_bound(int df) {
+  const double z = 4.75;
+  const double a = 2.0 / (9.0 * df);
+  return df * std::pow(1.0 - a + z * std::sqrt(a), 3.0);
+}
+
+// Draws n tokens and checks the frequencies against `expected` (zero-probability tokens must
+// never appear).
+void expect_distribution(Sampler& sampler, const std::vector<float>& logits,
+                         const std::vector<double>& expected, int n) {
+  std::vector<int> counts(logits.size(), 0);
+  for (int i = 0; i < n; ++i) ++counts.at(static_cast<size_t>(sampler.sample(logits)));
+  double chi2 = 0;
+  int df = -1;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    if (expected[i] == 0) {
+      EXPECT_EQ(counts[i], 0) << "token " << i << " has probability 0";
+      continue;
+    }
+    const double e = expected[i] * n;
+    chi2 += (counts[i] - e) * (counts[i] - e) / e;
+    ++df;
+  }
+  if (df > 0) {
+    EXPECT_LT(chi2, chi_square_bound(df)) << "df " << df;
+  }
+}
+
+std::vector<double> renormalized(const std::vector<float>& logits, const std::set<int32_t>& kept,
+                                 double temperature) {
+  std::vector<double> p = softmax(logits, temperature);
+  double total = 0;
+  for (size_t i = 0; i < p.size(); ++i) {
+    if (!kept.count(static_cast<int32_t>(i))) p[i] = 0;
+    total += p[i];
+  }
+  for (double& v : p) v /= total;
+  return p;
+}
+
+TEST(Sampling, GreedyPicksMaximumAndLowestIdOnTies) {
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<float> logits = test::random_floats(1000, 3.0f);
+    Sampler greedy(plain(0.0f));
+    const int32_t best = ranking(logits)[0];
+    EXPECT_EQ(greedy.sample(logits), best);
+    // Copy the maximum to two random places: the lowest of the three ids wins.
+    std::uniform_int_distribution<size_t> pos(0, logits.size() - 1);
+    size_t a = pos(test::rng()), b = pos(test::rng());
+    logits[a] = logits[b] = logits[static_cast<size_t>(best)];
+    EXPECT_EQ(greedy.sample(logits), std::min({static_cast<int32_t>(a), static_cast<int32_t>(b), best}));
+  }
+}
+
+TEST(Sampling, TopKNeverLeavesTheKBest) {
+  std::uniform_int_distribution<int> k_dist(1, 50);
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::vector<float> logits = test::random_floats(2000, 2.0f);
+    SamplingParams p = plain(1.0f + static_cast<float>(trial % 3));
+    p.top_k = k_dist(test::rng());
+    Sampler sampler(p);
+    const int32_t token = sampler.sample(logits);
+    std::vector<int32_t> order = ranking(logits);
+    const auto rank = std::find(order.begin(), order.end(), token) - order.begin();
+    ASSERT_LT(rank, p.top_k) << "token " << token << " outside the top " << p.top_k;
+  }
+}
+
+TEST(Sampling, TopKWithTiedLogitsKeepsLowestIds) {
+  std::vector<float> logits(100, 0.5f);
+  SamplingParams p = plain(1.0f);
+  p.top_k = 3;
+  Sampler sampler(p);
+  std::set<int32_t> seen;
+  for (int i = 0; i < 2000; ++i) seen.insert(sampler.sample(logits));
+  EXPECT_EQ(seen, (std::set<int32_t>{0, 1, 2}));
+}
+
+TEST(Sampling, TopPNeverLeavesTheSmallestNucleus) {
+  std::uniform_real_distribution<float> p_dist(0.05f, 0.99f);
+  for (int trial = 0; trial < 3000; ++trial) {
+    // Large vocabulary with a peaked distribution: the sampler's partial sort must grow.
+    std::vector<float> logits = test::random_floats(5000, trial % 2 ? 4.0f : 1.0f);
+    SamplingParams p = plain(1.0f);
+    p.top_p = p_dist(test::rng());
+    Sampler sampler(p);
+    const int32_t token = sampler.sample(logits);
+    ASSERT_TRUE(nucleus(logits, p.top_p).count(token)) << "top_p " << p.top_p;
+  }
+}
+
+TEST(Sampling, MinPKeepsOnlyTokensNearTheBest) {
+  std::uniform_real_distribution<float> p_dist(0.01f, 0.9f);
+  for (int trial = 0; trial < 3000; ++trial) {
+    std::vector<float> logits = test::random_floats(3000, 2.0f);
+    SamplingParams p = plain(1.5f);
+    p.min_p = p_dist(test::rng());
+    Sampler sampler(p);
+    const int32_t token = sampler.sample(logits);
+    std::vector<double> probs = softmax(logits, 1.0);
+    const double best = *std::max_element(probs.begin(), probs.end());
+    ASSERT_GE(probs[static_cast<size_t>(token)], p.min_p * best * (1 - 1e-5));
+  }
+}
+
+TEST(Sampling, TemperatureMatchesSoftmaxFrequencies) {
+  for (float temperature : {0.5f, 1.0f, 2.0f}) {
+    std::vector<float> logits = test::random_floats(8, 1.0f);
+    Sampler sampler(plain(temperature));
+    expect_distribution(sampler, logits, softmax(logits, temperature), 200000);
+  }
+}
+
+TEST(Sampling, TruncationsRenormalizeTheRest) {
+  std::vector<float> logits = test::random_floats(12, 1.5f);
+  {
+    SamplingParams p = plain(0.7f);
+    p.top_k = 5;
+    std::vector<int32_t> order = ranking(logits);
+    Sampler sampler(p);
+    expect_distribution(sampler, logits,
+                        renormalized(logits, std::set<int32_t>(order.begin(), order.begin() + 5), 0.7),
+                        200000);
+  }
+  {
+    SamplingParams p = plain(1.3f);
+    p.top_p = 0.8f;
+    Sampler sampler(p);
+    expect_distribution(sampler, logits, renormalized(logits, nucleus(logits, 0.8), 1.3), 200000);
+  }
+  {
+    SamplingParams p = plain(1.0f);
+    p.min_p = 0.2f;
+    std::vector<double> probs = softmax(logits, 1.0);
+    const double best = *std::max_element(probs.begin(), probs.end());
+    std::set<int32_t> kept;
+    for (size_t i = 0; i < probs.size(); ++i) {
+      if (probs[i] >= 0.2 * best) kept.insert(static_cast<int32_t>(i));
+    }
+    Sampler sampler(p);
+    expect_distribution(sampler, logits, renormalized(logits, kept, 1.0), 200000);
+  }
+}
+
+TEST(Sampling, RepeatPenaltyScalesDistinctRecentTokens) {
+  for (int trial = 0; trial < 100; ++trial) {
+    std::vector<float> logits = test::random_floats(500, 2.0f);
+    std::uniform_int_distribution<int32_t> id(0, 499);
+    std::vector<int32_t> history(200);
+    for (int32_t& t : history) t = id(test::rng());
+    const int32_t last_n = trial % 4 == 0 ? -1 : std::uniform_int_distribution<int32_t>(0, 200)(test::rng());
+    const float penalty = std::uniform_real_distribution<float>(0.5f, 2.0f)(test::rng());
+
+    std::vector<float> got = logits;
+    apply_repeat_penalty(got, history, penalty, last_n);
+    const size_t window = last_n < 0 ? history.size() : static_cast<size_t>(last_n);
+    std::set<int32_t> recent(history.end() - static_cast<ptrdiff_t>(window), history.end());
+    for (size_t i = 0; i < logits.size(); ++i) {
+      float want = logits[i];
+      if (recent.count(static_cast<int32_t>(i))) want = want > 0 ? want / penalty : want * penalty;
+      ASSERT_EQ(got[i], want) << "token " << i;
+    }
+  }
+}
+
+TEST(Sampling, RepeatPenaltyChangesTheGreedyChoice) {
+  std::vector<float> logits = test::random_floats(50, 0.1f);
+  for (float& v : logits) v -= 1.0f;  // all well below the two contenders
+  logits[7] = 2.0f;
+  logits[9] = 1.5f;
+  SamplingParams p = plain(0.0f);
+  p.repeat_penalty = 1.5f;
+  p.repeat_last_n = 3;
+  Sampler sampler(p);
+  const std::vector<int32_t> seen_7{7, 1, 2};
+  EXPECT_EQ(sampler.sample(logits, seen_7), 9);  // 2.0 / 1.5 < 1.5
+  const std::vector<int32_t> seen_7_long_ago{7, 1, 2, 3};
+  EXPECT_EQ(sampler.sample(logits, seen_7_long_ago), 7);  // outside the window
+  for (float& v : logits) v -= 3.0f;
+  logits[7] = -1.0f;
+  logits[9] = -1.2f;
+  EXPECT_EQ(sampler.sample(logits, seen_7), 9);  // -1.0 * 1.5 < -1.2
+}
+
+TEST(Sampling, SameSeedSameSequenceDifferentSeedDifferent) {
+  std::vector<float> logits = test::random_floats(32000, 1.0f);
+  SamplingParams p;  // defaults: top-k, top-p, min-p and temperature all on
+  p.top_p = 0.99f;
+  p.min_p = 0.0f;
+  p.seed = test::rng()();
+  auto run = [&](uint64_t seed) {
+    SamplingParams q = p;
+    q.seed = seed;
+    Sampler sampler(q);
+    std::vector<int32_t> out;
+    for (int i = 0; i < 300; ++i) out.push_back(sampler.sample(logits, out));
+    return out;
+  };
+  EXPECT_EQ(run(p.seed), run(p.seed));
+  EXPECT_NE(run(p.seed), run(p.seed + 1));
+
+  Sampler sampler(p);
+  std::vector<int32_t> first, again;
+  for (int i = 0; i < 50; ++i) first.push_back(sampler.sample(logits));
+  sampler.reseed(p.seed);
+  for (int i = 0; i < 50; ++i) again.push_back(sampler.sample(logits));
+  EXPECT_EQ(first, again);
+}
+
+TEST(Sampling, InvalidParametersAreRejected) {
+  auto expect_invalid = [](auto mutate) {
+    SamplingParams p;
+    mutate(p);
+    try {
+      Sampler sampler(p);
+      ADD_FAILURE() << "accepted " << p.describe();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+    }
+  };
+  expect_invalid([](SamplingParams& p) { p.temperature = -1; });
+  expect_invalid([](SamplingParams& p) { p.temperature = NAN; });
+  expect_invalid([](SamplingParams& p) { p.top_k = -2; });
+  expect_invalid([](SamplingParams& p) { p.top_p = 0; });
+  expect_invalid([](SamplingParams& p) { p.top_p = 1.5f; });
+  expect_invalid([](SamplingParams& p) { p.min_p = -0.1f; });
+  expect_invalid([](SamplingParams& p) { p.repeat_penalty = 0; });
+  expect_invalid([](SamplingParams& p) { p.repeat_last_n = -5; });
+}
+
+}  // namespace
+}  // namespace pdvm
