@@ -33,6 +33,10 @@ class GgufValue {
   GgufValue() = default;
   template <typename T>
   explicit GgufValue(T v) : storage_(std::move(v)) {}
+  // Text always becomes a string (a bare `const char*` would otherwise risk converting to bool).
+  explicit GgufValue(const char* text) : storage_(std::string(text)) {}
+  explicit GgufValue(std::string_view text) : storage_(std::string(text)) {}
+  // Throws Error(kInvalidArgument) when an element's type differs from element_type.
   static GgufValue array(GgufType element_type, std::vector<GgufValue> elements);
 
   GgufType type() const;
@@ -47,6 +51,7 @@ class GgufValue {
   bool as_bool() const;
   const std::string& as_string() const;
   const GgufArray& as_array() const;
+  // Human-readable: strings quoted and escaped, arrays as "[a, b, ...] (N items)" past max_elems.
   std::string to_display_string(size_t max_elems = 8) const;
 
  private:
@@ -93,6 +98,8 @@ class GgufFile {
   const std::string& path() const;
   uint64_t file_size() const;  // sum over splits
   size_t n_splits() const;
+  // Absolute byte offset of a split's data section (tensor offsets are relative to it).
+  uint64_t data_section_offset(size_t file_index = 0) const;
 
   const std::vector<GgufKeyValue>& metadata() const;
   const GgufValue* find(std::string_view key) const;
@@ -121,7 +128,9 @@ class GgufWriter {
   using Filler = std::function<void(std::span<uint8_t> out)>;
 
   explicit GgufWriter(uint64_t alignment = 32);
-  void set(std::string key, GgufValue value);  // replaces an existing key, keeps order
+  // Replaces an existing key, keeping its position. Setting "general.alignment" (a u32) also
+  // changes the alignment used for the tensor data.
+  void set(std::string key, GgufValue value);
   void add_tensor(std::string name, TensorType type, std::vector<int64_t> shape, Filler filler);
   void add_tensor(std::string name, TensorType type, std::vector<int64_t> shape,
                   std::span<const uint8_t> bytes);  // bytes must outlive write()
@@ -137,6 +146,9 @@ class GgufWriter {
     std::vector<int64_t> shape;
     Filler filler;
   };
+  // Produces the whole image in order, handing it to sink piece by piece.
+  void emit(const std::function<void(std::span<const uint8_t>)>& sink,
+            const std::function<void(uint64_t, uint64_t)>& progress) const;
   uint64_t alignment_;
   std::vector<GgufKeyValue> metadata_;
   std::vector<PendingTensor> tensors_;
