@@ -1,6 +1,8 @@
 // Byte-level BPE (GPT-2 family): the pre-tokenizer cuts text into words, every byte of a word
 // becomes a printable stand-in character, and adjacent symbols merge in the order of the
-// merge list (lowest rank first, leftmost on ties).
+// merge list (lowest rank first, leftmost on ties). A byte the vocabulary has no token for
+// (some omit bytes that never occur in UTF-8) becomes the unknown token or, as in Hugging Face
+// tokenizers, is dropped.
 #include <fmt/format.h>
 
 #include "pdvm/error.h"
@@ -80,12 +82,8 @@ void Tokenizer::Impl::encode_bpe(std::string_view text, std::vector<int32_t>& ou
       const MergeSymbol& symbol = symbols[static_cast<size_t>(i)];
       if (symbol.id >= 0) {
         out.push_back(symbol.id);
-      } else if (vocab.unknown_id >= 0) {
-        out.push_back(vocab.unknown_id);
-      } else {
-        throw Error(ErrorKind::kUnsupported,
-                    fmt::format("cannot encode byte 0x{:02X}: the vocabulary has no token for it and no unknown token",
-                                static_cast<unsigned char>(word[symbol.start])));
+      } else if (text_unknown_id >= 0) {
+        out.push_back(text_unknown_id);
       }
     }
   }

@@ -1,11 +1,11 @@
 // SentencePiece BPE: start from single characters and repeatedly merge the adjacent pair whose
 // concatenation is the vocabulary piece with the highest score (leftmost on ties). Characters
-// the vocabulary lacks are spelled with <0xXX> byte tokens.
+// the vocabulary lacks are spelled with <0xXX> byte tokens, or else become the unknown token
+// (dropped when there is none that text may produce).
 #include <fmt/format.h>
 
 #include <algorithm>
 
-#include "pdvm/error.h"
 #include "tokenizer/merge_engine.h"
 #include "tokenizer/tokenizer_impl.h"
 #include "tokenizer/utf8.h"
@@ -73,12 +73,8 @@ void Tokenizer::Impl::encode_spm(std::string_view text, std::vector<int32_t>& ou
     });
     if (spelled_in_bytes) {
       for (char c : piece) out.push_back(byte_token_ids[static_cast<unsigned char>(c)]);
-    } else if (vocab.unknown_id >= 0) {
-      out.push_back(vocab.unknown_id);
-    } else {
-      throw Error(ErrorKind::kUnsupported,
-                  fmt::format("cannot encode \"{}\": the vocabulary has neither byte tokens nor an unknown token",
-                              piece));
+    } else if (text_unknown_id >= 0) {
+      out.push_back(text_unknown_id);
     }
   };
   for (int32_t i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[static_cast<size_t>(i)].next) {

@@ -80,6 +80,9 @@ Tokenizer::Tokenizer(TokenizerVocab vocab) {
     });
   }
 
+  if (self.vocab.unknown_id >= 0 && self.type_of(self.vocab.unknown_id) != TokenType::kControl) {
+    self.text_unknown_id = self.vocab.unknown_id;
+  }
   self.eot_id = self.vocab.eot_id;
   for (std::string_view text : kEndOfTurnTexts) {
     const int32_t id = self.find(text);

@@ -28,6 +28,9 @@ struct Tokenizer::Impl {
   std::array<std::vector<int32_t>, 256> specials_by_first_byte;
   std::unordered_set<int32_t> end_of_generation;
   int32_t eot_id = -1;
+  // Stands for text the vocabulary cannot spell; -1 when the unknown id is a control token
+  // (e.g. <|endoftext|>), which text must never produce: such bytes are dropped instead.
+  int32_t text_unknown_id = -1;
   bool has_unused_tokens = false;
 
   // SPM: id of <0xXX> for each byte (-1 if absent).

@@ -231,6 +231,17 @@ TEST(BpeTokenizer, MatchesNaiveMergeOnRandomText) {
   }
 }
 
+TEST(BpeTokenizer, ByteWithoutTokenNeverBecomesAControlToken) {
+  TokenizerVocab vocab = bpe_vocab({}, "smollm");
+  vocab.tokens[0xFF] = "<unused-byte>";  // the vocabulary cannot spell byte 0xFF
+  vocab.unknown_id = vocab.eos_id;         // and its unknown id is a control token
+  const Tokenizer tokenizer(vocab);
+  EXPECT_EQ(tokenizer.encode("a\xFF" "b", false, false), (std::vector<int32_t>{'a', 'b'}));
+  vocab.types[0xFE] = TokenType::kUnknown;
+  vocab.unknown_id = 0xFE;
+  EXPECT_EQ(Tokenizer(vocab).encode("a\xFF" "b", false, false), (std::vector<int32_t>{'a', 0xFE, 'b'}));
+}
+
 TEST(PreTokenizer, SplitsLikeTheReferencePatterns) {
   using Pieces = std::vector<std::string_view>;
   EXPECT_EQ(tokenizer_detail::PreTokenizer("gpt2").split("Hello world  it's 123!!\n"),

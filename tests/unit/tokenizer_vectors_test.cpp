@@ -1,0 +1,126 @@
+// The llama.cpp tokenizer test vectors (testdata/tokenizer/*.gguf.inp/.out): every input must
+// encode to exactly the recorded ids (no BOS/EOS: the .out lines carry none) and decode back.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "pdvm/error.h"
+#include "pdvm/gguf.h"
+#include "pdvm/tokenizer.h"
+#include "test_support.h"
+
+namespace pdvm {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in) << path;
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::vector<std::string> read_inputs(const fs::path& path) {
+  const std::string separator = "\n__ggml_vocab_test__\n";
+  const std::string text = read_file(path);
+  std::vector<std::string> inputs;
+  for (size_t start = 0; start < text.size();) {
+    const size_t end = text.find(separator, start);
+    if (end == std::string::npos) break;
+    inputs.push_back(text.substr(start, end - start));
+    start = end + separator.size();
+  }
+  return inputs;
+}
+
+std::vector<std::vector<int32_t>> read_expected(const fs::path& path) {
+  std::istringstream lines(read_file(path));
+  std::vector<std::vector<int32_t>> expected;
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream ids(line);
+    expected.emplace_back();
+    for (int32_t id; ids >> id;) expected.back().push_back(id);
+  }
+  return expected;
+}
+
+std::vector<fs::path> vocab_files() {
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(test::testdata_dir() / "tokenizer")) {
+    if (entry.path().string().ends_with(".gguf.inp")) files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+TEST(TokenizerVectors, EveryCaseMatchesAndRoundTrips) {
+  const std::vector<fs::path> files = vocab_files();
+  ASSERT_GE(files.size(), 3u) << "tokenizer test vectors missing in " << test::testdata_dir();
+  for (const fs::path& input_path : files) {
+    fs::path gguf_path = input_path;
+    gguf_path.replace_extension();  // drop .inp
+    const GgufFile file = GgufFile::open(gguf_path);
+    const Tokenizer tokenizer = Tokenizer::from_gguf(file);
+    const std::vector<std::string> inputs = read_inputs(input_path);
+    const std::vector<std::vector<int32_t>> expected = read_expected(gguf_path.string() + ".out");
+    ASSERT_EQ(inputs.size(), expected.size()) << input_path;
+    int failures = 0;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      const std::vector<int32_t> ids = tokenizer.encode(inputs[i], false, false);
+      EXPECT_EQ(ids, expected[i]) << gguf_path.filename() << " case " << i << ": \"" << inputs[i] << "\"";
+      EXPECT_EQ(tokenizer.decode(ids), inputs[i]) << gguf_path.filename() << " case " << i;
+      failures += ids != expected[i];
+    }
+    std::printf("%s: %zu cases, %d mismatches\n", gguf_path.filename().c_str(), inputs.size(), failures);
+  }
+}
+
+TEST(TokenizerVectors, EncodesHundredKilobytesWellUnderASecond) {
+  for (const fs::path& input_path : vocab_files()) {
+    fs::path gguf_path = input_path;
+    gguf_path.replace_extension();
+    const Tokenizer tokenizer = Tokenizer::from_gguf(GgufFile::open(gguf_path));
+    // Mixed text from the vectors, plus a long word and a long digit run that pre-tokenizers
+    // cannot split, shuffled afresh each run.
+    std::vector<std::string> parts = read_inputs(input_path);
+    parts.push_back(std::string(20000, 'a'));
+    parts.push_back(std::string(5000, '7'));
+    std::string text;
+    std::uniform_int_distribution<size_t> pick(0, parts.size() - 1);
+    while (text.size() < 100000) text += parts[pick(test::rng())];
+    const auto start = std::chrono::steady_clock::now();
+    const std::vector<int32_t> ids = tokenizer.encode(text, true, true);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("%s: %zu bytes -> %zu tokens in %.1f ms\n", gguf_path.filename().c_str(), text.size(), ids.size(),
+                seconds * 1e3);
+    EXPECT_LT(seconds, 1.0);
+    EXPECT_EQ(tokenizer.decode(ids), text);
+  }
+}
+
+TEST(TokenizerVectors, UnknownPreTokenizerIsAClearError) {
+  const GgufFile file = GgufFile::open(test::testdata_dir() / "tokenizer" / "ggml-vocab-gpt-2.gguf");
+  GgufWriter writer;
+  for (const GgufKeyValue& entry : file.metadata()) {
+    if (entry.key.starts_with("tokenizer.")) writer.set(entry.key, entry.value);
+  }
+  writer.set("tokenizer.ggml.pre", GgufValue("mystery-pre"));
+  const std::vector<uint8_t> image = writer.write_to_memory();
+  try {
+    Tokenizer::from_gguf(GgufFile::parse(image));
+    FAIL() << "unknown pre-tokenizer accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("mystery-pre"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace pdvm
