@@ -10,6 +10,8 @@
 #include "command.h"
 #include "pdvm/chat_template.h"
 #include "pdvm/error.h"
+#include "pdvm/gguf.h"
+#include "pdvm/tokenizer.h"
 
 namespace pdvm::cli {
 namespace {
@@ -34,6 +36,7 @@ std::vector<ChatMessage> read_messages(std::istream& in) {
 }
 
 struct Options {
+  std::string model;
   std::string name;
   std::string jinja_file;
   std::string bos = "<s>";
@@ -42,8 +45,16 @@ struct Options {
 };
 
 int run(const Options& opt) {
+  if (!opt.model.empty()) {
+    if (!opt.jinja_file.empty()) throw_error(ErrorKind::kInvalidArgument, "give -m or --template-file, not both");
+    const GgufFile gguf = GgufFile::open(opt.model);
+    const Tokenizer tokenizer = Tokenizer::from_gguf(gguf);
+    const ChatTemplate chat = ChatTemplate::for_model(gguf, tokenizer, opt.name);
+    std::cout << chat.render(read_messages(std::cin), !opt.no_generation_prompt) << std::flush;
+    return 0;
+  }
   if (opt.name.empty() == opt.jinja_file.empty()) {
-    throw_error(ErrorKind::kInvalidArgument, "give exactly one of --chat-template and --template-file");
+    throw_error(ErrorKind::kInvalidArgument, "give -m MODEL, --chat-template NAME or --template-file FILE");
   }
   ChatTemplate chat = [&] {
     if (!opt.name.empty()) return ChatTemplate::from_name(opt.name);
@@ -61,10 +72,11 @@ int run(const Options& opt) {
 PDVM_REGISTER_COMMAND("chat-template", "render a JSON conversation read from stdin as a chat prompt",
                       [](CLI::App& app) {
                         auto opt = std::make_shared<Options>();
+                        app.add_option("-m,--model", opt->model, "use this GGUF model's template and BOS/EOS tokens");
                         app.add_option("--chat-template", opt->name, "format name: chatml, llama2, llama3, mistral, zephyr");
                         app.add_option("--template-file", opt->jinja_file, "a model's Jinja chat template, to recognize");
-                        app.add_option("--bos", opt->bos, "text of the BOS token")->capture_default_str();
-                        app.add_option("--eos", opt->eos, "text of the EOS token")->capture_default_str();
+                        app.add_option("--bos", opt->bos, "text of the BOS token (without -m)")->capture_default_str();
+                        app.add_option("--eos", opt->eos, "text of the EOS token (without -m)")->capture_default_str();
                         app.add_flag("--no-generation-prompt", opt->no_generation_prompt,
                                      "do not open an assistant turn at the end");
                         return [opt] { return run(*opt); };

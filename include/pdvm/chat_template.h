@@ -10,12 +10,16 @@
 //   zephyr   <|role|>\n...</s>\n
 #pragma once
 
+#include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace pdvm {
+
+class GgufFile;
+class Tokenizer;
 
 struct ChatMessage {
   std::string role;  // "system", "user" or "assistant"
@@ -32,6 +36,11 @@ class ChatTemplate {
   // Error(kUnsupported) suggesting --chat-template NAME when it is none of the families.
   static ChatTemplate from_jinja(std::string_view jinja);
   static const std::vector<std::string>& names();
+  // The model's format: `name` if given (keeping the model's default system prompt when its own
+  // template is of that family), else recognized from tokenizer.chat_template. BOS/EOS texts
+  // come from the tokenizer. Error(kUnsupported) naming --chat-template when there is no
+  // template or an unknown one.
+  static ChatTemplate for_model(const GgufFile& gguf, const Tokenizer& tokenizer, std::string_view name = {});
 
   // The text of the tokenizer's BOS/EOS tokens, which some templates spell out.
   void set_special_tokens(std::string bos_token, std::string eos_token);
@@ -55,5 +64,9 @@ class ChatTemplate {
   std::string eos_token_;
   std::string default_system_;
 };
+
+// Tokens of a rendered conversation: special tokens written in the text are parsed, and the
+// BOS token is prepended when the model wants one and the template did not write it.
+std::vector<int32_t> tokenize_chat(const Tokenizer& tokenizer, std::string_view rendered);
 
 }  // namespace pdvm

@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 
 #include "pdvm/error.h"
+#include "pdvm/gguf.h"
+#include "pdvm/tokenizer.h"
 
 namespace pdvm {
 
@@ -138,6 +140,42 @@ ChatTemplate ChatTemplate::from_jinja(std::string_view jinja) {
   throw_error(ErrorKind::kUnsupported,
               fmt::format("the model's chat template is not one pdvm recognizes; pass "
                           "--chat-template NAME ({})", fmt::join(names(), ", ")));
+}
+
+ChatTemplate ChatTemplate::for_model(const GgufFile& gguf, const Tokenizer& tokenizer, std::string_view name) {
+  const GgufValue* jinja = gguf.find("tokenizer.chat_template");
+  const auto token_text = [&](int32_t id) { return id >= 0 ? tokenizer.token_text(id) : std::string(); };
+  auto chosen = [&] {
+    if (!name.empty()) {
+      ChatTemplate by_name = from_name(name);
+      if (jinja && jinja->type() == GgufType::kString) {
+        try {
+          ChatTemplate own = from_jinja(jinja->as_string());
+          if (own.format_ == by_name.format_) by_name.default_system_ = own.default_system_;
+        } catch (const Error&) {
+          // The model's own template is of another family: nothing to keep from it.
+        }
+      }
+      return by_name;
+    }
+    if (!jinja) {
+      throw_error(ErrorKind::kUnsupported,
+                  fmt::format("the model has no tokenizer.chat_template; pass --chat-template NAME ({})",
+                              fmt::join(names(), ", ")));
+    }
+    return from_jinja(jinja->as_string());
+  }();
+  chosen.set_special_tokens(token_text(tokenizer.bos_id()), token_text(tokenizer.eos_id()));
+  return chosen;
+}
+
+std::vector<int32_t> tokenize_chat(const Tokenizer& tokenizer, std::string_view rendered) {
+  std::vector<int32_t> tokens = tokenizer.encode(rendered, /*add_special=*/false, /*parse_special=*/true);
+  const int32_t bos = tokenizer.bos_id();
+  if (tokenizer.add_bos() && bos >= 0 && (tokens.empty() || tokens.front() != bos)) {
+    tokens.insert(tokens.begin(), bos);
+  }
+  return tokens;
 }
 
 void ChatTemplate::set_special_tokens(std::string bos_token, std::string eos_token) {
