@@ -1,0 +1,31 @@
+// The CUDA backend ("cuda" in the backend registry) and device utilities. Available when the
+// build has PDVM_HAVE_CUDA (link pdvm_cuda).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "pdvm/backend.h"
+
+namespace pdvm {
+
+// Number of usable CUDA devices; 0 when there is no driver or no device (never throws).
+int cuda_device_count();
+
+// Throws Error(kDevice) when the device cannot be used.
+std::unique_ptr<Backend> make_cuda_backend(int device = 0);
+
+struct ReadBandwidth {
+  std::string device_name;
+  uint64_t bytes = 0;      // bytes read per pass
+  double seconds = 0.0;    // median pass time
+  double gb_per_s = 0.0;   // bytes / seconds / 1e9
+};
+
+// Streams a large device buffer (`bytes`, e.g. 2 GiB) through a read-only reduction kernel
+// `repeats` times and reports the median: the card's achievable read bandwidth, the yardstick
+// for "% of bandwidth" figures.
+ReadBandwidth measure_cuda_read_bandwidth(int device = 0, uint64_t bytes = uint64_t{2} << 30, int repeats = 9);
+
+}  // namespace pdvm

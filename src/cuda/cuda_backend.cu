@@ -1,0 +1,265 @@
+// CudaBackend: the Backend ops on one CUDA device. Weights are uploaded once (repacked, see
+// weights.cuh), activations and the KV cache stay on the device, and everything runs on the
+// context's stream, so write() -> ops -> read() is ordered without host synchronisation until
+// read(). run_recorded() captures an op sequence into a CUDA graph and replays it.
+#include <string>
+#include <vector>
+
+#include "cuda/ops.cuh"
+#include "pdvm/cuda_backend.h"
+
+namespace pdvm {
+namespace {
+
+using cuda::CudaContext;
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+const float* f32(const Tensor& t) { return static_cast<const float*>(t.data); }
+float* f32(Tensor& t) { return static_cast<float*>(t.data); }
+const int32_t* i32(const Tensor& t) { return static_cast<const int32_t*>(t.data); }
+
+void expect_type(const Tensor& t, TensorType type, const char* op, const char* what) {
+  if (t.type != type)
+    throw_error(ErrorKind::kUnsupported, std::string("cuda: ") + op + ": " + what + " must be " +
+                                             std::string(type_name(type)) + ", got " + std::string(type_name(t.type)));
+}
+
+cuda::KvType kv_type_of(TensorType type) {
+  switch (type) {
+    case TensorType::kF32: return cuda::KvType::kF32;
+    case TensorType::kF16: return cuda::KvType::kF16;
+    case TensorType::kQ8_0: return cuda::KvType::kQ8_0;
+    default: break;
+  }
+  throw_error(ErrorKind::kUnsupported,
+              "cuda: KV cache type " + std::string(type_name(type)) + " is not supported (f32, f16, q8_0)");
+}
+
+cuda::KvCacheView kv_view(Tensor& k_cache, Tensor& v_cache) {
+  PDVM_CHECK(k_cache.type == v_cache.type && k_cache.ne == v_cache.ne);
+  cuda::KvCacheView view;
+  view.type = kv_type_of(k_cache.type);
+  view.k = k_cache.data;
+  view.v = v_cache.data;
+  view.row_width = k_cache.ne[0];
+  view.n_ctx = k_cache.ne[1];
+  return view;
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : ctx_(device) { cuda::configure_matvec(ctx_); }
+
+  std::string name() const override { return "cuda"; }
+
+  Tensor alloc(TensorType type, std::array<int64_t, 4> ne) override {
+    activate();
+    Tensor t;
+    t.type = type;
+    t.ne = ne;
+    t.n_bytes = static_cast<uint64_t>(type_bytes(type, t.n_elems()));
+    t.owner = cuda::device_alloc(t.n_bytes, "a tensor");
+    t.data = t.owner.get();
+    return t;
+  }
+
+  Tensor load_weight(TensorType type, std::array<int64_t, 4> ne, const void* bytes) override {
+    activate();
+    Tensor t;
+    t.type = type;
+    t.ne = ne;
+    t.layout = cuda::layout_for(type);
+    const int64_t k = ne[0];
+    const int64_t n_rows = ne[1] * ne[2] * ne[3];
+    t.n_bytes = cuda::repacked_bytes(type, k, n_rows);
+    try {
+      t.owner = cuda::device_alloc(t.n_bytes, "a weight");
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::kResource) throw;
+      throw_error(ErrorKind::kResource, std::string(e.what()) + ", after " +
+                                            std::to_string(static_cast<int64_t>(weight_bytes_ / kMiB)) +
+                                            " MiB of weights were loaded: the model does not fit on this GPU");
+    }
+    t.data = t.owner.get();
+    weight_bytes_ += t.n_bytes;
+    if (t.layout == cuda::kLayoutGguf) {
+      PDVM_CUDA_CHECK(cudaMemcpyAsync(t.data, bytes, t.n_bytes, cudaMemcpyHostToDevice, ctx_.stream));
+    } else {
+      staging_.resize(t.n_bytes);
+      cuda::repack_weight(type, k, n_rows, static_cast<const uint8_t*>(bytes), staging_.data());
+      PDVM_CUDA_CHECK(cudaMemcpyAsync(t.data, staging_.data(), t.n_bytes, cudaMemcpyHostToDevice, ctx_.stream));
+    }
+    // The source (mapped file or staging) must stay untouched until the copy is done.
+    PDVM_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    return t;
+  }
+
+  void write(Tensor& dst, const void* src, uint64_t n_bytes, uint64_t offset) override {
+    activate();
+    PDVM_CHECK(offset + n_bytes <= dst.n_bytes);
+    // Pageable source: the copy is staged before the call returns, and it stays ordered
+    // before later ops on the stream (and graph replays).
+    PDVM_CUDA_CHECK(cudaMemcpyAsync(static_cast<uint8_t*>(dst.data) + offset, src, n_bytes, cudaMemcpyHostToDevice,
+                                    ctx_.stream));
+  }
+
+  void read(const Tensor& src, void* dst, uint64_t n_bytes, uint64_t offset) override {
+    activate();
+    PDVM_CHECK(offset + n_bytes <= src.n_bytes);
+    PDVM_CUDA_CHECK(cudaMemcpyAsync(dst, static_cast<const uint8_t*>(src.data) + offset, n_bytes,
+                                    cudaMemcpyDeviceToHost, ctx_.stream));
+    PDVM_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+  }
+
+  void synchronize() override {
+    activate();
+    PDVM_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+  }
+
+  // First call: run directly (lazy scratch allocations happen here, outside any capture).
+  // Second call: capture into a graph. Later calls: replay the graph.
+  void run_recorded(std::string_view key, const std::function<void()>& ops) override {
+    activate();
+    auto& recording = ctx_.recordings[std::string(key)];
+    if (recording.exec) {
+      PDVM_CUDA_CHECK(cudaGraphLaunch(recording.exec, ctx_.stream));
+      return;
+    }
+    if (recording.calls++ == 0) {
+      ops();
+      return;
+    }
+    PDVM_CUDA_CHECK(cudaStreamBeginCapture(ctx_.stream, cudaStreamCaptureModeThreadLocal));
+    ctx_.capturing = true;
+    cudaGraph_t graph = nullptr;
+    try {
+      ops();
+    } catch (...) {
+      ctx_.capturing = false;
+      if (cudaStreamEndCapture(ctx_.stream, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+      (void)cudaGetLastError();
+      throw;
+    }
+    ctx_.capturing = false;
+    PDVM_CUDA_CHECK(cudaStreamEndCapture(ctx_.stream, &graph));
+    const cudaError_t status = cudaGraphInstantiate(&recording.exec, graph, 0);
+    cudaGraphDestroy(graph);
+    PDVM_CUDA_CHECK(status);
+    PDVM_CUDA_CHECK(cudaGraphLaunch(recording.exec, ctx_.stream));
+  }
+
+  void get_rows(const Tensor& table, const Tensor& ids, Tensor& out) override {
+    expect_type(ids, TensorType::kI32, "get_rows", "ids");
+    expect_type(out, TensorType::kF32, "get_rows", "out");
+    const int n_tokens = static_cast<int>(ids.ne[0]);
+    PDVM_CHECK(out.ne[0] == table.ne[0] && out.ne[1] >= n_tokens);
+    cuda::get_rows(ctx_, cuda::weight_view(table), i32(ids), n_tokens, f32(out));
+  }
+
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override {
+    expect_type(x, TensorType::kF32, "rms_norm", "x");
+    expect_type(weight, TensorType::kF32, "rms_norm", "weight");
+    expect_type(out, TensorType::kF32, "rms_norm", "out");
+    PDVM_CHECK(weight.ne[0] == x.ne[0] && out.ne[0] == x.ne[0] && out.ne[1] >= x.ne[1]);
+    cuda::rms_norm(ctx_, f32(x), f32(weight), eps, x.ne[0], static_cast<int>(x.ne[1]), f32(out));
+  }
+
+  void matmul(const Tensor& w, const Tensor& x, Tensor& out) override {
+    expect_type(x, TensorType::kF32, "matmul", "x");
+    expect_type(out, TensorType::kF32, "matmul", "out");
+    const cuda::WeightView view = cuda::weight_view(w);
+    PDVM_CHECK(x.ne[0] == view.k && out.ne[0] == view.n_rows && out.ne[1] == x.ne[1]);
+    const int n_tokens = static_cast<int>(x.ne[1]);
+    if (n_tokens <= kMaxMatvecTokens)
+      cuda::matvec(ctx_, view, f32(x), f32(out), n_tokens);
+    else
+      cuda::gemm(ctx_, view, f32(x), f32(out), n_tokens);
+  }
+
+  void rope(Tensor& x, const Tensor& positions, int n_heads, int head_dim, const RopeConfig& config) override {
+    expect_type(x, TensorType::kF32, "rope", "x");
+    expect_type(positions, TensorType::kI32, "rope", "positions");
+    PDVM_CHECK(x.ne[0] == int64_t{n_heads} * head_dim && positions.ne[0] >= x.ne[1]);
+    PDVM_CHECK(config.n_rot > 0 && config.n_rot <= head_dim && config.n_rot % 2 == 0);
+    const float* factors = nullptr;
+    if (config.freq_factors) {
+      expect_type(*config.freq_factors, TensorType::kF32, "rope", "freq_factors");
+      PDVM_CHECK(config.freq_factors->ne[0] >= config.n_rot / 2);
+      factors = f32(*config.freq_factors);
+    }
+    cuda::rope(ctx_, f32(x), i32(positions), static_cast<int>(x.ne[1]), n_heads, head_dim, config.n_rot,
+               config.freq_base, factors);
+  }
+
+  void kv_store(Tensor& k_cache, Tensor& v_cache, const Tensor& k, const Tensor& v,
+                const Tensor& positions) override {
+    expect_type(k, TensorType::kF32, "kv_store", "k");
+    expect_type(v, TensorType::kF32, "kv_store", "v");
+    expect_type(positions, TensorType::kI32, "kv_store", "positions");
+    const cuda::KvCacheView cache = kv_view(k_cache, v_cache);
+    PDVM_CHECK(k.ne[0] == cache.row_width && v.ne == k.ne && positions.ne[0] >= k.ne[1]);
+    cuda::kv_store(ctx_, cache, f32(k), f32(v), i32(positions), static_cast<int>(k.ne[1]));
+  }
+
+  void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& positions,
+                 const AttentionConfig& config, Tensor& out) override {
+    expect_type(q, TensorType::kF32, "attention", "q");
+    expect_type(out, TensorType::kF32, "attention", "out");
+    expect_type(positions, TensorType::kI32, "attention", "positions");
+    const cuda::KvCacheView cache = kv_view(const_cast<Tensor&>(k_cache), const_cast<Tensor&>(v_cache));
+    PDVM_CHECK(q.ne[0] == int64_t{config.n_head} * config.head_dim && out.ne[0] == q.ne[0] && out.ne[1] >= q.ne[1]);
+    PDVM_CHECK(cache.row_width == int64_t{config.n_head_kv} * config.head_dim && positions.ne[0] >= q.ne[1]);
+    const cuda::AttentionShape shape{config.n_head, config.n_head_kv, config.head_dim, config.scale};
+    cuda::attention(ctx_, f32(q), cache, i32(positions), shape, static_cast<int>(q.ne[1]), f32(out));
+  }
+
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
+    expect_type(gate, TensorType::kF32, "swiglu", "gate");
+    expect_type(up, TensorType::kF32, "swiglu", "up");
+    expect_type(out, TensorType::kF32, "swiglu", "out");
+    PDVM_CHECK(up.n_elems() == gate.n_elems() && out.n_elems() >= gate.n_elems());
+    cuda::swiglu(ctx_, f32(gate), f32(up), f32(out), gate.n_elems());
+  }
+
+  void add(const Tensor& a, const Tensor& b, Tensor& out) override {
+    expect_type(a, TensorType::kF32, "add", "a");
+    expect_type(b, TensorType::kF32, "add", "b");
+    expect_type(out, TensorType::kF32, "add", "out");
+    PDVM_CHECK(b.n_elems() == a.n_elems() && out.n_elems() >= a.n_elems());
+    cuda::add(ctx_, f32(a), f32(b), f32(out), a.n_elems());
+  }
+
+  void argmax(const Tensor& logits, Tensor& ids) override {
+    expect_type(logits, TensorType::kF32, "argmax", "logits");
+    expect_type(ids, TensorType::kI32, "argmax", "ids");
+    PDVM_CHECK(ids.ne[0] >= logits.ne[1]);
+    cuda::argmax(ctx_, f32(logits), logits.ne[0], static_cast<int>(logits.ne[1]), static_cast<int32_t*>(ids.data));
+  }
+
+ private:
+  // Up to this many tokens a matmul streams the weights once per token (cheaper than
+  // dequantizing them for a GEMM).
+  static constexpr int kMaxMatvecTokens = 8;
+
+  void activate() { PDVM_CUDA_CHECK(cudaSetDevice(ctx_.device)); }
+
+  CudaContext ctx_;
+  uint64_t weight_bytes_ = 0;
+  std::vector<uint8_t> staging_;
+};
+
+}  // namespace
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
+
+}  // namespace pdvm

@@ -1,0 +1,157 @@
+// Per-token and element-wise ops: embedding lookup, RMSNorm, RoPE, SwiGLU, add, argmax.
+#include <algorithm>
+#include <cfloat>
+
+#include "cuda/ops.cuh"
+
+namespace pdvm::cuda {
+namespace {
+
+int grid_for(int64_t n, int threads, int sm_count) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t{sm_count} * 16));
+}
+
+template <typename Format>
+__global__ void get_rows_kernel(WeightView table, const int32_t* __restrict__ ids, float* __restrict__ out) {
+  const int64_t token = blockIdx.y;
+  float* row_out = out + token * table.k;
+  const int32_t id = ids[token];
+  if (id < 0 || id >= table.n_rows) {  // the model validates ids; a bad one shows up as NaN
+    for (int64_t i = threadIdx.x; i < table.k; i += blockDim.x) row_out[i] = __int_as_float(0x7fc00000);
+    return;
+  }
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < table.n_chunks;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    Format::dequant(Format::load(table, id, c), c, row_out, table.k);
+}
+
+// Sum over the block; every thread gets the result. `scratch` holds 32 floats.
+__device__ float block_sum(float v, float* scratch) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  const int n_warps = (blockDim.x + 31) / 32;
+  for (int w = 0; w < n_warps; ++w) total += scratch[w];
+  return total;
+}
+
+__global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ weight, float eps,
+                                int64_t width, float* out) {
+  __shared__ float scratch[32];
+  const float* xt = x + blockIdx.x * width;
+  float* ot = out + blockIdx.x * width;
+  float sum = 0.0f;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) sum += xt[i] * xt[i];
+  sum = block_sum(sum, scratch);
+  const float scale = 1.0f / sqrtf(sum / static_cast<float>(width) + eps);
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) ot[i] = xt[i] * scale * weight[i];
+}
+
+// One block per (token, head); thread i rotates the pair (2i, 2i+1).
+__global__ void rope_kernel(float* x, const int32_t* __restrict__ positions, int n_heads, int head_dim, int n_rot,
+                            float freq_base, const float* __restrict__ freq_factors) {
+  const int token = blockIdx.x / n_heads, head = blockIdx.x % n_heads;
+  float* h = x + (static_cast<int64_t>(token) * n_heads + head) * head_dim;
+  const float pos = static_cast<float>(positions[token]);
+  for (int i = threadIdx.x; i < n_rot / 2; i += blockDim.x) {
+    float theta = pos * powf(freq_base, -2.0f * static_cast<float>(i) / static_cast<float>(n_rot));
+    if (freq_factors) theta /= freq_factors[i];
+    float s, c;
+    sincosf(theta, &s, &c);
+    const float x0 = h[2 * i], x1 = h[2 * i + 1];
+    h[2 * i] = x0 * c - x1 * s;
+    h[2 * i + 1] = x0 * s + x1 * c;
+  }
+}
+
+__global__ void swiglu_kernel(const float* __restrict__ gate, const float* __restrict__ up, float* out, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void add_kernel(const float* a, const float* b, float* out, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = a[i] + b[i];
+}
+
+struct MaxAt {
+  float value;
+  int64_t index;
+};
+
+__device__ MaxAt better(MaxAt a, MaxAt b) {
+  if (b.value > a.value || (b.value == a.value && b.index < a.index)) return b;
+  return a;
+}
+
+__global__ void argmax_kernel(const float* __restrict__ logits, int64_t n_vocab, int32_t* ids) {
+  __shared__ MaxAt scratch[32];
+  const float* row = logits + blockIdx.x * n_vocab;
+  MaxAt best{-FLT_MAX, n_vocab};
+  for (int64_t i = threadIdx.x; i < n_vocab; i += blockDim.x) best = better(best, MaxAt{row[i], i});
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    MaxAt other{__shfl_xor_sync(0xffffffffu, best.value, offset),
+                static_cast<int64_t>(__shfl_xor_sync(0xffffffffu, best.index, offset))};
+    best = better(best, other);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) scratch[warp] = best;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) best = better(best, scratch[w]);
+    ids[blockIdx.x] = static_cast<int32_t>(best.index < n_vocab ? best.index : 0);
+  }
+}
+
+}  // namespace
+
+void get_rows(CudaContext& ctx, const WeightView& table, const int32_t* ids, int n_tokens, float* out) {
+  dispatch_format(table.format, [&](auto f) {
+    using Format = decltype(f);
+    constexpr int kBlock = 128;
+    const dim3 grid(static_cast<unsigned>((table.n_chunks + kBlock - 1) / kBlock), static_cast<unsigned>(n_tokens));
+    get_rows_kernel<Format><<<grid, kBlock, 0, ctx.stream>>>(table, ids, out);
+    PDVM_CUDA_CHECK_LAUNCH("get_rows_kernel");
+  });
+}
+
+void rms_norm(CudaContext& ctx, const float* x, const float* weight, float eps, int64_t width, int n_tokens,
+              float* out) {
+  rms_norm_kernel<<<n_tokens, 256, 0, ctx.stream>>>(x, weight, eps, width, out);
+  PDVM_CUDA_CHECK_LAUNCH("rms_norm_kernel");
+}
+
+void rope(CudaContext& ctx, float* x, const int32_t* positions, int n_tokens, int n_heads, int head_dim, int n_rot,
+          float freq_base, const float* freq_factors) {
+  const int threads = std::clamp((n_rot / 2 + 31) / 32 * 32, 32, 256);
+  rope_kernel<<<n_tokens * n_heads, threads, 0, ctx.stream>>>(x, positions, n_heads, head_dim, n_rot, freq_base,
+                                                              freq_factors);
+  PDVM_CUDA_CHECK_LAUNCH("rope_kernel");
+}
+
+void swiglu(CudaContext& ctx, const float* gate, const float* up, float* out, int64_t n) {
+  swiglu_kernel<<<grid_for(n, 256, ctx.sm_count), 256, 0, ctx.stream>>>(gate, up, out, n);
+  PDVM_CUDA_CHECK_LAUNCH("swiglu_kernel");
+}
+
+void add(CudaContext& ctx, const float* a, const float* b, float* out, int64_t n) {
+  add_kernel<<<grid_for(n, 256, ctx.sm_count), 256, 0, ctx.stream>>>(a, b, out, n);
+  PDVM_CUDA_CHECK_LAUNCH("add_kernel");
+}
+
+void argmax(CudaContext& ctx, const float* logits, int64_t n_vocab, int n_tokens, int32_t* ids) {
+  argmax_kernel<<<n_tokens, 1024, 0, ctx.stream>>>(logits, n_vocab, ids);
+  PDVM_CUDA_CHECK_LAUNCH("argmax_kernel");
+}
+
+}  // namespace pdvm::cuda

@@ -1,0 +1,55 @@
+// Kernel launchers, one per backend op family. Pointers are device pointers; activations are
+// contiguous F32 rows (row t starts at t * width). Every launch is checked.
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "cuda/context.cuh"
+#include "cuda/weights.cuh"
+
+namespace pdvm::cuda {
+
+// ---- matmul.cu --------------------------------------------------------------------------
+// Sets the shared-memory limits of the matvec kernels (once per context, before any capture).
+void configure_matvec(const CudaContext& ctx);
+// out[t][j] = dot(row j of w, x[t]) for t < n_tokens, reading each weight once per token.
+void matvec(CudaContext& ctx, const WeightView& w, const float* x, float* out, int n_tokens);
+// Batched: dequantize to F16 (unless already dense F16) and multiply on the tensor cores.
+void gemm(CudaContext& ctx, const WeightView& w, const float* x, float* out, int n_tokens);
+// Rows of w as F16 into out (n_rows x k, dense).
+void dequantize_f16(CudaContext& ctx, const WeightView& w, __half* out);
+
+// ---- elementwise.cu ---------------------------------------------------------------------
+void get_rows(CudaContext& ctx, const WeightView& table, const int32_t* ids, int n_tokens, float* out);
+void rms_norm(CudaContext& ctx, const float* x, const float* weight, float eps, int64_t width, int n_tokens,
+              float* out);
+void rope(CudaContext& ctx, float* x, const int32_t* positions, int n_tokens, int n_heads, int head_dim,
+          int n_rot, float freq_base, const float* freq_factors);
+void swiglu(CudaContext& ctx, const float* gate, const float* up, float* out, int64_t n);
+void add(CudaContext& ctx, const float* a, const float* b, float* out, int64_t n);
+void argmax(CudaContext& ctx, const float* logits, int64_t n_vocab, int n_tokens, int32_t* ids);
+
+// ---- attention.cu -----------------------------------------------------------------------
+enum class KvType : int { kF32, kF16, kQ8_0 };
+
+struct KvCacheView {
+  KvType type = KvType::kF16;
+  void* k = nullptr;
+  void* v = nullptr;
+  int64_t row_width = 0;  // head_dim * n_head_kv elements per cache row
+  int64_t n_ctx = 0;      // rows
+};
+
+void kv_store(CudaContext& ctx, const KvCacheView& cache, const float* k, const float* v, const int32_t* positions,
+              int n_tokens);
+
+struct AttentionShape {
+  int n_head = 0, n_head_kv = 0, head_dim = 0;
+  float scale = 0.0f;
+};
+void attention(CudaContext& ctx, const float* q, const KvCacheView& cache, const int32_t* positions,
+               const AttentionShape& shape, int n_tokens, float* out);
+
+}  // namespace pdvm::cuda
