@@ -1,0 +1,260 @@
+// The CUDA element-wise, norm, rope, KV-cache and attention ops, and graph recording,
+// against plain double-precision loops on fresh random inputs.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+
+#include "cuda_test_util.h"
+
+namespace pdvm::test {
+namespace {
+
+TEST(CudaOps, RmsNorm) {
+  PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  const int64_t width = 1000;
+  const int n_tokens = 3;
+  const std::vector<float> x = random_floats(static_cast<size_t>(width * n_tokens), 2.0f);
+  const std::vector<float> w = random_floats(static_cast<size_t>(width));
+  const Tensor weight = backend->load_weight(TensorType::kF32, {width, 1, 1, 1}, w.data());
+  const Tensor xt = upload_f32(*backend, x, {width, n_tokens, 1, 1});
+  Tensor out = alloc_poisoned(*backend, TensorType::kF32, {width, n_tokens, 1, 1});
+  const float eps = 1e-5f;
+  backend->rms_norm(xt, weight, eps, out);
+  const std::vector<float> got = download<float>(*backend, out);
+  for (int t = 0; t < n_tokens; ++t) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < width; ++i) sum += double(x[t * width + i]) * x[t * width + i];
+    const double scale = 1.0 / std::sqrt(sum / width + eps);
+    for (int64_t i = 0; i < width; ++i) {
+      const double want = x[t * width + i] * scale * w[i];
+      ASSERT_NEAR(got[t * width + i], want, 1e-5 * std::fabs(want) + 1e-6) << "token " << t << " elem " << i;
+    }
+  }
+}
+
+TEST(CudaOps, RopeAdjacentPairsWithAndWithoutFreqFactors) {
+  PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  const int n_heads = 5, head_dim = 64, n_tokens = 4;
+  for (int n_rot : {64, 32}) {
+    for (bool with_factors : {false, true}) {
+      const std::vector<float> x = random_floats(static_cast<size_t>(n_heads * head_dim * n_tokens));
+      const std::vector<int32_t> pos = {0, 7, 301, 999};
+      std::vector<float> factors(static_cast<size_t>(n_rot / 2));
+      std::uniform_real_distribution<float> factor(1.0f, 8.0f);
+      for (float& f : factors) f = factor(rng());
+      Tensor xt = upload_f32(*backend, x, {n_heads * head_dim, n_tokens, 1, 1});
+      const Tensor positions = upload_i32(*backend, pos);
+      const Tensor factor_tensor = backend->load_weight(TensorType::kF32, {n_rot / 2, 1, 1, 1}, factors.data());
+      RopeConfig config;
+      config.n_rot = n_rot;
+      config.freq_base = 10000.0f;
+      config.freq_factors = with_factors ? &factor_tensor : nullptr;
+      backend->rope(xt, positions, n_heads, head_dim, config);
+      const std::vector<float> got = download<float>(*backend, xt);
+      for (int t = 0; t < n_tokens; ++t) {
+        for (int h = 0; h < n_heads; ++h) {
+          const size_t base = static_cast<size_t>((t * n_heads + h) * head_dim);
+          for (int i = 0; i < head_dim / 2; ++i) {
+            double y0 = x[base + 2 * i], y1 = x[base + 2 * i + 1];
+            if (2 * i < n_rot) {
+              double theta = pos[t] * std::pow(10000.0, -2.0 * i / n_rot);
+              if (with_factors) theta /= factors[i];
+              const double x0 = y0, x1 = y1;
+              y0 = x0 * std::cos(theta) - x1 * std::sin(theta);
+              y1 = x0 * std::sin(theta) + x1 * std::cos(theta);
+            }
+            const double tol = 1e-3 * (std::fabs(y0) + std::fabs(y1)) + 1e-5;
+            ASSERT_NEAR(got[base + 2 * i], y0, tol) << "n_rot " << n_rot << " t " << t << " h " << h << " i " << i;
+            ASSERT_NEAR(got[base + 2 * i + 1], y1, tol) << "n_rot " << n_rot << " t " << t << " h " << h << " i " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaOps, SwigluAndAdd) {
+  PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  const int64_t n = 4099;
+  const std::vector<float> a = random_floats(n, 3.0f), b = random_floats(n);
+  const Tensor at = upload_f32(*backend, a, {n, 1, 1, 1});
+  Tensor bt = upload_f32(*backend, b, {n, 1, 1, 1});
+  Tensor out = alloc_poisoned(*backend, TensorType::kF32, {n, 1, 1, 1});
+  backend->swiglu(at, bt, out);
+  const std::vector<float> got = download<float>(*backend, out);
+  for (int64_t i = 0; i < n; ++i) {
+    const double want = a[i] / (1.0 + std::exp(-double(a[i]))) * b[i];
+    ASSERT_NEAR(got[i], want, 1e-5 * std::fabs(want) + 1e-6) << i;
+  }
+  backend->add(at, bt, bt);  // out aliasing an input, as the residual adds do
+  const std::vector<float> sum = download<float>(*backend, bt);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(sum[i], a[i] + b[i]) << i;
+}
+
+TEST(CudaOps, ArgmaxTakesTheLowestIndexOnTies) {
+  PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  const int64_t n_vocab = 49157;
+  const int n_tokens = 3;
+  std::vector<float> logits = random_floats(static_cast<size_t>(n_vocab * n_tokens));
+  std::uniform_int_distribution<int64_t> pick(0, n_vocab - 1);
+  std::vector<int32_t> want(n_tokens);
+  for (int t = 0; t < n_tokens; ++t) {
+    float* row = logits.data() + t * n_vocab;
+    const int64_t a = pick(rng()), b = pick(rng());
+    row[a] = row[b] = 100.0f + t;  // a tie (or one maximum when a == b)
+    want[t] = static_cast<int32_t>(std::min(a, b));
+  }
+  const Tensor lt = upload_f32(*backend, logits, {n_vocab, n_tokens, 1, 1});
+  Tensor ids = alloc_poisoned(*backend, TensorType::kI32, {n_tokens, 1, 1, 1});
+  backend->argmax(lt, ids);
+  EXPECT_EQ(download<int32_t>(*backend, ids), want);
+}
+
+// Reference cache contents for a row of floats stored into a cache of `type`.
+std::vector<float> stored_row(TensorType type, const float* src, int64_t width) {
+  std::vector<uint8_t> bytes(static_cast<size_t>(type_bytes(type, width)));
+  quantize_row(type, src, bytes.data(), width);
+  std::vector<float> out(static_cast<size_t>(width));
+  dequantize_row(type, bytes.data(), out.data(), width);
+  return out;
+}
+
+struct AttentionCase {
+  int n_head, n_head_kv, head_dim;
+  int64_t n_ctx;
+  int n_past;    // keys already stored before the query tokens
+  int n_tokens;  // query tokens (1 = decode)
+};
+
+TEST(CudaOps, KvStoreAndAttentionMatchReference) {
+  PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  const AttentionCase cases[] = {
+      {4, 4, 64, 700, 650, 1},    {8, 2, 128, 3000, 2999, 1}, {6, 1, 32, 300, 10, 5}, {16, 1, 64, 1024, 700, 1},
+      {2, 2, 256, 600, 300, 3},   {3, 1, 96, 2048, 1500, 1},  {32, 8, 64, 4096, 4000, 1}, {4, 2, 64, 512, 0, 37},
+  };
+  for (TensorType cache_type : {TensorType::kF32, TensorType::kF16, TensorType::kQ8_0}) {
+    for (const AttentionCase& c : cases) {
+      const int64_t width = int64_t{c.head_dim} * c.n_head_kv;
+      const int total = c.n_past + c.n_tokens;
+      const std::string what = std::string(type_name(cache_type)) + " heads " + std::to_string(c.n_head) + "/" +
+                               std::to_string(c.n_head_kv) + " dim " + std::to_string(c.head_dim) + " ctx " +
+                               std::to_string(c.n_ctx) + " past " + std::to_string(c.n_past) + " tokens " +
+                               std::to_string(c.n_tokens);
+      Tensor k_cache = alloc_poisoned(*backend, cache_type, {width, c.n_ctx, 1, 1});
+      Tensor v_cache = alloc_poisoned(*backend, cache_type, {width, c.n_ctx, 1, 1});
+      const std::vector<float> keys = random_floats(static_cast<size_t>(width * total));
+      const std::vector<float> values = random_floats(static_cast<size_t>(width * total));
+      // Past keys in one batch, then the query tokens' own keys, as the model does.
+      auto store = [&](int first, int count) {
+        std::vector<int32_t> pos(static_cast<size_t>(count));
+        std::iota(pos.begin(), pos.end(), first);
+        const Tensor kt = upload_f32(*backend, std::vector<float>(keys.begin() + first * width, keys.begin() + (first + count) * width), {width, count, 1, 1});
+        const Tensor vt = upload_f32(*backend, std::vector<float>(values.begin() + first * width, values.begin() + (first + count) * width), {width, count, 1, 1});
+        backend->kv_store(k_cache, v_cache, kt, vt, upload_i32(*backend, pos));
+      };
+      if (c.n_past > 0) store(0, c.n_past);
+      store(c.n_past, c.n_tokens);
+
+      // kv_store: the stored rows are exactly the reference conversion of the inputs.
+      const int64_t row_bytes = type_bytes(cache_type, width);
+      const std::vector<uint8_t> k_bytes = download<uint8_t>(*backend, k_cache);
+      const std::vector<uint8_t> v_bytes = download<uint8_t>(*backend, v_cache);
+      std::vector<float> k_ref(static_cast<size_t>(width * total)), v_ref(k_ref.size());
+      for (int p = 0; p < total; ++p) {
+        std::vector<uint8_t> want(static_cast<size_t>(row_bytes));
+        quantize_row(cache_type, keys.data() + p * width, want.data(), width);
+        ASSERT_EQ(0, std::memcmp(want.data(), k_bytes.data() + p * row_bytes, want.size())) << what << " K row " << p;
+        quantize_row(cache_type, values.data() + p * width, want.data(), width);
+        ASSERT_EQ(0, std::memcmp(want.data(), v_bytes.data() + p * row_bytes, want.size())) << what << " V row " << p;
+        const std::vector<float> kr = stored_row(cache_type, keys.data() + p * width, width);
+        const std::vector<float> vr = stored_row(cache_type, values.data() + p * width, width);
+        std::copy(kr.begin(), kr.end(), k_ref.begin() + p * width);
+        std::copy(vr.begin(), vr.end(), v_ref.begin() + p * width);
+      }
+
+      const int64_t q_width = int64_t{c.head_dim} * c.n_head;
+      const std::vector<float> q = random_floats(static_cast<size_t>(q_width * c.n_tokens));
+      std::vector<int32_t> pos(static_cast<size_t>(c.n_tokens));
+      std::iota(pos.begin(), pos.end(), c.n_past);
+      const Tensor qt = upload_f32(*backend, q, {q_width, c.n_tokens, 1, 1});
+      Tensor out = alloc_poisoned(*backend, TensorType::kF32, {q_width, c.n_tokens, 1, 1});
+      AttentionConfig config{c.n_head, c.n_head_kv, c.head_dim, 1.0f / std::sqrt(static_cast<float>(c.head_dim))};
+      backend->attention(qt, k_cache, v_cache, upload_i32(*backend, pos), config, out);
+      const std::vector<float> got = download<float>(*backend, out);
+
+      const int group = c.n_head / c.n_head_kv;
+      int bad = 0;
+      for (int t = 0; t < c.n_tokens; ++t) {
+        for (int h = 0; h < c.n_head; ++h) {
+          const float* qh = q.data() + t * q_width + h * c.head_dim;
+          const int64_t kv_off = int64_t{h / group} * c.head_dim;
+          std::vector<double> s(static_cast<size_t>(pos[t] + 1));
+          for (int p = 0; p <= pos[t]; ++p) {
+            double dot = 0.0;
+            for (int d = 0; d < c.head_dim; ++d) dot += double(qh[d]) * k_ref[p * width + kv_off + d];
+            s[p] = dot * config.scale;
+          }
+          const double mx = *std::max_element(s.begin(), s.end());
+          double sum = 0.0;
+          for (double& v : s) sum += (v = std::exp(v - mx));
+          for (int d = 0; d < c.head_dim; ++d) {
+            double want = 0.0;
+            for (int p = 0; p <= pos[t]; ++p) want += s[p] * v_ref[p * width + kv_off + d];
+            want /= sum;
+            const float value = got[t * q_width + h * c.head_dim + d];
+            if (!(std::fabs(value - want) <= 1e-4 + 1e-4 * std::fabs(want)) && bad++ < 5)
+              ADD_FAILURE() << what << ": token " << t << " head " << h << " dim " << d << " got " << value
+                            << " want " << want;
+          }
+        }
+      }
+      EXPECT_EQ(bad, 0) << what;
+    }
+  }
+}
+
+// A recorded sequence replays with new inputs written between replays.
+TEST(CudaOps, RecordedSequenceReplaysWithNewInputs) {
+  PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  const int64_t k = 512, n = 300;
+  const std::vector<uint8_t> bytes = random_weight_bytes(TensorType::kQ4_0, k, n);
+  const std::vector<float> w = dequantize_rows(TensorType::kQ4_0, bytes, k, n);
+  const Tensor weight = backend->load_weight(TensorType::kQ4_0, {k, n, 1, 1}, bytes.data());
+  Tensor x = backend->alloc(TensorType::kF32, {k, 1, 1, 1});
+  Tensor y = backend->alloc(TensorType::kF32, {n, 1, 1, 1});
+  Tensor bias = backend->alloc(TensorType::kF32, {n, 1, 1, 1});
+  Tensor ids = backend->alloc(TensorType::kI32, {1, 1, 1, 1});
+  for (int step = 0; step < 5; ++step) {
+    const std::vector<float> xv = random_floats(static_cast<size_t>(k)), bv = random_floats(static_cast<size_t>(n));
+    backend->write(x, xv.data(), xv.size() * 4);
+    backend->write(bias, bv.data(), bv.size() * 4);
+    backend->run_recorded("test", [&] {
+      backend->matmul(weight, x, y);
+      backend->add(y, bias, y);
+      backend->argmax(y, ids);
+    });
+    const std::vector<float> got = download<float>(*backend, y);
+    int best = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      double want = bv[j];
+      for (int64_t i = 0; i < k; ++i) want += double(w[j * k + i]) * xv[i];
+      ASSERT_NEAR(got[j], want, 1e-3) << "step " << step << " row " << j;
+      if (got[j] > got[best]) best = static_cast<int>(j);
+    }
+    EXPECT_EQ(download<int32_t>(*backend, ids)[0], best) << "step " << step;
+  }
+}
+
+TEST(CudaBandwidth, ProbeReportsAPlausibleRate) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const ReadBandwidth bw = measure_cuda_read_bandwidth(0, uint64_t{256} << 20, 3);
+  EXPECT_EQ(bw.bytes, uint64_t{256} << 20);
+  EXPECT_GT(bw.gb_per_s, 50.0) << bw.device_name;
+  EXPECT_LT(bw.gb_per_s, 20000.0) << bw.device_name;
+}
+
+}  // namespace
+}  // namespace pdvm::test
