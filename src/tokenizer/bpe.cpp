@@ -1,8 +1,8 @@
 // Byte-level BPE (GPT-2 family): the pre-tokenizer cuts text into words, every byte of a word
 // becomes a printable stand-in character, and adjacent symbols merge in the order of the
 // merge list (lowest rank first, leftmost on ties). A byte the vocabulary has no token for
-// (some omit bytes that never occur in UTF-8) becomes the unknown token or, as in Hugging Face
-// tokenizers, is dropped.
+// (some omit bytes that never or rarely occur in UTF-8) becomes the unknown token or, as in
+// Hugging Face tokenizers, is dropped.
 #include <fmt/format.h>
 
 #include "pdvm/error.h"
@@ -69,22 +69,19 @@ void Tokenizer::Impl::encode_bpe(std::string_view text, std::vector<int32_t>& ou
     }
     symbols.clear();
     for (size_t pos = 0; pos < word.size(); ++pos) {
-      symbols.push_back({static_cast<uint32_t>(pos), 1, byte_char_ids[static_cast<unsigned char>(word[pos])], -1, -1});
+      int32_t id = byte_char_ids[static_cast<unsigned char>(word[pos])];
+      if (id < 0) id = text_unknown_id;
+      // As in Hugging Face tokenizers, a dropped byte leaves its neighbours adjacent.
+      if (id >= 0) symbols.push_back({static_cast<uint32_t>(pos), 1, id, -1, -1});
     }
     auto lookup = [&](const MergeSymbol& left, const MergeSymbol& right) -> std::optional<MergeResult> {
-      if (left.id < 0 || right.id < 0) return std::nullopt;
       const auto it = merges.find(pair_key(left.id, right.id));
       if (it == merges.end()) return std::nullopt;
       return MergeResult{-static_cast<float>(it->second.rank), it->second.result};
     };
     tokenizer_detail::merge_symbols(symbols, lookup, [](const MergeSymbol&, const MergeSymbol&) {});
     for (int32_t i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[static_cast<size_t>(i)].next) {
-      const MergeSymbol& symbol = symbols[static_cast<size_t>(i)];
-      if (symbol.id >= 0) {
-        out.push_back(symbol.id);
-      } else if (text_unknown_id >= 0) {
-        out.push_back(text_unknown_id);
-      }
+      out.push_back(symbols[static_cast<size_t>(i)].id);
     }
   }
 }
