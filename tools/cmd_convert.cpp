@@ -1,0 +1,44 @@
+// `pdvm convert`: re-quantizes a GGUF model to another weight type with the reference
+// (round-to-nearest) quantizers.
+#include <memory>
+#include <string>
+
+#include "command.h"
+#include "format/gguf_convert.h"
+#include "pdvm/error.h"
+#include "pdvm/gguf.h"
+#include "progress_bar.h"
+#include "util/parallel_rows.h"
+
+namespace pdvm::cli {
+namespace {
+
+struct Options {
+  std::string input;
+  std::string output;
+  std::string type;
+  int threads = default_thread_count();
+};
+
+int run(const Options& opt) {
+  const auto type = type_from_name(opt.type);
+  if (!type) throw Error(ErrorKind::kInvalidArgument, "--type: unknown tensor type '" + opt.type + "'");
+  llama_file_type(*type);  // rejects types that are no model file type before any work
+  const GgufFile in = GgufFile::open(opt.input);
+  ProgressBar bar("convert to " + opt.type);
+  convert_gguf(in, opt.output, *type, opt.threads, [&bar](uint64_t done, uint64_t total) { bar.update(done, total); });
+  return 0;
+}
+
+}  // namespace
+
+PDVM_REGISTER_COMMAND("convert", "re-quantize a GGUF model to another weight type", [](CLI::App& app) {
+  auto opt = std::make_shared<Options>();
+  app.add_option("input", opt->input, "input .gguf")->required();
+  app.add_option("output", opt->output, "output .gguf (written through a temporary file)")->required();
+  app.add_option("--type", opt->type, "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0 or q5_1")->required();
+  app.add_option("--threads", opt->threads, "worker threads")->capture_default_str()->check(CLI::PositiveNumber);
+  return [opt] { return run(*opt); };
+});
+
+}  // namespace pdvm::cli

@@ -1,0 +1,64 @@
+// `pdvm synth`: writes a random-weight llama model of a real geometry, for benchmarks and tests
+// at sizes we cannot download.
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "command.h"
+#include "model/synth_model.h"
+#include "pdvm/error.h"
+#include "progress_bar.h"
+#include "util/parallel_rows.h"
+
+namespace pdvm::cli {
+namespace {
+
+struct Options {
+  std::string shape;
+  std::string type = "f16";
+  uint64_t seed = 1;
+  std::string output;
+  int threads = default_thread_count();
+  int64_t layers = 0, width = 0, heads = 0, kv_heads = 0, ffn = 0, vocab = 0;
+};
+
+int run(const Options& opt) {
+  synth::LlamaShape shape = synth::shape_by_name(opt.shape);
+  const auto override_dim = [](int64_t value, int64_t& dim) {
+    if (value > 0) dim = value;
+  };
+  override_dim(opt.layers, shape.n_layer);
+  override_dim(opt.width, shape.n_embd);
+  override_dim(opt.heads, shape.n_head);
+  override_dim(opt.kv_heads, shape.n_head_kv);
+  override_dim(opt.ffn, shape.n_ff);
+  override_dim(opt.vocab, shape.n_vocab);
+  const auto type = type_from_name(opt.type);
+  if (!type) throw Error(ErrorKind::kInvalidArgument, "--type: unknown tensor type '" + opt.type + "'");
+  const synth::ModelPlan plan = synth::plan_model(shape, *type, opt.seed);
+  ProgressBar bar("synth " + shape.name);
+  synth::write_model(plan, opt.output, opt.threads, [&bar](uint64_t done, uint64_t total) { bar.update(done, total); });
+  return 0;
+}
+
+}  // namespace
+
+PDVM_REGISTER_COMMAND("synth", "write a random-weight llama model of a named geometry", [](CLI::App& app) {
+  auto opt = std::make_shared<Options>();
+  app.add_option("--shape", opt->shape,
+                 "tiny, smollm2-135m, llama-3.2-1b, llama-2-7b, llama-3-8b or llama-2-13b")->required();
+  app.add_option("--type", opt->type, "weight type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1")
+      ->capture_default_str();
+  app.add_option("--seed", opt->seed, "random seed (same seed, same bytes)")->capture_default_str();
+  app.add_option("-o,--output", opt->output, "output .gguf path")->required();
+  app.add_option("--threads", opt->threads, "generator threads")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--layers", opt->layers, "override the number of layers")->check(CLI::PositiveNumber);
+  app.add_option("--width", opt->width, "override the embedding width")->check(CLI::PositiveNumber);
+  app.add_option("--heads", opt->heads, "override the number of attention heads")->check(CLI::PositiveNumber);
+  app.add_option("--kv-heads", opt->kv_heads, "override the number of key/value heads")->check(CLI::PositiveNumber);
+  app.add_option("--ffn", opt->ffn, "override the feed-forward width")->check(CLI::PositiveNumber);
+  app.add_option("--vocab", opt->vocab, "override the vocabulary size")->check(CLI::PositiveNumber);
+  return [opt] { return run(*opt); };
+});
+
+}  // namespace pdvm::cli
