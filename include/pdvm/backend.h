@@ -37,10 +37,28 @@ struct Tensor {
   int64_t row_bytes() const { return type_bytes(type, ne[0]); }
 };
 
+// Rows [first, first + count) of a 2-D tensor {width, n}, sharing its storage (a view). Works
+// for device pointers too: it only offsets `data`.
+inline Tensor row_view(const Tensor& t, int64_t first, int64_t count) {
+  Tensor view;
+  view.type = t.type;
+  view.ne = {t.ne[0], count, 1, 1};
+  view.data = static_cast<uint8_t*>(t.data) + first * t.row_bytes();
+  view.n_bytes = static_cast<uint64_t>(count * t.row_bytes());
+  view.layout = t.layout;
+  return view;
+}
+
 struct RopeConfig {
   int n_rot = 0;              // rotated dimensions per head (rope.dimension_count), <= head_dim
   float freq_base = 10000.0f;
   const Tensor* freq_factors = nullptr;  // Llama 3 rope_freqs: F32 {n_rot / 2}, divides the frequencies
+};
+
+// Options every backend factory receives; a backend ignores what does not apply to it.
+struct BackendOptions {
+  int n_threads = 0;  // host threads for CPU backends; 0 = the machine's hardware concurrency
+  int device = 0;     // GPU ordinal for device backends
 };
 
 struct AttentionConfig {
@@ -54,6 +72,10 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+
+  // KV cache element type used when the caller does not choose one (F32 on the reference,
+  // F16 elsewhere). kv_store/attention must support at least this type and F32.
+  virtual TensorType default_kv_type() const { return TensorType::kF16; }
 
   // ---- memory --------------------------------------------------------------------------
   virtual Tensor alloc(TensorType type, std::array<int64_t, 4> ne) = 0;

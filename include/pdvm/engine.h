@@ -1,0 +1,84 @@
+// The engine session: one model file, one backend, one KV cache, and the position
+// bookkeeping around them. Sampling, chat and the CLI build on this API.
+//
+//   pdvm::Session session(pdvm::SessionOptions{.model_path = "m.gguf", .backend = "cpu"});
+//   auto logits = session.prefill(prompt_ids);      // last token's logits
+//   while (...) logits = session.decode(next_id);   // one token at a time
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "pdvm/backend.h"
+#include "pdvm/gguf.h"
+#include "pdvm/kv_cache.h"
+#include "pdvm/model.h"
+
+namespace pdvm {
+
+struct SessionOptions {
+  std::filesystem::path model_path;
+  std::string backend = "cpu";            // a name from registered_backends()
+  BackendOptions backend_options;
+  int64_t n_ctx = 0;                      // 0: min(model context_length, 4096)
+  std::optional<TensorType> kv_type;      // default: the backend's default_kv_type()
+  int max_batch = 512;                    // prefill runs in chunks of at most this many tokens
+};
+
+class Session {
+ public:
+  // Opens the file, creates the backend, loads the weights and allocates the cache.
+  explicit Session(const SessionOptions& options);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  const GgufFile& gguf() const { return *file_; }  // metadata, e.g. for the tokenizer
+  const LlamaConfig& config() const { return model_->config(); }
+  Backend& backend() { return *backend_; }
+  int64_t n_ctx() const { return cache_->n_ctx(); }
+  int64_t n_past() const { return cache_->n_past(); }
+  int64_t n_vocab() const { return config().n_vocab; }
+
+  // Appends tokens at position n_past() and returns the last token's logits (n_vocab floats).
+  // The span stays valid until the next call on this session.
+  std::span<const float> prefill(std::span<const int32_t> tokens);
+  // Same, returning every token's logits: tokens.size() rows of n_vocab floats (perplexity).
+  std::span<const float> prefill_all(std::span<const int32_t> tokens);
+  // Appends one token and returns its logits.
+  std::span<const float> decode(int32_t token);
+
+  // Variants that leave the logits on the backend: eval() runs the tokens, then either read
+  // the logits of the last token or take their argmax on the backend (4 bytes copied back).
+  void eval(std::span<const int32_t> tokens);
+  std::span<const float> last_logits();
+  int32_t last_argmax();
+
+  // Appends `prompt` and then n greedy tokens (each the argmax after the previous input, fed
+  // back in except for the last); returns the n tokens.
+  std::vector<int32_t> generate_greedy(std::span<const int32_t> prompt, int n);
+
+  // Forget everything / keep only the first n_keep positions (reuse a shared prefix).
+  void reset();
+  void truncate(int64_t n_keep);
+
+ private:
+  void run(std::span<const int32_t> tokens, LogitsMode mode, std::vector<float>* all_logits);
+
+  std::unique_ptr<GgufFile> file_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<KvCache> cache_;
+  ForwardWorkspace batch_ws_;   // prefill chunks
+  ForwardWorkspace decode_ws_;  // single tokens (recorded by graph-capable backends)
+  ForwardWorkspace* last_ws_ = nullptr;  // holds the logits of the most recent call
+  int64_t last_row_ = 0;                 // their row of the last token
+  std::vector<float> host_logits_;
+};
+
+}  // namespace pdvm

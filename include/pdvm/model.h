@@ -1,0 +1,95 @@
+// The LLaMA model definition: hyper-parameters from GGUF metadata, weights loaded through a
+// Backend, and the forward pass written only against Backend ops (no CUDA, no SIMD here).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "pdvm/backend.h"
+#include "pdvm/gguf.h"
+
+namespace pdvm {
+
+class KvCache;
+
+struct LlamaConfig {
+  std::string architecture;  // general.architecture (llama and llama-keyed variants)
+  int n_layer = 0;           // block_count
+  int n_embd = 0;            // embedding_length
+  int n_ff = 0;              // feed_forward_length
+  int n_head = 0;            // attention.head_count
+  int n_head_kv = 0;         // attention.head_count_kv (default n_head)
+  int head_dim = 0;          // attention.key_length (default n_embd / n_head)
+  int n_rot = 0;             // rope.dimension_count (default head_dim)
+  float rope_freq_base = 10000.0f;
+  float rms_eps = 1e-5f;     // attention.layer_norm_rms_epsilon
+  int64_t n_ctx_train = 0;   // context_length
+  int64_t n_vocab = 0;       // vocab_size (default token_embd rows)
+  bool tied_output = false;  // no output.weight: the head reuses token_embd
+  bool has_rope_freqs = false;
+
+  // Reads and validates the hyper-parameters; Error(kUnsupported) for other architectures,
+  // Error(kFileFormat) naming the key for missing or inconsistent values.
+  static LlamaConfig from_gguf(const GgufFile& file);
+  std::string summary() const;  // one line for logs
+};
+
+struct LlamaLayerWeights {
+  Tensor attn_norm, wq, wk, wv, wo;
+  Tensor ffn_norm, ffn_gate, ffn_up, ffn_down;
+};
+
+struct LlamaWeights {
+  Tensor token_embd;
+  Tensor output_norm;
+  Tensor output;  // a copy of the token_embd handle when tied
+  std::optional<Tensor> rope_freqs;
+  std::vector<LlamaLayerWeights> layers;
+};
+
+// Activation buffers for batches of up to `capacity` tokens. A workspace keeps its buffers for
+// its lifetime, so a recorded op sequence (decode) can be replayed on it.
+struct ForwardWorkspace {
+  int capacity = 0;
+  Tensor token_ids, positions;           // I32 {capacity}
+  Tensor x, x_norm, q, k, v, attn_out;   // F32 {width, capacity}
+  Tensor ffn_gate, ffn_up, ffn_act;      // F32 {n_ff, capacity}
+  Tensor logits;                         // F32 {n_vocab, capacity}
+  Tensor argmax_ids;                     // I32 {capacity}
+};
+
+enum class LogitsMode {
+  kLast,  // logits of the last token only
+  kAll,   // logits of every token of the batch (perplexity)
+};
+
+class LlamaModel {
+ public:
+  // Loads every tensor through backend.load_weight. Host backends may reference the mapped
+  // file bytes without copying: `file` and `backend` must outlive the model.
+  LlamaModel(const GgufFile& file, Backend& backend);
+
+  const LlamaConfig& config() const { return config_; }
+  const LlamaWeights& weights() const { return weights_; }
+  Backend& backend() const { return *backend_; }
+
+  ForwardWorkspace make_workspace(int capacity) const;
+
+  // Writes `tokens` and their positions (cache.n_past() ...) into ws, runs them through the
+  // model, stores their K/V in the cache and advances it. Logits land in ws.logits: row 0
+  // holds the last token's for kLast, row t token t's for kAll. A single-token kLast step runs
+  // under Backend::run_recorded. Throws Error(kOutOfRange) when the cache cannot hold the
+  // tokens or a token id is outside the vocabulary; tokens.size() must be <= ws.capacity.
+  void forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, KvCache& cache,
+               LogitsMode mode) const;
+
+ private:
+  LlamaConfig config_;
+  Backend* backend_;
+  LlamaWeights weights_;
+};
+
+}  // namespace pdvm

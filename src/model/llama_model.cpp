@@ -1,0 +1,178 @@
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "model/shape_string.h"
+#include "pdvm/error.h"
+#include "pdvm/kv_cache.h"
+#include "pdvm/model.h"
+
+namespace pdvm {
+namespace {
+
+// Checks that `name` exists with exactly `expected` shape and loads it through the backend.
+Tensor load(const GgufFile& file, Backend& backend, const std::string& name,
+            const std::vector<int64_t>& expected) {
+  const GgufTensor& t = file.tensor_required(name);
+  if (t.shape != expected) {
+    throw_error(ErrorKind::kFileFormat, file.path() + ": tensor " + name + " has shape " +
+                                            shape_string(t.shape) + ", expected " +
+                                            shape_string(expected));
+  }
+  std::array<int64_t, 4> ne{1, 1, 1, 1};
+  for (size_t i = 0; i < t.shape.size(); ++i) ne[i] = t.shape[i];
+  try {
+    return backend.load_weight(t.type, ne, t.data);
+  } catch (const Error& e) {
+    throw Error(e.kind(), file.path() + ": tensor " + name + ": " + e.what());
+  }
+}
+
+Tensor rows(const Tensor& t, int64_t first, int64_t count) {
+  PDVM_CHECK(first >= 0 && count >= 0 && first + count <= t.ne[1] && t.ne[2] == 1 && t.ne[3] == 1);
+  return row_view(t, first, count);
+}
+
+// The first `count` elements of a 1-D tensor.
+Tensor prefix(const Tensor& t, int64_t count) {
+  PDVM_CHECK(count <= t.ne[0] && t.n_rows() == 1);
+  Tensor view;
+  view.type = t.type;
+  view.ne = {count, 1, 1, 1};
+  view.data = t.data;
+  view.n_bytes = static_cast<uint64_t>(type_bytes(t.type, count));
+  return view;
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(const GgufFile& file, Backend& backend)
+    : config_(LlamaConfig::from_gguf(file)), backend_(&backend) {
+  const LlamaConfig& c = config_;
+  const int64_t embd = c.n_embd, q_width = int64_t{c.n_head} * c.head_dim,
+                kv_width = int64_t{c.n_head_kv} * c.head_dim, ff = c.n_ff;
+  weights_.token_embd = load(file, backend, "token_embd.weight", {embd, c.n_vocab});
+  weights_.output_norm = load(file, backend, "output_norm.weight", {embd});
+  weights_.output = c.tied_output ? weights_.token_embd
+                                  : load(file, backend, "output.weight", {embd, c.n_vocab});
+  if (c.has_rope_freqs) {
+    weights_.rope_freqs = load(file, backend, "rope_freqs.weight", {c.n_rot / 2});
+    if (weights_.rope_freqs->type != TensorType::kF32) {
+      throw_error(ErrorKind::kUnsupported, file.path() + ": tensor rope_freqs.weight must be F32");
+    }
+  }
+  weights_.layers.resize(c.n_layer);
+  for (int i = 0; i < c.n_layer; ++i) {
+    const std::string p = "blk." + std::to_string(i) + ".";
+    LlamaLayerWeights& l = weights_.layers[i];
+    l.attn_norm = load(file, backend, p + "attn_norm.weight", {embd});
+    l.wq = load(file, backend, p + "attn_q.weight", {embd, q_width});
+    l.wk = load(file, backend, p + "attn_k.weight", {embd, kv_width});
+    l.wv = load(file, backend, p + "attn_v.weight", {embd, kv_width});
+    l.wo = load(file, backend, p + "attn_output.weight", {q_width, embd});
+    l.ffn_norm = load(file, backend, p + "ffn_norm.weight", {embd});
+    l.ffn_gate = load(file, backend, p + "ffn_gate.weight", {embd, ff});
+    l.ffn_up = load(file, backend, p + "ffn_up.weight", {embd, ff});
+    l.ffn_down = load(file, backend, p + "ffn_down.weight", {ff, embd});
+  }
+}
+
+ForwardWorkspace LlamaModel::make_workspace(int capacity) const {
+  PDVM_CHECK(capacity > 0);
+  const LlamaConfig& c = config_;
+  Backend& b = *backend_;
+  const int64_t n = capacity, q_width = int64_t{c.n_head} * c.head_dim,
+                kv_width = int64_t{c.n_head_kv} * c.head_dim;
+  ForwardWorkspace ws;
+  ws.capacity = capacity;
+  ws.token_ids = b.alloc(TensorType::kI32, {n, 1, 1, 1});
+  ws.positions = b.alloc(TensorType::kI32, {n, 1, 1, 1});
+  ws.x = b.alloc(TensorType::kF32, {c.n_embd, n, 1, 1});
+  ws.x_norm = b.alloc(TensorType::kF32, {c.n_embd, n, 1, 1});
+  ws.q = b.alloc(TensorType::kF32, {q_width, n, 1, 1});
+  ws.k = b.alloc(TensorType::kF32, {kv_width, n, 1, 1});
+  ws.v = b.alloc(TensorType::kF32, {kv_width, n, 1, 1});
+  ws.attn_out = b.alloc(TensorType::kF32, {q_width, n, 1, 1});
+  ws.ffn_gate = b.alloc(TensorType::kF32, {c.n_ff, n, 1, 1});
+  ws.ffn_up = b.alloc(TensorType::kF32, {c.n_ff, n, 1, 1});
+  ws.ffn_act = b.alloc(TensorType::kF32, {c.n_ff, n, 1, 1});
+  ws.logits = b.alloc(TensorType::kF32, {c.n_vocab, n, 1, 1});
+  ws.argmax_ids = b.alloc(TensorType::kI32, {n, 1, 1, 1});
+  return ws;
+}
+
+void LlamaModel::forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, KvCache& cache,
+                         LogitsMode mode) const {
+  const LlamaConfig& c = config_;
+  Backend& b = *backend_;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  PDVM_CHECK(n > 0 && n <= ws.capacity);
+  PDVM_CHECK(cache.shape().n_layer == c.n_layer &&
+             cache.shape().row_width == int64_t{c.n_head_kv} * c.head_dim);
+  cache.check_room(n);
+  for (int64_t t = 0; t < n; ++t) {
+    if (tokens[t] < 0 || tokens[t] >= c.n_vocab) {
+      throw_error(ErrorKind::kOutOfRange, "token id " + std::to_string(tokens[t]) + " at index " +
+                                              std::to_string(t) + " is outside the vocabulary (0 .. " +
+                                              std::to_string(c.n_vocab - 1) + ")");
+    }
+  }
+  std::vector<int32_t> positions(n);
+  for (int64_t t = 0; t < n; ++t) positions[t] = static_cast<int32_t>(cache.n_past() + t);
+  b.write(ws.token_ids, tokens.data(), n * sizeof(int32_t));
+  b.write(ws.positions, positions.data(), n * sizeof(int32_t));
+
+  const Tensor ids = prefix(ws.token_ids, n);
+  const Tensor pos = prefix(ws.positions, n);
+  Tensor x = rows(ws.x, 0, n), x_norm = rows(ws.x_norm, 0, n);
+  Tensor q = rows(ws.q, 0, n), k = rows(ws.k, 0, n), v = rows(ws.v, 0, n);
+  Tensor attn_out = rows(ws.attn_out, 0, n);
+  Tensor gate = rows(ws.ffn_gate, 0, n), up = rows(ws.ffn_up, 0, n), act = rows(ws.ffn_act, 0, n);
+  const RopeConfig rope{c.n_rot, c.rope_freq_base,
+                        weights_.rope_freqs ? &*weights_.rope_freqs : nullptr};
+  const AttentionConfig attention{c.n_head, c.n_head_kv, c.head_dim,
+                                  static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)))};
+
+  auto ops = [&] {
+    b.get_rows(weights_.token_embd, ids, x);
+    for (int layer = 0; layer < c.n_layer; ++layer) {
+      const LlamaLayerWeights& w = weights_.layers[layer];
+      b.rms_norm(x, w.attn_norm, c.rms_eps, x_norm);
+      b.matmul(w.wq, x_norm, q);
+      b.matmul(w.wk, x_norm, k);
+      b.matmul(w.wv, x_norm, v);
+      b.rope(q, pos, c.n_head, c.head_dim, rope);
+      b.rope(k, pos, c.n_head_kv, c.head_dim, rope);
+      b.kv_store(cache.keys(layer), cache.values(layer), k, v, pos);
+      b.attention(q, cache.keys(layer), cache.values(layer), pos, attention, attn_out);
+      b.matmul(w.wo, attn_out, x_norm);
+      b.add(x, x_norm, x);
+
+      b.rms_norm(x, w.ffn_norm, c.rms_eps, x_norm);
+      b.matmul(w.ffn_gate, x_norm, gate);
+      b.matmul(w.ffn_up, x_norm, up);
+      b.swiglu(gate, up, act);
+      b.matmul(w.ffn_down, act, x_norm);
+      b.add(x, x_norm, x);
+    }
+    b.rms_norm(x, weights_.output_norm, c.rms_eps, x_norm);
+    if (mode == LogitsMode::kLast) {
+      Tensor logits = rows(ws.logits, 0, 1);
+      b.matmul(weights_.output, rows(x_norm, n - 1, 1), logits);
+    } else {
+      Tensor logits = rows(ws.logits, 0, n);
+      b.matmul(weights_.output, x_norm, logits);
+    }
+  };
+  if (n == 1 && mode == LogitsMode::kLast) {
+    // The step only reads buffers of this workspace and cache, so they name the recording.
+    char key[96];
+    std::snprintf(key, sizeof key, "llama-decode:%p:%p", ws.x.data, cache.keys(0).data);
+    b.run_recorded(key, ops);
+  } else {
+    ops();
+  }
+  cache.advance(n);
+}
+
+}  // namespace pdvm
