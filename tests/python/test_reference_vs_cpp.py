@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+# ctest-label: model
+"""C++ CPU reference vs the numpy reference on the default model: logits of three prompts and
+64 greedy steps each (tokens must agree; logits within 1e-4 of the largest)."""
+import os
+import sys
+from pathlib import Path
+
+import model_compare
+
+MODEL = Path(os.environ.get("PDVM_MODEL", Path(__file__).resolve().parents[2] /
+                            "models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+# Token ids of fixed prompts (SmolLM2 vocabulary): "The capital of France is", a chat turn
+# asking for it, and "def fib(n):\n    if n <= 1:\n".
+PROMPTS = [
+    [504, 3575, 282, 4649, 314],
+    [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198],
+    [1604, 3987, 24, 94, 25, 42, 198, 333, 585, 304, 2067, 45, 216, 33, 42, 198],
+]
+GREEDY_STEPS = 64
+
+
+def main():
+    if not MODEL.exists():
+        if os.environ.get("PDVM_REQUIRE_MODEL"):
+            print(f"missing default model {MODEL}")
+            return 1
+        print(f"skipped: no default model at {MODEL}")
+        return 0
+    reference = model_compare.pdvm_ref.LlamaReference(str(MODEL))
+    failed = False
+    for prompt in PROMPTS:
+        failures = model_compare.compare(MODEL, prompt, GREEDY_STEPS, reference)
+        print(f"prompt of {len(prompt)} tokens: {'ok' if not failures else '; '.join(failures)}")
+        failed |= bool(failures)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
