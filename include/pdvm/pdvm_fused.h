@@ -1,0 +1,120 @@
+// PDVM fused decode for LLaMA-family models on CUDA (batch 1).
+//
+// Two ways to run a token, over the same weights, KV cache and device kernels:
+//  * layer mode: one kernel launch per layer (RMSNorm, QKV + RoPE + KV append, split-context
+//    attention, O-projection + residual, RMSNorm, gate/up + SiLU*mul, down + residual), the
+//    per-token sequence recorded once as a CUDA graph with programmatic dependent launch;
+//  * token mode: one persistent cooperative launch per token running every layer, the final
+//    norm, the LM head and the greedy argmax.
+// Inside a launch, the phases wait for each other through global counters that only grow
+// (targets derive from per-layer epochs), never by returning to the host.
+//
+// Weights are repacked at load into kernel layouts (16-byte aligned streams, block scales split
+// out). Supported matrix types: F16, BF16, Q8_0, Q4_0. Anything else is rejected with
+// Error(kUnsupported) naming the tensor, so the engine can fall back to the unfused path.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pdvm/tensor_type.h"
+
+namespace pdvm {
+
+class GgufFile;
+
+struct FusedConfig {
+  int n_layer = 0;
+  int n_embd = 0;
+  int n_head = 0;
+  int n_head_kv = 0;
+  int head_dim = 0;
+  int n_ff = 0;
+  int n_vocab = 0;
+  int n_ctx = 0;  // KV-cache positions
+  int n_rot = 0;  // rotated dimensions per head (<= head_dim)
+  float rms_eps = 1e-5f;
+  float rope_base = 10000.0f;
+};
+
+// Host view of one weight in GGUF layout: `rows` rows of `cols` elements.
+struct FusedWeightView {
+  TensorType type = TensorType::kF32;
+  int64_t cols = 0;
+  int64_t rows = 0;
+  const void* data = nullptr;
+  std::string name;  // for error messages
+};
+
+struct FusedLayerView {
+  FusedWeightView attn_norm, wq, wk, wv, wo, ffn_norm, gate, up, down;
+};
+
+struct FusedModelView {
+  FusedConfig config;
+  FusedWeightView token_embd;
+  FusedWeightView output_norm;
+  FusedWeightView output;  // data == nullptr: tied to token_embd
+  std::vector<float> rope_freq_factors;  // empty, or n_rot / 2 divisors (Llama 3)
+  std::vector<FusedLayerView> layers;
+};
+
+// Reads a llama-architecture GGUF into a view (pointers into the mapped file).
+FusedModelView fused_view_from_gguf(const GgufFile& file, int n_ctx);
+
+// Read bandwidth of the current device in GB/s: a streaming read of `bytes` (median of 9 runs).
+double measure_read_bandwidth_gbps(uint64_t bytes);
+
+enum class FusedMode { kLayer, kToken };
+
+// Per-phase bookkeeping of one device run, for benchmarks.
+struct FusedFootprint {
+  uint64_t weight_bytes = 0;         // every byte of every matrix a token streams
+  uint64_t kv_bytes_per_position = 0;  // K+V bytes read per attended position, all layers
+};
+
+class FusedDecoder {
+ public:
+  // Repacks and uploads `model` to the current CUDA device. Throws Error(kUnsupported) for a
+  // weight type or shape the kernels do not handle.
+  explicit FusedDecoder(const FusedModelView& model);
+  // Random weights generated deterministically on the device, directly in the kernel layouts
+  // (benchmarks of large shapes without host files). Every matrix has type `type`.
+  static std::unique_ptr<FusedDecoder> synthesize(const FusedConfig& config, TensorType type,
+                                                  uint64_t seed);
+  ~FusedDecoder();
+  FusedDecoder(const FusedDecoder&) = delete;
+  FusedDecoder& operator=(const FusedDecoder&) = delete;
+
+  const FusedConfig& config() const;
+  FusedFootprint footprint() const;
+  int grid_size() const;
+
+  // ---- layer-level API (hidden state of n_embd floats kept on the device) ----------------
+  void set_hidden(const std::vector<float>& values);
+  std::vector<float> hidden() const;
+  // Runs one layer for the token at `position` (appends its K/V to the cache).
+  void execute_layer(int layer, int position);
+
+  // ---- token-level API --------------------------------------------------------------------
+  // Runs the whole model on `token` at `position`; returns the greedy next token.
+  int execute_model(int token, int position, FusedMode mode);
+  std::vector<float> logits() const;  // of the last execute_model / generate step
+  // Greedy decoding of `n_tokens` tokens fed back on the device; returns them.
+  std::vector<int> generate(int token, int position, int n_tokens, FusedMode mode);
+  // Like generate, but returns the device time in milliseconds (CUDA events) of the n tokens.
+  double time_generate(int token, int position, int n_tokens, FusedMode mode);
+
+  // The reason `model` cannot run fused, or empty when it can.
+  static std::string unsupported_reason(const FusedModelView& model);
+
+  struct Impl;
+
+ private:
+  FusedDecoder();
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pdvm

@@ -1,0 +1,328 @@
+// Device-side building blocks of the PDVM fused kernels: the parameter block, repacked weight
+// formats, streaming loads, inter-CTA counters, and the warp matvec.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace pdvm::fused {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxGroup = 8;  // query heads per KV head the attention phase handles
+constexpr int kQuantBlock = 32;
+
+// Repacked weight formats. Every format streams 16-byte chunks from a row-major main stream;
+// quantized formats keep their per-32 block scales in a separate f16 stream.
+enum Format : int { kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3 };
+
+__host__ __device__ constexpr int weights_per_chunk(int format) {
+  return format == kFmtQ8_0 ? 16 : format == kFmtQ4_0 ? 32 : 8;
+}
+
+struct DevMatrix {
+  const uint8_t* data = nullptr;  // rows x row_bytes
+  const __half* scales = nullptr;  // rows x cols/32 (quantized formats)
+  int rows = 0;
+  int cols = 0;
+  int row_bytes = 0;
+  int format = kFmtF16;
+};
+
+struct DevLayer {
+  const float* attn_norm;
+  const float* ffn_norm;
+  DevMatrix qkv;  // [Wq; Wk; Wv] rows
+  DevMatrix wo;
+  DevMatrix gate;
+  DevMatrix up;
+  DevMatrix down;
+};
+
+// Token-level state shared by host and kernels.
+struct DevStep {
+  int position;  // of the token being computed
+  int token;     // its id (embedding input)
+  int n_out;     // tokens appended to history
+};
+
+// Counter slots per layer; then one per KV head for the attention merge.
+enum LayerCounter : int { kCtrQkv = 0, kCtrAttn, kCtrO, kCtrUp, kCtrDown, kLayerCounters };
+enum ModelCounter : int { kCtrEmbed = 0, kCtrHead, kModelCounters };
+
+struct Params {
+  int n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx, n_rot;
+  int n_chunks;  // attention context splits per KV head
+  float rms_eps, attn_scale, rope_base;
+  const float* rope_factors;  // n_rot/2 or null
+
+  const DevLayer* layers;  // device array
+  DevMatrix token_embd;
+  DevMatrix output;
+  const float* output_norm;
+
+  float* x;          // residual stream [n_embd]
+  float* q;          // roped queries [n_head * head_dim]
+  float* attn_part;  // [n_head][n_chunks][head_dim + 2]: O (unnormalized), max, sum
+  float* attn_out;   // [n_head * head_dim]
+  float* h;          // [n_ff]
+  float* logits;     // [n_vocab]
+  __half* k_cache;   // [layer][kv head][n_ctx][head_dim]
+  __half* v_cache;
+  float2* cta_best;  // [grid] (value, index) of each CTA's argmax
+  int* history;      // greedy tokens, indexed by DevStep::n_out
+
+  unsigned* layer_counters;  // [n_layer][kLayerCounters + n_head_kv]
+  unsigned* layer_epochs;    // [n_layer]
+  unsigned* model_counters;  // [kModelCounters]
+  unsigned* model_epoch;
+  DevStep* step;
+};
+
+__host__ __device__ inline int layer_counter_stride(int n_head_kv) { return kLayerCounters + n_head_kv; }
+
+// ---- memory access -----------------------------------------------------------------------
+
+// Weights: read once per token, never written by the kernels: skip L1, pull 256 B into L2.
+__device__ __forceinline__ uint4 load_stream(const void* ptr) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(ptr));
+  return v;
+}
+
+__device__ __forceinline__ void prefetch_l2(const void* ptr) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));
+}
+
+// Producer side: after the CTA's writes (and a __syncthreads), one thread publishes them.
+__device__ __forceinline__ void signal_release(unsigned* counter) {
+  __threadfence();
+  asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+}
+
+// Like signal_release, but returns true for the arrival that completes `target`.
+__device__ __forceinline__ bool signal_is_last(unsigned* counter, unsigned target) {
+  __threadfence();
+  unsigned old;
+  asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(counter) : "memory");
+  return old + 1 == target;
+}
+
+__device__ __forceinline__ unsigned load_acquire(const unsigned* counter) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(counter) : "memory");
+  return v;
+}
+
+// Consumer side: the whole CTA waits until `counter` reaches `target` (wrap-safe).
+__device__ __forceinline__ void cta_wait(const unsigned* counter, unsigned target) {
+  if (threadIdx.x == 0) {
+    while (static_cast<int>(load_acquire(counter) - target) < 0) __nanosleep(40);
+  }
+  __syncthreads();
+}
+
+// ---- chunk decoding ------------------------------------------------------------------------
+
+__device__ __forceinline__ float dot8_f16(uint4 w, const float* x) {
+  const __half2* h = reinterpret_cast<const __half2*>(&w);
+  const float4 x0 = *reinterpret_cast<const float4*>(x);
+  const float4 x1 = *reinterpret_cast<const float4*>(x + 4);
+  float2 a = __half22float2(h[0]), b = __half22float2(h[1]);
+  float2 c = __half22float2(h[2]), d = __half22float2(h[3]);
+  float s = a.x * x0.x;
+  s = fmaf(a.y, x0.y, s);
+  s = fmaf(b.x, x0.z, s);
+  s = fmaf(b.y, x0.w, s);
+  s = fmaf(c.x, x1.x, s);
+  s = fmaf(c.y, x1.y, s);
+  s = fmaf(d.x, x1.z, s);
+  s = fmaf(d.y, x1.w, s);
+  return s;
+}
+
+__device__ __forceinline__ float bf16_lo(uint32_t v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
+
+__device__ __forceinline__ float dot8_bf16(uint4 w, const float* x) {
+  const float4 x0 = *reinterpret_cast<const float4*>(x);
+  const float4 x1 = *reinterpret_cast<const float4*>(x + 4);
+  float s = bf16_lo(w.x) * x0.x;
+  s = fmaf(bf16_hi(w.x), x0.y, s);
+  s = fmaf(bf16_lo(w.y), x0.z, s);
+  s = fmaf(bf16_hi(w.y), x0.w, s);
+  s = fmaf(bf16_lo(w.z), x1.x, s);
+  s = fmaf(bf16_hi(w.z), x1.y, s);
+  s = fmaf(bf16_lo(w.w), x1.z, s);
+  s = fmaf(bf16_hi(w.w), x1.w, s);
+  return s;
+}
+
+// Four signed bytes of `v` against x[0..3].
+__device__ __forceinline__ float dot4_i8(uint32_t v, const float* x, float s) {
+  const float4 xv = *reinterpret_cast<const float4*>(x);
+  s = fmaf(static_cast<float>(static_cast<int8_t>(v & 0xff)), xv.x, s);
+  s = fmaf(static_cast<float>(static_cast<int8_t>((v >> 8) & 0xff)), xv.y, s);
+  s = fmaf(static_cast<float>(static_cast<int8_t>((v >> 16) & 0xff)), xv.z, s);
+  s = fmaf(static_cast<float>(static_cast<int8_t>(v >> 24)), xv.w, s);
+  return s;
+}
+
+// Q8_0 chunk: 16 int8 quants (half a block), scale applied by the caller.
+__device__ __forceinline__ float dot16_q8(uint4 w, const float* x) {
+  float s = dot4_i8(w.x, x, 0.0f);
+  s = dot4_i8(w.y, x + 4, s);
+  s = dot4_i8(w.z, x + 8, s);
+  s = dot4_i8(w.w, x + 12, s);
+  return s;
+}
+
+// Q4_0 chunk: one GGUF block's 16 bytes; byte i holds element i (low) and i + 16 (high).
+__device__ __forceinline__ float dot32_q4(uint4 w, const float* x) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+  float s = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float4 lo = *reinterpret_cast<const float4*>(x + 4 * j);
+    const float4 hi = *reinterpret_cast<const float4*>(x + 16 + 4 * j);
+    const uint32_t v = words[j];
+    s = fmaf(static_cast<float>(static_cast<int>(v & 0xf) - 8), lo.x, s);
+    s = fmaf(static_cast<float>(static_cast<int>((v >> 8) & 0xf) - 8), lo.y, s);
+    s = fmaf(static_cast<float>(static_cast<int>((v >> 16) & 0xf) - 8), lo.z, s);
+    s = fmaf(static_cast<float>(static_cast<int>((v >> 24) & 0xf) - 8), lo.w, s);
+    s = fmaf(static_cast<float>(static_cast<int>((v >> 4) & 0xf) - 8), hi.x, s);
+    s = fmaf(static_cast<float>(static_cast<int>((v >> 12) & 0xf) - 8), hi.y, s);
+    s = fmaf(static_cast<float>(static_cast<int>((v >> 20) & 0xf) - 8), hi.z, s);
+    s = fmaf(static_cast<float>(static_cast<int>(v >> 28) - 8), hi.w, s);
+  }
+  return s;
+}
+
+template <int kFormat>
+__device__ __forceinline__ float chunk_dot(uint4 w, const float* x) {
+  if constexpr (kFormat == kFmtF16) return dot8_f16(w, x);
+  else if constexpr (kFormat == kFmtBF16) return dot8_bf16(w, x);
+  else if constexpr (kFormat == kFmtQ8_0) return dot16_q8(w, x);
+  else return dot32_q4(w, x);
+}
+
+// Scale of the block holding chunk `chunk` of a row (1 for float formats).
+template <int kFormat>
+__device__ __forceinline__ float chunk_scale(const DevMatrix& m, int row, int chunk) {
+  if constexpr (kFormat == kFmtQ8_0 || kFormat == kFmtQ4_0) {
+    constexpr int kChunksPerBlock = kQuantBlock / weights_per_chunk(kFormat);
+    const int blocks_per_row = m.cols / kQuantBlock;
+    return __half2float(__ldg(m.scales + static_cast<int64_t>(row) * blocks_per_row + chunk / kChunksPerBlock));
+  } else {
+    return 1.0f;
+  }
+}
+
+// Element `i` of row `row`, for the embedding lookup.
+template <int kFormat>
+__device__ __forceinline__ float matrix_element(const DevMatrix& m, int row, int i) {
+  const uint8_t* r = m.data + static_cast<int64_t>(row) * m.row_bytes;
+  if constexpr (kFormat == kFmtF16) {
+    return __half2float(reinterpret_cast<const __half*>(r)[i]);
+  } else if constexpr (kFormat == kFmtBF16) {
+    return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(r)[i]);
+  } else {
+    const float scale = __half2float(m.scales[static_cast<int64_t>(row) * (m.cols / kQuantBlock) + i / kQuantBlock]);
+    if constexpr (kFormat == kFmtQ8_0) {
+      return scale * static_cast<float>(reinterpret_cast<const int8_t*>(r)[i]);
+    } else {
+      const int in_block = i % kQuantBlock;
+      const uint8_t byte = r[(i / kQuantBlock) * 16 + (in_block & 15)];
+      const int q = in_block < 16 ? (byte & 0xf) : (byte >> 4);
+      return scale * static_cast<float>(q - 8);
+    }
+  }
+}
+
+template <int kFormat>
+struct FormatTag {
+  static constexpr int value = kFormat;
+};
+
+template <class Fn>
+__device__ __forceinline__ void dispatch_format(int format, Fn&& fn) {
+  switch (format) {
+    case kFmtF16: fn(FormatTag<kFmtF16>{}); break;
+    case kFmtBF16: fn(FormatTag<kFmtBF16>{}); break;
+    case kFmtQ8_0: fn(FormatTag<kFmtQ8_0>{}); break;
+    default: fn(FormatTag<kFmtQ4_0>{}); break;
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// One warp: out[r] = dot(row rows[r] of mats[r], x) for kRows rows sharing the activation x
+// (shared memory). All matrices share kFormat and cols. Result valid in every lane.
+template <int kFormat, int kRows>
+__device__ __forceinline__ void warp_dot_rows(const DevMatrix* const (&mats)[kRows], const int (&rows)[kRows],
+                                              const float* x, float (&out)[kRows]) {
+  constexpr int kW = weights_per_chunk(kFormat);
+  constexpr int kUnroll = kFormat == kFmtQ4_0 ? 2 : 4;
+  constexpr bool kScaled = kFormat == kFmtQ8_0 || kFormat == kFmtQ4_0;
+  const int lane = threadIdx.x & 31;
+  const int n_chunks = mats[0]->cols / kW;
+  const uint4* base[kRows];
+  float acc[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    base[r] = reinterpret_cast<const uint4*>(mats[r]->data + static_cast<int64_t>(rows[r]) * mats[r]->row_bytes);
+    acc[r] = 0.0f;
+  }
+  for (int c0 = lane; c0 < n_chunks; c0 += 32 * kUnroll) {
+    uint4 w[kRows][kUnroll];
+    float scale[kRows][kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int c = c0 + 32 * u;
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        w[r][u] = c < n_chunks ? load_stream(base[r] + c) : make_uint4(0, 0, 0, 0);
+        if constexpr (kScaled) scale[r][u] = c < n_chunks ? chunk_scale<kFormat>(*mats[r], rows[r], c) : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int c = c0 + 32 * u;
+      if (c < n_chunks) {
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          const float d = chunk_dot<kFormat>(w[r][u], x + c * kW);
+          acc[r] = kScaled ? fmaf(scale[r][u], d, acc[r]) : acc[r] + d;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) out[r] = warp_sum(acc[r]);
+}
+
+// Contiguous share [begin, end) of n items for CTA b of g.
+__device__ __forceinline__ void cta_share(int n, int& begin, int& end) {
+  begin = static_cast<int>(static_cast<int64_t>(n) * blockIdx.x / gridDim.x);
+  end = static_cast<int>(static_cast<int64_t>(n) * (blockIdx.x + 1) / gridDim.x);
+}
+
+// Pulls the first `max_bytes` of rows [row_begin, row_end) of m into L2 (called before a wait,
+// so the weights of the next phase stream while the activations are not ready yet).
+__device__ __forceinline__ void prefetch_rows(const DevMatrix& m, int row_begin, int row_end, int max_bytes) {
+  const uint8_t* begin = m.data + static_cast<int64_t>(row_begin) * m.row_bytes;
+  int64_t bytes = static_cast<int64_t>(row_end - row_begin) * m.row_bytes;
+  if (bytes > max_bytes) bytes = max_bytes;
+  for (int64_t off = static_cast<int64_t>(threadIdx.x) * 256; off < bytes; off += kThreads * 256) prefetch_l2(begin + off);
+}
+
+}  // namespace pdvm::fused

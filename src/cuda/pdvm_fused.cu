@@ -1,0 +1,455 @@
+// FusedDecoder: validates a llama model view, repacks its weights into the PDVM kernel layouts,
+// owns the device state (activations, KV cache, counters) and runs tokens in layer or token mode.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <string>
+
+#include "cuda/check.cuh"
+#include "cuda/pdvm_kernel.cuh"
+#include "pdvm/error.h"
+#include "pdvm/pdvm_fused.h"
+
+namespace pdvm {
+
+using fused::DevLayer;
+using fused::DevMatrix;
+
+namespace {
+
+constexpr int kMaxChunks = 64;
+
+int format_of(TensorType type) {
+  switch (type) {
+    case TensorType::kF16: return fused::kFmtF16;
+    case TensorType::kBF16: return fused::kFmtBF16;
+    case TensorType::kQ8_0: return fused::kFmtQ8_0;
+    case TensorType::kQ4_0: return fused::kFmtQ4_0;
+    default: return -1;
+  }
+}
+
+bool is_quantized(int format) { return format == fused::kFmtQ8_0 || format == fused::kFmtQ4_0; }
+
+int row_bytes_of(int format, int cols) {
+  switch (format) {
+    case fused::kFmtQ8_0: return cols;
+    case fused::kFmtQ4_0: return cols / 2;
+    default: return cols * 2;
+  }
+}
+
+// A matrix in the kernel layout on the host: main stream + block scales.
+struct HostMatrix {
+  int format = -1;
+  int rows = 0;
+  int cols = 0;
+  std::vector<uint8_t> data;
+  std::vector<uint16_t> scales;
+};
+
+void append_rows(HostMatrix& out, const FusedWeightView& w) {
+  const int format = format_of(w.type);
+  PDVM_CHECK(format >= 0 && (out.format < 0 || out.format == format));
+  if (out.format < 0) {
+    out.format = format;
+    out.cols = static_cast<int>(w.cols);
+  }
+  PDVM_CHECK(out.cols == w.cols);
+  const int row_bytes = row_bytes_of(format, out.cols);
+  const int blocks = out.cols / fused::kQuantBlock;
+  const auto* src = static_cast<const uint8_t*>(w.data);
+  out.data.reserve(out.data.size() + static_cast<size_t>(w.rows) * row_bytes);
+  if (!is_quantized(format)) {
+    out.data.insert(out.data.end(), src, src + static_cast<size_t>(w.rows) * row_bytes);
+  } else {
+    // GGUF blocks: f16 scale followed by the quants (32 int8, or 16 bytes of nibbles).
+    const int quant_bytes = format == fused::kFmtQ8_0 ? 32 : 16;
+    const int block_bytes = 2 + quant_bytes;
+    for (int64_t b = 0; b < w.rows * blocks; ++b) {
+      const uint8_t* block = src + b * block_bytes;
+      uint16_t scale;
+      std::memcpy(&scale, block, 2);
+      out.scales.push_back(scale);
+      out.data.insert(out.data.end(), block + 2, block + block_bytes);
+    }
+  }
+  out.rows += static_cast<int>(w.rows);
+}
+
+std::vector<float> to_floats(const FusedWeightView& w) {
+  std::vector<float> out(static_cast<size_t>(w.cols * w.rows));
+  dequantize_row(w.type, w.data, out.data(), w.cols * w.rows);
+  return out;
+}
+
+std::string check_matrix(const FusedWeightView& w, int64_t cols, int64_t rows) {
+  if (!w.data) return "tensor " + w.name + " is missing";
+  if (w.cols != cols || w.rows != rows)
+    return "tensor " + w.name + " has shape {" + std::to_string(w.cols) + ", " + std::to_string(w.rows) +
+           "}, expected {" + std::to_string(cols) + ", " + std::to_string(rows) + "}";
+  const int format = format_of(w.type);
+  if (format < 0)
+    return "tensor " + w.name + " has type " + std::string(type_name(w.type)) +
+           " (fused kernels support f16, bf16, q8_0, q4_0)";
+  const int chunk = is_quantized(format) ? fused::kQuantBlock : fused::weights_per_chunk(format);
+  if (cols % chunk != 0 || row_bytes_of(format, static_cast<int>(cols)) % 16 != 0)
+    return "tensor " + w.name + ": rows of " + std::to_string(cols) + " elements do not fill 16-byte chunks";
+  return {};
+}
+
+std::string check_vector(const FusedWeightView& w, int64_t n) {
+  if (!w.data) return "tensor " + w.name + " is missing";
+  if (w.cols * w.rows != n) return "tensor " + w.name + " has " + std::to_string(w.cols * w.rows) +
+                                   " elements, expected " + std::to_string(n);
+  if (!type_info(w.type).dequantizable) return "tensor " + w.name + " has unsupported type " +
+                                               std::string(type_name(w.type));
+  return {};
+}
+
+std::string check_config(const FusedConfig& c) {
+  if (c.n_layer < 1 || c.n_embd < 1 || c.n_head < 1 || c.n_head_kv < 1 || c.n_ff < 1 || c.n_vocab < 1 ||
+      c.n_ctx < 1)
+    return "model dimensions must be positive";
+  if (c.n_head % c.n_head_kv != 0) return "n_head is not a multiple of n_head_kv";
+  if (c.n_head / c.n_head_kv > fused::kMaxGroup)
+    return "more than " + std::to_string(fused::kMaxGroup) + " query heads per KV head";
+  const int hd = c.head_dim;
+  if (hd < 8 || hd > 256 || (hd & (hd - 1)) != 0) return "head_dim " + std::to_string(hd) + " is not a power of two in [8, 256]";
+  if (c.n_rot < 2 || c.n_rot > hd || c.n_rot % 2 != 0) return "rope dimension count " + std::to_string(c.n_rot) + " is invalid";
+  if (c.n_embd % 4 != 0 || c.n_ff % 4 != 0) return "n_embd and n_ff must be multiples of 4";
+  return {};
+}
+
+}  // namespace
+
+struct FusedDecoder::Impl {
+  FusedConfig config;
+  fused::Params params{};
+  int device = 0;
+  int grid = 0;
+  cudaStream_t stream = nullptr;
+  std::vector<void*> allocations;
+  std::vector<DevLayer> layers;
+  cudaGraphExec_t layer_graph = nullptr;
+  FusedFootprint footprint;
+
+  ~Impl() {
+    if (layer_graph) cudaGraphExecDestroy(layer_graph);
+    for (void* p : allocations) cudaFree(p);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  template <class T>
+  T* alloc(size_t count) {
+    void* p = nullptr;
+    PDVM_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)));
+    allocations.push_back(p);
+    PDVM_CUDA_CHECK(cudaMemsetAsync(p, 0, std::max<size_t>(count, 1) * sizeof(T), stream));
+    return static_cast<T*>(p);
+  }
+
+  DevMatrix alloc_matrix(int format, int rows, int cols) {
+    DevMatrix m;
+    m.format = format;
+    m.rows = rows;
+    m.cols = cols;
+    m.row_bytes = row_bytes_of(format, cols);
+    m.data = alloc<uint8_t>(static_cast<size_t>(rows) * m.row_bytes);
+    if (is_quantized(format)) m.scales = alloc<__half>(static_cast<size_t>(rows) * (cols / fused::kQuantBlock));
+    footprint.weight_bytes += static_cast<uint64_t>(rows) * m.row_bytes +
+                              (m.scales ? static_cast<uint64_t>(rows) * (cols / fused::kQuantBlock) * 2 : 0);
+    return m;
+  }
+
+  // Ordered after the allocations' memsets on `stream`; waits so `src` may go away.
+  void copy_to_device(void* dst, const void* src, size_t bytes) {
+    PDVM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+    PDVM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  DevMatrix upload(const HostMatrix& h) {
+    DevMatrix m = alloc_matrix(h.format, h.rows, h.cols);
+    copy_to_device(const_cast<uint8_t*>(m.data), h.data.data(), h.data.size());
+    if (m.scales) copy_to_device(const_cast<__half*>(m.scales), h.scales.data(), h.scales.size() * 2);
+    return m;
+  }
+
+  DevMatrix upload(const FusedWeightView& w) {
+    HostMatrix h;
+    append_rows(h, w);
+    return upload(h);
+  }
+
+  float* upload(const std::vector<float>& v) {
+    float* d = alloc<float>(v.size());
+    copy_to_device(d, v.data(), v.size() * sizeof(float));
+    return d;
+  }
+
+  // Activations, KV cache, counters and the kernel parameters for `c`.
+  void init_state(const FusedConfig& c) {
+    config = c;
+    PDVM_CUDA_CHECK(cudaGetDevice(&device));
+    PDVM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    fused::Params& p = params;
+    p.n_layer = c.n_layer;
+    p.n_embd = c.n_embd;
+    p.n_head = c.n_head;
+    p.n_head_kv = c.n_head_kv;
+    p.head_dim = c.head_dim;
+    p.n_ff = c.n_ff;
+    p.n_vocab = c.n_vocab;
+    p.n_ctx = c.n_ctx;
+    p.n_rot = c.n_rot;
+    p.rms_eps = c.rms_eps;
+    p.rope_base = c.rope_base;
+    p.attn_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    grid = fused::fused_max_grid(p, device);
+    // Chunks per KV head so that items fill the grid evenly (a multiple of the CTA count).
+    p.n_chunks = std::clamp(grid / std::gcd(grid, c.n_head_kv), 1, kMaxChunks);
+
+    const size_t q_floats = static_cast<size_t>(c.n_head) * c.head_dim;
+    p.x = alloc<float>(c.n_embd);
+    p.q = alloc<float>(q_floats);
+    p.attn_part = alloc<float>(static_cast<size_t>(c.n_head) * p.n_chunks * (c.head_dim + 2));
+    p.attn_out = alloc<float>(q_floats);
+    p.h = alloc<float>(c.n_ff);
+    p.logits = alloc<float>(c.n_vocab);
+    const size_t cache = static_cast<size_t>(c.n_layer) * c.n_head_kv * c.n_ctx * c.head_dim;
+    p.k_cache = alloc<__half>(cache);
+    p.v_cache = alloc<__half>(cache);
+    p.cta_best = alloc<float2>(grid);
+    p.history = alloc<int>(c.n_ctx);
+    p.layer_counters = alloc<unsigned>(static_cast<size_t>(c.n_layer) * fused::layer_counter_stride(c.n_head_kv));
+    p.layer_epochs = alloc<unsigned>(c.n_layer);
+    p.model_counters = alloc<unsigned>(fused::kModelCounters);
+    p.model_epoch = alloc<unsigned>(1);
+    p.step = alloc<fused::DevStep>(1);
+    footprint.kv_bytes_per_position = static_cast<uint64_t>(c.n_layer) * 2 * c.n_head_kv * c.head_dim * 2;
+  }
+
+  void finish_layers() {
+    auto* d = alloc<DevLayer>(layers.size());
+    copy_to_device(d, layers.data(), layers.size() * sizeof(DevLayer));
+    params.layers = d;
+  }
+
+  void write_step(int position, int token) {
+    const fused::DevStep step{position, token, 0};
+    PDVM_CUDA_CHECK(cudaMemcpyAsync(params.step, &step, sizeof(step), cudaMemcpyHostToDevice, stream));
+    PDVM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  void check_position(int position, int n_tokens) const {
+    if (position < 0 || n_tokens < 0 || static_cast<int64_t>(position) + n_tokens > config.n_ctx)
+      throw_error(ErrorKind::kOutOfRange, "fused decode: positions " + std::to_string(position) + ".." +
+                                              std::to_string(position + n_tokens) + " exceed the context of " +
+                                              std::to_string(config.n_ctx));
+  }
+
+  void record_layer_graph() {
+    cudaGraph_t graph;
+    PDVM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    for (int l = 0; l < config.n_layer; ++l) {
+      int flags = l == 0 ? fused::kFlagEmbed : fused::kFlagPdl;
+      if (l == config.n_layer - 1) flags |= fused::kFlagHead;
+      fused::launch_fused(params, grid, l, l + 1, flags, false, stream);
+    }
+    PDVM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    PDVM_CUDA_CHECK(cudaGraphInstantiate(&layer_graph, graph, 0));
+    PDVM_CUDA_CHECK(cudaGraphDestroy(graph));
+  }
+
+  void run_token(FusedMode mode) {
+    if (mode == FusedMode::kLayer) {
+      if (!layer_graph) record_layer_graph();
+      PDVM_CUDA_CHECK(cudaGraphLaunch(layer_graph, stream));
+    } else {
+      fused::launch_fused(params, grid, 0, config.n_layer, fused::kFlagEmbed | fused::kFlagHead, true, stream);
+    }
+  }
+
+  void copy_to_host(void* dst, const void* src, size_t bytes) {
+    PDVM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream));
+    PDVM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  std::vector<int> read_history(int n) {
+    std::vector<int> out(n);
+    copy_to_host(out.data(), params.history, n * sizeof(int));
+    return out;
+  }
+};
+
+std::string FusedDecoder::unsupported_reason(const FusedModelView& model) {
+  const FusedConfig& c = model.config;
+  if (std::string why = check_config(c); !why.empty()) return why;
+  if (static_cast<int>(model.layers.size()) != c.n_layer) return "layer count does not match block_count";
+  const int64_t nq = static_cast<int64_t>(c.n_head) * c.head_dim, nkv = static_cast<int64_t>(c.n_head_kv) * c.head_dim;
+  for (const FusedLayerView& l : model.layers) {
+    for (const std::string& why :
+         {check_vector(l.attn_norm, c.n_embd), check_vector(l.ffn_norm, c.n_embd), check_matrix(l.wq, c.n_embd, nq),
+          check_matrix(l.wk, c.n_embd, nkv), check_matrix(l.wv, c.n_embd, nkv), check_matrix(l.wo, nq, c.n_embd),
+          check_matrix(l.gate, c.n_embd, c.n_ff), check_matrix(l.up, c.n_embd, c.n_ff),
+          check_matrix(l.down, c.n_ff, c.n_embd)}) {
+      if (!why.empty()) return why;
+    }
+    if (l.wq.type != l.wk.type || l.wq.type != l.wv.type)
+      return "tensors " + l.wq.name + ", " + l.wk.name + ", " + l.wv.name + " differ in type";
+    if (l.gate.type != l.up.type) return "tensors " + l.gate.name + " and " + l.up.name + " differ in type";
+  }
+  if (std::string why = check_matrix(model.token_embd, c.n_embd, c.n_vocab); !why.empty()) return why;
+  if (std::string why = check_vector(model.output_norm, c.n_embd); !why.empty()) return why;
+  if (model.output.data) {
+    if (std::string why = check_matrix(model.output, c.n_embd, c.n_vocab); !why.empty()) return why;
+  }
+  if (!model.rope_freq_factors.empty() && static_cast<int>(model.rope_freq_factors.size()) != c.n_rot / 2)
+    return "rope_freqs has " + std::to_string(model.rope_freq_factors.size()) + " entries, expected " +
+           std::to_string(c.n_rot / 2);
+  return {};
+}
+
+FusedDecoder::FusedDecoder() : impl_(std::make_unique<Impl>()) {}
+
+FusedDecoder::FusedDecoder(const FusedModelView& model) : FusedDecoder() {
+  if (std::string why = unsupported_reason(model); !why.empty())
+    throw_error(ErrorKind::kUnsupported, "fused decode: " + why);
+  Impl& m = *impl_;
+  m.init_state(model.config);
+  for (const FusedLayerView& l : model.layers) {
+    DevLayer d{};
+    d.attn_norm = m.upload(to_floats(l.attn_norm));
+    d.ffn_norm = m.upload(to_floats(l.ffn_norm));
+    HostMatrix qkv;
+    append_rows(qkv, l.wq);
+    append_rows(qkv, l.wk);
+    append_rows(qkv, l.wv);
+    d.qkv = m.upload(qkv);
+    d.wo = m.upload(l.wo);
+    d.gate = m.upload(l.gate);
+    d.up = m.upload(l.up);
+    d.down = m.upload(l.down);
+    m.layers.push_back(d);
+  }
+  // The embedding is read one row per token; only the LM head's bytes count as streamed.
+  const uint64_t before_embd = m.footprint.weight_bytes;
+  m.params.token_embd = m.upload(model.token_embd);
+  if (model.output.data) {
+    m.footprint.weight_bytes = before_embd;
+    m.params.output = m.upload(model.output);
+  } else {
+    m.params.output = m.params.token_embd;
+  }
+  m.params.output_norm = m.upload(to_floats(model.output_norm));
+  if (!model.rope_freq_factors.empty()) m.params.rope_factors = m.upload(model.rope_freq_factors);
+  m.finish_layers();
+}
+
+std::unique_ptr<FusedDecoder> FusedDecoder::synthesize(const FusedConfig& config, TensorType type, uint64_t seed) {
+  if (std::string why = check_config(config); !why.empty()) throw_error(ErrorKind::kInvalidArgument, "fused synth: " + why);
+  const int format = format_of(type);
+  if (format < 0) throw_error(ErrorKind::kUnsupported, "fused synth: unsupported type " + std::string(type_name(type)));
+  std::unique_ptr<FusedDecoder> decoder(new FusedDecoder());
+  Impl& m = *decoder->impl_;
+  m.init_state(config);
+  const FusedConfig& c = config;
+  const int nq = c.n_head * c.head_dim, nkv = c.n_head_kv * c.head_dim;
+  uint64_t tensor = seed * 1000003;
+  auto matrix = [&](int rows, int cols) {
+    DevMatrix d = m.alloc_matrix(format, rows, cols);
+    fused::fill_random_matrix(d, ++tensor, std::sqrt(3.0f / static_cast<float>(cols)), m.stream);
+    return d;
+  };
+  auto norm = [&] {
+    float* d = m.alloc<float>(c.n_embd);
+    fused::fill_random_floats(d, c.n_embd, ++tensor, 1.0f, 0.2f, m.stream);
+    return d;
+  };
+  for (int l = 0; l < c.n_layer; ++l) {
+    DevLayer d{};
+    d.attn_norm = norm();
+    d.ffn_norm = norm();
+    d.qkv = matrix(nq + 2 * nkv, c.n_embd);
+    d.wo = matrix(c.n_embd, nq);
+    d.gate = matrix(c.n_ff, c.n_embd);
+    d.up = matrix(c.n_ff, c.n_embd);
+    d.down = matrix(c.n_embd, c.n_ff);
+    m.layers.push_back(d);
+  }
+  m.params.output = m.params.token_embd = matrix(c.n_vocab, c.n_embd);
+  m.params.output_norm = norm();
+  m.finish_layers();
+  return decoder;
+}
+
+FusedDecoder::~FusedDecoder() = default;
+
+const FusedConfig& FusedDecoder::config() const { return impl_->config; }
+FusedFootprint FusedDecoder::footprint() const { return impl_->footprint; }
+int FusedDecoder::grid_size() const { return impl_->grid; }
+
+void FusedDecoder::set_hidden(const std::vector<float>& values) {
+  if (static_cast<int>(values.size()) != impl_->config.n_embd)
+    throw_error(ErrorKind::kInvalidArgument, "fused decode: hidden state has " + std::to_string(values.size()) +
+                                                 " values, expected " + std::to_string(impl_->config.n_embd));
+  impl_->copy_to_device(impl_->params.x, values.data(), values.size() * sizeof(float));
+}
+
+std::vector<float> FusedDecoder::hidden() const {
+  std::vector<float> out(impl_->config.n_embd);
+  impl_->copy_to_host(out.data(), impl_->params.x, out.size() * sizeof(float));
+  return out;
+}
+
+void FusedDecoder::execute_layer(int layer, int position) {
+  Impl& m = *impl_;
+  if (layer < 0 || layer >= m.config.n_layer)
+    throw_error(ErrorKind::kOutOfRange, "fused decode: layer " + std::to_string(layer) + " out of range");
+  m.check_position(position, 1);
+  m.write_step(position, 0);
+  fused::launch_fused(m.params, m.grid, layer, layer + 1, 0, true, m.stream);
+  PDVM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+}
+
+int FusedDecoder::execute_model(int token, int position, FusedMode mode) {
+  return generate(token, position, 1, mode)[0];
+}
+
+std::vector<float> FusedDecoder::logits() const {
+  std::vector<float> out(impl_->config.n_vocab);
+  impl_->copy_to_host(out.data(), impl_->params.logits, out.size() * sizeof(float));
+  return out;
+}
+
+std::vector<int> FusedDecoder::generate(int token, int position, int n_tokens, FusedMode mode) {
+  Impl& m = *impl_;
+  if (token < 0 || token >= m.config.n_vocab)
+    throw_error(ErrorKind::kOutOfRange, "fused decode: token " + std::to_string(token) + " out of range");
+  m.check_position(position, n_tokens);
+  m.write_step(position, token);
+  for (int i = 0; i < n_tokens; ++i) m.run_token(mode);
+  return m.read_history(n_tokens);
+}
+
+double FusedDecoder::time_generate(int token, int position, int n_tokens, FusedMode mode) {
+  Impl& m = *impl_;
+  m.check_position(position, n_tokens);
+  if (mode == FusedMode::kLayer && !m.layer_graph) m.record_layer_graph();
+  m.write_step(position, token);
+  cudaEvent_t start, stop;
+  PDVM_CUDA_CHECK(cudaEventCreate(&start));
+  PDVM_CUDA_CHECK(cudaEventCreate(&stop));
+  PDVM_CUDA_CHECK(cudaEventRecord(start, m.stream));
+  for (int i = 0; i < n_tokens; ++i) m.run_token(mode);
+  PDVM_CUDA_CHECK(cudaEventRecord(stop, m.stream));
+  PDVM_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  PDVM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  PDVM_CUDA_CHECK(cudaEventDestroy(start));
+  PDVM_CUDA_CHECK(cudaEventDestroy(stop));
+  return ms;
+}
+
+}  // namespace pdvm

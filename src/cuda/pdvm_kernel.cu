@@ -1,0 +1,497 @@
+// The PDVM fused decode kernel. One CTA per SM; every CTA walks the same phases and takes a
+// static, contiguous share of each phase's rows, so a CTA knows which weights it streams next
+// and prefetches them before it waits on the counter of the activations they multiply.
+//
+// Per layer: QKV+RoPE+KV append -> attention partials per (KV head, context chunk), merged by
+// the last chunk to arrive -> O-projection + residual -> RMSNorm + gate/up + SiLU*mul -> down +
+// residual. Counters grow monotonically: phase targets are (epoch + 1) * arrivals, where the
+// layer's epoch is bumped by the last CTA to finish its down projection.
+#include <algorithm>
+#include <cfloat>
+#include <climits>
+
+#include "cuda/check.cuh"
+#include "cuda/pdvm_kernel.cuh"
+
+namespace pdvm::fused {
+namespace {
+
+constexpr int kPrefetchBytes = 64 * 1024;
+constexpr int kSmemHeader = 64;  // floats reserved for reductions and flags
+
+// x (global, written by other CTAs) -> xs = x * rsqrt(mean(x^2) + eps) * w. Deterministic order.
+__device__ void rms_norm_to_smem(const float* x, const float* w, int n, float eps, float* xs, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float ss = 0.0f;
+  for (int i = threadIdx.x * 4; i < n; i += kThreads * 4) {
+    const float4 v = __ldcg(reinterpret_cast<const float4*>(x + i));
+    *reinterpret_cast<float4*>(xs + i) = v;
+    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+  }
+  ss = warp_sum(ss);
+  if (lane == 0) red[warp] = ss;
+  __syncthreads();
+  float total = 0.0f;
+  for (int i = 0; i < kWarps; ++i) total += red[i];
+  const float scale = rsqrtf(total / static_cast<float>(n) + eps);
+  for (int i = threadIdx.x * 4; i < n; i += kThreads * 4) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) xs[i + j] = xs[i + j] * scale * w[i + j];
+  }
+  __syncthreads();
+}
+
+__device__ void copy_to_smem(const float* src, int n, float* dst) {
+  for (int i = threadIdx.x * 4; i < n; i += kThreads * 4)
+    *reinterpret_cast<float4*>(dst + i) = __ldcg(reinterpret_cast<const float4*>(src + i));
+  __syncthreads();
+}
+
+// Rows `row`, `row + 1` of [Wq; Wk; Wv] (a RoPE pair for q and k): rotate, then store q or
+// append to the KV cache at `pos`.
+__device__ void store_qkv_pair(const Params& p, int layer, int pos, int row, float a, float b) {
+  const int hd = p.head_dim, nq = p.n_head * hd, nkv = p.n_head_kv * hd;
+  if (row < nq + nkv) {
+    const int d = row % hd;
+    if (d < p.n_rot) {
+      const int i = d / 2;
+      double freq = pow(static_cast<double>(p.rope_base), -2.0 * i / p.n_rot);
+      if (p.rope_factors) freq /= p.rope_factors[i];
+      double s, c;
+      sincos(static_cast<double>(pos) * freq, &s, &c);
+      const float fs = static_cast<float>(s), fc = static_cast<float>(c);
+      const float ra = a * fc - b * fs, rb = a * fs + b * fc;
+      a = ra;
+      b = rb;
+    }
+  }
+  if (row < nq) {
+    __stcg(p.q + row, a);
+    __stcg(p.q + row + 1, b);
+    return;
+  }
+  const bool is_k = row < nq + nkv;
+  const int r = row - nq - (is_k ? 0 : nkv);
+  const int kvh = r / hd, d = r % hd;
+  __half* cache = is_k ? p.k_cache : p.v_cache;
+  const int64_t at = ((static_cast<int64_t>(layer) * p.n_head_kv + kvh) * p.n_ctx + pos) * hd + d;
+  *reinterpret_cast<__half2*>(cache + at) = __floats2half2_rn(a, b);
+}
+
+__device__ void phase_qkv(const Params& p, const DevLayer& L, int layer, int pos, float* xs, float* red) {
+  rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps, xs, red);
+  int begin, end;
+  cta_share(L.qkv.rows / 2, begin, end);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  dispatch_format(L.qkv.format, [&](auto tag) {
+    constexpr int kF = decltype(tag)::value;
+    for (int pair = begin + warp; pair < end; pair += kWarps) {
+      const DevMatrix* mats[2] = {&L.qkv, &L.qkv};
+      const int rows[2] = {2 * pair, 2 * pair + 1};
+      float out[2];
+      warp_dot_rows<kF, 2>(mats, rows, xs, out);
+      if (lane == 0) store_qkv_pair(p, layer, pos, 2 * pair, out[0], out[1]);
+    }
+  });
+  __syncthreads();
+}
+
+struct SoftmaxState {
+  float m, l;
+};
+
+// Folds state b (max mb, sum lb, output ob) into a; -inf maxima contribute nothing.
+__device__ __forceinline__ void merge_factors(float ma, float mb, float& fa, float& fb, float& m) {
+  m = fmaxf(ma, mb);
+  fa = ma == -INFINITY ? 0.0f : expf(ma - m);
+  fb = mb == -INFINITY ? 0.0f : expf(mb - m);
+}
+
+// Flash-decoding over (KV head, context chunk) items; the last chunk of a head to finish merges
+// that head's partials in chunk order and signals the attention counter.
+__device__ void phase_attention(const Params& p, int layer, int pos, unsigned* head_counters,
+                                unsigned head_target, unsigned* attn_counter, float* smem, int* flag) {
+  const int hd = p.head_dim, G = p.n_head / p.n_head_kv;
+  const int lanes_per_pos = hd / 8, groups_per_warp = 32 / lanes_per_pos;
+  const int n_groups = kWarps * groups_per_warp;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int group = warp * groups_per_warp + lane / lanes_per_pos, sub = lane % lanes_per_pos;
+  const int n_pos = pos + 1, chunk_len = (n_pos + p.n_chunks - 1) / p.n_chunks;
+  float* qs = smem;                        // [G][hd], pre-scaled
+  float* warp_o = qs + G * hd;             // [warp][G][hd]
+  float* warp_ml = warp_o + kWarps * G * hd;  // [warp][G][2]
+  const int part_stride = hd + 2;
+
+  for (int item = blockIdx.x; item < p.n_head_kv * p.n_chunks; item += gridDim.x) {
+    const int kvh = item % p.n_head_kv, chunk = item / p.n_head_kv;
+    const int begin = chunk * chunk_len, end = min(n_pos, begin + chunk_len);
+    for (int i = threadIdx.x; i < G * hd; i += kThreads) qs[i] = __ldcg(p.q + kvh * G * hd + i) * p.attn_scale;
+    __syncthreads();
+
+    const int64_t head_base = (static_cast<int64_t>(layer) * p.n_head_kv + kvh) * p.n_ctx * hd + sub * 8;
+    const __half* kc = p.k_cache + head_base;
+    const __half* vc = p.v_cache + head_base;
+    float m[kMaxGroup], l[kMaxGroup], o[kMaxGroup][8];
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) {
+      m[g] = -INFINITY;
+      l[g] = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) o[g][i] = 0.0f;
+    }
+    for (int base = begin; base < end; base += n_groups) {
+      const int t = base + group;
+      const bool valid = t < end;
+      uint4 kraw = make_uint4(0, 0, 0, 0), vraw = kraw;
+      if (valid) {
+        kraw = __ldcg(reinterpret_cast<const uint4*>(kc + static_cast<int64_t>(t) * hd));
+        vraw = __ldcg(reinterpret_cast<const uint4*>(vc + static_cast<int64_t>(t) * hd));
+      }
+      float kf[8], vf[8];
+      const __half2* kh = reinterpret_cast<const __half2*>(&kraw);
+      const __half2* vh = reinterpret_cast<const __half2*>(&vraw);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 k2 = __half22float2(kh[i]), v2 = __half22float2(vh[i]);
+        kf[2 * i] = k2.x;
+        kf[2 * i + 1] = k2.y;
+        vf[2 * i] = v2.x;
+        vf[2 * i + 1] = v2.y;
+      }
+#pragma unroll
+      for (int g = 0; g < kMaxGroup; ++g) {
+        if (g < G) {
+          const float* qv = qs + g * hd + sub * 8;
+          float s = 0.0f;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) s = fmaf(qv[i], kf[i], s);
+          for (int off = lanes_per_pos / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+          if (valid) {
+            const float m_new = fmaxf(m[g], s);
+            const float corr = m[g] == -INFINITY ? 0.0f : expf(m[g] - m_new);
+            const float e = expf(s - m_new);
+            l[g] = l[g] * corr + e;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) o[g][i] = fmaf(o[g][i], corr, e * vf[i]);
+            m[g] = m_new;
+          }
+        }
+      }
+    }
+    // Combine the position groups of this warp (butterfly: same order every run).
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) {
+      if (g < G) {
+        for (int off = lanes_per_pos; off < 32; off <<= 1) {
+          const float mo = __shfl_xor_sync(0xffffffffu, m[g], off);
+          const float lo = __shfl_xor_sync(0xffffffffu, l[g], off);
+          float fa, fb, mn;
+          merge_factors(m[g], mo, fa, fb, mn);
+          l[g] = l[g] * fa + lo * fb;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            const float oo = __shfl_xor_sync(0xffffffffu, o[g][i], off);
+            o[g][i] = o[g][i] * fa + oo * fb;
+          }
+          m[g] = mn;
+        }
+        if (lane < lanes_per_pos) {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) warp_o[(warp * G + g) * hd + sub * 8 + i] = o[g][i];
+          if (sub == 0) {
+            warp_ml[(warp * G + g) * 2] = m[g];
+            warp_ml[(warp * G + g) * 2 + 1] = l[g];
+          }
+        }
+      }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * hd; i += kThreads) {
+      const int g = i / hd, d = i % hd;
+      float mx = -INFINITY;
+      for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, warp_ml[(w * G + g) * 2]);
+      float sum = 0.0f, acc = 0.0f;
+      for (int w = 0; w < kWarps; ++w) {
+        const float mw = warp_ml[(w * G + g) * 2];
+        const float f = mw == -INFINITY ? 0.0f : expf(mw - mx);
+        sum += warp_ml[(w * G + g) * 2 + 1] * f;
+        acc += warp_o[(w * G + g) * hd + d] * f;
+      }
+      float* part = p.attn_part + (static_cast<int64_t>(kvh * G + g) * p.n_chunks + chunk) * part_stride;
+      __stcg(part + d, acc);
+      if (d == 0) {
+        __stcg(part + hd, mx);
+        __stcg(part + hd + 1, sum);
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) *flag = signal_is_last(head_counters + kvh, head_target);
+    __syncthreads();
+    if (*flag) {
+      __threadfence();
+      for (int i = threadIdx.x; i < G * hd; i += kThreads) {
+        const int g = i / hd, d = i % hd;
+        const float* part = p.attn_part + static_cast<int64_t>(kvh * G + g) * p.n_chunks * part_stride;
+        float mx = -INFINITY;
+        for (int c = 0; c < p.n_chunks; ++c) mx = fmaxf(mx, __ldcg(part + c * part_stride + hd));
+        float sum = 0.0f, acc = 0.0f;
+        for (int c = 0; c < p.n_chunks; ++c) {
+          const float mc = __ldcg(part + c * part_stride + hd);
+          const float f = mc == -INFINITY ? 0.0f : expf(mc - mx);
+          sum += __ldcg(part + c * part_stride + hd + 1) * f;
+          acc += __ldcg(part + c * part_stride + d) * f;
+        }
+        __stcg(p.attn_out + (kvh * G + g) * hd + d, acc / sum);
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) signal_release(attn_counter);
+    }
+    __syncthreads();
+  }
+}
+
+// Rows [begin, end) of m, two per warp step, against xs; fn(row, value) in lane 0.
+template <class Fn>
+__device__ void rows_matvec(const DevMatrix& m, int begin, int end, const float* xs, Fn&& fn) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  dispatch_format(m.format, [&](auto tag) {
+    constexpr int kF = decltype(tag)::value;
+    for (int row = begin + 2 * warp; row < end; row += 2 * kWarps) {
+      const bool has_second = row + 1 < end;
+      const DevMatrix* mats[2] = {&m, &m};
+      const int rows[2] = {row, has_second ? row + 1 : row};
+      float out[2];
+      warp_dot_rows<kF, 2>(mats, rows, xs, out);
+      if (lane == 0) {
+        fn(row, out[0]);
+        if (has_second) fn(row + 1, out[1]);
+      }
+    }
+  });
+}
+
+__device__ void phase_residual_matvec(const DevMatrix& m, const float* xs, float* x) {
+  int begin, end;
+  cta_share(m.rows, begin, end);
+  rows_matvec(m, begin, end, xs, [&](int row, float v) { __stcg(x + row, __ldcg(x + row) + v); });
+  __syncthreads();
+}
+
+__device__ void phase_gate_up(const Params& p, const DevLayer& L, float* xs, float* red) {
+  rms_norm_to_smem(p.x, L.ffn_norm, p.n_embd, p.rms_eps, xs, red);
+  int begin, end;
+  cta_share(p.n_ff, begin, end);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  dispatch_format(L.gate.format, [&](auto tag) {
+    constexpr int kF = decltype(tag)::value;
+    for (int j = begin + warp; j < end; j += kWarps) {
+      const DevMatrix* mats[2] = {&L.gate, &L.up};
+      const int rows[2] = {j, j};
+      float out[2];
+      warp_dot_rows<kF, 2>(mats, rows, xs, out);
+      if (lane == 0) __stcg(p.h + j, out[0] / (1.0f + expf(-out[0])) * out[1]);
+    }
+  });
+  __syncthreads();
+}
+
+__device__ void phase_embed(const Params& p, int token) {
+  int begin, end;
+  cta_share(p.n_embd, begin, end);
+  dispatch_format(p.token_embd.format, [&](auto tag) {
+    constexpr int kF = decltype(tag)::value;
+    for (int i = begin + threadIdx.x; i < end; i += kThreads) __stcg(p.x + i, matrix_element<kF>(p.token_embd, token, i));
+  });
+  __syncthreads();
+}
+
+// Final norm, LM head rows of this CTA, argmax (ties: lowest index). The last CTA to arrive
+// reduces the per-CTA winners in CTA order and advances the token state.
+__device__ void phase_head(const Params& p, unsigned model_epoch, float* xs, float* red, int* flag) {
+  rms_norm_to_smem(p.x, p.output_norm, p.n_embd, p.rms_eps, xs, red);
+  int begin, end;
+  cta_share(p.n_vocab, begin, end);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float best = -FLT_MAX;
+  int best_index = INT_MAX;
+  rows_matvec(p.output, begin, end, xs, [&](int row, float v) {
+    __stcg(p.logits + row, v);
+    if (v > best || (v == best && row < best_index)) {
+      best = v;
+      best_index = row;
+    }
+  });
+  float* warp_best = red + kWarps;
+  int* warp_index = reinterpret_cast<int*>(red + 2 * kWarps);
+  if (lane == 0) {
+    warp_best[warp] = best;
+    warp_index[warp] = best_index;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < kWarps; ++w) {
+      if (warp_best[w] > best || (warp_best[w] == best && warp_index[w] < best_index)) {
+        best = warp_best[w];
+        best_index = warp_index[w];
+      }
+    }
+    __stcg(p.cta_best + blockIdx.x, make_float2(best, __int_as_float(best_index)));
+    *flag = signal_is_last(p.model_counters + kCtrHead, (model_epoch + 1) * gridDim.x);
+    if (*flag) {
+      __threadfence();
+      for (unsigned b = 0; b < gridDim.x; ++b) {
+        const float2 c = __ldcg(p.cta_best + b);
+        const int ci = __float_as_int(c.y);
+        if (c.x > best || (c.x == best && ci < best_index)) {
+          best = c.x;
+          best_index = ci;
+        }
+      }
+      DevStep* s = p.step;
+      p.history[s->n_out] = best_index;
+      s->n_out += 1;
+      s->token = best_index;
+      s->position += 1;
+      __threadfence();
+      *p.model_epoch = model_epoch + 1;
+    }
+  }
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(kThreads, 1)
+    fused_decode_kernel(const __grid_constant__ Params p, int layer_begin, int layer_end, int flags) {
+  extern __shared__ float4 smem_raw[];
+  float* red = reinterpret_cast<float*>(smem_raw);
+  int* flag = reinterpret_cast<int*>(red + kSmemHeader - 1);
+  float* xs = red + kSmemHeader;
+
+  {
+    const DevMatrix& first = p.layers[layer_begin].qkv;
+    int begin, end;
+    cta_share(first.rows, begin, end);
+    prefetch_rows(first, begin, end, kPrefetchBytes);
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (flags & kFlagPdl) {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  }
+#endif
+  const int pos = __ldcg(&p.step->position);
+  const unsigned grid = gridDim.x;
+  const unsigned model_epoch = (flags & (kFlagEmbed | kFlagHead)) ? __ldcg(p.model_epoch) : 0u;
+  const unsigned* wait_counter = nullptr;
+  unsigned wait_target = 0;
+  if (flags & kFlagEmbed) {
+    phase_embed(p, __ldcg(&p.step->token));
+    if (threadIdx.x == 0) signal_release(p.model_counters + kCtrEmbed);
+    wait_counter = p.model_counters + kCtrEmbed;
+    wait_target = (model_epoch + 1) * grid;
+  }
+  const int stride = layer_counter_stride(p.n_head_kv);
+  for (int layer = layer_begin; layer < layer_end; ++layer) {
+    const DevLayer& L = p.layers[layer];
+    unsigned* ctr = p.layer_counters + layer * stride;
+    const unsigned epoch = __ldcg(p.layer_epochs + layer);
+    const unsigned all_ctas = (epoch + 1) * grid;
+    int begin, end;
+    if (wait_counter) {
+      cta_share(L.qkv.rows, begin, end);
+      prefetch_rows(L.qkv, begin, end, kPrefetchBytes);
+      cta_wait(wait_counter, wait_target);
+    }
+    phase_qkv(p, L, layer, pos, xs, red);
+    if (threadIdx.x == 0) signal_release(ctr + kCtrQkv);
+
+    cta_share(L.wo.rows, begin, end);
+    prefetch_rows(L.wo, begin, end, kPrefetchBytes);
+    cta_wait(ctr + kCtrQkv, all_ctas);
+    phase_attention(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn, xs,
+                    flag);
+
+    cta_wait(ctr + kCtrAttn, (epoch + 1) * p.n_head_kv);
+    copy_to_smem(p.attn_out, p.n_head * p.head_dim, xs);
+    phase_residual_matvec(L.wo, xs, p.x);
+    if (threadIdx.x == 0) signal_release(ctr + kCtrO);
+
+    cta_share(p.n_ff, begin, end);
+    prefetch_rows(L.gate, begin, end, kPrefetchBytes / 2);
+    prefetch_rows(L.up, begin, end, kPrefetchBytes / 2);
+    cta_wait(ctr + kCtrO, all_ctas);
+    phase_gate_up(p, L, xs, red);
+    if (threadIdx.x == 0) signal_release(ctr + kCtrUp);
+
+    cta_share(L.down.rows, begin, end);
+    prefetch_rows(L.down, begin, end, kPrefetchBytes);
+    cta_wait(ctr + kCtrUp, all_ctas);
+    copy_to_smem(p.h, p.n_ff, xs);
+    phase_residual_matvec(L.down, xs, p.x);
+    if (threadIdx.x == 0 && signal_is_last(ctr + kCtrDown, all_ctas)) p.layer_epochs[layer] = epoch + 1;
+    wait_counter = ctr + kCtrDown;
+    wait_target = all_ctas;
+  }
+  if (flags & kFlagHead) {
+    int begin, end;
+    cta_share(p.output.rows, begin, end);
+    prefetch_rows(p.output, begin, end, kPrefetchBytes);
+    if (wait_counter) cta_wait(wait_counter, wait_target);
+    phase_head(p, model_epoch, xs, red, flag);
+  }
+}
+
+}  // namespace
+
+size_t fused_smem_bytes(const Params& p) {
+  const int G = p.n_head / p.n_head_kv;
+  const size_t vector_floats = std::max({p.n_embd, p.n_ff, p.n_head * p.head_dim});
+  const size_t attention_floats = static_cast<size_t>(G) * p.head_dim * (1 + kWarps) + kWarps * G * 2;
+  return (kSmemHeader + std::max(vector_floats, attention_floats)) * sizeof(float);
+}
+
+int fused_max_grid(const Params& p, int device) {
+  const size_t smem = fused_smem_bytes(p);
+  // The opt-in maximum, so decoders of different shapes can coexist.
+  int smem_optin = 0;
+  PDVM_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  if (smem > static_cast<size_t>(smem_optin))
+    throw_error(ErrorKind::kUnsupported, "fused decode: needs " + std::to_string(smem) +
+                                             " bytes of shared memory per block, the device has " +
+                                             std::to_string(smem_optin));
+  PDVM_CUDA_CHECK(cudaFuncSetAttribute(fused_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin));
+  int per_sm = 0;
+  PDVM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_decode_kernel, kThreads, smem));
+  int sms = 0;
+  PDVM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (per_sm < 1)
+    throw_error(ErrorKind::kUnsupported, "fused decode: the kernel does not fit on an SM with " +
+                                             std::to_string(smem) + " bytes of shared memory");
+  return sms;
+}
+
+void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int flags, bool cooperative,
+                  cudaStream_t stream) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = fused_smem_bytes(p);
+  config.stream = stream;
+  cudaLaunchAttribute attributes[2];
+  int n_attributes = 0;
+  if (cooperative) {
+    attributes[n_attributes].id = cudaLaunchAttributeCooperative;
+    attributes[n_attributes].val.cooperative = 1;
+    ++n_attributes;
+  }
+  if (flags & kFlagPdl) {
+    attributes[n_attributes].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[n_attributes].val.programmaticStreamSerializationAllowed = 1;
+    ++n_attributes;
+  }
+  config.attrs = attributes;
+  config.numAttrs = n_attributes;
+  PDVM_CUDA_CHECK(cudaLaunchKernelEx(&config, fused_decode_kernel, p, layer_begin, layer_end, flags));
+  PDVM_CUDA_CHECK_LAUNCH("fused_decode_kernel");
+}
+
+}  // namespace pdvm::fused

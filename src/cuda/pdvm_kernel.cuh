@@ -1,0 +1,35 @@
+// Host entry points of the PDVM fused kernels (see pdvm_kernel.cu).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+#include "cuda/pdvm_device.cuh"
+
+namespace pdvm::fused {
+
+enum LaunchFlags : int {
+  kFlagEmbed = 1,  // look up the input token's embedding into x first
+  kFlagHead = 2,   // finish with the final norm, LM head and argmax
+  kFlagPdl = 4,    // launched as a programmatic dependent of the previous kernel
+};
+
+// Dynamic shared memory the kernel needs for this model shape.
+size_t fused_smem_bytes(const Params& p);
+// Largest co-resident grid (one CTA per SM when the shape fits) for fused_smem_bytes(p).
+int fused_max_grid(const Params& p, int device);
+
+// Runs layers [layer_begin, layer_end) of one token with `grid` CTAs.
+void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int flags, bool cooperative,
+                  cudaStream_t stream);
+
+// Device-side synthesis of random weights in the kernel layout (benchmarks).
+void fill_random_matrix(DevMatrix& m, uint64_t seed, float amplitude, cudaStream_t stream);
+void fill_random_floats(float* data, int64_t n, uint64_t seed, float center, float amplitude,
+                        cudaStream_t stream);
+
+// Streams `bytes` of `data` once and returns the achieved read bandwidth in GB/s (median of runs).
+double measure_read_bandwidth(const void* data, size_t bytes, int runs, cudaStream_t stream);
+
+}  // namespace pdvm::fused

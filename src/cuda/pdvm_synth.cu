@@ -1,0 +1,127 @@
+// Random weights generated on the device, directly in the PDVM kernel layouts, and a read
+// bandwidth probe: benchmarks of 1B..13B shapes without moving files to the GPU machine.
+#include <algorithm>
+#include <vector>
+
+#include "cuda/check.cuh"
+#include "cuda/pdvm_kernel.cuh"
+#include "pdvm/pdvm_fused.h"
+
+namespace pdvm::fused {
+namespace {
+
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Uniform in [-1, 1).
+__device__ __forceinline__ float uniform_pm1(uint64_t seed, uint64_t index) {
+  return static_cast<float>(mix64(seed ^ mix64(index)) >> 40) * (2.0f / 16777216.0f) - 1.0f;
+}
+
+__global__ void fill_matrix_kernel(DevMatrix m, uint64_t seed, float amplitude) {
+  const int64_t n_bytes = static_cast<int64_t>(m.rows) * m.row_bytes;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  uint8_t* data = const_cast<uint8_t*>(m.data);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_bytes / 2; i += stride) {
+    const uint64_t r = mix64(seed ^ mix64(static_cast<uint64_t>(i)));
+    uint16_t value;
+    if (m.format == kFmtF16) {
+      value = __half_as_ushort(__float2half_rn(amplitude * uniform_pm1(seed, i)));
+    } else if (m.format == kFmtBF16) {
+      value = __bfloat16_as_ushort(__float2bfloat16_rn(amplitude * uniform_pm1(seed, i)));
+    } else if (m.format == kFmtQ8_0) {
+      const int8_t lo = static_cast<int8_t>(static_cast<int>(r % 255) - 127);
+      const int8_t hi = static_cast<int8_t>(static_cast<int>((r >> 16) % 255) - 127);
+      value = static_cast<uint16_t>(static_cast<uint8_t>(lo) | (static_cast<uint8_t>(hi) << 8));
+    } else {
+      value = static_cast<uint16_t>(r);
+    }
+    reinterpret_cast<uint16_t*>(data)[i] = value;
+  }
+  if (m.scales) {
+    const int64_t n_scales = static_cast<int64_t>(m.rows) * (m.cols / kQuantBlock);
+    const float max_quant = m.format == kFmtQ8_0 ? 127.0f : 8.0f;
+    __half* scales = const_cast<__half*>(m.scales);
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_scales; i += stride) {
+      const float u = 0.5f * (uniform_pm1(seed ^ 0x5ca1e, i) + 1.0f);
+      scales[i] = __float2half_rn(amplitude * (0.5f + u) / max_quant);
+    }
+  }
+}
+
+__global__ void fill_floats_kernel(float* data, int64_t n, uint64_t seed, float center, float amplitude) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride)
+    data[i] = center + amplitude * uniform_pm1(seed, i);
+}
+
+__global__ void read_sum_kernel(const uint4* data, int64_t n, unsigned* sink) {
+  unsigned acc = 0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    const uint4 v = load_stream(data + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x12345678u) *sink = acc;  // keeps the loads alive
+}
+
+}  // namespace
+
+void fill_random_matrix(DevMatrix& m, uint64_t seed, float amplitude, cudaStream_t stream) {
+  fill_matrix_kernel<<<1024, 256, 0, stream>>>(m, seed, amplitude);
+  PDVM_CUDA_CHECK_LAUNCH("fill_matrix_kernel");
+}
+
+void fill_random_floats(float* data, int64_t n, uint64_t seed, float center, float amplitude, cudaStream_t stream) {
+  fill_floats_kernel<<<256, 256, 0, stream>>>(data, n, seed, center, amplitude);
+  PDVM_CUDA_CHECK_LAUNCH("fill_floats_kernel");
+}
+
+double measure_read_bandwidth(const void* data, size_t bytes, int runs, cudaStream_t stream) {
+  int sms = 0, device = 0;
+  PDVM_CUDA_CHECK(cudaGetDevice(&device));
+  PDVM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  unsigned* sink = nullptr;
+  PDVM_CUDA_CHECK(cudaMalloc(&sink, sizeof(unsigned)));
+  cudaEvent_t start, stop;
+  PDVM_CUDA_CHECK(cudaEventCreate(&start));
+  PDVM_CUDA_CHECK(cudaEventCreate(&stop));
+  std::vector<double> gbps;
+  const auto* vectors = static_cast<const uint4*>(data);
+  const int64_t n = static_cast<int64_t>(bytes / sizeof(uint4));
+  for (int run = 0; run < runs + 1; ++run) {
+    PDVM_CUDA_CHECK(cudaEventRecord(start, stream));
+    read_sum_kernel<<<sms * 4, 512, 0, stream>>>(vectors, n, sink);
+    PDVM_CUDA_CHECK_LAUNCH("read_sum_kernel");
+    PDVM_CUDA_CHECK(cudaEventRecord(stop, stream));
+    PDVM_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    PDVM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (run > 0) gbps.push_back(static_cast<double>(n) * sizeof(uint4) / (ms * 1e6));
+  }
+  PDVM_CUDA_CHECK(cudaEventDestroy(start));
+  PDVM_CUDA_CHECK(cudaEventDestroy(stop));
+  PDVM_CUDA_CHECK(cudaFree(sink));
+  std::sort(gbps.begin(), gbps.end());
+  return gbps[gbps.size() / 2];
+}
+
+}  // namespace pdvm::fused
+
+namespace pdvm {
+
+double measure_read_bandwidth_gbps(uint64_t bytes) {
+  bytes -= bytes % 16;
+  void* buffer = nullptr;
+  PDVM_CUDA_CHECK(cudaMalloc(&buffer, bytes));
+  PDVM_CUDA_CHECK(cudaMemset(buffer, 0x5a, bytes));
+  const double gbps = fused::measure_read_bandwidth(buffer, bytes, 9, nullptr);
+  PDVM_CUDA_CHECK(cudaFree(buffer));
+  return gbps;
+}
+
+}  // namespace pdvm

@@ -1,0 +1,112 @@
+// The fused layer kernel against the CPU reference, on random weights of every supported type
+// and on GQA and non-GQA shapes: each step feeds a fresh random hidden state at the next
+// position, so the K/V append, RoPE and the split-context attention are all exercised.
+#include <gtest/gtest.h>
+
+#include "pdvm/error.h"
+#include "pdvm/pdvm_fused.h"
+#include "pdvm_reference.h"
+
+namespace pdvm {
+namespace {
+
+struct Shape {
+  const char* name;
+  FusedConfig config;
+};
+
+FusedConfig make_config(int n_embd, int n_head, int n_head_kv, int head_dim, int n_ff, int n_ctx) {
+  FusedConfig c;
+  c.n_layer = 2;
+  c.n_embd = n_embd;
+  c.n_head = n_head;
+  c.n_head_kv = n_head_kv;
+  c.head_dim = head_dim;
+  c.n_ff = n_ff;
+  c.n_vocab = 96;
+  c.n_ctx = n_ctx;
+  c.n_rot = head_dim;
+  c.rms_eps = 1e-5f;
+  c.rope_base = 10000.0f;
+  return c;
+}
+
+const Shape kShapes[] = {
+    {"gqa4_hd32", make_config(256, 8, 2, 32, 512, 512)},
+    {"mha_hd64", make_config(256, 4, 4, 64, 768, 512)},
+    {"gqa4_hd128", make_config(512, 4, 1, 128, 1024, 512)},
+    {"gqa8_hd64", make_config(512, 8, 1, 64, 1024, 512)},
+};
+
+// Runs `steps` positions through layer 1 (layer 0 only appends K/V on the reference side when
+// skipped), comparing the layer's update of the hidden state at `check_every` positions.
+void check_layer(const FusedConfig& config, TensorType type, int steps, int check_every) {
+  test::RefModel ref(config, type, /*tied=*/true);
+  FusedDecoder decoder(ref.view());
+  const int layer = 1;
+  double worst = 0;
+  for (int pos = 0; pos < steps; ++pos) {
+    std::vector<float> x = test::random_floats(config.n_embd);
+    const bool check = pos % check_every == 0 || pos == steps - 1;
+    std::vector<float> expected = x;
+    ref.layer(layer, expected, pos, check);
+    decoder.set_hidden(x);
+    decoder.execute_layer(layer, pos);
+    if (!check) continue;
+    std::vector<float> got = decoder.hidden();
+    std::vector<float> got_delta(x.size()), expected_delta(x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(got[i])) << "element " << i << " at position " << pos;
+      got_delta[i] = got[i] - x[i];
+      expected_delta[i] = expected[i] - x[i];
+    }
+    const double err = test::relative_error(got_delta, expected_delta);
+    worst = std::max(worst, err);
+    ASSERT_LT(err, 2e-4) << "position " << pos;
+  }
+  std::printf("  %s worst relative error of the layer update: %.2e\n", std::string(type_name(type)).c_str(), worst);
+}
+
+class FusedLayerTest : public ::testing::TestWithParam<std::tuple<int, TensorType>> {};
+
+TEST_P(FusedLayerTest, MatchesCpuReference) {
+  const Shape& shape = kShapes[std::get<0>(GetParam())];
+  check_layer(shape.config, std::get<1>(GetParam()), 80, 7);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllTypes, FusedLayerTest,
+    ::testing::Combine(::testing::Range(0, static_cast<int>(std::size(kShapes))),
+                       ::testing::Values(TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0)),
+    [](const auto& test_info) {
+      return std::string(kShapes[std::get<0>(test_info.param)].name) + "_" +
+             std::string(type_name(std::get<1>(test_info.param)));
+    });
+
+// 4k positions: several position blocks per context chunk.
+TEST(FusedLayer, LongContext) {
+  FusedConfig config = make_config(512, 4, 1, 128, 1024, 4096);
+  check_layer(config, TensorType::kF16, 4096, 1000);
+}
+
+TEST(FusedLayer, RejectsUnsupportedTypes) {
+  test::RefModel ref(make_config(256, 4, 4, 64, 512, 64), TensorType::kQ4_1, true);
+  try {
+    FusedDecoder decoder(ref.view());
+    FAIL() << "q4_1 weights were accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("q4_1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("blk.0.attn_q.weight"), std::string::npos) << e.what();
+  }
+}
+
+TEST(FusedLayer, RejectsPositionsPastTheContext) {
+  test::RefModel ref(make_config(256, 4, 4, 64, 512, 16), TensorType::kF16, true);
+  FusedDecoder decoder(ref.view());
+  EXPECT_THROW(decoder.execute_layer(0, 16), Error);
+  EXPECT_THROW(decoder.execute_layer(2, 0), Error);
+}
+
+}  // namespace
+}  // namespace pdvm
