@@ -36,7 +36,7 @@ PDVM_REGISTER_COMMAND("convert", "re-quantize a GGUF model to another weight typ
   auto opt = std::make_shared<Options>();
   app.add_option("input", opt->input, "input .gguf")->required();
   app.add_option("output", opt->output, "output .gguf (written through a temporary file)")->required();
-  app.add_option("--type", opt->type, "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0 or q5_1")->required();
+  app.add_option("--type", opt->type, "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k or q6_k")->required();
   app.add_option("--threads", opt->threads, "worker threads")->capture_default_str()->check(CLI::PositiveNumber);
   return [opt] { return run(*opt); };
 });

@@ -18,6 +18,8 @@ uint32_t llama_file_type(TensorType weight_type) {
     case TensorType::kQ8_0: return 7;
     case TensorType::kQ5_0: return 8;
     case TensorType::kQ5_1: return 9;
+    case TensorType::kQ4_K: return 14;  // "Q4_K_S": every matrix Q4_K
+    case TensorType::kQ6_K: return 18;
     case TensorType::kBF16: return 32;
     default: break;
   }

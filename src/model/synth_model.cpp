@@ -89,7 +89,8 @@ ModelPlan plan_model(const LlamaShape& shape, TensorType weight_type, uint64_t s
                                            std::to_string(s.n_head_kv) + " kv heads");
   const TypeInfo& info = type_info(weight_type);
   require(info.quantizable && weight_type != TensorType::kQ8_1,
-          std::string("cannot write weights of type ") + info.name);
+          std::string("cannot write weights of type ") + info.name +
+              " (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k)");
 
   ModelPlan plan{s, weight_type, seed, {}};
   const int64_t kv_width = s.n_embd / s.n_head * s.n_head_kv;

@@ -133,8 +133,9 @@ void quantize_q8_1(const float* x, uint8_t* block) {
 }
 
 template <typename BlockFn>
-void for_each_block(BlockFn fn, const float* src, uint8_t* dst, int64_t n_blocks, int64_t block_bytes) {
-  for (int64_t b = 0; b < n_blocks; ++b) fn(src + b * kQK, dst + b * block_bytes);
+void for_each_block(BlockFn fn, const float* src, uint8_t* dst, int64_t n_blocks, int64_t block_bytes,
+                    int64_t block_elems = kQK) {
+  for (int64_t b = 0; b < n_blocks; ++b) fn(src + b * block_elems, dst + b * block_bytes);
 }
 
 }  // namespace
@@ -154,6 +155,8 @@ void quantize_blocks(TensorType type, const float* src, uint8_t* dst, int64_t n)
     case TensorType::kQ5_1: return for_each_block(quantize_q5_1, src, dst, n, 24);
     case TensorType::kQ8_0: return for_each_block(quantize_q8_0, src, dst, n, 34);
     case TensorType::kQ8_1: return for_each_block(quantize_q8_1, src, dst, n, 36);
+    case TensorType::kQ4_K: return for_each_block(quantize_q4_k, src, dst, n, 144, kQKK);
+    case TensorType::kQ6_K: return for_each_block(quantize_q6_k, src, dst, n, 210, kQKK);
     default: break;
   }
   PDVM_CHECK_MSG(false, "quantize_blocks: no reference quantizer for " + std::string(type_name(type)));

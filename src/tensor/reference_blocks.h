@@ -33,4 +33,8 @@ inline void store_f16(uint8_t* p, float f) { store_u16(p, fp32_to_fp16(f)); }
 void dequantize_blocks(TensorType type, const uint8_t* src, float* dst, int64_t n_blocks);
 void quantize_blocks(TensorType type, const float* src, uint8_t* dst, int64_t n_blocks);
 
+// One K-quant super-block of kQKK elements.
+void quantize_q4_k(const float* x, uint8_t* block);
+void quantize_q6_k(const float* x, uint8_t* block);
+
 }  // namespace pdvm::reference
