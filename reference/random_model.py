@@ -43,8 +43,18 @@ def _add_matrix(writer, name, values, weight_type):
         writer.add_tensor(name, gguf.quants.quantize(values.astype(np.float32), qtype), raw_dtype=qtype)
 
 
-def write_random_llama(path, spec: RandomLlamaSpec, rng: np.random.Generator):
+def write_random_llama(path, spec: RandomLlamaSpec, rng: np.random.Generator, tokenizer=False):
+    """tokenizer=True adds a placeholder SentencePiece vocabulary so llama.cpp loads the file."""
     writer = gguf.GGUFWriter(str(path), "llama")
+    if tokenizer:
+        pieces = ["<unk>", "<s>", "</s>", "<0x0A>"] + [f"t{i}" for i in range(4, spec.n_vocab)]
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(pieces)
+        writer.add_token_scores([0.0] * spec.n_vocab)
+        types = [gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.BYTE] + [gguf.TokenType.NORMAL] * (spec.n_vocab - 4)
+        writer.add_token_types(types)
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
     writer.add_block_count(spec.n_layer)
     writer.add_context_length(spec.n_ctx)
     writer.add_embedding_length(spec.n_embd)

@@ -48,16 +48,17 @@ def compare(model, prompt, greedy, reference=None, allow_near_ties=False):
 
     With allow_near_ties, the greedy sequences may part where the reference's top two logits
     are closer than the tolerance (random models can tie); the comparison stops there.
-    Returns a list of failure messages (empty when everything matches)."""
+    Returns (failure messages, empty when everything matches; largest relative error seen)."""
     reference = reference or pdvm_ref.LlamaReference(str(model))
     ref_prompt, ref_ids, ref_steps = reference.greedy(prompt, greedy)
     cpp_prompt, cpp_ids, cpp_steps = run_cpp(model, prompt, greedy)
     failures = []
-    error = relative_error(cpp_prompt, ref_prompt)
+    error = worst = relative_error(cpp_prompt, ref_prompt)
     if error >= RELATIVE_TOLERANCE:
         failures.append(f"prompt logits differ: max|a-b|/max|b| = {error:.3g}")
     for step in range(greedy):
         error = relative_error(cpp_steps[step], ref_steps[step])
+        worst = max(worst, error)
         if error >= RELATIVE_TOLERANCE:
             failures.append(f"step {step} logits differ: {error:.3g}")
             break
@@ -68,4 +69,4 @@ def compare(model, prompt, greedy, reference=None, allow_near_ties=False):
                 failures.append(f"greedy token {step} differs: C++ {cpp_ids[step]}, numpy {ref_ids[step]} "
                                 f"(reference margin {margin:.3g})")
             break
-    return failures
+    return failures, worst

@@ -30,8 +30,8 @@ def main():
     reference = model_compare.pdvm_ref.LlamaReference(str(MODEL))
     failed = False
     for prompt in PROMPTS:
-        failures = model_compare.compare(MODEL, prompt, GREEDY_STEPS, reference)
-        print(f"prompt of {len(prompt)} tokens: {'ok' if not failures else '; '.join(failures)}")
+        failures, worst = model_compare.compare(MODEL, prompt, GREEDY_STEPS, reference)
+        print(f"prompt of {len(prompt)} tokens: max error {worst:.2g}, {'ok' if not failures else '; '.join(failures)}")
         failed |= bool(failures)
     return 1 if failed else 0
 

@@ -26,8 +26,8 @@ def main():
             path = Path(tmp) / f"random{index}.gguf"
             random_model.write_random_llama(path, spec, rng)
             prompt = rng.integers(0, spec.n_vocab, int(rng.integers(1, 40))).tolist()
-            failures = model_compare.compare(path, prompt, 24, allow_near_ties=True)
-            print(f"{spec.label()}: {'ok' if not failures else '; '.join(failures)}")
+            failures, worst = model_compare.compare(path, prompt, 24, allow_near_ties=True)
+            print(f"{spec.label()}: max error {worst:.2g}, {'ok' if not failures else '; '.join(failures)}")
             failed |= bool(failures)
     return 1 if failed else 0
 

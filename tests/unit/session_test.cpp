@@ -134,6 +134,19 @@ TEST_F(SessionTest, BackendArgmaxMatchesTheHostLogits) {
   EXPECT_EQ(session.n_past(), 6 + 3 + 4);
 }
 
+TEST_F(SessionTest, HalfPrecisionCacheStaysCloseToF32) {
+  const auto tokens = test::random_tokens(30, spec_.n_vocab);
+  SessionOptions half = options();
+  half.kv_type = TensorType::kF16;
+  Session f32_session(options()), f16_session(half);
+  EXPECT_EQ(f32_session.backend().default_kv_type(), TensorType::kF32);
+  const auto expected = copy(f32_session.prefill_all(tokens));
+  const auto rounded = f16_session.prefill_all(tokens);
+  const float difference = relative_difference(rounded, expected);
+  EXPECT_GT(difference, 0.0f);  // the cache really holds halves
+  EXPECT_LT(difference, 5e-3f);
+}
+
 TEST_F(SessionTest, TokenOutsideTheVocabularyIsAnError) {
   Session session(options());
   try {
