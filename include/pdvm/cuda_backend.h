@@ -29,3 +29,20 @@ struct ReadBandwidth {
 ReadBandwidth measure_cuda_read_bandwidth(int device = 0, uint64_t bytes = uint64_t{2} << 30, int repeats = 9);
 
 }  // namespace pdvm
+
+namespace pdvm {
+
+struct MatvecTiming {
+  TensorType type = TensorType::kF16;
+  int64_t k = 0;       // row length
+  int64_t n_rows = 0;
+  uint64_t bytes = 0;  // weight bytes one product streams
+  double microseconds = 0.0;  // median per product, inside a CUDA graph
+  double gb_per_s = 0.0;
+};
+
+// Times the decode matvec kernel alone on random weights (enough copies to stream from DRAM,
+// not L2), for tuning and for `pdvm bench --kernels`.
+MatvecTiming time_cuda_matvec(int device, TensorType type, int64_t k, int64_t n_rows);
+
+}  // namespace pdvm

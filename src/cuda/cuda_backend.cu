@@ -2,6 +2,7 @@
 // weights.cuh), activations and the KV cache stay on the device, and everything runs on the
 // context's stream, so write() -> ops -> read() is ordered without host synchronisation until
 // read(). run_recorded() captures an op sequence into a CUDA graph and replays it.
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -83,7 +84,11 @@ class CudaBackend final : public Backend {
     }
     t.data = t.owner.get();
     weight_bytes_ += t.n_bytes;
-    if (t.layout == cuda::kLayoutGguf) {
+    // GGUF layouts and unpadded dense rows are uploaded as they are.
+    const bool as_is = t.layout == cuda::kLayoutGguf ||
+                       (t.layout == cuda::kLayoutDenseRows &&
+                        t.n_bytes == static_cast<uint64_t>(type_bytes(type, k) * n_rows));
+    if (as_is) {
       PDVM_CUDA_CHECK(cudaMemcpyAsync(t.data, bytes, t.n_bytes, cudaMemcpyHostToDevice, ctx_.stream));
     } else {
       staging_.resize(t.n_bytes);
@@ -96,6 +101,7 @@ class CudaBackend final : public Backend {
   }
 
   void write(Tensor& dst, const void* src, uint64_t n_bytes, uint64_t offset) override {
+    flush_matvecs();
     activate();
     PDVM_CHECK(offset + n_bytes <= dst.n_bytes);
     // Pageable source: the copy is staged before the call returns, and it stays ordered
@@ -105,6 +111,7 @@ class CudaBackend final : public Backend {
   }
 
   void read(const Tensor& src, void* dst, uint64_t n_bytes, uint64_t offset) override {
+    flush_matvecs();
     activate();
     PDVM_CHECK(offset + n_bytes <= src.n_bytes);
     PDVM_CUDA_CHECK(cudaMemcpyAsync(dst, static_cast<const uint8_t*>(src.data) + offset, n_bytes,
@@ -113,6 +120,7 @@ class CudaBackend final : public Backend {
   }
 
   void synchronize() override {
+    flush_matvecs();
     activate();
     PDVM_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
   }
@@ -127,14 +135,14 @@ class CudaBackend final : public Backend {
       return;
     }
     if (recording.calls++ == 0) {
-      ops();
+      run_ops(ops);
       return;
     }
     PDVM_CUDA_CHECK(cudaStreamBeginCapture(ctx_.stream, cudaStreamCaptureModeThreadLocal));
     ctx_.capturing = true;
     cudaGraph_t graph = nullptr;
     try {
-      ops();
+      run_ops(ops);
     } catch (...) {
       ctx_.capturing = false;
       if (cudaStreamEndCapture(ctx_.stream, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
@@ -150,6 +158,7 @@ class CudaBackend final : public Backend {
   }
 
   void get_rows(const Tensor& table, const Tensor& ids, Tensor& out) override {
+    flush_matvecs();
     expect_type(ids, TensorType::kI32, "get_rows", "ids");
     expect_type(out, TensorType::kF32, "get_rows", "out");
     const int n_tokens = static_cast<int>(ids.ne[0]);
@@ -158,6 +167,7 @@ class CudaBackend final : public Backend {
   }
 
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override {
+    flush_matvecs();
     expect_type(x, TensorType::kF32, "rms_norm", "x");
     expect_type(weight, TensorType::kF32, "rms_norm", "weight");
     expect_type(out, TensorType::kF32, "rms_norm", "out");
@@ -171,13 +181,31 @@ class CudaBackend final : public Backend {
     const cuda::WeightView view = cuda::weight_view(w);
     PDVM_CHECK(x.ne[0] == view.k && out.ne[0] == view.n_rows && out.ne[1] == x.ne[1]);
     const int n_tokens = static_cast<int>(x.ne[1]);
-    if (n_tokens <= kMaxMatvecTokens)
-      cuda::matvec(ctx_, view, f32(x), f32(out), n_tokens);
-    else
+    if (n_tokens > kMaxMatvecTokens) {
+      flush_matvecs();
       cuda::gemm(ctx_, view, f32(x), f32(out), n_tokens);
+      return;
+    }
+    // Inside a recorded sequence, consecutive products of the same input (Q/K/V, gate/up)
+    // are collected and launched together by the next op.
+    if (!fuse_matvecs_ || !in_recorded_ops_) {
+      flush_matvecs();
+      cuda::matvec(ctx_, view, f32(x), f32(out), n_tokens);
+      return;
+    }
+    Pending& p = pending_;
+    if (p.count > 0 && (p.x != f32(x) || p.n_tokens != n_tokens || p.views[0].format != view.format ||
+                        p.views[0].k != view.k || p.count == cuda::kMaxMatvecBatch))
+      flush_matvecs();
+    p.views[p.count] = view;
+    p.outs[p.count] = f32(out);
+    p.x = f32(x);
+    p.n_tokens = n_tokens;
+    ++p.count;
   }
 
   void rope(Tensor& x, const Tensor& positions, int n_heads, int head_dim, const RopeConfig& config) override {
+    flush_matvecs();
     expect_type(x, TensorType::kF32, "rope", "x");
     expect_type(positions, TensorType::kI32, "rope", "positions");
     PDVM_CHECK(x.ne[0] == int64_t{n_heads} * head_dim && positions.ne[0] >= x.ne[1]);
@@ -194,6 +222,7 @@ class CudaBackend final : public Backend {
 
   void kv_store(Tensor& k_cache, Tensor& v_cache, const Tensor& k, const Tensor& v,
                 const Tensor& positions) override {
+    flush_matvecs();
     expect_type(k, TensorType::kF32, "kv_store", "k");
     expect_type(v, TensorType::kF32, "kv_store", "v");
     expect_type(positions, TensorType::kI32, "kv_store", "positions");
@@ -204,6 +233,7 @@ class CudaBackend final : public Backend {
 
   void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& positions,
                  const AttentionConfig& config, Tensor& out) override {
+    flush_matvecs();
     expect_type(q, TensorType::kF32, "attention", "q");
     expect_type(out, TensorType::kF32, "attention", "out");
     expect_type(positions, TensorType::kI32, "attention", "positions");
@@ -215,6 +245,7 @@ class CudaBackend final : public Backend {
   }
 
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
+    flush_matvecs();
     expect_type(gate, TensorType::kF32, "swiglu", "gate");
     expect_type(up, TensorType::kF32, "swiglu", "up");
     expect_type(out, TensorType::kF32, "swiglu", "out");
@@ -223,6 +254,7 @@ class CudaBackend final : public Backend {
   }
 
   void add(const Tensor& a, const Tensor& b, Tensor& out) override {
+    flush_matvecs();
     expect_type(a, TensorType::kF32, "add", "a");
     expect_type(b, TensorType::kF32, "add", "b");
     expect_type(out, TensorType::kF32, "add", "out");
@@ -231,6 +263,7 @@ class CudaBackend final : public Backend {
   }
 
   void argmax(const Tensor& logits, Tensor& ids) override {
+    flush_matvecs();
     expect_type(logits, TensorType::kF32, "argmax", "logits");
     expect_type(ids, TensorType::kI32, "argmax", "ids");
     PDVM_CHECK(ids.ne[0] >= logits.ne[1]);
@@ -243,6 +276,42 @@ class CudaBackend final : public Backend {
   static constexpr int kMaxMatvecTokens = 8;
 
   void activate() { PDVM_CUDA_CHECK(cudaSetDevice(ctx_.device)); }
+
+  // Runs a recorded op sequence with matvec batching on; all its launches are issued on return.
+  void run_ops(const std::function<void()>& ops) {
+    in_recorded_ops_ = true;
+    try {
+      ops();
+      flush_matvecs();
+    } catch (...) {
+      in_recorded_ops_ = false;
+      pending_.count = 0;
+      throw;
+    }
+    in_recorded_ops_ = false;
+  }
+
+  void flush_matvecs() {
+    if (pending_.count == 0) return;
+    const int count = pending_.count;
+    pending_.count = 0;
+    cuda::matvec(ctx_, pending_.views, pending_.outs, count, pending_.x, pending_.n_tokens);
+  }
+
+  struct Pending {
+    cuda::WeightView views[cuda::kMaxMatvecBatch];
+    float* outs[cuda::kMaxMatvecBatch] = {};
+    const float* x = nullptr;
+    int n_tokens = 0;
+    int count = 0;
+  };
+  Pending pending_;
+  bool in_recorded_ops_ = false;
+  // PDVM_CUDA_FUSE=0 launches every matvec alone (for A/B timing).
+  bool fuse_matvecs_ = [] {
+    const char* env = std::getenv("PDVM_CUDA_FUSE");
+    return !(env && std::string(env) == "0");
+  }();
 
   CudaContext ctx_;
   uint64_t weight_bytes_ = 0;

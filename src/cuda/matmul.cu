@@ -19,27 +19,43 @@ __host__ __device__ int64_t x_float4s(const WeightView& w, int chunk) {
   return (f4 + 7) / 8 * 8;  // whole swizzle groups
 }
 
+// Up to kMaxMatvecBatch matrices sharing x (e.g. Q, K and V) in one launch. Each matrix's
+// rows start at a multiple of kRows in the combined numbering, so a warp's rows never straddle
+// two matrices.
+struct MatvecBatch {
+  WeightView w[kMaxMatvecBatch];
+  float* out[kMaxMatvecBatch];
+  int64_t first_row[kMaxMatvecBatch + 1];
+  int count;
+};
+
 template <typename Format>
-__global__ void __launch_bounds__(kThreads) matvec_kernel(WeightView w, const float* __restrict__ x,
-                                                           float* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads) matvec_kernel(const __grid_constant__ MatvecBatch batch,
+                                                           const float* __restrict__ x) {
   extern __shared__ float4 xs[];
   const int64_t token = blockIdx.y;
-  const float* xt = x + token * w.k;
-  const int64_t n_f4 = x_float4s(w, Format::kChunk);
+  const int64_t k = batch.w[0].k;
+  const float* xt = x + token * k;
+  const int64_t n_f4 = x_float4s(batch.w[0], Format::kChunk);
   for (int64_t f = threadIdx.x; f < n_f4; f += kThreads) {
     float v[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) v[j] = 4 * f + j < w.k ? xt[4 * f + j] : 0.0f;
+    for (int j = 0; j < 4; ++j) v[j] = 4 * f + j < k ? xt[4 * f + j] : 0.0f;
     xs[xs_index(f)] = make_float4(v[0], v[1], v[2], v[3]);
   }
   __syncthreads();
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t step = static_cast<int64_t>(gridDim.x) * kWarps * kRows;
-  for (int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRows; row0 < w.n_rows; row0 += step) {
+  const int64_t total_rows = batch.first_row[batch.count];
+  for (int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRows; row0 < total_rows; row0 += step) {
+    int m = 0;
+    while (m + 1 < batch.count && row0 >= batch.first_row[m + 1]) ++m;
+    const WeightView& w = batch.w[m];
+    const int64_t local0 = row0 - batch.first_row[m];
     int64_t rows[kRows];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) rows[r] = min(row0 + r, w.n_rows - 1);  // tail rows repeat the last
+    for (int r = 0; r < kRows; ++r) rows[r] = min(local0 + r, w.n_rows - 1);  // tail rows repeat the last
     float acc[kRows] = {};
     for (int64_t c = lane; c < w.n_chunks; c += 32 * kUnroll) {
       typename Format::Frag frags[kUnroll][kRows];
@@ -60,7 +76,7 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(WeightView w, const fl
     if (lane == 0) {
 #pragma unroll
       for (int r = 0; r < kRows; ++r)
-        if (row0 + r < w.n_rows) out[token * w.n_rows + row0 + r] = acc[r];
+        if (local0 + r < w.n_rows) batch.out[m][token * w.n_rows + local0 + r] = acc[r];
     }
   }
 }
@@ -98,7 +114,17 @@ void configure_matvec(const CudaContext& ctx) {
   }
 }
 
-void matvec(CudaContext& ctx, const WeightView& w, const float* x, float* out, int n_tokens) {
+void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x, int n_tokens) {
+  PDVM_CHECK(count >= 1 && count <= kMaxMatvecBatch);
+  MatvecBatch batch{};
+  batch.count = count;
+  for (int m = 0; m < count; ++m) {
+    PDVM_CHECK(views[m].format == views[0].format && views[m].k == views[0].k);
+    batch.w[m] = views[m];
+    batch.out[m] = outs[m];
+    batch.first_row[m + 1] = batch.first_row[m] + (views[m].n_rows + kRows - 1) / kRows * kRows;
+  }
+  const WeightView& w = views[0];
   dispatch_format(w.format, [&](auto f) {
     using Format = decltype(f);
     const int64_t smem = x_float4s(w, Format::kChunk) * 16;
@@ -108,12 +134,16 @@ void matvec(CudaContext& ctx, const WeightView& w, const float* x, float* out, i
     int blocks_per_sm = 0;
     PDVM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, matvec_kernel<Format>, kThreads,
                                                                   static_cast<size_t>(smem)));
-    const int64_t needed = (w.n_rows + kWarps * kRows - 1) / (kWarps * kRows);
+    const int64_t needed = (batch.first_row[count] + kWarps * kRows - 1) / (kWarps * kRows);
     const int64_t resident = int64_t{ctx.sm_count} * std::max(blocks_per_sm, 1);
     const dim3 grid(static_cast<unsigned>(std::min(needed, resident)), static_cast<unsigned>(n_tokens));
-    matvec_kernel<Format><<<grid, kThreads, static_cast<size_t>(smem), ctx.stream>>>(w, x, out);
+    matvec_kernel<Format><<<grid, kThreads, static_cast<size_t>(smem), ctx.stream>>>(batch, x);
     PDVM_CUDA_CHECK_LAUNCH("matvec_kernel");
   });
+}
+
+void matvec(CudaContext& ctx, const WeightView& w, const float* x, float* out, int n_tokens) {
+  matvec(ctx, &w, &out, 1, x, n_tokens);
 }
 
 void dequantize_f16(CudaContext& ctx, const WeightView& w, __half* out) {

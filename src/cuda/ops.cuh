@@ -16,6 +16,10 @@ namespace pdvm::cuda {
 void configure_matvec(const CudaContext& ctx);
 // out[t][j] = dot(row j of w, x[t]) for t < n_tokens, reading each weight once per token.
 void matvec(CudaContext& ctx, const WeightView& w, const float* x, float* out, int n_tokens);
+// The same for up to kMaxMatvecBatch matrices of one format and row length sharing x, in one
+// launch (Q/K/V, gate/up).
+constexpr int kMaxMatvecBatch = 3;
+void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x, int n_tokens);
 // Batched: dequantize to F16 (unless already dense F16) and multiply on the tensor cores.
 void gemm(CudaContext& ctx, const WeightView& w, const float* x, float* out, int n_tokens);
 // Rows of w as F16 into out (n_rows x k, dense).

@@ -216,34 +216,48 @@ TEST(CudaOps, KvStoreAndAttentionMatchReference) {
   }
 }
 
-// A recorded sequence replays with new inputs written between replays.
+// A recorded sequence replays with new inputs written between replays. Its products of one
+// input are launched together (three of one format, then one of another), which must not
+// change any result.
 TEST(CudaOps, RecordedSequenceReplaysWithNewInputs) {
   PDVM_CUDA_BACKEND_OR_SKIP(backend);
-  const int64_t k = 512, n = 300;
-  const std::vector<uint8_t> bytes = random_weight_bytes(TensorType::kQ4_0, k, n);
-  const std::vector<float> w = dequantize_rows(TensorType::kQ4_0, bytes, k, n);
-  const Tensor weight = backend->load_weight(TensorType::kQ4_0, {k, n, 1, 1}, bytes.data());
+  const int64_t k = 512;
+  struct Product {
+    TensorType type;
+    int64_t n;
+    std::vector<float> w;
+    Tensor weight, out;
+  };
+  std::vector<Product> products;
+  for (auto [type, n] : {std::pair{TensorType::kQ4_0, int64_t{300}}, {TensorType::kQ4_0, 77}, {TensorType::kQ4_0, 5},
+                         {TensorType::kQ8_0, 64}}) {
+    const std::vector<uint8_t> bytes = random_weight_bytes(type, k, n);
+    products.push_back({type, n, dequantize_rows(type, bytes, k, n), backend->load_weight(type, {k, n, 1, 1}, bytes.data()),
+                        backend->alloc(TensorType::kF32, {n, 1, 1, 1})});
+  }
   Tensor x = backend->alloc(TensorType::kF32, {k, 1, 1, 1});
-  Tensor y = backend->alloc(TensorType::kF32, {n, 1, 1, 1});
-  Tensor bias = backend->alloc(TensorType::kF32, {n, 1, 1, 1});
+  Tensor bias = backend->alloc(TensorType::kF32, {300, 1, 1, 1});
   Tensor ids = backend->alloc(TensorType::kI32, {1, 1, 1, 1});
   for (int step = 0; step < 5; ++step) {
-    const std::vector<float> xv = random_floats(static_cast<size_t>(k)), bv = random_floats(static_cast<size_t>(n));
+    const std::vector<float> xv = random_floats(static_cast<size_t>(k)), bv = random_floats(300);
     backend->write(x, xv.data(), xv.size() * 4);
     backend->write(bias, bv.data(), bv.size() * 4);
     backend->run_recorded("test", [&] {
-      backend->matmul(weight, x, y);
-      backend->add(y, bias, y);
-      backend->argmax(y, ids);
+      for (Product& p : products) backend->matmul(p.weight, x, p.out);
+      backend->add(products[0].out, bias, products[0].out);
+      backend->argmax(products[0].out, ids);
     });
-    const std::vector<float> got = download<float>(*backend, y);
-    int best = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      double want = bv[j];
-      for (int64_t i = 0; i < k; ++i) want += double(w[j * k + i]) * xv[i];
-      ASSERT_NEAR(got[j], want, 1e-3) << "step " << step << " row " << j;
-      if (got[j] > got[best]) best = static_cast<int>(j);
+    for (size_t m = 0; m < products.size(); ++m) {
+      const Product& p = products[m];
+      const std::vector<float> got = download<float>(*backend, p.out);
+      for (int64_t j = 0; j < p.n; ++j) {
+        double want = m == 0 ? bv[j] : 0.0;
+        for (int64_t i = 0; i < k; ++i) want += double(p.w[j * k + i]) * xv[i];
+        ASSERT_NEAR(got[j], want, 1e-3) << "step " << step << " product " << m << " row " << j;
+      }
     }
+    const std::vector<float> y = download<float>(*backend, products[0].out);
+    const int best = static_cast<int>(std::max_element(y.begin(), y.end()) - y.begin());
     EXPECT_EQ(download<int32_t>(*backend, ids)[0], best) << "step " << step;
   }
 }
