@@ -44,6 +44,7 @@ class Session {
   int64_t n_ctx() const { return cache_->n_ctx(); }
   int64_t n_past() const { return cache_->n_past(); }
   int64_t n_vocab() const { return config().n_vocab; }
+  TensorType kv_type() const { return cache_->type(); }
 
   // Appends tokens at position n_past() and returns the last token's logits (n_vocab floats).
   // The span stays valid until the next call on this session.

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cuda/ops.cuh"
+#include "pdvm/backend_registry.h"
 #include "pdvm/cuda_backend.h"
 
 namespace pdvm {
@@ -331,4 +332,13 @@ int cuda_device_count() {
 
 std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
 
+}  // namespace pdvm
+
+namespace pdvm {
+namespace {
+
+PDVM_REGISTER_BACKEND("cuda", "NVIDIA GPU: repacked weights, CUDA-graph decode, cuBLAS prefill",
+                      [](const BackendOptions& options) { return make_cuda_backend(options.device); });
+
+}  // namespace
 }  // namespace pdvm

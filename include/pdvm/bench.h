@@ -1,0 +1,50 @@
+// `pdvm bench`: prompt processing (pp) and token generation (tg) throughput of a Session, with
+// the memory-traffic view of decode: bytes a decoded token must stream (every weight once,
+// plus the KV cache up to its position), the rate that implies, and its share of the device's
+// measured read bandwidth. Backend-neutral; the CLI adds the bandwidth probe for GPUs.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "pdvm/engine.h"
+
+namespace pdvm {
+
+struct BenchConfig {
+  int n_prompt = 512;  // pp: tokens of one prefill from an empty cache (0 = skip)
+  int n_gen = 128;     // tg: greedy decode steps from an empty cache (0 = skip)
+  uint64_t seed = 1;   // random prompt tokens
+};
+
+struct BenchReport {
+  std::string model;
+  std::string backend;
+  std::string kv_type;
+  int n_layer = 0;
+  uint64_t weight_bytes = 0;       // all tensors of the file
+  uint64_t decode_weight_bytes = 0;  // what one decoded token reads (one embedding row)
+  int n_prompt = 0;
+  double pp_seconds = 0.0;
+  double pp_tokens_per_s = 0.0;
+  int n_gen = 0;
+  double tg_seconds = 0.0;
+  double tg_tokens_per_s = 0.0;
+  double tg_ms_per_token = 0.0;
+  double tg_ms_per_layer = 0.0;
+  uint64_t tg_bytes_per_token = 0;  // weights + mean KV cache read over the tg positions
+  double tg_gb_per_s = 0.0;
+  double read_bandwidth_gb_per_s = 0.0;  // 0 when not measured
+  double tg_pct_of_bandwidth = 0.0;      // 0 when not measured
+};
+
+// Runs pp then tg (each after one untimed warm-up pass, which also records graphs) and leaves
+// the session reset. read_bandwidth_gb_per_s: the device's measured read rate, or 0.
+BenchReport run_bench(Session& session, const std::string& model_name, const BenchConfig& config,
+                      double read_bandwidth_gb_per_s);
+
+std::string bench_table_header();
+std::string bench_table_row(const BenchReport& report);
+std::string bench_json(const BenchReport& report);  // one JSON object, one line
+
+}  // namespace pdvm

@@ -1,0 +1,137 @@
+#include "pdvm/bench.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <vector>
+
+namespace pdvm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::vector<int32_t> random_tokens(int n, int64_t n_vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> pick(0, static_cast<int32_t>(n_vocab - 1));
+  std::vector<int32_t> tokens(static_cast<size_t>(n));
+  for (auto& t : tokens) t = pick(rng);
+  return tokens;
+}
+
+// A decoded token reads every tensor once, except the embedding table, of which it reads one
+// row (unless the output head is tied to it, then it reads all of it as the head).
+uint64_t decode_weight_bytes(const Session& session) {
+  uint64_t bytes = 0;
+  for (const GgufTensor& t : session.gguf().tensors()) {
+    if (t.name == "token_embd.weight" && !session.config().tied_output)
+      bytes += t.n_bytes / static_cast<uint64_t>(std::max<int64_t>(t.n_rows(), 1));
+    else
+      bytes += t.n_bytes;
+  }
+  return bytes;
+}
+
+int32_t greedy_steps(Session& session, int32_t first, int n) {
+  int32_t token = first;
+  for (int i = 0; i < n; ++i) {
+    session.eval({&token, 1});
+    token = session.last_argmax();
+  }
+  return token;
+}
+
+}  // namespace
+
+BenchReport run_bench(Session& session, const std::string& model_name, const BenchConfig& config,
+                      double read_bandwidth_gb_per_s) {
+  const LlamaConfig& c = session.config();
+  BenchReport r;
+  r.model = model_name;
+  r.backend = session.backend().name();
+  r.kv_type = std::string(type_name(session.kv_type()));
+  r.n_layer = c.n_layer;
+  for (const GgufTensor& t : session.gguf().tensors()) r.weight_bytes += t.n_bytes;
+  r.decode_weight_bytes = decode_weight_bytes(session);
+  r.read_bandwidth_gb_per_s = read_bandwidth_gb_per_s;
+
+  if (config.n_prompt > 0) {
+    const std::vector<int32_t> prompt = random_tokens(config.n_prompt, c.n_vocab, config.seed);
+    session.reset();
+    session.eval(prompt);  // warm-up: scratch buffers, library handles
+    session.last_argmax();
+    session.reset();
+    const auto start = Clock::now();
+    session.eval(prompt);
+    session.last_argmax();  // waits for the device
+    r.pp_seconds = seconds_since(start);
+    r.n_prompt = config.n_prompt;
+    r.pp_tokens_per_s = config.n_prompt / r.pp_seconds;
+  }
+
+  if (config.n_gen > 0) {
+    const int32_t first = random_tokens(1, c.n_vocab, config.seed + 1)[0];
+    session.reset();
+    greedy_steps(session, first, 3);  // warm-up: the first steps record the decode graph
+    session.reset();
+    const auto start = Clock::now();
+    greedy_steps(session, first, config.n_gen);
+    r.tg_seconds = seconds_since(start);
+    r.n_gen = config.n_gen;
+    r.tg_tokens_per_s = config.n_gen / r.tg_seconds;
+    r.tg_ms_per_token = 1e3 * r.tg_seconds / config.n_gen;
+    r.tg_ms_per_layer = r.tg_ms_per_token / std::max(c.n_layer, 1);
+    // Step i attends to i + 1 cache rows of K and of V in every layer.
+    const double kv_row = static_cast<double>(type_bytes(session.kv_type(), int64_t{c.n_head_kv} * c.head_dim));
+    const double mean_rows = (config.n_gen + 1) / 2.0;
+    const double kv_bytes = 2.0 * c.n_layer * mean_rows * kv_row;
+    r.tg_bytes_per_token = r.decode_weight_bytes + static_cast<uint64_t>(kv_bytes);
+    r.tg_gb_per_s = r.tg_bytes_per_token / (r.tg_seconds / config.n_gen) / 1e9;
+    if (read_bandwidth_gb_per_s > 0.0) r.tg_pct_of_bandwidth = 100.0 * r.tg_gb_per_s / read_bandwidth_gb_per_s;
+  }
+  session.reset();
+  return r;
+}
+
+std::string bench_table_header() {
+  return fmt::format("{:<28} {:>8} {:>5} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>8} {:>8}", "model", "backend",
+                     "kv", "size GB", "pp tok/s", "tg tok/s", "ms/tok", "ms/layer", "MB/tok", "GB/s", "% bw");
+}
+
+std::string bench_table_row(const BenchReport& r) {
+  const std::string pct = r.tg_pct_of_bandwidth > 0.0 ? fmt::format("{:.1f}", r.tg_pct_of_bandwidth) : "-";
+  return fmt::format("{:<28} {:>8} {:>5} {:>9.2f} {:>10.1f} {:>10.1f} {:>9.3f} {:>9.4f} {:>10.1f} {:>8.1f} {:>8}",
+                     r.model, r.backend, r.kv_type, r.weight_bytes / 1e9, r.pp_tokens_per_s, r.tg_tokens_per_s,
+                     r.tg_ms_per_token, r.tg_ms_per_layer, r.tg_bytes_per_token / 1e6, r.tg_gb_per_s, pct);
+}
+
+std::string bench_json(const BenchReport& r) {
+  nlohmann::json j = {
+      {"model", r.model},
+      {"backend", r.backend},
+      {"kv_type", r.kv_type},
+      {"n_layer", r.n_layer},
+      {"weight_bytes", r.weight_bytes},
+      {"decode_weight_bytes", r.decode_weight_bytes},
+      {"pp", {{"n_tokens", r.n_prompt}, {"seconds", r.pp_seconds}, {"tokens_per_s", r.pp_tokens_per_s}}},
+      {"tg",
+       {{"n_tokens", r.n_gen},
+        {"seconds", r.tg_seconds},
+        {"tokens_per_s", r.tg_tokens_per_s},
+        {"ms_per_token", r.tg_ms_per_token},
+        {"ms_per_layer", r.tg_ms_per_layer},
+        {"bytes_per_token", r.tg_bytes_per_token},
+        {"gb_per_s", r.tg_gb_per_s},
+        {"pct_of_read_bandwidth", r.tg_pct_of_bandwidth}}},
+      {"read_bandwidth_gb_per_s", r.read_bandwidth_gb_per_s},
+  };
+  return j.dump();
+}
+
+}  // namespace pdvm

@@ -1,0 +1,131 @@
+// `pdvm bench`: pp/tg throughput of models (see pdvm/bench.h), with GPU columns (ms per layer,
+// bytes per token, GB/s and % of the card's measured read bandwidth) when the backend is cuda.
+// `--kernels` times the decode matvec kernels alone.
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "command.h"
+#include "pdvm/bench.h"
+#include "pdvm/engine.h"
+#include "pdvm/error.h"
+#ifdef PDVM_HAVE_CUDA
+#include "pdvm/cuda_backend.h"
+#endif
+
+namespace pdvm::cli {
+namespace {
+
+struct BenchArgs {
+  std::vector<std::string> models;
+  std::string backend = "auto";
+  int device = 0;
+  int threads = 0;
+  int n_prompt = 512;
+  int n_gen = 128;
+  int64_t n_ctx = 0;
+  std::string kv_type;
+  bool json = false;
+  bool kernels = false;
+  bool probe = true;
+};
+
+double measure_bandwidth(const BenchArgs& args, const std::string& backend_name) {
+#ifdef PDVM_HAVE_CUDA
+  if (backend_name == "cuda" && args.probe) {
+    const ReadBandwidth bw = measure_cuda_read_bandwidth(args.device);
+    if (!args.json)
+      std::printf("read bandwidth of %s: %.1f GB/s (%.2f GiB read-only reduction, median of 9)\n",
+                  bw.device_name.c_str(), bw.gb_per_s, bw.bytes / double(1 << 30));
+    return bw.gb_per_s;
+  }
+#else
+  (void)args;
+  (void)backend_name;
+#endif
+  return 0.0;
+}
+
+int run_kernels(const BenchArgs& args) {
+#ifdef PDVM_HAVE_CUDA
+  // Decode shapes of llama-3.2-1b (2048 wide, ffn 8192) and llama-2-13b (5120, ffn 13824).
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{2048, 2048}, {2048, 8192}, {8192, 2048},
+                                                           {5120, 5120}, {5120, 13824}, {13824, 5120}};
+  const double bandwidth = measure_bandwidth(args, "cuda");
+  if (!args.json) std::printf("%-6s %7s %7s %9s %9s %8s %7s\n", "type", "k", "rows", "MB", "us", "GB/s", "% bw");
+  for (TensorType type : {TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1}) {
+    for (auto [k, rows] : shapes) {
+      const MatvecTiming t = time_cuda_matvec(args.device, type, k, rows);
+      const double pct = bandwidth > 0 ? 100.0 * t.gb_per_s / bandwidth : 0.0;
+      if (args.json)
+        std::printf("{\"kernel\":\"matvec\",\"type\":\"%s\",\"k\":%lld,\"rows\":%lld,\"bytes\":%llu,\"us\":%.3f,"
+                    "\"gb_per_s\":%.1f,\"pct_of_read_bandwidth\":%.1f}\n",
+                    std::string(type_name(type)).c_str(), static_cast<long long>(k), static_cast<long long>(rows),
+                    static_cast<unsigned long long>(t.bytes), t.microseconds, t.gb_per_s, pct);
+      else
+        std::printf("%-6s %7lld %7lld %9.2f %9.2f %8.1f %7.1f\n", std::string(type_name(type)).c_str(),
+                    static_cast<long long>(k), static_cast<long long>(rows), t.bytes / 1e6, t.microseconds,
+                    t.gb_per_s, pct);
+    }
+  }
+  return 0;
+#else
+  (void)args;
+  throw_error(ErrorKind::kUnsupported, "--kernels: this build has no CUDA backend");
+#endif
+}
+
+int run_bench_command(const BenchArgs& args) {
+  if (args.kernels) return run_kernels(args);
+  if (args.models.empty()) throw_error(ErrorKind::kInvalidArgument, "bench: give at least one model (-m)");
+  double bandwidth = -1.0;
+  if (!args.json) std::printf("%s\n", bench_table_header().c_str());
+  for (const std::string& model : args.models) {
+    SessionOptions options;
+    options.model_path = model;
+    options.backend = args.backend;
+    options.backend_options.device = args.device;
+    options.backend_options.n_threads = args.threads;
+    options.n_ctx = args.n_ctx;
+    if (!args.kv_type.empty()) {
+      const auto type = type_from_name(args.kv_type);
+      if (!type) throw_error(ErrorKind::kInvalidArgument, "--kv-type: unknown type '" + args.kv_type + "'");
+      options.kv_type = *type;
+    }
+    Session session(options);
+    if (bandwidth < 0.0) bandwidth = measure_bandwidth(args, session.backend().name());
+    BenchConfig config;
+    config.n_prompt = args.n_prompt;
+    config.n_gen = args.n_gen;
+    const BenchReport report =
+        run_bench(session, std::filesystem::path(model).filename().string(), config, bandwidth);
+    std::printf("%s\n", args.json ? bench_json(report).c_str() : bench_table_row(report).c_str());
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+PDVM_REGISTER_COMMAND("bench", "throughput of models: prompt processing and generation (tokens/s, GB/s)",
+                      [](CLI::App& app) -> std::function<int()> {
+                        auto args = std::make_shared<BenchArgs>();
+                        app.add_option("-m,--model", args->models, "GGUF model(s) to benchmark");
+                        app.add_option("--backend", args->backend, "cuda, cpu or auto")->capture_default_str();
+                        app.add_option("--device", args->device, "GPU ordinal")->capture_default_str();
+                        app.add_option("-t,--threads", args->threads, "CPU threads (0: all)");
+                        app.add_option("-p,--n-prompt", args->n_prompt, "pp: prompt tokens (0 skips)")
+                            ->capture_default_str()
+                            ->check(CLI::NonNegativeNumber);
+                        app.add_option("-n,--n-gen", args->n_gen, "tg: generated tokens (0 skips)")
+                            ->capture_default_str()
+                            ->check(CLI::NonNegativeNumber);
+                        app.add_option("-c,--ctx", args->n_ctx, "context size (0: model default, max 4096)");
+                        app.add_option("--kv-type", args->kv_type, "KV cache type (f32, f16, q8_0)");
+                        app.add_flag("--json", args->json, "one JSON object per line");
+                        app.add_flag("--kernels", args->kernels, "time the CUDA decode matvec kernels alone");
+                        app.add_flag("!--no-probe", args->probe, "skip the GPU read-bandwidth probe");
+                        return [args] { return run_bench_command(*args); };
+                      });
+
+}  // namespace
+}  // namespace pdvm::cli
