@@ -27,14 +27,28 @@ uint32_t llama_file_type(TensorType weight_type) {
               "tensor type " + std::string(type_name(weight_type)) + " is not a supported model file type");
 }
 
+TensorType matrix_type(TensorType target, int64_t row_length, const std::string& tensor_name) {
+  TensorType type = target;
+  if (row_length % type_info(type).block_elems != 0) {
+    if (type == TensorType::kQ4_K) type = TensorType::kQ5_0;
+    if (type == TensorType::kQ6_K) type = TensorType::kQ8_0;
+  }
+  const TypeInfo& info = type_info(type);
+  if (row_length % info.block_elems != 0) {
+    throw Error(ErrorKind::kInvalidArgument, tensor_name + ": row length " + std::to_string(row_length) +
+                                                 " is not a multiple of the " + info.name + " block size " +
+                                                 std::to_string(info.block_elems));
+  }
+  return type;
+}
+
 TensorType converted_type(const GgufTensor& tensor, TensorType target) {
-  return tensor.shape.size() >= 2 ? target : TensorType::kF32;
+  return tensor.shape.size() >= 2 ? matrix_type(target, tensor.shape[0], tensor.name) : TensorType::kF32;
 }
 
 void convert_gguf(const GgufFile& in, const std::filesystem::path& out, TensorType target, int threads,
                   const std::function<void(uint64_t, uint64_t)>& progress) {
   const uint32_t file_type = llama_file_type(target);
-  const TypeInfo& target_info = type_info(target);
 
   GgufWriter writer(in.alignment());
   for (const GgufKeyValue& kv : in.metadata()) writer.set(kv.key, kv.value);
@@ -46,10 +60,6 @@ void convert_gguf(const GgufFile& in, const std::filesystem::path& out, TensorTy
     if (!type_info(tensor.type).dequantizable) {
       throw Error(ErrorKind::kUnsupported, "tensor '" + tensor.name + "' has type " +
                                                std::string(type_name(tensor.type)) + ", which cannot be converted");
-    }
-    if (row % type_info(type).block_elems != 0) {
-      throw Error(ErrorKind::kInvalidArgument, "tensor '" + tensor.name + "': row length " + std::to_string(row) +
-                                                   " is not a multiple of the " + target_info.name + " block size");
     }
     writer.add_tensor(tensor.name, type, tensor.shape, [&tensor, type, row, threads](std::span<uint8_t> dst) {
       const int64_t n_rows = tensor.n_elems() / row;

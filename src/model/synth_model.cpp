@@ -95,9 +95,8 @@ ModelPlan plan_model(const LlamaShape& shape, TensorType weight_type, uint64_t s
   ModelPlan plan{s, weight_type, seed, {}};
   const int64_t kv_width = s.n_embd / s.n_head * s.n_head_kv;
   const auto weight = [&](std::string name, int64_t row, int64_t rows) {
-    require(row % info.block_elems == 0, name + ": row length " + std::to_string(row) + " is not a multiple of the " +
-                                             info.name + " block size " + std::to_string(info.block_elems));
-    plan.tensors.push_back({std::move(name), weight_type, {row, rows}, TensorRole::kWeight});
+    const TensorType type = matrix_type(weight_type, row, name);
+    plan.tensors.push_back({std::move(name), type, {row, rows}, TensorRole::kWeight});
   };
   const auto norm = [&](std::string name) {
     plan.tensors.push_back({std::move(name), TensorType::kF32, {s.n_embd}, TensorRole::kNorm});

@@ -20,7 +20,8 @@ PDVM = os.environ.get("PDVM_BIN", str(ROOT / "build" / "pdvm"))
 SEED = int(os.environ.get("PDVM_TEST_SEED", random.SystemRandom().randrange(1 << 31)))
 print(f"[pdvm test] random seed {SEED} (set PDVM_TEST_SEED to replay)")
 # (llama.cpp file type id, our type name); q4_k is llama.cpp's Q4_K_S, which leaves a few tensors
-# in other types: those are skipped, only tensors of equal type are compared.
+# in other types: those are skipped, only tensors of equal type are compared. The FFN width of 288
+# is no multiple of 256, so ffn_down exercises the K-quant fallback (to q5_0 / q8_0).
 TYPES = [(1, "f16"), (32, "bf16"), (7, "q8_0"), (2, "q4_0"), (3, "q4_1"), (8, "q5_0"), (9, "q5_1"),
          (14, "q4_k"), (18, "q6_k")]
 
@@ -50,7 +51,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         source = tmp / "f32.gguf"
-        subprocess.run([PDVM, "synth", "--shape", "tiny", "--width", "256", "--ffn", "512", "--layers", "3", "--type", "f32",
+        subprocess.run([PDVM, "synth", "--shape", "tiny", "--width", "256", "--ffn", "288", "--layers", "3", "--type", "f32",
                         "--seed", str(SEED), "-o", source], check=True)
         reader = GGUFReader(source, "r+")
         for tensor in reader.tensors:

@@ -210,7 +210,17 @@ TEST(SynthPlan, RejectsBadShapesAndTypes) {
   bad_heads.n_head_kv = 3;
   EXPECT_THROW(plan_model(bad_heads, TensorType::kF16, 1), Error);
   EXPECT_THROW(plan_model(shape_by_name("tiny"), TensorType::kQ5_K, 1), Error);
-  EXPECT_THROW(plan_model(shape_by_name("tiny"), TensorType::kQ4_K, 1), Error);  // rows of 64 < 256
+  // K-quant super-blocks that do not fit a row fall back as in llama.cpp.
+  for (const TensorPlan& t : plan_model(shape_by_name("smollm2-135m"), TensorType::kQ4_K, 1).tensors) {
+    if (t.role == TensorRole::kWeight) {
+      EXPECT_EQ(t.type, t.shape[0] == 1536 ? TensorType::kQ4_K : TensorType::kQ5_0) << t.name;
+    }
+  }
+  for (const TensorPlan& t : plan_model(shape_by_name("tiny"), TensorType::kQ6_K, 1).tensors) {
+    if (t.role == TensorRole::kWeight) {
+      EXPECT_EQ(t.type, TensorType::kQ8_0) << t.name;
+    }
+  }
   EXPECT_NO_THROW(plan_model(shape_by_name("llama-2-7b"), TensorType::kQ4_K, 1));
   EXPECT_THROW(plan_model(shape_by_name("tiny"), TensorType::kQ8_1, 1), Error);
 }
