@@ -1,0 +1,48 @@
+// A persistent pool of worker threads for the fast CPU backend. Ops hand it short parallel
+// loops hundreds of times per token, so workers spin briefly between jobs (a futex wake
+// costs more than a typical op) and only then sleep.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <thread>
+#include <vector>
+
+namespace pdvm::cpu {
+
+class ThreadPool {
+ public:
+  // n_threads counts the calling thread; 1 means everything runs on the caller.
+  explicit ThreadPool(int n_threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // Calls fn(begin, end) on chunks of at most `grain` items covering [0, n), on all threads,
+  // and returns once every chunk is done. Chunks are claimed dynamically, so a thread
+  // slowed by another process on a shared machine does not hold the others back.
+  using RangeFn = std::function<void(int64_t begin, int64_t end)>;
+  void parallel_for(int64_t n, int64_t grain, const RangeFn& fn);
+
+ private:
+  void worker_loop();
+  void run_chunks();
+
+  std::vector<std::thread> workers_;
+  std::atomic<uint32_t> generation_{0};
+  std::atomic<int> sleeping_workers_{0};
+  std::atomic<int> busy_workers_{0};
+  std::atomic<int64_t> next_item_{0};
+  std::atomic<bool> stopping_{false};
+  const RangeFn* job_ = nullptr;
+  int64_t job_items_ = 0;
+  int64_t job_grain_ = 1;
+};
+
+// Default thread count: the cores this process may run on.
+int default_thread_count();
+
+}  // namespace pdvm::cpu
