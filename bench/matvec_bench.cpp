@@ -44,7 +44,7 @@ void run_matvec(benchmark::State& state, TensorType type, DotMethod method, int 
   ThreadPool pool(threads);
   PreparedActivation act;
   for (auto _ : state) {
-    prepare_activation(x.data(), kInputs, n_tokens, method == DotMethod::kInt8, act);
+    prepare_activation(x.data(), kInputs, n_tokens, method, act);
     MatmulTask task{type, method, weights.data(), type_bytes(type, kInputs), &act, out.data(), kRows};
     pool.parallel_for(kRows, 32, [&](int64_t begin, int64_t end) { matmul_rows(task, begin, end); });
     benchmark::DoNotOptimize(out.data());
@@ -59,11 +59,11 @@ void register_all() {
   for (TensorType type : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ4_0,
                           TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ8_0,
                           TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
-    for (DotMethod method : {DotMethod::kDequantFma, DotMethod::kInt8}) {
-      if (method == DotMethod::kInt8 && !has_matmul_kernel(type, method)) continue;
+    for (DotMethod method : {DotMethod::kDequantFma, DotMethod::kInt8, DotMethod::kInt16}) {
+      if (!has_matmul_kernel(type, method)) continue;
       for (int threads : {1, 2}) {
         const std::string name = std::string("matvec/") + std::string(type_name(type)) +
-                                 (method == DotMethod::kInt8 ? "/int8" : "/dequant_fma") + "/threads:" +
+                                 (method == DotMethod::kInt8 ? "/int8" : method == DotMethod::kInt16 ? "/int16" : "/dequant_fma") + "/threads:" +
                                  std::to_string(threads);
         benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
           run_matvec(state, type, method, threads);

@@ -5,11 +5,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <optional>
+#include <string_view>
 #include <vector>
 
 #include "cpu/fast_half.h"
 #include "cpu/fast_kernels.h"
 #include "cpu/fast_thread_pool.h"
+#include "pdvm/backend_registry.h"
 #include "pdvm/error.h"
 
 namespace pdvm::cpu {
@@ -17,9 +20,23 @@ namespace {
 
 constexpr size_t kAlignment = 64;
 
-// Method per weight type, chosen by measurement (docs/perf-notes.md, "cpu-fast").
-DotMethod preferred_method(TensorType type) {
-  return has_matmul_kernel(type, DotMethod::kInt8) ? DotMethod::kInt8 : DotMethod::kDequantFma;
+// Method per weight type, chosen by measurement (docs/perf-notes.md, "cpu-fast"). The
+// environment variable PDVM_CPU_DOT=fma|int8|int16 overrides it, to measure the alternatives
+// end to end.
+std::optional<DotMethod> method_override() {
+  const char* value = std::getenv("PDVM_CPU_DOT");
+  if (!value || !*value) return std::nullopt;
+  const std::string_view name(value);
+  if (name == "fma") return DotMethod::kDequantFma;
+  if (name == "int8") return DotMethod::kInt8;
+  if (name == "int16") return DotMethod::kInt16;
+  throw_error(ErrorKind::kInvalidArgument,
+              "PDVM_CPU_DOT must be fma, int8 or int16, not '" + std::string(name) + "'");
+}
+
+DotMethod preferred_method(TensorType type, std::optional<DotMethod> override_method) {
+  if (override_method && has_matmul_kernel(type, *override_method)) return *override_method;
+  return has_matmul_kernel(type, DotMethod::kInt16) ? DotMethod::kInt16 : DotMethod::kDequantFma;
 }
 
 const float* f32_data(const Tensor& t) { return static_cast<const float*>(t.data); }
@@ -80,7 +97,8 @@ void accumulate_cache(const CacheRow& cache, int64_t row, int64_t first, float w
 class FastCpuBackend final : public Backend {
  public:
   explicit FastCpuBackend(const FastCpuOptions& options)
-      : pool_(options.threads > 0 ? options.threads : default_thread_count()) {}
+      : pool_(options.threads > 0 ? options.threads : default_thread_count()),
+        method_override_(method_override()) {}
 
   std::string name() const override { return "cpu"; }
 
@@ -155,8 +173,8 @@ class FastCpuBackend final : public Backend {
     const int64_t n_tokens = x.n_rows();
     PDVM_CHECK_MSG(x.ne[0] == k && out.ne[0] == n_rows && out.n_rows() == n_tokens,
                    "matmul shapes do not match");
-    const DotMethod method = preferred_method(w.type);
-    prepare_activation(f32_data(x), k, n_tokens, method == DotMethod::kInt8, activation_);
+    const DotMethod method = preferred_method(w.type, method_override_);
+    prepare_activation(f32_data(x), k, n_tokens, method, activation_);
     MatmulTask task;
     task.type = w.type;
     task.method = method;
@@ -298,6 +316,7 @@ class FastCpuBackend final : public Backend {
   }
 
   ThreadPool pool_;
+  std::optional<DotMethod> method_override_;
   PreparedActivation activation_;
 };
 
@@ -306,5 +325,10 @@ class FastCpuBackend final : public Backend {
 std::unique_ptr<Backend> make_fast_cpu_backend(const FastCpuOptions& options) {
   return std::make_unique<FastCpuBackend>(options);
 }
+
+PDVM_REGISTER_BACKEND("cpu", "CPU, SIMD kernels (AVX-512/AVX2/SSE4/NEON, chosen at run time) on all cores",
+                      [](const BackendOptions& options) {
+                        return make_fast_cpu_backend(FastCpuOptions{.threads = options.n_threads});
+                      });
 
 }  // namespace pdvm::cpu

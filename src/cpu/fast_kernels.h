@@ -16,24 +16,28 @@ constexpr int64_t kQ8Block = 32;
 enum class DotMethod {
   kDequantFma,  // decode weights to f32 and FMA with the f32 activation
   kInt8,        // quantize the activation to 8-bit blocks once, integer dot per block
+  kInt16,       // same kernel, activation blocks rounded to 16 bits (int16 x int16 -> int32
+                // multiply-adds cost the same, and the rounding error is 256x smaller)
 };
 
 // The activation of a matmul prepared once for all weight rows: f32 values, per-block sums,
-// and (for the integer method) 8-bit blocks widened to int16 with their scales.
+// and (for the integer methods) blocks rounded to 8 or 16 bits, stored as int16, with scales.
 struct PreparedActivation {
   int64_t k = 0;
   int64_t n_tokens = 0;
   const float* x = nullptr;        // n_tokens rows of k floats
   std::vector<float> block_sums;   // [n_tokens][k/32] sum of x over each block
-  std::vector<int16_t> q;          // [n_tokens][k] 8-bit quantized values (int8 range)
+  std::vector<int16_t> q;          // [n_tokens][k] quantized values (int8 or int16 range)
   std::vector<float> q_scale;      // [n_tokens][k/32] scale d of each block: x ~ d*q
   std::vector<float> q_sum;        // [n_tokens][k/32] d * sum(q) of each block
 };
 
-// Fills `act` for x (n_tokens rows of k floats). The integer part is filled only when
-// `with_int8` is set; k must be a multiple of 32 when the activation meets a block format.
-void prepare_activation(const float* x, int64_t k, int64_t n_tokens, bool with_int8,
+// Fills `act` for x (n_tokens rows of k floats) as `method` needs it; k must be a multiple of
+// 32 when the activation meets a block format.
+void prepare_activation(const float* x, int64_t k, int64_t n_tokens, DotMethod method,
                         PreparedActivation& act);
+// Largest quantized magnitude of an integer method: 127 or 32767.
+int activation_levels(DotMethod method);
 
 // Does the kernel set have a direct kernel for `type` with `method`?
 bool has_matmul_kernel(TensorType type, DotMethod method);

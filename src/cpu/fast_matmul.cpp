@@ -147,7 +147,7 @@ struct Q8_0 {
 
 // ---- one weight row against kTokens tokens ----------------------------------------------
 template <class Format, int kTokens>
-HWY_INLINE void RowInt8(const uint8_t* row, const PreparedActivation& act, int64_t t0,
+HWY_INLINE void RowInteger(const uint8_t* row, const PreparedActivation& act, int64_t t0,
                         float* out, int64_t out_stride) {
   const hn::CappedTag<int16_t, kI16Lanes> d16;
   const hn::Repartition<int32_t, decltype(d16)> d32;
@@ -290,12 +290,12 @@ HWY_INLINE void ForRowsAndTokens(const MatmulTask& task, int64_t row_begin, int6
 }
 
 template <class Format>
-struct Int8Rows {
+struct IntegerRows {
   template <int kTokens>
   struct Kernel {
     static void prepare(const MatmulTask&, int64_t) {}
     static void run(const MatmulTask& task, int64_t j, int64_t t0, float* out) {
-      RowInt8<Format, kTokens>(task.w + j * task.row_bytes, *task.act, t0, out, task.out_stride);
+      RowInteger<Format, kTokens>(task.w + j * task.row_bytes, *task.act, t0, out, task.out_stride);
     }
   };
 };
@@ -344,8 +344,8 @@ struct GenericRowsKernel {
 
 template <class Format>
 void BlockRows(const MatmulTask& task, int64_t row_begin, int64_t row_end) {
-  if (task.method == DotMethod::kInt8) {
-    ForRowsAndTokens<Int8Rows<Format>::template Kernel>(task, row_begin, row_end);
+  if (task.method != DotMethod::kDequantFma) {
+    ForRowsAndTokens<IntegerRows<Format>::template Kernel>(task, row_begin, row_end);
   } else {
     ForRowsAndTokens<DequantRows<Format>::template Kernel>(task, row_begin, row_end);
   }
@@ -405,15 +405,19 @@ bool has_matmul_kernel(TensorType type, DotMethod method) {
   }
 }
 
-void prepare_activation(const float* x, int64_t k, int64_t n_tokens, bool with_int8,
+int activation_levels(DotMethod method) { return method == DotMethod::kInt16 ? 32767 : 127; }
+
+void prepare_activation(const float* x, int64_t k, int64_t n_tokens, DotMethod method,
                         PreparedActivation& act) {
+  const bool with_int = method != DotMethod::kDequantFma;
+  const float levels = static_cast<float>(activation_levels(method));
   act.k = k;
   act.n_tokens = n_tokens;
   act.x = x;
   if (k % kQ8Block != 0) return;  // plain float weights only
   const int64_t nb = k / kQ8Block;
   act.block_sums.resize(static_cast<size_t>(n_tokens * nb));
-  if (with_int8) {
+  if (with_int) {
     act.q.resize(static_cast<size_t>(n_tokens * k));
     act.q_scale.resize(static_cast<size_t>(n_tokens * nb));
   }
@@ -425,8 +429,8 @@ void prepare_activation(const float* x, int64_t k, int64_t n_tokens, bool with_i
       amax = std::max(amax, std::fabs(block[i]));
     }
     act.block_sums[tb] = sum;
-    if (!with_int8) continue;
-    const float scale = amax / 127.0f;
+    if (!with_int) continue;
+    const float scale = amax / levels;
     const float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
     int16_t* q = act.q.data() + tb * kQ8Block;
     for (int64_t i = 0; i < kQ8Block; ++i) q[i] = static_cast<int16_t>(std::lrintf(block[i] * inverse));

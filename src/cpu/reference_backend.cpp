@@ -285,8 +285,8 @@ std::unique_ptr<Backend> make_reference_backend(const BackendOptions& options) {
 
 }  // namespace
 
-// "cpu" is the reference until a faster CPU backend takes the name.
-PDVM_REGISTER_BACKEND("cpu", "CPU reference (same as cpu-ref)", make_reference_backend);
+// "cpu" is the fast backend (src/cpu/fast_backend.cpp).
+PDVM_REGISTER_BACKEND("reference", "CPU reference (same as cpu-ref)", make_reference_backend);
 PDVM_REGISTER_BACKEND("cpu-ref", "CPU reference: plain fp32, dequantizes weight rows on the fly",
                       make_reference_backend);
 

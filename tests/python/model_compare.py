@@ -28,7 +28,7 @@ def relative_error(actual, expected) -> float:
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
-def run_cpp(model, prompt, greedy, backend="cpu"):
+def run_cpp(model, prompt, greedy, backend="cpu-ref"):
     """Runs `pdvm logits`; returns (prompt logits, greedy ids, logits of each greedy step)."""
     with tempfile.TemporaryDirectory() as tmp:
         out, greedy_out = Path(tmp) / "prompt.npy", Path(tmp) / "greedy.npy"

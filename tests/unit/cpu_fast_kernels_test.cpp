@@ -54,8 +54,10 @@ struct Case {
 };
 
 std::string case_name(const testing::TestParamInfo<Case>& info) {
-  return std::string(type_name(info.param.type)) +
-         (info.param.method == DotMethod::kInt8 ? "_int8" : "_dequant_fma");
+  const char* method = info.param.method == DotMethod::kInt8    ? "_int8"
+                       : info.param.method == DotMethod::kInt16 ? "_int16"
+                                                                : "_dequant_fma";
+  return std::string(type_name(info.param.type)) + method;
 }
 
 class MatmulKernelTest : public testing::TestWithParam<Case> {};
@@ -86,7 +88,7 @@ void check_matmul_against_reference(TensorType type, DotMethod method) {
   for (int64_t n_tokens = 1; n_tokens <= 7; ++n_tokens) {
     const std::vector<float> x = test::random_floats(static_cast<size_t>(k * n_tokens));
     PreparedActivation act;
-    prepare_activation(x.data(), k, n_tokens, method == DotMethod::kInt8, act);
+    prepare_activation(x.data(), k, n_tokens, method, act);
     std::vector<float> out(static_cast<size_t>(n_rows * n_tokens), NAN);
     MatmulTask task;
     task.type = type;
@@ -108,15 +110,15 @@ void check_matmul_against_reference(TensorType type, DotMethod method) {
           expected += wi * xi;
           magnitude += std::fabs(wi * xi);
         }
-        if (method == DotMethod::kInt8) {
-          // Rounding x to 8 bits moves each element by at most half a step of its block.
+        if (method != DotMethod::kDequantFma) {
+          // Rounding x to 8/16 bits moves each element by at most half a step of its block.
           for (int64_t b = 0; b < k / kQ8Block; ++b) {
             double amax = 0.0, wsum = 0.0;
             for (int64_t i = b * kQ8Block; i < (b + 1) * kQ8Block; ++i) {
               amax = std::max(amax, std::fabs(double{x[t * k + i]}));
               wsum += std::fabs(double{w_ref[j * k + i]});
             }
-            quantization_bound += amax / 127.0 / 2.0 * wsum;
+            quantization_bound += amax / activation_levels(method) / 2.0 * wsum;
           }
         }
         const double tolerance = 1e-5 * magnitude + 1.01 * quantization_bound + 1e-6;
@@ -133,7 +135,9 @@ std::vector<Case> all_cases() {
                           TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ8_0,
                           TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
     cases.push_back({type, DotMethod::kDequantFma});
-    if (has_matmul_kernel(type, DotMethod::kInt8)) cases.push_back({type, DotMethod::kInt8});
+    for (DotMethod method : {DotMethod::kInt8, DotMethod::kInt16}) {
+      if (has_matmul_kernel(type, method)) cases.push_back({type, method});
+    }
   }
   return cases;
 }
