@@ -136,10 +136,10 @@ TEST_F(SessionTest, BackendArgmaxMatchesTheHostLogits) {
 
 TEST_F(SessionTest, HalfPrecisionCacheStaysCloseToF32) {
   const auto tokens = test::random_tokens(30, spec_.n_vocab);
-  SessionOptions half = options();
+  SessionOptions half = options(), exact = options();
   half.kv_type = TensorType::kF16;
-  Session f32_session(options()), f16_session(half);
-  EXPECT_EQ(f32_session.backend().default_kv_type(), TensorType::kF32);
+  exact.kv_type = TensorType::kF32;
+  Session f32_session(exact), f16_session(half);
   const auto expected = copy(f32_session.prefill_all(tokens));
   const auto rounded = f16_session.prefill_all(tokens);
   const float difference = relative_difference(rounded, expected);
