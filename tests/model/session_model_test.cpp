@@ -25,7 +25,7 @@ float relative_difference(std::span<const float> a, std::span<const float> b) {
 SessionOptions default_options() {
   SessionOptions o;
   o.model_path = test::default_model_path();
-  o.backend = "cpu";
+  o.backend = "cpu-ref";
   o.n_ctx = 128;
   return o;
 }

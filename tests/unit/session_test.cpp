@@ -40,7 +40,7 @@ class SessionTest : public ::testing::Test {
   SessionOptions options(int64_t n_ctx = 64, int max_batch = 512) const {
     SessionOptions o;
     o.model_path = path_;
-    o.backend = "cpu";
+    o.backend = "cpu-ref";
     o.n_ctx = n_ctx;
     o.max_batch = max_batch;
     return o;
@@ -193,6 +193,7 @@ TEST(ModelLoading, BadFilesGiveErrorsNamingTheProblem) {
     const auto path = test::write_random_llama(c.spec, "bad_model.gguf");
     SessionOptions o;
     o.model_path = path;
+    o.backend = "cpu-ref";
     try {
       Session session(o);
       ADD_FAILURE() << c.what << ": expected an error";
