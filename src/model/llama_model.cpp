@@ -61,10 +61,11 @@ LlamaModel::LlamaModel(const GgufFile& file, Backend& backend)
       throw_error(ErrorKind::kUnsupported, file.path() + ": tensor rope_freqs.weight must be F32");
     }
   }
-  weights_.layers.resize(c.n_layer);
+  // Grown layer by layer: a corrupt block_count fails at the first missing tensor instead of
+  // reserving memory for it.
   for (int i = 0; i < c.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
-    LlamaLayerWeights& l = weights_.layers[i];
+    LlamaLayerWeights& l = weights_.layers.emplace_back();
     l.attn_norm = load(file, backend, p + "attn_norm.weight", {embd});
     l.wq = load(file, backend, p + "attn_q.weight", {embd, q_width});
     l.wk = load(file, backend, p + "attn_k.weight", {embd, kv_width});

@@ -32,6 +32,7 @@ struct RandomLlama {
   std::string omit_tensor;
   std::string misshape_tensor;
   std::string architecture = "llama";
+  int declared_layers = 0;  // block_count written to the metadata when non-zero
 };
 
 inline void add_random_tensor(GgufWriter& writer, const RandomLlama& spec, const std::string& name,
@@ -58,7 +59,8 @@ inline std::filesystem::path write_random_llama(const RandomLlama& spec, const s
   GgufWriter writer;
   const std::string a = spec.architecture + ".";
   writer.set("general.architecture", GgufValue(spec.architecture));
-  writer.set(a + "block_count", GgufValue(static_cast<uint32_t>(spec.n_layer)));
+  const int declared_layers = spec.declared_layers ? spec.declared_layers : spec.n_layer;
+  writer.set(a + "block_count", GgufValue(static_cast<uint32_t>(declared_layers)));
   writer.set(a + "context_length", GgufValue(static_cast<uint32_t>(spec.n_ctx)));
   writer.set(a + "embedding_length", GgufValue(static_cast<uint32_t>(spec.n_embd)));
   writer.set(a + "feed_forward_length", GgufValue(static_cast<uint32_t>(spec.n_ff)));

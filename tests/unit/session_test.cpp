@@ -178,16 +178,18 @@ struct BadModelCase {
 };
 
 TEST(ModelLoading, BadFilesGiveErrorsNamingTheProblem) {
-  test::RandomLlama missing, misshaped, wrong_arch, bad_heads;
+  test::RandomLlama missing, misshaped, wrong_arch, bad_heads, huge_layers;
   missing.omit_tensor = "blk.1.ffn_up.weight";
   misshaped.misshape_tensor = "blk.0.attn_k.weight";
   wrong_arch.architecture = "gpt2";
   bad_heads.n_head_kv = 3;
+  huge_layers.declared_layers = 1 << 30;
   const BadModelCase cases[] = {
       {"missing tensor", missing, ErrorKind::kFileFormat, "blk.1.ffn_up.weight"},
       {"wrong shape", misshaped, ErrorKind::kFileFormat, "blk.0.attn_k.weight"},
       {"architecture", wrong_arch, ErrorKind::kUnsupported, "gpt2"},
       {"heads", bad_heads, ErrorKind::kFileFormat, "head_count_kv"},
+      {"block_count", huge_layers, ErrorKind::kFileFormat, "blk.2.attn_norm.weight"},
   };
   for (const auto& c : cases) {
     const auto path = test::write_random_llama(c.spec, "bad_model.gguf");
