@@ -1,6 +1,7 @@
 // The default model converted to f16 and then to q8_0: every tensor stays within the error of
 // the types it went through, relative to the reference dequantization of the original.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 
@@ -21,7 +22,7 @@ std::vector<float> dequantized(const GgufTensor& t) {
 
 TEST(ConvertDefaultModel, F16ThenQ8_0StaysWithinTypeErrorBounds) {
   if (!test::require_default_model()) GTEST_SKIP() << "default model not present";
-  const fs::path dir = fs::temp_directory_path() / ("pdvm_convert_model_" + std::to_string(test::rng()()));
+  const fs::path dir = fs::temp_directory_path() / ("pdvm_convert_model_" + std::to_string(getpid()));
   fs::create_directories(dir);
   const GgufFile original = GgufFile::open(test::default_model_path());
   convert_gguf(original, dir / "f16.gguf", TensorType::kF16, 2);

@@ -3,6 +3,7 @@
 #include "format/gguf_convert.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 
@@ -24,7 +25,7 @@ std::vector<float> dequantized(const GgufTensor& t) {
 class ConvertTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("pdvm_convert_test_" + std::to_string(test::rng()()));
+    dir_ = fs::temp_directory_path() / ("pdvm_convert_test_" + std::to_string(getpid()));
     fs::create_directories(dir_);
   }
   void TearDown() override { fs::remove_all(dir_); }

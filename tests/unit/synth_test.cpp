@@ -3,6 +3,7 @@
 #include "model/synth_model.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <fstream>
@@ -150,7 +151,7 @@ std::vector<uint8_t> read_file(const fs::path& path) {
 }
 
 TEST(SynthWrite, DeterministicForASeedAcrossThreadCounts) {
-  const fs::path dir = fs::temp_directory_path() / ("pdvm_synth_test_" + std::to_string(random_seed()));
+  const fs::path dir = fs::temp_directory_path() / ("pdvm_synth_test_" + std::to_string(getpid()));
   fs::create_directories(dir);
   const uint64_t seed = random_seed();
   const LlamaShape& tiny = shape_by_name("tiny");
@@ -165,7 +166,7 @@ TEST(SynthWrite, DeterministicForASeedAcrossThreadCounts) {
 }
 
 TEST(SynthWrite, TinyModelReadsBackWithinQuantizationError) {
-  const fs::path path = fs::temp_directory_path() / ("pdvm_synth_tiny_" + std::to_string(random_seed()) + ".gguf");
+  const fs::path path = fs::temp_directory_path() / ("pdvm_synth_tiny_" + std::to_string(getpid()) + ".gguf");
   const ModelPlan plan = plan_model(shape_by_name("tiny"), TensorType::kQ8_0, random_seed());
   write_model(plan, path, 2);
   const GgufFile file = GgufFile::open(path);

@@ -3,6 +3,7 @@
 #include "pdvm/tensor_type.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -41,7 +42,7 @@ class GgufVectors : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     const uint64_t seed = test::rng()() % 1000000007u;
-    dir_ = fs::temp_directory_path() / ("pdvm_quant_vectors_" + std::to_string(seed));
+    dir_ = fs::temp_directory_path() / ("pdvm_quant_vectors_" + std::to_string(getpid()) + "_" + std::to_string(seed));
     const std::string command = "python3 " + (test::source_dir() / "tests/python/gen_quant_vectors.py").string() +
                                 " " + dir_.string() + " " + std::to_string(seed);
     std::fprintf(stderr, "[pdvm test] %s\n", command.c_str());
