@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+python3 -m pip install -q -r tests/requirements.txt
 export PDVM_REQUIRE_MODEL=1
 ctest --test-dir "${PDVM_BUILD_DIR:-build}" -LE gpu --output-on-failure -j"$(nproc)"
