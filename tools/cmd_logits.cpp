@@ -1,6 +1,8 @@
 // `pdvm logits`: runs a token sequence through a model and saves the logits as .npy, and
-// optionally continues greedily. Used by the differential tests against the numpy reference.
+// optionally continues greedily (ids on one line, then the text with --print-tokens). Used by
+// the differential tests against the numpy reference.
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -9,6 +11,7 @@
 #include "pdvm/backend_registry.h"
 #include "pdvm/engine.h"
 #include "pdvm/error.h"
+#include "pdvm/tokenizer.h"
 
 namespace pdvm::cli {
 namespace {
@@ -39,6 +42,8 @@ std::vector<int32_t> parse_token_list(const std::string& text) {
 struct LogitsArgs {
   std::string model;
   std::string tokens;
+  std::string prompt;
+  bool print_tokens = false;
   std::string out;
   std::string backend = "cpu";
   std::string greedy_out;
@@ -48,7 +53,9 @@ struct LogitsArgs {
 };
 
 int run_logits(const LogitsArgs& args) {
-  const std::vector<int32_t> prompt = parse_token_list(args.tokens);
+  if (args.tokens.empty() == args.prompt.empty()) {
+    throw_error(ErrorKind::kInvalidArgument, "give exactly one of --tokens and --prompt");
+  }
   SessionOptions options;
   options.model_path = args.model;
   options.backend = args.backend;
@@ -56,6 +63,12 @@ int run_logits(const LogitsArgs& args) {
   options.n_ctx = args.n_ctx;
   Session session(options);
   const int64_t vocab = session.n_vocab();
+  std::optional<Tokenizer> tokenizer;
+  if (!args.prompt.empty() || args.print_tokens) tokenizer = Tokenizer::from_gguf(session.gguf());
+  const std::vector<int32_t> prompt = args.prompt.empty()
+                                          ? parse_token_list(args.tokens)
+                                          : tokenizer->encode(args.prompt, true, true);
+  if (prompt.empty()) throw_error(ErrorKind::kInvalidArgument, "--prompt: the text gives no tokens");
 
   if (!args.out.empty()) {
     const auto logits = session.prefill_all(prompt);
@@ -77,6 +90,7 @@ int run_logits(const LogitsArgs& args) {
     std::string line;
     for (int32_t id : generated) line += (line.empty() ? "" : ",") + std::to_string(id);
     std::printf("%s\n", line.c_str());
+    if (args.print_tokens) std::printf("%s\n", tokenizer->decode(generated).c_str());
     if (!args.greedy_out.empty()) {
       write_npy(args.greedy_out, step_logits, {static_cast<int64_t>(args.greedy), vocab});
     }
@@ -94,8 +108,11 @@ PDVM_REGISTER_COMMAND("logits", "Run tokens through a model and save the logits 
                       [](CLI::App& app) -> std::function<int()> {
                         auto args = std::make_shared<LogitsArgs>();
                         app.add_option("-m,--model", args->model, "GGUF model file")->required();
-                        app.add_option("--tokens", args->tokens, "Prompt token ids, e.g. 1,2,3")
-                            ->required();
+                        app.add_option("--tokens", args->tokens, "Prompt token ids, e.g. 1,2,3");
+                        app.add_option("-p,--prompt", args->prompt,
+                                       "Prompt text, tokenized with the model's tokenizer");
+                        app.add_flag("--print-tokens", args->print_tokens,
+                                     "Also print the greedy continuation as text");
                         app.add_option("--out", args->out,
                                        "Write the prompt's logits, shape (n_tokens, n_vocab)");
                         app.add_option("--backend", args->backend, "Backend: " + backend_names());

@@ -3,6 +3,7 @@
 """C++ CPU reference vs the numpy reference on the default model: logits of three prompts and
 64 greedy steps each (tokens must agree; logits within 1e-4 of the largest)."""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +34,15 @@ def main():
         failures, worst = model_compare.compare(MODEL, prompt, GREEDY_STEPS, reference)
         print(f"prompt of {len(prompt)} tokens: max error {worst:.2g}, {'ok' if not failures else '; '.join(failures)}")
         failed |= bool(failures)
+    # End to end from text: the tokenizer gives the first prompt's ids, and the model knows.
+    result = subprocess.run([model_compare.pdvm_bin(), "logits", "-m", str(MODEL), "--backend", "cpu-ref",
+                             "-p", "The capital of France is", "--greedy", "2", "--print-tokens"],
+                            capture_output=True, text=True, check=False)
+    ids_line, _, text = result.stdout.partition("\n")
+    print(f"text prompt: exit {result.returncode}, continuation {text.strip()!r}")
+    if result.returncode != 0 or "Paris" not in text:
+        print(f"FAIL: expected ' Paris' from the text prompt, got {result.stdout!r} {result.stderr!r}")
+        failed = True
     return 1 if failed else 0
 
 
