@@ -1,0 +1,130 @@
+#include "cli_common.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <system_error>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "pdvm/backend_registry.h"
+#include "pdvm/error.h"
+
+namespace pdvm::cli {
+
+namespace fs = std::filesystem;
+
+std::filesystem::path resolve_model_path(const std::string& given) {
+  if (!given.empty()) {
+    if (!fs::exists(given)) throw_error(ErrorKind::kIo, fmt::format("model file {} does not exist", given));
+    return given;
+  }
+  std::vector<std::string> candidates;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) candidates.push_back((exe.parent_path().parent_path() / "models" / kDefaultModelName).string());
+  candidates.push_back((fs::path("models") / kDefaultModelName).string());
+  for (const std::string& p : candidates) {
+    if (fs::exists(p)) return p;
+  }
+  throw_error(ErrorKind::kIo, fmt::format("no -m MODEL given and the default model {} is not in {}: "
+                                          "run scripts/setup.sh to fetch it",
+                                          kDefaultModelName, fmt::join(candidates, " or ")));
+}
+
+std::string default_backend_name() {
+  for (const BackendInfo& b : registered_backends()) {
+    if (b.name == "auto") return "auto";
+  }
+  return "cpu";
+}
+
+void add_model_flags(CLI::App& app, ModelFlags& flags) {
+  app.add_option("-m,--model", flags.model,
+                 fmt::format("GGUF model file (default: models/{})", kDefaultModelName));
+  app.add_option("-c,--ctx", flags.n_ctx, "context size in tokens (default: the model's, at most 4096)")
+      ->check(CLI::NonNegativeNumber);
+  std::vector<std::string> names;
+  for (const BackendInfo& b : registered_backends()) names.push_back(b.name);
+  app.add_option("--backend", flags.backend,
+                 fmt::format("compute backend: {} (default: {})", fmt::join(names, ", "), default_backend_name()));
+}
+
+void add_sampling_flags(CLI::App& app, SamplingFlags& flags) {
+  SamplingParams& p = flags.params;
+  app.add_option("--temp", p.temperature, "temperature; 0 = greedy")->capture_default_str();
+  app.add_option("--top-k", p.top_k, "keep the K most likely tokens; 0 = off")->capture_default_str();
+  app.add_option("--top-p", p.top_p, "keep the smallest set of tokens with this much probability; 1 = off")
+      ->capture_default_str();
+  app.add_option("--min-p", p.min_p, "drop tokens less likely than P times the best one; 0 = off")
+      ->capture_default_str();
+  app.add_option("--repeat-penalty", p.repeat_penalty, "penalty for recently seen tokens; 1 = off")
+      ->capture_default_str();
+  app.add_option("--repeat-last-n", p.repeat_last_n, "how many recent tokens the penalty looks at; -1 = all")
+      ->capture_default_str();
+  app.add_option("--seed", flags.seed, "random seed (default: a random one, printed at the end)");
+}
+
+SamplingParams SamplingFlags::resolve() const {
+  SamplingParams p = params;
+  if (seed) {
+    p.seed = *seed;
+  } else {
+    std::random_device device;
+    p.seed = (static_cast<uint64_t>(device()) << 32) | device();
+  }
+  p.validate();
+  return p;
+}
+
+namespace {
+
+struct sigaction g_previous_action;
+
+void on_interrupt(int) {
+  if (InterruptScope::flag().exchange(true)) {
+    // Second Ctrl-C before the first was handled: give up the clean stop.
+    sigaction(SIGINT, &g_previous_action, nullptr);
+    raise(SIGINT);
+  }
+}
+
+}  // namespace
+
+std::atomic<bool>& InterruptScope::flag() {
+  static std::atomic<bool> interrupted{false};
+  return interrupted;
+}
+
+InterruptScope::InterruptScope() {
+  flag() = false;
+  struct sigaction action {};
+  action.sa_handler = on_interrupt;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = 0;  // no SA_RESTART: a blocking read of the chat prompt returns
+  sigaction(SIGINT, &action, &g_previous_action);
+}
+
+InterruptScope::~InterruptScope() { sigaction(SIGINT, &g_previous_action, nullptr); }
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void print_load_time(double seconds) { std::fprintf(stderr, "load:       %.1f ms\n", seconds * 1e3); }
+
+void print_generation_stats(const GenerationStats& stats) {
+  std::fprintf(stderr, "prompt:     %lld tokens in %.1f ms (%.1f tokens/s)",
+               static_cast<long long>(stats.prompt_tokens), stats.prompt_seconds * 1e3,
+               stats.prompt_tokens_per_second());
+  if (stats.reused_tokens > 0) std::fprintf(stderr, ", %lld reused", static_cast<long long>(stats.reused_tokens));
+  std::fprintf(stderr, "\ngeneration: %lld tokens in %.1f ms (%.1f tokens/s), stopped: %s\n",
+               static_cast<long long>(stats.generated_tokens), stats.generation_seconds * 1e3,
+               stats.generation_tokens_per_second(), stop_reason_name(stats.stop_reason));
+}
+
+}  // namespace pdvm::cli

@@ -1,0 +1,60 @@
+// Pieces shared by the generation commands (run, chat, perplexity): the default model, the
+// sampling flags, Ctrl-C handling and the timing report.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "pdvm/generator.h"
+#include "pdvm/sampling.h"
+
+namespace pdvm::cli {
+
+inline constexpr const char* kDefaultModelName = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+// `given` if not empty (it must exist), else the default model in ../models next to the
+// executable or in ./models. Error(kIo) telling to run scripts/setup.sh when absent.
+std::filesystem::path resolve_model_path(const std::string& given);
+
+// "auto" (the GPU when usable, else the CPU) when registered, else "cpu".
+std::string default_backend_name();
+
+// Adds -m/--model, --ctx and --backend.
+struct ModelFlags {
+  std::string model;
+  int64_t n_ctx = 0;
+  std::string backend;
+};
+void add_model_flags(CLI::App& app, ModelFlags& flags);
+
+// Adds --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed.
+struct SamplingFlags {
+  SamplingParams params;
+  std::optional<uint64_t> seed;
+  // The parameters with the seed filled in (a random one when --seed was not given).
+  SamplingParams resolve() const;
+};
+void add_sampling_flags(CLI::App& app, SamplingFlags& flags);
+
+// While alive, SIGINT sets interrupted() instead of killing the process (a second Ctrl-C
+// while the first is pending kills it as usual). Blocking reads are not restarted.
+class InterruptScope {
+ public:
+  InterruptScope();
+  ~InterruptScope();
+  InterruptScope(const InterruptScope&) = delete;
+  InterruptScope& operator=(const InterruptScope&) = delete;
+  static std::atomic<bool>& flag();
+};
+inline constexpr int kInterruptedExitCode = 130;
+
+double seconds_since(std::chrono::steady_clock::time_point start);
+void print_load_time(double seconds);
+void print_generation_stats(const GenerationStats& stats);
+
+}  // namespace pdvm::cli
