@@ -19,6 +19,8 @@ namespace pdvm::cpu {
 namespace {
 
 constexpr size_t kAlignment = 64;
+// Batches of at least this many tokens run as a GEMM rather than as matvecs.
+constexpr int64_t kGemmMinTokens = 8;
 
 // Method per weight type, chosen by measurement (docs/perf-notes.md, "cpu-fast"). The
 // environment variable PDVM_CPU_DOT=fma|int8|int16 overrides it, to measure the alternatives
@@ -173,7 +175,9 @@ class FastCpuBackend final : public Backend {
     const int64_t n_tokens = x.n_rows();
     PDVM_CHECK_MSG(x.ne[0] == k && out.ne[0] == n_rows && out.n_rows() == n_tokens,
                    "matmul shapes do not match");
-    const DotMethod method = preferred_method(w.type, method_override_);
+    // Batches go to the GEMM (weights decoded once per batch); see docs/perf-notes.md.
+    const bool gemm = n_tokens >= kGemmMinTokens;
+    const DotMethod method = gemm ? DotMethod::kDequantFma : preferred_method(w.type, method_override_);
     prepare_activation(f32_data(x), k, n_tokens, method, activation_);
     MatmulTask task;
     task.type = w.type;
@@ -183,9 +187,11 @@ class FastCpuBackend final : public Backend {
     task.act = &activation_;
     task.out = f32_data(out);
     task.out_stride = n_rows;
-    // Enough chunks per thread to even out a core that another process slows down.
-    const int64_t grain = std::max<int64_t>(4, n_rows / (static_cast<int64_t>(pool_.size()) * 8));
-    pool_.parallel_for(n_rows, grain, [&](int64_t begin, int64_t end) { matmul_rows(task, begin, end); });
+    // Enough chunks per thread to even out a core that another process slows down; whole
+    // row tiles for the GEMM.
+    const int64_t grain = (std::max<int64_t>(4, n_rows / (static_cast<int64_t>(pool_.size()) * 8)) + 3) / 4 * 4;
+    const auto kernel = gemm ? gemm_rows : matmul_rows;
+    pool_.parallel_for(n_rows, grain, [&](int64_t begin, int64_t end) { kernel(task, begin, end); });
   }
 
   void rope(Tensor& x, const Tensor& positions, int n_heads, int head_dim,

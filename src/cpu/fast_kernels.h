@@ -54,6 +54,9 @@ struct MatmulTask {
   int64_t out_stride = 0;
 };
 void matmul_rows(const MatmulTask& task, int64_t row_begin, int64_t row_end);
+// The same product for a batch of tokens (prefill) as a register-blocked f32 GEMM over
+// weight rows dequantized once per call; `method` is ignored, only act->x is used.
+void gemm_rows(const MatmulTask& task, int64_t row_begin, int64_t row_end);
 
 // ---- small vector helpers used by attention and the element-wise ops ----
 float dot_f32(const float* a, const float* b, int64_t n);

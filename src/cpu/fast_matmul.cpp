@@ -10,6 +10,7 @@
 #define HWY_TARGET_INCLUDE "cpu/fast_matmul.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "cpu/fast_block_formats-inl.h"
 
 #include <algorithm>
 #include <cmath>
@@ -25,162 +26,93 @@ namespace pdvm::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// int16 lanes per vector: a whole block on AVX-512, else at most half a block so that a
-// vector never straddles the low/high nibble halves of a 4-bit block.
-#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
-constexpr size_t kI16Lanes = 32;
-#else
-constexpr size_t kI16Lanes = 16;
-#endif
-constexpr size_t kMaxVecsPerBlock = 32;  // the one-lane fallback target
-
-// Lanes [first, first + Lanes(d)) of a 16-byte nibble array in GGML order (element i < 16 is
-// the low nibble of byte i, element 16 + i its high nibble), as integers in [0, 15].
-template <class D>
-HWY_INLINE hn::VFromD<D> Nibbles(D d, const uint8_t* qs, size_t first) {
-  const size_t n = hn::Lanes(d);
-#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
-  if constexpr (sizeof(hn::TFromD<D>) == 2 && hn::MaxLanes(D()) == 32) {
-    (void)n;
-    (void)first;
-    const hn::Half<D> dh;
-    const auto bytes = hn::PromoteTo(dh, hn::LoadU(hn::Rebind<uint8_t, decltype(dh)>(), qs));
-    const auto lo = hn::And(bytes, hn::Set(dh, 15));
-    const auto hi = hn::ShiftRight<4>(bytes);
-    return hn::Combine(d, hi, lo);
-  } else  // NOLINT
-#endif
-  {
-    const auto bytes = hn::PromoteTo(d, hn::LoadU(hn::Rebind<uint8_t, D>(), qs + (first & 15)));
-    (void)n;
-    return first < 16 ? hn::And(bytes, hn::Set(d, 15)) : hn::ShiftRight<4>(bytes);
-  }
+// ---- block scales, a vector of blocks at a time ------------------------------------------
+// Half-precision bits in the low 16 bits of each lane to f32. Scales of real weights are
+// finite; an inf/nan scale yields a meaningless (but harmless) large value.
+template <class DF, class VU>
+HWY_INLINE hn::VFromD<DF> HalvesToFloat(DF df, VU bits) {
+  const hn::RebindToUnsigned<DF> du;
+  const auto sign = hn::ShiftLeft<16>(hn::And(bits, hn::Set(du, 0x8000u)));
+  const auto magnitude = hn::ShiftLeft<13>(hn::And(bits, hn::Set(du, 0x7fffu)));
+  const auto value = hn::Mul(hn::BitCast(df, magnitude), hn::Set(df, 0x1p112f));
+  return hn::BitCast(df, hn::Or(hn::BitCast(du, value), sign));
 }
 
-// 0 or 16 for each element: the fifth bit of the Q5 formats, expanded through a table.
-struct HighBitTable {
-  int16_t values[256][8];
-  HighBitTable() {
-    for (int byte = 0; byte < 256; ++byte) {
-      for (int bit = 0; bit < 8; ++bit) values[byte][bit] = ((byte >> bit) & 1) ? 16 : 0;
+constexpr int64_t kScaleChunk = 64;  // blocks whose scales are converted ahead of the dot loop
+constexpr int64_t kScaleRow = kScaleChunk + 16;  // room for the last vector store
+
+// For blocks [b0, b0 + n) of a row (n <= kScaleChunk): scales[t][i] = weight scale times the
+// activation's block scale (1 for the f32 method), and offset_acc[t] += offset coefficient x
+// block sum. Gathers the scale fields of a whole vector of blocks at once.
+template <class Format, int kTokens, class DF>
+HWY_INLINE void BlockScales(DF df, const uint8_t* row, int64_t b0, int64_t n,
+                            const PreparedActivation& act, bool with_act_scale, int64_t t0,
+                            float (*scales)[kScaleRow], hn::VFromD<DF>* offset_acc) {
+  const hn::RebindToSigned<DF> di;
+  const hn::RebindToUnsigned<DF> du;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t nb = act.k / kQ8Block;
+  for (int64_t i = 0; i < n; i += lanes) {
+    // Lanes past the last block re-read the last block instead of reading past the row.
+    const auto index = hn::Min(hn::Iota(di, 0), hn::Set(di, static_cast<int32_t>(n - 1 - i)));
+    const auto fields = hn::BitCast(du, hn::GatherOffset(
+        di, reinterpret_cast<const int32_t*>(row + (b0 + i) * Format::kBytes),
+        hn::Mul(index, hn::Set(di, static_cast<int32_t>(Format::kBytes)))));
+    const auto scale = HalvesToFloat(df, fields);
+    const auto valid = hn::FirstN(df, static_cast<size_t>(n - i));
+    for (int t = 0; t < kTokens; ++t) {
+      const int64_t tb = (t0 + t) * nb + b0 + i;
+      const auto total = with_act_scale ? hn::Mul(scale, hn::LoadU(df, act.q_scale.data() + tb)) : scale;
+      hn::StoreU(total, df, scales[t] + i);
+      if constexpr (Format::kHasOffset) {
+        const auto coef = Format::kHasMin ? HalvesToFloat(df, hn::ShiftRight<16>(fields))
+                                          : hn::Mul(scale, hn::Set(df, Format::kOffsetPerScale));
+        const auto sums = hn::IfThenElseZero(valid, hn::LoadU(df, act.block_sums.data() + tb));
+        offset_acc[t] = hn::MulAdd(coef, sums, offset_acc[t]);
+      }
     }
   }
-};
-const HighBitTable& high_bits() {
-  static const HighBitTable table;
-  return table;
 }
-
-template <class D>
-HWY_INLINE hn::VFromD<D> HighBits(D d, const int16_t* expanded, size_t first) {
-  if constexpr (sizeof(hn::TFromD<D>) == 2) {
-    return hn::LoadU(d, expanded + first);
-  } else {
-    return hn::PromoteTo(d, hn::LoadU(hn::Rebind<int16_t, D>(), expanded + first));
-  }
-}
-
-inline void expand_high_bits(const uint8_t* qh, int16_t* out) {
-  const HighBitTable& table = high_bits();
-  for (int i = 0; i < 4; ++i) std::memcpy(out + 8 * i, table.values[qh[i]], sizeof(table.values[0]));
-}
-
-// ---- block formats (GGUF layouts) --------------------------------------------------------
-struct Q4_0 {
-  static constexpr int64_t kBytes = 18;
-  static constexpr bool kHasOffset = true;
-  static float scale(const uint8_t* b) { return load_half(b); }
-  static float offset(const uint8_t* b) { return -8.0f * load_half(b); }
-  template <class D>
-  static void decode(D d, const uint8_t* b, hn::VFromD<D>* out) {
-    const size_t n = hn::Lanes(d);
-    for (size_t i = 0, v = 0; i < 32; i += n, ++v) out[v] = Nibbles(d, b + 2, i);
-  }
-};
-
-struct Q4_1 {
-  static constexpr int64_t kBytes = 20;
-  static constexpr bool kHasOffset = true;
-  static float scale(const uint8_t* b) { return load_half(b); }
-  static float offset(const uint8_t* b) { return load_half(b + 2); }
-  template <class D>
-  static void decode(D d, const uint8_t* b, hn::VFromD<D>* out) {
-    const size_t n = hn::Lanes(d);
-    for (size_t i = 0, v = 0; i < 32; i += n, ++v) out[v] = Nibbles(d, b + 4, i);
-  }
-};
-
-template <int64_t kHeader, bool kMinForm>
-struct Q5Format {
-  static constexpr int64_t kBytes = kHeader + 4 + 16;
-  static constexpr bool kHasOffset = true;
-  static float scale(const uint8_t* b) { return load_half(b); }
-  static float offset(const uint8_t* b) {
-    return kMinForm ? load_half(b + 2) : -16.0f * load_half(b);
-  }
-  template <class D>
-  static void decode(D d, const uint8_t* b, hn::VFromD<D>* out) {
-    HWY_ALIGN int16_t expanded[32];
-    expand_high_bits(b + kHeader, expanded);
-    const size_t n = hn::Lanes(d);
-    for (size_t i = 0, v = 0; i < 32; i += n, ++v) {
-      out[v] = hn::Or(Nibbles(d, b + kHeader + 4, i), HighBits(d, expanded, i));
-    }
-  }
-};
-using Q5_0 = Q5Format<2, false>;
-using Q5_1 = Q5Format<4, true>;
-
-struct Q8_0 {
-  static constexpr int64_t kBytes = 34;
-  static constexpr bool kHasOffset = false;
-  static float scale(const uint8_t* b) { return load_half(b); }
-  static float offset(const uint8_t*) { return 0.0f; }
-  template <class D>
-  static void decode(D d, const uint8_t* b, hn::VFromD<D>* out) {
-    const hn::Rebind<int8_t, D> d8;
-    const size_t n = hn::Lanes(d);
-    const int8_t* qs = reinterpret_cast<const int8_t*>(b + 2);
-    for (size_t i = 0, v = 0; i < 32; i += n, ++v) out[v] = hn::PromoteTo(d, hn::LoadU(d8, qs + i));
-  }
-};
 
 // ---- one weight row against kTokens tokens ----------------------------------------------
 template <class Format, int kTokens>
 HWY_INLINE void RowInteger(const uint8_t* row, const PreparedActivation& act, int64_t t0,
-                        float* out, int64_t out_stride) {
+                           float* out, int64_t out_stride) {
   const hn::CappedTag<int16_t, kI16Lanes> d16;
   const hn::Repartition<int32_t, decltype(d16)> d32;
   const hn::Rebind<float, decltype(d32)> df;
+  const hn::ScalableTag<float> df_full;
   const size_t n = hn::Lanes(d16);
   const size_t vecs = 32 / n;
   const int64_t nb = act.k / kQ8Block;
   hn::Vec<decltype(d16)> w[kMaxVecsPerBlock];
   hn::Vec<decltype(df)> acc[kTokens];
-  float offset_acc[kTokens];
+  hn::Vec<decltype(df_full)> offset_acc[kTokens];
+  HWY_ALIGN float scales[kTokens][kScaleRow];
   for (int t = 0; t < kTokens; ++t) {
     acc[t] = hn::Zero(df);
-    offset_acc[t] = 0.0f;
+    offset_acc[t] = hn::Zero(df_full);
   }
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* block = row + b * Format::kBytes;
-    Format::decode(d16, block, w);
-    const float scale = Format::scale(block);
-    for (int t = 0; t < kTokens; ++t) {
-      const int64_t tb = (t0 + t) * nb + b;
-      const int16_t* xq = act.q.data() + tb * kQ8Block;
-      auto sum0 = hn::Zero(d32);
-      auto sum1 = hn::Zero(d32);
-      for (size_t v = 0; v < vecs; ++v) {
-        sum0 = hn::ReorderWidenMulAccumulate(d32, w[v], hn::LoadU(d16, xq + v * n), sum0, sum1);
+  for (int64_t b0 = 0; b0 < nb; b0 += kScaleChunk) {
+    const int64_t chunk = std::min(kScaleChunk, nb - b0);
+    BlockScales<Format, kTokens>(df_full, row, b0, chunk, act, true, t0, scales, offset_acc);
+    for (int64_t i = 0; i < chunk; ++i) {
+      Format::decode(d16, row + (b0 + i) * Format::kBytes, w);
+      for (int t = 0; t < kTokens; ++t) {
+        const int16_t* xq = act.q.data() + ((t0 + t) * nb + b0 + i) * kQ8Block;
+        auto sum0 = hn::Zero(d32);
+        auto sum1 = hn::Zero(d32);
+        for (size_t v = 0; v < vecs; ++v) {
+          sum0 = hn::ReorderWidenMulAccumulate(d32, w[v], hn::LoadU(d16, xq + v * n), sum0, sum1);
+        }
+        const auto block_dot = hn::ConvertTo(df, hn::Add(sum0, sum1));
+        acc[t] = hn::MulAdd(block_dot, hn::Set(df, scales[t][i]), acc[t]);
       }
-      const auto block_dot = hn::ConvertTo(df, hn::Add(sum0, sum1));
-      acc[t] = hn::MulAdd(block_dot, hn::Set(df, scale * act.q_scale[tb]), acc[t]);
-      if constexpr (Format::kHasOffset) offset_acc[t] += Format::offset(block) * act.block_sums[tb];
     }
   }
   for (int t = 0; t < kTokens; ++t) {
-    out[(t0 + t) * out_stride] = hn::GetLane(hn::SumOfLanes(df, acc[t])) + offset_acc[t];
+    out[(t0 + t) * out_stride] = hn::GetLane(hn::SumOfLanes(df, acc[t])) +
+                                 hn::GetLane(hn::SumOfLanes(df_full, offset_acc[t]));
   }
 }
 
@@ -189,33 +121,37 @@ HWY_INLINE void RowDequantFma(const uint8_t* row, const PreparedActivation& act,
                               float* out, int64_t out_stride) {
   const hn::CappedTag<float, 16> df;
   const hn::RebindToSigned<decltype(df)> di;
+  const hn::ScalableTag<float> df_full;
   const size_t n = hn::Lanes(df);
   const size_t vecs = 32 / n;
   const int64_t nb = act.k / kQ8Block;
   hn::Vec<decltype(di)> wi[kMaxVecsPerBlock];
   hn::Vec<decltype(df)> wf[kMaxVecsPerBlock];
   hn::Vec<decltype(df)> acc[kTokens];
-  float offset_acc[kTokens];
+  hn::Vec<decltype(df_full)> offset_acc[kTokens];
+  HWY_ALIGN float scales[kTokens][kScaleRow];
   for (int t = 0; t < kTokens; ++t) {
     acc[t] = hn::Zero(df);
-    offset_acc[t] = 0.0f;
+    offset_acc[t] = hn::Zero(df_full);
   }
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* block = row + b * Format::kBytes;
-    Format::decode(di, block, wi);
-    for (size_t v = 0; v < vecs; ++v) wf[v] = hn::ConvertTo(df, wi[v]);
-    const auto scale = hn::Set(df, Format::scale(block));
-    for (int t = 0; t < kTokens; ++t) {
-      const int64_t tb = (t0 + t) * nb + b;
-      const float* x = act.x + (t0 + t) * act.k + b * kQ8Block;
-      auto block_dot = hn::Mul(wf[0], hn::LoadU(df, x));
-      for (size_t v = 1; v < vecs; ++v) block_dot = hn::MulAdd(wf[v], hn::LoadU(df, x + v * n), block_dot);
-      acc[t] = hn::MulAdd(block_dot, scale, acc[t]);
-      if constexpr (Format::kHasOffset) offset_acc[t] += Format::offset(block) * act.block_sums[tb];
+  for (int64_t b0 = 0; b0 < nb; b0 += kScaleChunk) {
+    const int64_t chunk = std::min(kScaleChunk, nb - b0);
+    BlockScales<Format, kTokens>(df_full, row, b0, chunk, act, false, t0, scales, offset_acc);
+    for (int64_t i = 0; i < chunk; ++i) {
+      Format::decode(di, row + (b0 + i) * Format::kBytes, wi);
+      for (size_t v = 0; v < vecs; ++v) wf[v] = hn::ConvertTo(df, wi[v]);
+      const auto scale = hn::Set(df, scales[0][i]);
+      for (int t = 0; t < kTokens; ++t) {
+        const float* x = act.x + (t0 + t) * act.k + (b0 + i) * kQ8Block;
+        auto block_dot = hn::Mul(wf[0], hn::LoadU(df, x));
+        for (size_t v = 1; v < vecs; ++v) block_dot = hn::MulAdd(wf[v], hn::LoadU(df, x + v * n), block_dot);
+        acc[t] = hn::MulAdd(block_dot, scale, acc[t]);
+      }
     }
   }
   for (int t = 0; t < kTokens; ++t) {
-    out[(t0 + t) * out_stride] = hn::GetLane(hn::SumOfLanes(df, acc[t])) + offset_acc[t];
+    out[(t0 + t) * out_stride] = hn::GetLane(hn::SumOfLanes(df, acc[t])) +
+                                 hn::GetLane(hn::SumOfLanes(df_full, offset_acc[t]));
   }
 }
 
@@ -416,10 +352,12 @@ void prepare_activation(const float* x, int64_t k, int64_t n_tokens, DotMethod m
   act.x = x;
   if (k % kQ8Block != 0) return;  // plain float weights only
   const int64_t nb = k / kQ8Block;
-  act.block_sums.resize(static_cast<size_t>(n_tokens * nb));
+  // One vector of slack: scale loads of a row's last blocks read whole vectors.
+  constexpr int64_t kSlack = 16;
+  act.block_sums.resize(static_cast<size_t>(n_tokens * nb + kSlack));
   if (with_int) {
     act.q.resize(static_cast<size_t>(n_tokens * k));
-    act.q_scale.resize(static_cast<size_t>(n_tokens * nb));
+    act.q_scale.resize(static_cast<size_t>(n_tokens * nb + kSlack));
   }
   for (int64_t tb = 0; tb < n_tokens * nb; ++tb) {
     const float* block = x + tb * kQ8Block;

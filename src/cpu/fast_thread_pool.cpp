@@ -20,6 +20,17 @@ namespace {
 // About 50-100 microseconds of spinning: longer than the gap between ops of one forward
 // pass, far shorter than the gap between user requests.
 constexpr int kSpinIterations = 1 << 15;
+template <class Done>
+void spin_until(const Done& done) {
+  for (int spin = 0; !done(); ++spin) {
+    if (spin < kSpinIterations) {
+      PDVM_CPU_RELAX();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
 }  // namespace
 
 int default_thread_count() {
@@ -45,7 +56,9 @@ void ThreadPool::run_chunks() {
   for (;;) {
     const int64_t begin = next_item_.fetch_add(job_grain_, std::memory_order_relaxed);
     if (begin >= job_items_) return;
-    (*job_)(begin, std::min(job_items_, begin + job_grain_));
+    const int64_t end = std::min(job_items_, begin + job_grain_);
+    (*job_)(begin, end);
+    done_items_.fetch_add(end - begin, std::memory_order_release);
   }
 }
 
@@ -66,8 +79,11 @@ void ThreadPool::worker_loop() {
     }
     seen = current;
     if (stopping_.load()) return;
-    run_chunks();
-    busy_workers_.fetch_sub(1, std::memory_order_acq_rel);
+    // Join only a job that is still open; once the caller has closed it and seen no joined
+    // worker, it may reuse the job fields for the next one.
+    joined_workers_.fetch_add(1);
+    if (open_generation_.load() == current) run_chunks();
+    joined_workers_.fetch_sub(1, std::memory_order_release);
   }
 }
 
@@ -82,18 +98,15 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const RangeFn& fn) {
   job_items_ = n;
   job_grain_ = grain;
   next_item_.store(0, std::memory_order_relaxed);
-  busy_workers_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-  generation_.fetch_add(1);  // seq_cst: pairs with the sleepers' increment below
+  done_items_.store(0, std::memory_order_relaxed);
+  const uint32_t generation = generation_.load(std::memory_order_relaxed) + 1;
+  open_generation_.store(generation);
+  generation_.store(generation);  // seq_cst: pairs with the sleepers' increment
   if (sleeping_workers_.load() > 0) generation_.notify_all();
   run_chunks();
-  // Workers that have not started yet still take part: they find no chunks left and report.
-  for (int spin = 0; busy_workers_.load(std::memory_order_acquire) != 0; ++spin) {
-    if (spin < kSpinIterations) {
-      PDVM_CPU_RELAX();
-    } else {
-      std::this_thread::yield();
-    }
-  }
+  spin_until([&] { return done_items_.load(std::memory_order_acquire) == n; });
+  open_generation_.store(0);
+  spin_until([&] { return joined_workers_.load(std::memory_order_acquire) == 0; });
 }
 
 }  // namespace pdvm::cpu

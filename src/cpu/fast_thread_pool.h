@@ -22,8 +22,9 @@ class ThreadPool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
   // Calls fn(begin, end) on chunks of at most `grain` items covering [0, n), on all threads,
-  // and returns once every chunk is done. Chunks are claimed dynamically, so a thread
-  // slowed by another process on a shared machine does not hold the others back.
+  // and returns once every chunk is done. Chunks are claimed dynamically and the caller
+  // waits for chunks, not for workers: a worker that another process keeps off its core
+  // simply takes no part, instead of stalling the op.
   using RangeFn = std::function<void(int64_t begin, int64_t end)>;
   void parallel_for(int64_t n, int64_t grain, const RangeFn& fn);
 
@@ -33,9 +34,11 @@ class ThreadPool {
 
   std::vector<std::thread> workers_;
   std::atomic<uint32_t> generation_{0};
+  std::atomic<uint32_t> open_generation_{0};  // the job workers may still join; 0: none
   std::atomic<int> sleeping_workers_{0};
-  std::atomic<int> busy_workers_{0};
+  std::atomic<int> joined_workers_{0};
   std::atomic<int64_t> next_item_{0};
+  std::atomic<int64_t> done_items_{0};
   std::atomic<bool> stopping_{false};
   const RangeFn* job_ = nullptr;
   int64_t job_items_ = 0;

@@ -51,33 +51,44 @@ std::vector<uint8_t> random_weights(TensorType type, int64_t k, int64_t n_rows) 
 struct Case {
   TensorType type;
   DotMethod method;
+  bool gemm = false;  // the prefill GEMM instead of the matvec kernels
 };
 
 std::string case_name(const testing::TestParamInfo<Case>& info) {
   const char* method = info.param.method == DotMethod::kInt8    ? "_int8"
                        : info.param.method == DotMethod::kInt16 ? "_int16"
                                                                 : "_dequant_fma";
-  return std::string(type_name(info.param.type)) + method;
+  return std::string(type_name(info.param.type)) + (info.param.gemm ? "_gemm" : method);
 }
 
 class MatmulKernelTest : public testing::TestWithParam<Case> {};
 
-void check_matmul_against_reference(TensorType type, DotMethod method);
+void check_matmul_against_reference(TensorType type, DotMethod method, bool gemm);
+void check_matmul_against_reference(TensorType type, DotMethod method, bool gemm, int64_t k);
 
 // Every instruction set this machine can run, not only the one the dispatcher prefers.
 TEST_P(MatmulKernelTest, MatchesReferenceDequantizedDotOnEveryTarget) {
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
     SCOPED_TRACE(hwy::TargetName(target));
     hwy::SetSupportedTargetsForTest(target);
-    check_matmul_against_reference(GetParam().type, GetParam().method);
+    check_matmul_against_reference(GetParam().type, GetParam().method, GetParam().gemm);
   }
   hwy::SetSupportedTargetsForTest(0);
 }
 
-void check_matmul_against_reference(TensorType type, DotMethod method) {
+void check_matmul_against_reference(TensorType type, DotMethod method, bool gemm) {
   const int64_t block = type_info(type).block_elems;
-  // An odd number of blocks; plain types get a length that is no multiple of any vector.
-  const int64_t k = block == 1 ? 7 * kQ8Block + 5 : block * (block == 256 ? 3 : 7);
+  // Odd numbers of blocks, one beyond the kernels' 64-block scale chunk; plain types get
+  // lengths that are no multiple of any vector.
+  for (int64_t k : block == 1 ? std::vector<int64_t>{7 * kQ8Block + 5, 67 * kQ8Block + 3}
+                   : block == 256 ? std::vector<int64_t>{3 * block}
+                                  : std::vector<int64_t>{7 * block, 67 * block}) {
+    SCOPED_TRACE("k = " + std::to_string(k));
+    check_matmul_against_reference(type, method, gemm, k);
+  }
+}
+
+void check_matmul_against_reference(TensorType type, DotMethod method, bool gemm, int64_t k) {
   const int64_t n_rows = 13;
   const std::vector<uint8_t> w = random_weights(type, k, n_rows);
   std::vector<float> w_ref(static_cast<size_t>(k * n_rows));
@@ -98,9 +109,11 @@ void check_matmul_against_reference(TensorType type, DotMethod method) {
     task.act = &act;
     task.out = out.data();
     task.out_stride = n_rows;
-    // Two uneven ranges: the kernel must honour row_begin.
-    matmul_rows(task, 0, 5);
-    matmul_rows(task, 5, n_rows);
+    // Uneven ranges: the kernels must honour row_begin and partial row tiles.
+    const auto run = gemm ? gemm_rows : matmul_rows;
+    run(task, 0, 3);
+    run(task, 3, 5);
+    run(task, 5, n_rows);
 
     for (int64_t t = 0; t < n_tokens; ++t) {
       for (int64_t j = 0; j < n_rows; ++j) {
@@ -135,6 +148,7 @@ std::vector<Case> all_cases() {
                           TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ8_0,
                           TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
     cases.push_back({type, DotMethod::kDequantFma});
+    cases.push_back({type, DotMethod::kDequantFma, true});
     for (DotMethod method : {DotMethod::kInt8, DotMethod::kInt16}) {
       if (has_matmul_kernel(type, method)) cases.push_back({type, method});
     }

@@ -1,0 +1,157 @@
+// Per-target (Highway -inl) decoding of the 32-element block formats, shared by the matvec
+// and GEMM kernels of the fast CPU backend. Include after hwy/highway.h inside the
+// foreach_target loop.
+#if defined(PDVM_CPU_FAST_BLOCK_FORMATS_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef PDVM_CPU_FAST_BLOCK_FORMATS_INL_H_
+#undef PDVM_CPU_FAST_BLOCK_FORMATS_INL_H_
+#else
+#define PDVM_CPU_FAST_BLOCK_FORMATS_INL_H_
+#endif
+
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/fast_half.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace pdvm::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// int16 lanes per vector: a whole block on AVX-512, else at most half a block so that a
+// vector never straddles the low/high nibble halves of a 4-bit block.
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+constexpr size_t kI16Lanes = 32;
+#else
+constexpr size_t kI16Lanes = 16;
+#endif
+constexpr size_t kMaxVecsPerBlock = 32;  // the one-lane fallback target
+
+// Lanes [first, first + Lanes(d)) of a 16-byte nibble array in GGML order (element i < 16 is
+// the low nibble of byte i, element 16 + i its high nibble), as integers in [0, 15].
+template <class D>
+HWY_INLINE hn::VFromD<D> Nibbles(D d, const uint8_t* qs, size_t first) {
+  const size_t n = hn::Lanes(d);
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  if constexpr (sizeof(hn::TFromD<D>) == 2 && hn::MaxLanes(D()) == 32) {
+    (void)n;
+    (void)first;
+    const hn::Half<D> dh;
+    const auto bytes = hn::PromoteTo(dh, hn::LoadU(hn::Rebind<uint8_t, decltype(dh)>(), qs));
+    const auto lo = hn::And(bytes, hn::Set(dh, 15));
+    const auto hi = hn::ShiftRight<4>(bytes);
+    return hn::Combine(d, hi, lo);
+  } else  // NOLINT
+#endif
+  {
+    const auto bytes = hn::PromoteTo(d, hn::LoadU(hn::Rebind<uint8_t, D>(), qs + (first & 15)));
+    (void)n;
+    return first < 16 ? hn::And(bytes, hn::Set(d, 15)) : hn::ShiftRight<4>(bytes);
+  }
+}
+
+// 0 or 16 for each element: the fifth bit of the Q5 formats, expanded through a table.
+struct HighBitTable {
+  int16_t values[256][8];
+  HighBitTable() {
+    for (int byte = 0; byte < 256; ++byte) {
+      for (int bit = 0; bit < 8; ++bit) values[byte][bit] = ((byte >> bit) & 1) ? 16 : 0;
+    }
+  }
+};
+inline const HighBitTable& high_bits() {
+  static const HighBitTable table;
+  return table;
+}
+
+template <class D>
+HWY_INLINE hn::VFromD<D> HighBits(D d, const int16_t* expanded, size_t first) {
+  if constexpr (sizeof(hn::TFromD<D>) == 2) {
+    return hn::LoadU(d, expanded + first);
+  } else {
+    return hn::PromoteTo(d, hn::LoadU(hn::Rebind<int16_t, D>(), expanded + first));
+  }
+}
+
+inline void expand_high_bits(const uint8_t* qh, int16_t* out) {
+  const HighBitTable& table = high_bits();
+  for (int i = 0; i < 4; ++i) std::memcpy(out + 8 * i, table.values[qh[i]], sizeof(table.values[0]));
+}
+
+// ---- block formats (GGUF layouts) --------------------------------------------------------
+// kHasMin: a second half (the min) follows the scale, and the offset coefficient is that min;
+// otherwise the offset coefficient is kOffsetPerScale * scale.
+struct Q4_0 {
+  static constexpr int64_t kBytes = 18;
+  static constexpr bool kHasOffset = true;
+  static constexpr bool kHasMin = false;
+  static constexpr float kOffsetPerScale = -8.0f;
+  template <class D>
+  static void decode(D d, const uint8_t* b, hn::VFromD<D>* out) {
+    const size_t n = hn::Lanes(d);
+    for (size_t i = 0, v = 0; i < 32; i += n, ++v) out[v] = Nibbles(d, b + 2, i);
+  }
+};
+
+struct Q4_1 {
+  static constexpr int64_t kBytes = 20;
+  static constexpr bool kHasOffset = true;
+  static constexpr bool kHasMin = true;
+  static constexpr float kOffsetPerScale = 0.0f;
+  template <class D>
+  static void decode(D d, const uint8_t* b, hn::VFromD<D>* out) {
+    const size_t n = hn::Lanes(d);
+    for (size_t i = 0, v = 0; i < 32; i += n, ++v) out[v] = Nibbles(d, b + 4, i);
+  }
+};
+
+template <int64_t kHeader, bool kMinForm>
+struct Q5Format {
+  static constexpr int64_t kBytes = kHeader + 4 + 16;
+  static constexpr bool kHasOffset = true;
+  static constexpr bool kHasMin = kMinForm;
+  static constexpr float kOffsetPerScale = kMinForm ? 0.0f : -16.0f;
+  template <class D>
+  static void decode(D d, const uint8_t* b, hn::VFromD<D>* out) {
+    HWY_ALIGN int16_t expanded[32];
+    expand_high_bits(b + kHeader, expanded);
+    const size_t n = hn::Lanes(d);
+    for (size_t i = 0, v = 0; i < 32; i += n, ++v) {
+      out[v] = hn::Or(Nibbles(d, b + kHeader + 4, i), HighBits(d, expanded, i));
+    }
+  }
+};
+using Q5_0 = Q5Format<2, false>;
+using Q5_1 = Q5Format<4, true>;
+
+struct Q8_0 {
+  static constexpr int64_t kBytes = 34;
+  static constexpr bool kHasOffset = false;
+  static constexpr bool kHasMin = false;
+  static constexpr float kOffsetPerScale = 0.0f;
+  template <class D>
+  static void decode(D d, const uint8_t* b, hn::VFromD<D>* out) {
+    const hn::Rebind<int8_t, D> d8;
+    const size_t n = hn::Lanes(d);
+    const int8_t* qs = reinterpret_cast<const int8_t*>(b + 2);
+    for (size_t i = 0, v = 0; i < 32; i += n, ++v) out[v] = hn::PromoteTo(d, hn::LoadU(d8, qs + i));
+  }
+};
+
+// Scale and offset coefficient of one block, for code that dequantizes block by block.
+template <class Format>
+HWY_INLINE float BlockScale(const uint8_t* block) {
+  return load_half(block);
+}
+template <class Format>
+HWY_INLINE float BlockOffset(const uint8_t* block) {
+  return Format::kHasMin ? load_half(block + 2) : Format::kOffsetPerScale * load_half(block);
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace pdvm::cpu
+HWY_AFTER_NAMESPACE();
+
+#endif  // PDVM_CPU_FAST_BLOCK_FORMATS_INL_H_
