@@ -86,11 +86,13 @@ HWY_INLINE void RowInteger(const uint8_t* row, const PreparedActivation& act, in
   const size_t vecs = 32 / n;
   const int64_t nb = act.k / kQ8Block;
   hn::Vec<decltype(d16)> w[kMaxVecsPerBlock];
-  hn::Vec<decltype(df)> acc[kTokens];
+  // Two accumulators per token (even and odd blocks) so consecutive blocks do not wait on
+  // each other's multiply-add latency.
+  hn::Vec<decltype(df)> acc[kTokens][2];
   hn::Vec<decltype(df_full)> offset_acc[kTokens];
   HWY_ALIGN float scales[kTokens][kScaleRow];
   for (int t = 0; t < kTokens; ++t) {
-    acc[t] = hn::Zero(df);
+    acc[t][0] = acc[t][1] = hn::Zero(df);
     offset_acc[t] = hn::Zero(df_full);
   }
   for (int64_t b0 = 0; b0 < nb; b0 += kScaleChunk) {
@@ -106,12 +108,12 @@ HWY_INLINE void RowInteger(const uint8_t* row, const PreparedActivation& act, in
           sum0 = hn::ReorderWidenMulAccumulate(d32, w[v], hn::LoadU(d16, xq + v * n), sum0, sum1);
         }
         const auto block_dot = hn::ConvertTo(df, hn::Add(sum0, sum1));
-        acc[t] = hn::MulAdd(block_dot, hn::Set(df, scales[t][i]), acc[t]);
+        acc[t][i & 1] = hn::MulAdd(block_dot, hn::Set(df, scales[t][i]), acc[t][i & 1]);
       }
     }
   }
   for (int t = 0; t < kTokens; ++t) {
-    out[(t0 + t) * out_stride] = hn::GetLane(hn::SumOfLanes(df, acc[t])) +
+    out[(t0 + t) * out_stride] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc[t][0], acc[t][1]))) +
                                  hn::GetLane(hn::SumOfLanes(df_full, offset_acc[t]));
   }
 }
@@ -127,11 +129,13 @@ HWY_INLINE void RowDequantFma(const uint8_t* row, const PreparedActivation& act,
   const int64_t nb = act.k / kQ8Block;
   hn::Vec<decltype(di)> wi[kMaxVecsPerBlock];
   hn::Vec<decltype(df)> wf[kMaxVecsPerBlock];
-  hn::Vec<decltype(df)> acc[kTokens];
+  // Two accumulators per token (even and odd blocks) so consecutive blocks do not wait on
+  // each other's multiply-add latency.
+  hn::Vec<decltype(df)> acc[kTokens][2];
   hn::Vec<decltype(df_full)> offset_acc[kTokens];
   HWY_ALIGN float scales[kTokens][kScaleRow];
   for (int t = 0; t < kTokens; ++t) {
-    acc[t] = hn::Zero(df);
+    acc[t][0] = acc[t][1] = hn::Zero(df);
     offset_acc[t] = hn::Zero(df_full);
   }
   for (int64_t b0 = 0; b0 < nb; b0 += kScaleChunk) {
@@ -145,12 +149,12 @@ HWY_INLINE void RowDequantFma(const uint8_t* row, const PreparedActivation& act,
         const float* x = act.x + (t0 + t) * act.k + (b0 + i) * kQ8Block;
         auto block_dot = hn::Mul(wf[0], hn::LoadU(df, x));
         for (size_t v = 1; v < vecs; ++v) block_dot = hn::MulAdd(wf[v], hn::LoadU(df, x + v * n), block_dot);
-        acc[t] = hn::MulAdd(block_dot, scale, acc[t]);
+        acc[t][i & 1] = hn::MulAdd(block_dot, scale, acc[t][i & 1]);
       }
     }
   }
   for (int t = 0; t < kTokens; ++t) {
-    out[(t0 + t) * out_stride] = hn::GetLane(hn::SumOfLanes(df, acc[t])) +
+    out[(t0 + t) * out_stride] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc[t][0], acc[t][1]))) +
                                  hn::GetLane(hn::SumOfLanes(df_full, offset_acc[t]));
   }
 }
