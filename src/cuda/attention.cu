@@ -7,6 +7,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda/launch.cuh"
 #include "cuda/ops.cuh"
 
 namespace pdvm::cuda {
@@ -87,6 +88,7 @@ __global__ void __launch_bounds__(kThreads)
     attention_kernel(const float* __restrict__ q, KvCacheView cache, const int32_t* __restrict__ positions,
                      AttentionShape shape, int n_chunks, float* __restrict__ part_o, float* __restrict__ part_ml,
                      float* __restrict__ out) {
+  pdl_begin();
   extern __shared__ float smem[];
   const int chunk = blockIdx.x, kv_head = blockIdx.y;
   const int64_t token = blockIdx.z;
@@ -230,6 +232,7 @@ __global__ void __launch_bounds__(kThreads)
 
 __global__ void attention_merge_kernel(const float* __restrict__ part_o, const float* __restrict__ part_ml,
                                        int n_chunks, int head_dim, float* __restrict__ out) {
+  pdl_begin();
   const int64_t q_head = blockIdx.x;  // token * n_head + head
   const float* ml = part_ml + q_head * n_chunks * 2;
   float max_m = -INFINITY;
@@ -259,6 +262,7 @@ __device__ void quantize_q8_0_block(float x, uint8_t* block, int lane) {
 template <KvType T>
 __global__ void kv_store_kernel(KvCacheView cache, const float* __restrict__ k, const float* __restrict__ v,
                                 const int32_t* __restrict__ positions) {
+  pdl_begin();
   const int64_t token = blockIdx.x;
   const int64_t pos = positions[token];
   if (pos < 0 || pos >= cache.n_ctx) return;  // the model checks room before storing
@@ -303,8 +307,8 @@ void dispatch_kv(KvType type, Fn&& fn) {
 void kv_store(CudaContext& ctx, const KvCacheView& cache, const float* k, const float* v, const int32_t* positions,
               int n_tokens) {
   dispatch_kv(cache.type, [&](auto type) {
-    kv_store_kernel<decltype(type)::value><<<n_tokens, 256, 0, ctx.stream>>>(cache, k, v, positions);
-    PDVM_CUDA_CHECK_LAUNCH("kv_store_kernel");
+    launch(ctx, "kv_store_kernel", kv_store_kernel<decltype(type)::value>, dim3(n_tokens), dim3(256), 0, cache, k, v,
+           positions);
   });
 }
 
@@ -332,14 +336,13 @@ void attention(CudaContext& ctx, const float* q, const KvCacheView& cache, const
   dispatch_kv(cache.type, [&](auto type) {
     const dim3 grid(static_cast<unsigned>(n_chunks), static_cast<unsigned>(shape.n_head_kv),
                     static_cast<unsigned>(n_tokens));
-    attention_kernel<decltype(type)::value><<<grid, kThreads, attention_smem(group, shape.head_dim), ctx.stream>>>(
-        q, cache, positions, shape, n_chunks, part_o, part_ml, out);
-    PDVM_CUDA_CHECK_LAUNCH("attention_kernel");
+    launch(ctx, "attention_kernel", attention_kernel<decltype(type)::value>, grid, dim3(kThreads),
+           attention_smem(group, shape.head_dim), q, cache, positions, shape, n_chunks, part_o, part_ml, out);
   });
   if (n_chunks > 1) {
-    attention_merge_kernel<<<n_tokens * shape.n_head, std::min(shape.head_dim, 256), 0, ctx.stream>>>(
-        part_o, part_ml, n_chunks, shape.head_dim, out);
-    PDVM_CUDA_CHECK_LAUNCH("attention_merge_kernel");
+    launch(ctx, "attention_merge_kernel", attention_merge_kernel, dim3(n_tokens * shape.n_head),
+           dim3(std::min(shape.head_dim, 256)), 0, static_cast<const float*>(part_o), static_cast<const float*>(part_ml),
+           n_chunks, shape.head_dim, out);
   }
 }
 

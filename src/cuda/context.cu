@@ -1,6 +1,7 @@
 #include "cuda/context.cuh"
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 namespace pdvm::cuda {
@@ -62,6 +63,7 @@ CudaContext::CudaContext(int device_ordinal) : device(device_ordinal) {
   max_smem_per_block = static_cast<int>(props.sharedMemPerBlockOptin);
   device_name = props.name;
   PDVM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  if (const char* env = std::getenv("PDVM_CUDA_PDL")) programmatic_launch = std::string(env) != "0";
   PDVM_CUBLAS_CHECK(cublasCreate(&cublas));
   PDVM_CUBLAS_CHECK(cublasSetStream(cublas, stream));
 }

@@ -54,6 +54,8 @@ struct CudaContext {
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   bool capturing = false;  // inside run_recorded's stream capture: no allocation allowed
+  // Programmatic dependent launch between our kernels (PDVM_CUDA_PDL=0 turns it off).
+  bool programmatic_launch = true;
 
   ScratchBuffer attention_partials;
   ScratchBuffer gemm_weights;     // dequantized F16 weights for prefill GEMMs

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cfloat>
 
+#include "cuda/launch.cuh"
 #include "cuda/ops.cuh"
 
 namespace pdvm::cuda {
@@ -14,6 +15,7 @@ int grid_for(int64_t n, int threads, int sm_count) {
 
 template <typename Format>
 __global__ void get_rows_kernel(WeightView table, const int32_t* __restrict__ ids, float* __restrict__ out) {
+  pdl_begin();
   const int64_t token = blockIdx.y;
   float* row_out = out + token * table.k;
   const int32_t id = ids[token];
@@ -42,6 +44,7 @@ __device__ float block_sum(float v, float* scratch) {
 
 __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __restrict__ weight, float eps,
                                 int64_t width, float* out) {
+  pdl_begin();
   __shared__ float scratch[32];
   const float* xt = x + blockIdx.x * width;
   float* ot = out + blockIdx.x * width;
@@ -55,6 +58,7 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
 // One block per (token, head); thread i rotates the pair (2i, 2i+1).
 __global__ void rope_kernel(float* x, const int32_t* __restrict__ positions, int n_heads, int head_dim, int n_rot,
                             float freq_base, const float* __restrict__ freq_factors) {
+  pdl_begin();
   const int token = blockIdx.x / n_heads, head = blockIdx.x % n_heads;
   float* h = x + (static_cast<int64_t>(token) * n_heads + head) * head_dim;
   const float pos = static_cast<float>(positions[token]);
@@ -70,6 +74,7 @@ __global__ void rope_kernel(float* x, const int32_t* __restrict__ positions, int
 }
 
 __global__ void swiglu_kernel(const float* __restrict__ gate, const float* __restrict__ up, float* out, int64_t n) {
+  pdl_begin();
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float g = gate[i];
@@ -78,6 +83,7 @@ __global__ void swiglu_kernel(const float* __restrict__ gate, const float* __res
 }
 
 __global__ void add_kernel(const float* a, const float* b, float* out, int64_t n) {
+  pdl_begin();
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = a[i] + b[i];
@@ -94,6 +100,7 @@ __device__ MaxAt better(MaxAt a, MaxAt b) {
 }
 
 __global__ void argmax_kernel(const float* __restrict__ logits, int64_t n_vocab, int32_t* ids) {
+  pdl_begin();
   __shared__ MaxAt scratch[32];
   const float* row = logits + blockIdx.x * n_vocab;
   MaxAt best{-FLT_MAX, n_vocab};
@@ -120,38 +127,32 @@ void get_rows(CudaContext& ctx, const WeightView& table, const int32_t* ids, int
     using Format = decltype(f);
     constexpr int kBlock = 128;
     const dim3 grid(static_cast<unsigned>((table.n_chunks + kBlock - 1) / kBlock), static_cast<unsigned>(n_tokens));
-    get_rows_kernel<Format><<<grid, kBlock, 0, ctx.stream>>>(table, ids, out);
-    PDVM_CUDA_CHECK_LAUNCH("get_rows_kernel");
+    launch(ctx, "get_rows_kernel", get_rows_kernel<Format>, grid, dim3(kBlock), 0, table, ids, out);
   });
 }
 
 void rms_norm(CudaContext& ctx, const float* x, const float* weight, float eps, int64_t width, int n_tokens,
               float* out) {
-  rms_norm_kernel<<<n_tokens, 256, 0, ctx.stream>>>(x, weight, eps, width, out);
-  PDVM_CUDA_CHECK_LAUNCH("rms_norm_kernel");
+  launch(ctx, "rms_norm_kernel", rms_norm_kernel, dim3(n_tokens), dim3(256), 0, x, weight, eps, width, out);
 }
 
 void rope(CudaContext& ctx, float* x, const int32_t* positions, int n_tokens, int n_heads, int head_dim, int n_rot,
           float freq_base, const float* freq_factors) {
   const int threads = std::clamp((n_rot / 2 + 31) / 32 * 32, 32, 256);
-  rope_kernel<<<n_tokens * n_heads, threads, 0, ctx.stream>>>(x, positions, n_heads, head_dim, n_rot, freq_base,
-                                                              freq_factors);
-  PDVM_CUDA_CHECK_LAUNCH("rope_kernel");
+  launch(ctx, "rope_kernel", rope_kernel, dim3(n_tokens * n_heads), dim3(threads), 0, x, positions, n_heads, head_dim,
+         n_rot, freq_base, freq_factors);
 }
 
 void swiglu(CudaContext& ctx, const float* gate, const float* up, float* out, int64_t n) {
-  swiglu_kernel<<<grid_for(n, 256, ctx.sm_count), 256, 0, ctx.stream>>>(gate, up, out, n);
-  PDVM_CUDA_CHECK_LAUNCH("swiglu_kernel");
+  launch(ctx, "swiglu_kernel", swiglu_kernel, dim3(grid_for(n, 256, ctx.sm_count)), dim3(256), 0, gate, up, out, n);
 }
 
 void add(CudaContext& ctx, const float* a, const float* b, float* out, int64_t n) {
-  add_kernel<<<grid_for(n, 256, ctx.sm_count), 256, 0, ctx.stream>>>(a, b, out, n);
-  PDVM_CUDA_CHECK_LAUNCH("add_kernel");
+  launch(ctx, "add_kernel", add_kernel, dim3(grid_for(n, 256, ctx.sm_count)), dim3(256), 0, a, b, out, n);
 }
 
 void argmax(CudaContext& ctx, const float* logits, int64_t n_vocab, int n_tokens, int32_t* ids) {
-  argmax_kernel<<<n_tokens, 1024, 0, ctx.stream>>>(logits, n_vocab, ids);
-  PDVM_CUDA_CHECK_LAUNCH("argmax_kernel");
+  launch(ctx, "argmax_kernel", argmax_kernel, dim3(n_tokens), dim3(1024), 0, logits, n_vocab, ids);
 }
 
 }  // namespace pdvm::cuda

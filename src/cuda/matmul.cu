@@ -1,8 +1,10 @@
-// Weight x activation products: a warp-per-rows matvec for decode (weights streamed once,
-// x in shared memory) and, for batches, F16 tensor-core GEMMs through cuBLAS.
+// Weight x activation products: a warp-per-rows matvec for decode (weights streamed once, x
+// read through L1, split-k for few long rows) and, for batches, F16 tensor-core GEMMs (cuBLAS).
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
+#include "cuda/launch.cuh"
 #include "cuda/ops.cuh"
 
 namespace pdvm::cuda {
@@ -10,9 +12,6 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-// Rows per warp (x loads reused across them) and chunks in flight per lane.
-constexpr int kRows = 2;
-constexpr int kUnroll = 2;
 
 __host__ __device__ int64_t x_float4s(const WeightView& w, int chunk) {
   const int64_t f4 = (w.n_chunks * chunk + 3) / 4;
@@ -29,53 +28,110 @@ struct MatvecBatch {
   int count;
 };
 
-template <typename Format>
+// A block of kWarps warps works on kWarps / kSplit groups of Format::kRows rows; the kSplit
+// warps of a group share the row's chunks (split-k) so that matrices with few, long rows still
+// put enough loads in flight. kSharedX stages x in shared memory (rows padded past k);
+// otherwise x is read from global memory through L1.
+template <typename Format, int kSplit, bool kSharedX>
 __global__ void __launch_bounds__(kThreads) matvec_kernel(const __grid_constant__ MatvecBatch batch,
                                                            const float* __restrict__ x) {
+  constexpr int R = Format::kRows;
+  constexpr int kUnroll = Format::kUnroll;
+  constexpr int kGroups = kWarps / kSplit;
   extern __shared__ float4 xs[];
+  __shared__ float partial[kWarps][R];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = warp / kSplit, part = warp % kSplit;
+  const int64_t total_rows = batch.first_row[batch.count];
+  {
+    // No kernel writes weights: warm L2 with each lane's first chunk while the previous
+    // kernel finishes (the offset is exact for 16-byte chunk streams, close for K-quants).
+    const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kGroups * R + group * R;
+    const int64_t c = part * 32 + lane;
+    if (row0 < total_rows) {
+      int m = 0;
+      while (m + 1 < batch.count && row0 >= batch.first_row[m + 1]) ++m;
+      const WeightView& w = batch.w[m];
+      if (c < w.n_chunks) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+          prefetch_l2(w.q + min(row0 - batch.first_row[m] + r, w.n_rows - 1) * w.q_row_bytes +
+                      c * w.q_row_bytes / w.n_chunks);
+      }
+    }
+  }
+  pdl_begin();
   const int64_t token = blockIdx.y;
   const int64_t k = batch.w[0].k;
   const float* xt = x + token * k;
-  const int64_t n_f4 = x_float4s(batch.w[0], Format::kChunk);
-  for (int64_t f = threadIdx.x; f < n_f4; f += kThreads) {
-    float v[4];
+  if constexpr (kSharedX) {
+    const int64_t n_f4 = x_float4s(batch.w[0], Format::kChunk);
+    for (int64_t f = threadIdx.x; f < n_f4; f += kThreads) {
+      float v[4];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) v[j] = 4 * f + j < k ? xt[4 * f + j] : 0.0f;
-    xs[xs_index(f)] = make_float4(v[0], v[1], v[2], v[3]);
+      for (int j = 0; j < 4; ++j) v[j] = 4 * f + j < k ? xt[4 * f + j] : 0.0f;
+      xs[xs_index(f)] = make_float4(v[0], v[1], v[2], v[3]);
+    }
+    __syncthreads();
   }
-  __syncthreads();
+  using XAccess = std::conditional_t<kSharedX, XShared, XGlobal>;
+  XAccess x_access;
+  if constexpr (kSharedX)
+    x_access.xs = xs;
+  else
+    x_access.x = reinterpret_cast<const float4*>(xt);
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * kWarps * kRows;
-  const int64_t total_rows = batch.first_row[batch.count];
-  for (int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kWarps + warp) * kRows; row0 < total_rows; row0 += step) {
+  // Every warp of the block runs the same iterations (the split-k reduction syncs the block).
+  for (int64_t block_row = static_cast<int64_t>(blockIdx.x) * kGroups * R; block_row < total_rows;
+       block_row += static_cast<int64_t>(gridDim.x) * kGroups * R) {
+    const int64_t row0 = block_row + group * R;
+    float acc[R] = {};
     int m = 0;
-    while (m + 1 < batch.count && row0 >= batch.first_row[m + 1]) ++m;
-    const WeightView& w = batch.w[m];
-    const int64_t local0 = row0 - batch.first_row[m];
-    int64_t rows[kRows];
+    int64_t local0 = 0;
+    if (row0 < total_rows) {
+      while (m + 1 < batch.count && row0 >= batch.first_row[m + 1]) ++m;
+      const WeightView& w = batch.w[m];
+      local0 = row0 - batch.first_row[m];
+      int64_t rows[R];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) rows[r] = min(local0 + r, w.n_rows - 1);  // tail rows repeat the last
-    float acc[kRows] = {};
-    for (int64_t c = lane; c < w.n_chunks; c += 32 * kUnroll) {
-      typename Format::Frag frags[kUnroll][kRows];
+      for (int r = 0; r < R; ++r) rows[r] = min(local0 + r, w.n_rows - 1);  // tail rows repeat the last
+      constexpr int kStride = 32 * kSplit;
+      for (int64_t c = part * 32 + lane; c < w.n_chunks; c += kStride * kUnroll) {
+        typename Format::Frag frags[kUnroll][R];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (c + 32 * u < w.n_chunks)
+        for (int u = 0; u < kUnroll; ++u)
+          if (c + kStride * u < w.n_chunks)
 #pragma unroll
-          for (int r = 0; r < kRows; ++r) frags[u][r] = Format::load(w, rows[r], c + 32 * u);
+            for (int r = 0; r < R; ++r) frags[u][r] = Format::load(w, rows[r], c + kStride * u);
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (c + 32 * u < w.n_chunks) Format::template accumulate<kRows>(frags[u], c + 32 * u, xs, acc);
+        for (int u = 0; u < kUnroll; ++u)
+          if (c + kStride * u < w.n_chunks)
+            Format::template accumulate<R>(frags[u], c + kStride * u, x_access, acc);
+      }
     }
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
+    for (int r = 0; r < R; ++r) {
 #pragma unroll
       for (int offset = 16; offset > 0; offset /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
     }
-    if (lane == 0) {
+    if constexpr (kSplit > 1) {
+      if (lane == 0) {
 #pragma unroll
-      for (int r = 0; r < kRows; ++r)
+        for (int r = 0; r < R; ++r) partial[warp][r] = acc[r];
+      }
+      __syncthreads();
+      if (part == 0 && lane == 0) {
+        for (int other = 1; other < kSplit; ++other) {
+#pragma unroll
+          for (int r = 0; r < R; ++r) acc[r] += partial[warp + other][r];
+        }
+      }
+      __syncthreads();
+    }
+    if (part == 0 && lane == 0 && row0 < total_rows) {
+      const WeightView& w = batch.w[m];
+#pragma unroll
+      for (int r = 0; r < R; ++r)
         if (local0 + r < w.n_rows) batch.out[m][token * w.n_rows + local0 + r] = acc[r];
     }
   }
@@ -83,6 +139,7 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(const __grid_constant_
 
 template <typename Format>
 __global__ void dequantize_f16_kernel(WeightView w, __half* __restrict__ out) {
+  pdl_begin();
   const int64_t row = blockIdx.y;
   for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < w.n_chunks;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -91,6 +148,7 @@ __global__ void dequantize_f16_kernel(WeightView w, __half* __restrict__ out) {
 }
 
 __global__ void to_f16_kernel(const float* __restrict__ x, __half* __restrict__ out, int64_t n) {
+  pdl_begin();
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = __float2half_rn(x[i]);
@@ -101,44 +159,74 @@ int grid_for(int64_t n, int threads, int sm_count) {
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t{sm_count} * 16));
 }
 
+// Only the shared-x variants (dense formats, for rows padded past k) use dynamic shared memory.
+template <typename Format>
+constexpr bool kHasSharedXVariant =
+    std::is_same_v<Format, F32Format> || std::is_same_v<Format, F16Format> || std::is_same_v<Format, BF16Format>;
+
+// Largest dynamic shared memory the shared-x kernel may use (the opt-in limit less its static
+// reduction buffer).
+template <typename Format>
+int shared_x_limit(const CudaContext& ctx) {
+  cudaFuncAttributes attributes{};
+  PDVM_CUDA_CHECK(cudaFuncGetAttributes(&attributes, matvec_kernel<Format, 1, true>));
+  return ctx.max_smem_per_block - static_cast<int>(attributes.sharedSizeBytes);
+}
+
 }  // namespace
 
 void configure_matvec(const CudaContext& ctx) {
-  const WeightFormat formats[] = {WeightFormat::kF32,  WeightFormat::kF16,  WeightFormat::kBF16, WeightFormat::kQ8_0,
-                                  WeightFormat::kQ4_0, WeightFormat::kQ4_1, WeightFormat::kQ4_K, WeightFormat::kQ6_K};
+  const WeightFormat formats[] = {WeightFormat::kF32, WeightFormat::kF16, WeightFormat::kBF16};
   for (WeightFormat format : formats) {
     dispatch_format(format, [&](auto f) {
-      PDVM_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<decltype(f)>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           ctx.max_smem_per_block));
+      using Format = decltype(f);
+      if constexpr (kHasSharedXVariant<Format>) {
+        PDVM_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<Format, 1, true>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             shared_x_limit<Format>(ctx)));
+      }
     });
   }
 }
 
 void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x, int n_tokens) {
   PDVM_CHECK(count >= 1 && count <= kMaxMatvecBatch);
-  MatvecBatch batch{};
-  batch.count = count;
-  for (int m = 0; m < count; ++m) {
-    PDVM_CHECK(views[m].format == views[0].format && views[m].k == views[0].k);
-    batch.w[m] = views[m];
-    batch.out[m] = outs[m];
-    batch.first_row[m + 1] = batch.first_row[m] + (views[m].n_rows + kRows - 1) / kRows * kRows;
-  }
   const WeightView& w = views[0];
   dispatch_format(w.format, [&](auto f) {
     using Format = decltype(f);
-    const int64_t smem = x_float4s(w, Format::kChunk) * 16;
-    if (smem > ctx.max_smem_per_block)
+    constexpr int R = Format::kRows;
+    MatvecBatch batch{};
+    batch.count = count;
+    for (int m = 0; m < count; ++m) {
+      PDVM_CHECK(views[m].format == w.format && views[m].k == w.k);
+      batch.w[m] = views[m];
+      batch.out[m] = outs[m];
+      batch.first_row[m + 1] = batch.first_row[m] + (views[m].n_rows + R - 1) / R * R;
+    }
+    // x straight from global memory needs every chunk inside k (no padded rows).
+    const bool shared_x = w.n_chunks * Format::kChunk != w.k;
+    PDVM_CHECK(!shared_x || kHasSharedXVariant<Format>);
+    const int64_t smem = shared_x ? x_float4s(w, Format::kChunk) * 16 : 0;
+    if (shared_x && smem > shared_x_limit<Format>(ctx))
       throw_error(ErrorKind::kUnsupported, "cuda: matmul with rows of " + std::to_string(w.k) +
                                                " elements exceeds the shared memory of the device");
-    int blocks_per_sm = 0;
-    PDVM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, matvec_kernel<Format>, kThreads,
-                                                                  static_cast<size_t>(smem)));
-    const int64_t needed = (batch.first_row[count] + kWarps * kRows - 1) / (kWarps * kRows);
-    const int64_t resident = int64_t{ctx.sm_count} * std::max(blocks_per_sm, 1);
-    const dim3 grid(static_cast<unsigned>(std::min(needed, resident)), static_cast<unsigned>(n_tokens));
-    matvec_kernel<Format><<<grid, kThreads, static_cast<size_t>(smem), ctx.stream>>>(batch, x);
-    PDVM_CUDA_CHECK_LAUNCH("matvec_kernel");
+    // Split rows across warps when there are too few row groups to fill the device
+    // (~24 warps per SM), as long as each warp still gets a whole pass of chunks.
+    const int64_t groups = batch.first_row[count] / R;
+    const bool split = !shared_x && groups < int64_t{ctx.sm_count} * 24 && w.n_chunks >= 32 * 4;
+    const int split_factor = split ? 4 : 1;
+    const int64_t blocks = (groups * split_factor + kWarps - 1) / kWarps;
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(n_tokens));
+    auto start = [&](auto kernel) {
+      launch(ctx, "matvec_kernel", kernel, grid, dim3(kThreads), static_cast<size_t>(smem), batch, x);
+    };
+    if (shared_x) {
+      if constexpr (kHasSharedXVariant<Format>) start(matvec_kernel<Format, 1, true>);
+    } else if (split) {
+      start(matvec_kernel<Format, 4, false>);
+    } else {
+      start(matvec_kernel<Format, 1, false>);
+    }
   });
 }
 
@@ -151,8 +239,7 @@ void dequantize_f16(CudaContext& ctx, const WeightView& w, __half* out) {
     using Format = decltype(f);
     constexpr int kBlock = 128;
     const dim3 grid(static_cast<unsigned>((w.n_chunks + kBlock - 1) / kBlock), static_cast<unsigned>(w.n_rows));
-    dequantize_f16_kernel<Format><<<grid, kBlock, 0, ctx.stream>>>(w, out);
-    PDVM_CUDA_CHECK_LAUNCH("dequantize_f16_kernel");
+    launch(ctx, "dequantize_f16_kernel", dequantize_f16_kernel<Format>, grid, dim3(kBlock), 0, w, out);
   });
 }
 
@@ -168,8 +255,7 @@ void gemm(CudaContext& ctx, const WeightView& w, const float* x, float* out, int
   const int64_t n_x = w.k * n_tokens;
   auto* x16 = static_cast<__half*>(
       ctx.gemm_activations.get(static_cast<uint64_t>(n_x) * 2, "GEMM activations", ctx.capturing));
-  to_f16_kernel<<<grid_for(n_x, 256, ctx.sm_count), 256, 0, ctx.stream>>>(x, x16, n_x);
-  PDVM_CUDA_CHECK_LAUNCH("to_f16_kernel");
+  launch(ctx, "to_f16_kernel", to_f16_kernel, dim3(grid_for(n_x, 256, ctx.sm_count)), dim3(256), 0, x, x16, n_x);
   // Column-major view: out (n_rows x T) = W^T (W is k x n_rows column-major) * X (k x T).
   const float alpha = 1.0f, beta = 0.0f;
   PDVM_CUBLAS_CHECK(cublasGemmEx(ctx.cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(w.n_rows), n_tokens,

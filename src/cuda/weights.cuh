@@ -4,12 +4,14 @@
 // plus the scales that go with it. A format type provides
 //   kChunk                 elements per chunk
 //   Frag load(view, row, c)        the loads for chunk c of a row
-//   accumulate<R>(frags, c, xs, acc)  acc[r] += dot(chunk c of row r, x) for R rows at once
+//   kRows, kUnroll         rows a warp works on at once (x loads are shared by them), and
+//                          chunks per row it loads before using them
+//   accumulate<R>(frags, c, x, acc)   acc[r] += dot(chunk c of row r, x) for R rows at once
 //   dequant(frag, c, out, k)        writes the chunk's elements (those < k) to out[element]
 // so matvec, get_rows and the GEMM dequantizer are each written once for all formats.
 //
-// x lives in shared memory as float4s, permuted by xs_index() so that the float4 reads of a
-// warp hit distinct banks whatever the chunk size (8 consecutive chunks never collide).
+// x is read as float4s through an accessor (XGlobal or XShared); the shared copy is permuted by
+// xs_index() so that the float4 reads of a warp hit distinct banks whatever the chunk size.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -53,7 +55,17 @@ WeightView weight_view(const Tensor& w);
 // ---- device side ---------------------------------------------------------------------------
 
 __device__ __forceinline__ int64_t xs_index(int64_t f) { return f ^ ((f >> 3) & 7); }
-__device__ __forceinline__ float4 xs4(const float4* xs, int64_t f) { return xs[xs_index(f)]; }
+
+// Where accumulate() reads x (as float4 number f): a swizzled shared-memory copy (used when
+// rows are padded past k), or straight from global memory, where L1 keeps it for the SM.
+struct XShared {
+  const float4* xs;
+  __device__ float4 operator()(int64_t f) const { return xs[xs_index(f)]; }
+};
+struct XGlobal {
+  const float4* x;
+  __device__ float4 operator()(int64_t f) const { return __ldg(x + f); }
+};
 
 // Byte b of v as float(byte + 2^23), via the exponent trick: one byte-permute, no I2F.
 template <int B>
@@ -83,13 +95,15 @@ __device__ __forceinline__ float dot4(float4 a, float4 b, float acc) {
 
 struct F32Format {
   static constexpr int kChunk = 4;
+  static constexpr int kRows = 2;
+  static constexpr int kUnroll = 4;
   using Frag = uint4;
   __device__ static Frag load(const WeightView& w, int64_t row, int64_t c) {
     return __ldcs(reinterpret_cast<const uint4*>(w.q + row * w.q_row_bytes) + c);
   }
-  template <int R>
-  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const float4* xs, float (&acc)[R]) {
-    const float4 x = xs4(xs, c);
+  template <int R, typename X>
+  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const X& xs, float (&acc)[R]) {
+    const float4 x = xs(c);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       const float4 v = make_float4(__uint_as_float(f[r].x), __uint_as_float(f[r].y),
@@ -108,6 +122,8 @@ struct F32Format {
 
 struct F16Format {
   static constexpr int kChunk = 8;
+  static constexpr int kRows = 2;
+  static constexpr int kUnroll = 4;
   using Frag = uint4;
   __device__ static Frag load(const WeightView& w, int64_t row, int64_t c) {
     return __ldcs(reinterpret_cast<const uint4*>(w.q + row * w.q_row_bytes) + c);
@@ -117,9 +133,9 @@ struct F16Format {
     const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&hi));
     return make_float4(a.x, a.y, b.x, b.y);
   }
-  template <int R>
-  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const float4* xs, float (&acc)[R]) {
-    const float4 x0 = xs4(xs, 2 * c), x1 = xs4(xs, 2 * c + 1);
+  template <int R, typename X>
+  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const X& xs, float (&acc)[R]) {
+    const float4 x0 = xs(2 * c), x1 = xs(2 * c + 1);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       acc[r] = dot4(unpack(f[r].x, f[r].y), x0, acc[r]);
@@ -137,6 +153,8 @@ struct F16Format {
 
 struct BF16Format {
   static constexpr int kChunk = 8;
+  static constexpr int kRows = 2;
+  static constexpr int kUnroll = 4;
   using Frag = uint4;
   __device__ static Frag load(const WeightView& w, int64_t row, int64_t c) {
     return __ldcs(reinterpret_cast<const uint4*>(w.q + row * w.q_row_bytes) + c);
@@ -145,9 +163,9 @@ struct BF16Format {
     return make_float4(__uint_as_float(lo << 16), __uint_as_float(lo & 0xffff0000u),
                        __uint_as_float(hi << 16), __uint_as_float(hi & 0xffff0000u));
   }
-  template <int R>
-  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const float4* xs, float (&acc)[R]) {
-    const float4 x0 = xs4(xs, 2 * c), x1 = xs4(xs, 2 * c + 1);
+  template <int R, typename X>
+  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const X& xs, float (&acc)[R]) {
+    const float4 x0 = xs(2 * c), x1 = xs(2 * c + 1);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       acc[r] = dot4(unpack(f[r].x, f[r].y), x0, acc[r]);
@@ -166,6 +184,8 @@ struct BF16Format {
 // Q8_0, split: a chunk is half a block (16 int8); one fp16 scale per 32.
 struct Q8_0Format {
   static constexpr int kChunk = 16;
+  static constexpr int kRows = 2;
+  static constexpr int kUnroll = 2;
   struct Frag {
     uint4 q;
     float d;
@@ -183,11 +203,11 @@ struct Q8_0Format {
     return make_float4(byte_plus_2p23<0>(v) - kBias, byte_plus_2p23<1>(v) - kBias,
                        byte_plus_2p23<2>(v) - kBias, byte_plus_2p23<3>(v) - kBias);
   }
-  template <int R>
-  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const float4* xs, float (&acc)[R]) {
+  template <int R, typename X>
+  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const X& xs, float (&acc)[R]) {
     float4 x[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) x[i] = xs4(xs, 4 * c + i);
+    for (int i = 0; i < 4; ++i) x[i] = xs(4 * c + i);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       float s = 0.0f;
@@ -217,6 +237,8 @@ struct Q8_0Format {
 template <bool kHasMin>
 struct Q4Format {
   static constexpr int kChunk = 32;
+  static constexpr int kRows = 2;
+  static constexpr int kUnroll = 2;
   struct Frag {
     uint4 q;
     float d;
@@ -241,13 +263,13 @@ struct Q4Format {
     return make_float4(byte_plus_2p23<0>(v) - kBias, byte_plus_2p23<1>(v) - kBias,
                        byte_plus_2p23<2>(v) - kBias, byte_plus_2p23<3>(v) - kBias);
   }
-  template <int R>
-  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const float4* xs, float (&acc)[R]) {
+  template <int R, typename X>
+  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const X& xs, float (&acc)[R]) {
     float4 xl[4], xh[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      xl[i] = xs4(xs, 8 * c + i);
-      xh[i] = xs4(xs, 8 * c + 4 + i);
+      xl[i] = xs(8 * c + i);
+      xh[i] = xs(8 * c + 4 + i);
     }
     float x_sum = 0.0f;
     if constexpr (kHasMin) {
@@ -291,6 +313,8 @@ using Q4_1Format = Q4Format<true>;
 // (d, dmin, packed 6-bit scales and mins) comes with it.
 struct Q4_KFormat {
   static constexpr int kChunk = 32;
+  static constexpr int kRows = 2;
+  static constexpr int kUnroll = 2;
   struct Frag {
     uint4 q;
     uint4 head;
@@ -336,15 +360,15 @@ struct Q4_KFormat {
     const int64_t t = c % 8;
     return (c / 8) * 64 + (t / 2) * 16 + (t % 2) * 4;
   }
-  template <int R>
-  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const float4* xs, float (&acc)[R]) {
+  template <int R, typename X>
+  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const X& xs, float (&acc)[R]) {
     const int64_t f0 = first_f4(c);
     float4 xl[4], xh[4];
     float sum_lo = 0.0f, sum_hi = 0.0f;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      xl[i] = xs4(xs, f0 + i);
-      xh[i] = xs4(xs, f0 + 8 + i);
+      xl[i] = xs(f0 + i);
+      xh[i] = xs(f0 + 8 + i);
       sum_lo += (xl[i].x + xl[i].y) + (xl[i].z + xl[i].w);
       sum_hi += (xh[i].x + xh[i].y) + (xh[i].z + xh[i].w);
     }
@@ -385,6 +409,8 @@ struct Q4_KFormat {
 // (half h, u) covers l = 4u..4u+3 of the four 32-element groups of that half.
 struct Q6_KFormat {
   static constexpr int kChunk = 16;
+  static constexpr int kRows = 2;
+  static constexpr int kUnroll = 2;
   struct Frag {
     uint32_t ql0, ql1, qh;  // ql[64h + l], ql[64h + 32 + l], qh[32h + l] for the 4 l's
     uint32_t scales;        // the 4 int8 group scales
@@ -420,12 +446,12 @@ struct Q6_KFormat {
     return f.d * static_cast<float>(static_cast<int8_t>((f.scales >> (8 * g)) & 0xff));
   }
   __device__ static int64_t first_f4(int64_t c) { return (c / 16) * 64 + ((c % 16) / 8) * 32 + c % 8; }
-  template <int R>
-  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const float4* xs, float (&acc)[R]) {
+  template <int R, typename X>
+  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const X& xs, float (&acc)[R]) {
     const int64_t f0 = first_f4(c);
     float4 x[4];
 #pragma unroll
-    for (int g = 0; g < 4; ++g) x[g] = xs4(xs, f0 + 8 * g);
+    for (int g = 0; g < 4; ++g) x[g] = xs(f0 + 8 * g);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
 #pragma unroll

@@ -134,6 +134,7 @@ TEST(CudaModel, DefaultModelGreedyOutputMatchesTheReference) {
   SessionOptions options;
   options.model_path = default_model_path();
   options.n_ctx = 512;
+  options.kv_type = TensorType::kF32;  // the reference's cache type: compare the kernels only
   options.backend = "cpu-ref";
   Session ref(options);
   options.backend = "cuda";

@@ -1,0 +1,40 @@
+// Kernel launches with programmatic dependent launch (PDL): a kernel may be scheduled while
+// the previous one in the stream drains, and waits in pdl_begin() until that one's writes are
+// visible. This hides most of the launch gap between the ~16 small kernels of a decode layer.
+// Every kernel launched with launch() must call pdl_begin() before touching memory that an
+// earlier kernel writes, and before any early return (so completion stays transitive).
+#pragma once
+
+#include <utility>
+
+#include "cuda/context.cuh"
+
+namespace pdvm::cuda {
+
+__device__ __forceinline__ void pdl_begin() {
+  asm volatile("griddepcontrol.launch_dependents;");
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
+// Warms L2 with a line the kernel will read soon (weights, which no kernel writes, so this is
+// allowed before pdl_begin()).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+template <typename... Params, typename... Args>
+void launch(const CudaContext& ctx, const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+            Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = ctx.stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = ctx.programmatic_launch ? 1 : 0;
+  const cudaError_t status = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  if (status != cudaSuccess) throw_cuda_error(status, name, __FILE__, __LINE__);
+}
+
+}  // namespace pdvm::cuda
