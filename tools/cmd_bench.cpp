@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "command.h"
@@ -24,6 +25,7 @@ struct BenchArgs {
   int threads = 0;
   int n_prompt = 512;
   int n_gen = 128;
+  int repetitions = 3;
   int64_t n_ctx = 0;
   std::string kv_type;
   bool json = false;
@@ -98,6 +100,8 @@ int run_bench_command(const BenchArgs& args) {
     BenchConfig config;
     config.n_prompt = args.n_prompt;
     config.n_gen = args.n_gen;
+    config.repetitions = args.repetitions;
+    config.n_threads = args.threads > 0 ? args.threads : static_cast<int>(std::thread::hardware_concurrency());
     const BenchReport report =
         run_bench(session, std::filesystem::path(model).filename().string(), config, bandwidth);
     std::printf("%s\n", args.json ? bench_json(report).c_str() : bench_table_row(report).c_str());
@@ -119,6 +123,9 @@ PDVM_REGISTER_COMMAND("bench", "throughput of models: prompt processing and gene
                         app.add_option("-n,--n-gen", args->n_gen, "tg: generated tokens (0 skips)")
                             ->capture_default_str()
                             ->check(CLI::NonNegativeNumber);
+                        app.add_option("-r,--repetitions", args->repetitions, "timed runs of each test (median, stddev)")
+                            ->capture_default_str()
+                            ->check(CLI::PositiveNumber);
                         app.add_option("-c,--ctx", args->n_ctx, "context size (0: model default, max 4096)");
                         app.add_option("--kv-type", args->kv_type, "KV cache type (f32, f16, q8_0)");
                         app.add_flag("--json", args->json, "one JSON object per line");

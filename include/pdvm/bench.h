@@ -14,6 +14,8 @@ namespace pdvm {
 struct BenchConfig {
   int n_prompt = 512;  // pp: tokens of one prefill from an empty cache (0 = skip)
   int n_gen = 128;     // tg: greedy decode steps from an empty cache (0 = skip)
+  int repetitions = 3; // timed runs of each test; rates are their median, with the stddev
+  int n_threads = 0;   // shown in the report (the backend got it through BackendOptions)
   uint64_t seed = 1;   // random prompt tokens
 };
 
@@ -22,14 +24,19 @@ struct BenchReport {
   std::string backend;
   std::string kv_type;
   int n_layer = 0;
+  int n_threads = 0;
+  int repetitions = 0;
+  uint64_t n_params = 0;           // elements of all tensors
   uint64_t weight_bytes = 0;       // all tensors of the file
   uint64_t decode_weight_bytes = 0;  // what one decoded token reads (one embedding row)
   int n_prompt = 0;
   double pp_seconds = 0.0;
-  double pp_tokens_per_s = 0.0;
+  double pp_tokens_per_s = 0.0;         // median over the repetitions
+  double pp_tokens_per_s_stddev = 0.0;
   int n_gen = 0;
   double tg_seconds = 0.0;
-  double tg_tokens_per_s = 0.0;
+  double tg_tokens_per_s = 0.0;         // median over the repetitions
+  double tg_tokens_per_s_stddev = 0.0;
   double tg_ms_per_token = 0.0;
   double tg_ms_per_layer = 0.0;
   uint64_t tg_bytes_per_token = 0;  // weights + mean KV cache read over the tg positions
@@ -43,8 +50,10 @@ struct BenchReport {
 BenchReport run_bench(Session& session, const std::string& model_name, const BenchConfig& config,
                       double read_bandwidth_gb_per_s);
 
+// A markdown table in the style of llama-bench: one row per test (pp<N>, tg<N>), tokens/s as
+// median +- stddev, then the decode memory-traffic columns on tg rows.
 std::string bench_table_header();
-std::string bench_table_row(const BenchReport& report);
+std::string bench_table_row(const BenchReport& report);  // one or two lines
 std::string bench_json(const BenchReport& report);  // one JSON object, one line
 
 }  // namespace pdvm

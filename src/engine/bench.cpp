@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <vector>
@@ -47,6 +48,24 @@ int32_t greedy_steps(Session& session, int32_t first, int n) {
   return token;
 }
 
+struct Rate {
+  double median = 0.0;
+  double stddev = 0.0;
+};
+
+Rate summarize(std::vector<double> rates) {
+  std::sort(rates.begin(), rates.end());
+  Rate r;
+  const size_t n = rates.size();
+  r.median = n % 2 ? rates[n / 2] : 0.5 * (rates[n / 2 - 1] + rates[n / 2]);
+  double mean = 0.0;
+  for (double v : rates) mean += v / static_cast<double>(n);
+  double variance = 0.0;
+  for (double v : rates) variance += (v - mean) * (v - mean);
+  r.stddev = n > 1 ? std::sqrt(variance / static_cast<double>(n - 1)) : 0.0;
+  return r;
+}
+
 }  // namespace
 
 BenchReport run_bench(Session& session, const std::string& model_name, const BenchConfig& config,
@@ -57,7 +76,12 @@ BenchReport run_bench(Session& session, const std::string& model_name, const Ben
   r.backend = session.backend().name();
   r.kv_type = std::string(type_name(session.kv_type()));
   r.n_layer = c.n_layer;
-  for (const GgufTensor& t : session.gguf().tensors()) r.weight_bytes += t.n_bytes;
+  r.n_threads = config.n_threads;
+  r.repetitions = std::max(1, config.repetitions);
+  for (const GgufTensor& t : session.gguf().tensors()) {
+    r.weight_bytes += t.n_bytes;
+    r.n_params += static_cast<uint64_t>(t.n_elems());
+  }
   r.decode_weight_bytes = decode_weight_bytes(session);
   r.read_bandwidth_gb_per_s = read_bandwidth_gb_per_s;
 
@@ -66,25 +90,38 @@ BenchReport run_bench(Session& session, const std::string& model_name, const Ben
     session.reset();
     session.eval(prompt);  // warm-up: scratch buffers, library handles
     session.last_argmax();
-    session.reset();
-    const auto start = Clock::now();
-    session.eval(prompt);
-    session.last_argmax();  // waits for the device
-    r.pp_seconds = seconds_since(start);
+    std::vector<double> rates;
+    for (int rep = 0; rep < r.repetitions; ++rep) {
+      session.reset();
+      const auto start = Clock::now();
+      session.eval(prompt);
+      session.last_argmax();  // waits for the device
+      const double seconds = seconds_since(start);
+      rates.push_back(config.n_prompt / seconds);
+    }
+    const Rate rate = summarize(rates);
     r.n_prompt = config.n_prompt;
-    r.pp_tokens_per_s = config.n_prompt / r.pp_seconds;
+    r.pp_tokens_per_s = rate.median;
+    r.pp_tokens_per_s_stddev = rate.stddev;
+    r.pp_seconds = config.n_prompt / rate.median;
   }
 
   if (config.n_gen > 0) {
     const int32_t first = random_tokens(1, c.n_vocab, config.seed + 1)[0];
     session.reset();
     greedy_steps(session, first, 3);  // warm-up: the first steps record the decode graph
-    session.reset();
-    const auto start = Clock::now();
-    greedy_steps(session, first, config.n_gen);
-    r.tg_seconds = seconds_since(start);
+    std::vector<double> rates;
+    for (int rep = 0; rep < r.repetitions; ++rep) {
+      session.reset();
+      const auto start = Clock::now();
+      greedy_steps(session, first, config.n_gen);
+      rates.push_back(config.n_gen / seconds_since(start));
+    }
+    const Rate rate = summarize(rates);
     r.n_gen = config.n_gen;
-    r.tg_tokens_per_s = config.n_gen / r.tg_seconds;
+    r.tg_tokens_per_s = rate.median;
+    r.tg_tokens_per_s_stddev = rate.stddev;
+    r.tg_seconds = config.n_gen / rate.median;
     r.tg_ms_per_token = 1e3 * r.tg_seconds / config.n_gen;
     r.tg_ms_per_layer = r.tg_ms_per_token / std::max(c.n_layer, 1);
     // Step i attends to i + 1 cache rows of K and of V in every layer.
@@ -100,15 +137,27 @@ BenchReport run_bench(Session& session, const std::string& model_name, const Ben
 }
 
 std::string bench_table_header() {
-  return fmt::format("{:<28} {:>8} {:>5} {:>9} {:>10} {:>10} {:>9} {:>9} {:>10} {:>8} {:>8}", "model", "backend",
-                     "kv", "size GB", "pp tok/s", "tg tok/s", "ms/tok", "ms/layer", "MB/tok", "GB/s", "% bw");
+  return "| model | size | params | backend | threads | kv | test | t/s | ms/tok | ms/layer | MB/tok | GB/s | % bw |\n"
+         "| --- | ---: | ---: | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |";
 }
 
 std::string bench_table_row(const BenchReport& r) {
-  const std::string pct = r.tg_pct_of_bandwidth > 0.0 ? fmt::format("{:.1f}", r.tg_pct_of_bandwidth) : "-";
-  return fmt::format("{:<28} {:>8} {:>5} {:>9.2f} {:>10.1f} {:>10.1f} {:>9.3f} {:>9.4f} {:>10.1f} {:>8.1f} {:>8}",
-                     r.model, r.backend, r.kv_type, r.weight_bytes / 1e9, r.pp_tokens_per_s, r.tg_tokens_per_s,
-                     r.tg_ms_per_token, r.tg_ms_per_layer, r.tg_bytes_per_token / 1e6, r.tg_gb_per_s, pct);
+  const std::string common =
+      fmt::format("| {} | {:.1f} MiB | {:.1f} M | {} | {} | {} ", r.model, r.weight_bytes / 1048576.0,
+                  r.n_params / 1e6, r.backend, r.n_threads, r.kv_type);
+  std::string rows;
+  if (r.n_prompt > 0) {
+    rows += common + fmt::format("| pp{} | {:.1f} ± {:.1f} | | | | | |", r.n_prompt, r.pp_tokens_per_s,
+                                 r.pp_tokens_per_s_stddev);
+  }
+  if (r.n_gen > 0) {
+    if (!rows.empty()) rows += "\n";
+    const std::string pct = r.tg_pct_of_bandwidth > 0.0 ? fmt::format("{:.1f}", r.tg_pct_of_bandwidth) : "-";
+    rows += common + fmt::format("| tg{} | {:.1f} ± {:.1f} | {:.3f} | {:.4f} | {:.1f} | {:.1f} | {} |", r.n_gen,
+                                 r.tg_tokens_per_s, r.tg_tokens_per_s_stddev, r.tg_ms_per_token,
+                                 r.tg_ms_per_layer, r.tg_bytes_per_token / 1e6, r.tg_gb_per_s, pct);
+  }
+  return rows;
 }
 
 std::string bench_json(const BenchReport& r) {
@@ -117,13 +166,21 @@ std::string bench_json(const BenchReport& r) {
       {"backend", r.backend},
       {"kv_type", r.kv_type},
       {"n_layer", r.n_layer},
+      {"n_threads", r.n_threads},
+      {"repetitions", r.repetitions},
+      {"n_params", r.n_params},
       {"weight_bytes", r.weight_bytes},
       {"decode_weight_bytes", r.decode_weight_bytes},
-      {"pp", {{"n_tokens", r.n_prompt}, {"seconds", r.pp_seconds}, {"tokens_per_s", r.pp_tokens_per_s}}},
+      {"pp",
+       {{"n_tokens", r.n_prompt},
+        {"seconds", r.pp_seconds},
+        {"tokens_per_s", r.pp_tokens_per_s},
+        {"tokens_per_s_stddev", r.pp_tokens_per_s_stddev}}},
       {"tg",
        {{"n_tokens", r.n_gen},
         {"seconds", r.tg_seconds},
         {"tokens_per_s", r.tg_tokens_per_s},
+        {"tokens_per_s_stddev", r.tg_tokens_per_s_stddev},
         {"ms_per_token", r.tg_ms_per_token},
         {"ms_per_layer", r.tg_ms_per_layer},
         {"bytes_per_token", r.tg_bytes_per_token},

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+# `pdvm bench` on the default model with the cpu backend: the JSON report (repetitions, median
+# and stddev, parameter count checked against the gguf package) and the markdown table (one
+# row per test), plus a bad flag.
+# ctest-label: model
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader
+
+ROOT = Path(__file__).resolve().parents[2]
+PDVM = os.environ.get("PDVM_BIN", str(ROOT / "build" / "pdvm"))
+MODEL = Path(os.environ.get("PDVM_MODEL", ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+def run(*args):
+    return subprocess.run([PDVM, "bench", *args], capture_output=True, text=True, check=False)
+
+
+def main():
+    if not MODEL.exists():
+        if os.environ.get("PDVM_REQUIRE_MODEL"):
+            sys.exit(f"default model missing at {MODEL}")
+        print("skipped: no default model")
+        return
+    base = ["-m", str(MODEL), "--backend", "cpu", "-t", "2", "-p", "16", "-n", "8", "-r", "2"]
+    result = run(*base, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    reader = GGUFReader(str(MODEL))
+    n_params = sum(int(np.prod(t.shape)) for t in reader.tensors)
+    assert report["n_params"] == n_params, (report["n_params"], n_params)
+    assert report["backend"] == "cpu" and report["n_threads"] == 2 and report["repetitions"] == 2
+    for test, n in (("pp", 16), ("tg", 8)):
+        assert report[test]["n_tokens"] == n
+        assert report[test]["tokens_per_s"] > 0 and report[test]["tokens_per_s_stddev"] >= 0
+
+    table = run(*base)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.strip().splitlines()
+    assert lines[0].startswith("| model |") and "t/s" in lines[0], lines[0]
+    rows = [line for line in lines[2:] if line.startswith("|")]
+    assert [row.split("|")[7].strip() for row in rows] == ["pp16", "tg8"], rows
+    assert all("±" in row.split("|")[8] for row in rows), rows
+
+    bad = run(*base, "-r", "0")
+    assert bad.returncode != 0 and "repetitions" in bad.stderr, bad.stderr
+    print("bench cli: ok")
+
+
+if __name__ == "__main__":
+    main()
