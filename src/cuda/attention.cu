@@ -83,7 +83,9 @@ size_t attention_smem(int group, int head_dim) {
          (head_dim + kThreads + kWarps + kThreads + n_parts);
 }
 
-template <KvType T>
+// kGroupCap >= the query heads per KV head: the per-thread arrays are sized by it, so a
+// model without GQA keeps ~40 registers instead of ~120 (3x the resident blocks).
+template <KvType T, int kGroupCap>
 __global__ void __launch_bounds__(kThreads)
     attention_kernel(const float* __restrict__ q, KvCacheView cache, const int32_t* __restrict__ positions,
                      AttentionShape shape, int n_chunks, float* __restrict__ part_o, float* __restrict__ part_ml,
@@ -111,9 +113,9 @@ __global__ void __launch_bounds__(kThreads)
 
   const int part = n_parts > 1 ? tid / hd : 0;
   const int d0 = n_parts > 1 ? tid % hd : tid;
-  float m[kMaxGroup], l[kMaxGroup], acc[kMaxGroup][kMaxSlots];
+  float m[kGroupCap], l[kGroupCap], acc[kGroupCap][kMaxSlots];
 #pragma unroll
-  for (int g = 0; g < kMaxGroup; ++g) {
+  for (int g = 0; g < kGroupCap; ++g) {
     m[g] = -INFINITY;
     l[g] = 0.0f;
 #pragma unroll
@@ -125,16 +127,16 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t tile = begin; tile < end; tile += kThreads) {
     // Scores: one key per thread.
     const int64_t p = tile + tid;
-    float score[kMaxGroup];
+    float score[kGroupCap];
 #pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) score[g] = p < end ? 0.0f : -INFINITY;
+    for (int g = 0; g < kGroupCap; ++g) score[g] = p < end ? 0.0f : -INFINITY;
     if (p < end) {
       const int64_t row = p * cache.row_width + head_offset;
       for (int j = 0; j < hd; j += 8) {
         float kv[8];
         Kv<T>::load8(cache.k, row + j, kv);
 #pragma unroll
-        for (int g = 0; g < kMaxGroup; ++g) {
+        for (int g = 0; g < kGroupCap; ++g) {
           if (g < group) {
 #pragma unroll
             for (int i = 0; i < 8; ++i) score[g] = fmaf(q_s[g * hd + j + i], kv[i], score[g]);
@@ -143,7 +145,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
 #pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) {
+    for (int g = 0; g < kGroupCap; ++g) {
       if (g < group) {
         const float mx = warp_max(score[g]);
         if (lane == 0) red[g * kWarps + warp] = mx;
@@ -151,7 +153,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
 #pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) {
+    for (int g = 0; g < kGroupCap; ++g) {
       if (g < group) {
         float tile_max = red[g * kWarps];
         for (int w = 1; w < kWarps; ++w) tile_max = fmaxf(tile_max, red[g * kWarps + w]);
@@ -176,7 +178,7 @@ __global__ void __launch_bounds__(kThreads)
         v[s] = (d < hd && (s == 0 || n_parts == 1)) ? Kv<T>::load1(cache.v, row + d) : 0.0f;
       }
 #pragma unroll
-      for (int g = 0; g < kMaxGroup; ++g) {
+      for (int g = 0; g < kGroupCap; ++g) {
         if (g < group) {
           const float pj = p_s[g * kThreads + j];
           l[g] += pj;
@@ -190,7 +192,7 @@ __global__ void __launch_bounds__(kThreads)
 
   if (n_parts > 1) {
 #pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) {
+    for (int g = 0; g < kGroupCap; ++g) {
       if (g < group) {
         comb[g * kThreads + tid] = acc[g][0];
         if (d0 == 0) comb_l[g * n_parts + part] = l[g];
@@ -199,7 +201,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if (part != 0) return;
 #pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) {
+    for (int g = 0; g < kGroupCap; ++g) {
       if (g < group) {
         for (int other = 1; other < n_parts; ++other) {
           acc[g][0] += comb[g * kThreads + other * hd + d0];
@@ -210,7 +212,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 
 #pragma unroll
-  for (int g = 0; g < kMaxGroup; ++g) {
+  for (int g = 0; g < kGroupCap; ++g) {
     if (g < group) {
       const int64_t q_head = token * shape.n_head + static_cast<int64_t>(kv_head) * group + g;
 #pragma unroll
@@ -333,11 +335,22 @@ void attention(CudaContext& ctx, const float* q, const KvCacheView& cache, const
     part_o = base;
     part_ml = base + n_partials * shape.head_dim;
   }
+  const dim3 grid(static_cast<unsigned>(n_chunks), static_cast<unsigned>(shape.n_head_kv),
+                  static_cast<unsigned>(n_tokens));
   dispatch_kv(cache.type, [&](auto type) {
-    const dim3 grid(static_cast<unsigned>(n_chunks), static_cast<unsigned>(shape.n_head_kv),
-                    static_cast<unsigned>(n_tokens));
-    launch(ctx, "attention_kernel", attention_kernel<decltype(type)::value>, grid, dim3(kThreads),
-           attention_smem(group, shape.head_dim), q, cache, positions, shape, n_chunks, part_o, part_ml, out);
+    constexpr KvType kType = decltype(type)::value;
+    auto start = [&](auto kernel) {
+      launch(ctx, "attention_kernel", kernel, grid, dim3(kThreads), attention_smem(group, shape.head_dim), q, cache,
+             positions, shape, n_chunks, part_o, part_ml, out);
+    };
+    if (group == 1)
+      start(attention_kernel<kType, 1>);
+    else if (group <= 4)
+      start(attention_kernel<kType, 4>);
+    else if (group <= 8)
+      start(attention_kernel<kType, 8>);
+    else
+      start(attention_kernel<kType, kMaxGroup>);
   });
   if (n_chunks > 1) {
     launch(ctx, "attention_merge_kernel", attention_merge_kernel, dim3(n_tokens * shape.n_head),
