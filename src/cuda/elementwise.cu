@@ -8,11 +8,6 @@
 namespace pdvm::cuda {
 namespace {
 
-int grid_for(int64_t n, int threads, int sm_count) {
-  const int64_t blocks = (n + threads - 1) / threads;
-  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t{sm_count} * 16));
-}
-
 template <typename Format>
 __global__ void get_rows_kernel(WeightView table, const int32_t* __restrict__ ids, float* __restrict__ out) {
   pdl_begin();

@@ -5,6 +5,8 @@
 // earlier kernel writes, and before any early return (so completion stays transitive).
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <utility>
 
 #include "cuda/context.cuh"
@@ -19,6 +21,12 @@ __device__ __forceinline__ void pdl_begin() {
 // Warms L2 with a line the kernel will read soon (weights, which no kernel writes, so this is
 // allowed before pdl_begin()).
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+// Blocks for a grid-stride loop over n elements: enough to fill the device, no more.
+inline int grid_for(int64_t n, int threads, int sm_count) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t{sm_count} * 16));
+}
 
 template <typename... Params, typename... Args>
 void launch(const CudaContext& ctx, const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,

@@ -154,11 +154,6 @@ __global__ void to_f16_kernel(const float* __restrict__ x, __half* __restrict__ 
     out[i] = __float2half_rn(x[i]);
 }
 
-int grid_for(int64_t n, int threads, int sm_count) {
-  const int64_t blocks = (n + threads - 1) / threads;
-  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), int64_t{sm_count} * 16));
-}
-
 // Only the shared-x variants (dense formats, for rows padded past k) use dynamic shared memory.
 template <typename Format>
 constexpr bool kHasSharedXVariant =
