@@ -2,8 +2,9 @@
 # ctest-label: unit
 """C++ CPU reference vs the numpy reference on small random LLaMA models (fresh weights and
 prompts each run; seed printed): GQA or not, tied head or not, head sizes 32 and 64, with and
-without rope frequency factors, F32/F16/Q8_0/Q4_0 weights."""
+without rope frequency factors, F32/F16/Q8_0/Q4_0 weights, and Q4_K/Q6_K through pdvm convert."""
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +29,19 @@ def main():
             prompt = rng.integers(0, spec.n_vocab, int(rng.integers(1, 40))).tolist()
             failures, worst = model_compare.compare(path, prompt, 24, allow_near_ties=True)
             print(f"{spec.label()}: max error {worst:.2g}, {'ok' if not failures else '; '.join(failures)}")
+            failed |= bool(failures)
+        # K-quants: the gguf package cannot write them, `pdvm convert` can (rows of 256).
+        spec = random_model.RandomLlamaSpec(n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512)
+        source = Path(tmp) / "kquant_source.gguf"
+        random_model.write_random_llama(source, spec, rng)
+        for kquant in ("q4_k", "q6_k"):
+            path = Path(tmp) / f"{kquant}.gguf"
+            subprocess.run([model_compare.pdvm_bin(), "convert", str(source), str(path), "--type", kquant],
+                           check=True, capture_output=True)
+            prompt = rng.integers(0, spec.n_vocab, int(rng.integers(1, 40))).tolist()
+            failures, worst = model_compare.compare(path, prompt, 24, allow_near_ties=True)
+            print(f"{spec.label()} as {kquant}: max error {worst:.2g}, "
+                  f"{'ok' if not failures else '; '.join(failures)}")
             failed |= bool(failures)
     return 1 if failed else 0
 
