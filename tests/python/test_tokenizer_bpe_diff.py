@@ -50,47 +50,55 @@ def byte_stand_ins():
     return {chr(b if b in printable else next(extra)): b for b in range(256)}
 
 
-def main():
+def check_vocab(path, split_digits, rng, n_valid=N_VALID, n_invalid=N_INVALID):
+    """Runs the comparison on one GGUF vocabulary; prints the first mismatches and a summary
+    line, returns the number of failures."""
+    name = Path(path).name
+    to_byte = byte_stand_ins()
+    tokens, merges = read_vocab(path)
+    hf = hf_tokenizer(tokens, merges, split_digits)
+    valid = [random_text(rng) for _ in range(n_valid)]
+    invalid = [b for b in (with_invalid_bytes(rng) for _ in range(n_invalid)) if not is_valid_utf8(b)]
+    ours = pdvm_tokenize(PDVM, path, valid + invalid)
+    # Bytes without a token (StarCoder lacks some, e.g. 0xF1) are dropped, as by `tokenizers`.
+    vocab = set(tokens)
+    unspellable = {b for c, b in to_byte.items() if c not in vocab}
+
+    def spellable(data):
+        return bytes(b for b in data if b not in unspellable)
+
+    def spelled(ids):
+        return bytes(to_byte[c] for i in ids for c in tokens[i])
+
+    failures = []
+    for text, ids in zip(valid, ours):
+        expected = hf.encode(text).ids
+        if ids != expected:
+            failures.append(f"{name}: text {text!r}\n  ours     {ids}\n  expected {expected}")
+        elif spelled(ids) != spellable(text.encode()):
+            failures.append(f"{name}: text {text!r} does not decode back")
+    for data, ids in zip(invalid, ours[len(valid):]):
+        if spelled(ids) != spellable(data):
+            failures.append(f"{name}: bytes {data!r}: ids {ids} spell {spelled(ids)!r}")
+    for failure in failures[:10]:
+        print(failure)
+    n = len(valid) + len(invalid)
+    print(f"{name}: {n - len(failures)} passed, {len(failures)} failed "
+          f"({len(valid)} valid UTF-8 texts vs tokenizers, {len(invalid)} with invalid bytes)")
+    return len(failures)
+
+
+def seeded_rng():
     seed = int(os.environ.get("PDVM_TEST_SEED", random.SystemRandom().randrange(2 ** 32)))
     print(f"random seed {seed} (set PDVM_TEST_SEED to replay)")
-    rng = random.Random(seed)
-    to_byte = byte_stand_ins()
-    total_failed = 0
-    for name, split_digits in VOCABS.items():
-        path = TESTDATA / "tokenizer" / name
-        tokens, merges = read_vocab(path)
-        hf = hf_tokenizer(tokens, merges, split_digits)
-        valid = [random_text(rng) for _ in range(N_VALID)]
-        invalid = [b for b in (with_invalid_bytes(rng) for _ in range(N_INVALID)) if not is_valid_utf8(b)]
-        ours = pdvm_tokenize(PDVM, path, valid + invalid)
-        # Bytes without a token (StarCoder lacks some, e.g. 0xF1) are dropped, as by `tokenizers`.
-        vocab = set(tokens)
-        unspellable = {b for c, b in to_byte.items() if c not in vocab}
+    return random.Random(seed)
 
-        def spellable(data):
-            return bytes(b for b in data if b not in unspellable)
 
-        failures = []
-
-        def spelled(ids):
-            return bytes(to_byte[c] for i in ids for c in tokens[i])
-
-        for text, ids in zip(valid, ours):
-            expected = hf.encode(text).ids
-            if ids != expected:
-                failures.append(f"{name}: text {text!r}\n  ours     {ids}\n  expected {expected}")
-            elif spelled(ids) != spellable(text.encode()):
-                failures.append(f"{name}: text {text!r} does not decode back")
-        for data, ids in zip(invalid, ours[len(valid):]):
-            if spelled(ids) != spellable(data):
-                failures.append(f"{name}: bytes {data!r}: ids {ids} spell {spelled(ids)!r}")
-        for failure in failures[:10]:
-            print(failure)
-        n = len(valid) + len(invalid)
-        print(f"{name}: {n - len(failures)} passed, {len(failures)} failed "
-              f"({len(valid)} valid UTF-8 texts vs tokenizers, {len(invalid)} with invalid bytes)")
-        total_failed += len(failures)
-    return 1 if total_failed else 0
+def main():
+    rng = seeded_rng()
+    failed = sum(check_vocab(TESTDATA / "tokenizer" / name, split_digits, rng)
+                 for name, split_digits in VOCABS.items())
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
