@@ -250,6 +250,9 @@ TEST(PreTokenizer, SplitsLikeTheReferencePatterns) {
   EXPECT_EQ(tokenizer_detail::PreTokenizer("llama-bpe").split("x 12345 IT'S\n\n y"),
             (Pieces{"x", " ", "123", "45", " IT", "'S", "\n\n", " y"}));
   EXPECT_EQ(tokenizer_detail::PreTokenizer("qwen2").split("a12"), (Pieces{"a", "1", "2"}));
+  // U+180E is no longer White_Space (PCRE2's \s would still take it).
+  EXPECT_EQ(tokenizer_detail::PreTokenizer("gpt2").split("a  \xE1\xA0\x8E" "b"),
+            (Pieces{"a", " ", " \xE1\xA0\x8E", "b"}));
   // Invalid bytes never match and stay pieces of their own.
   EXPECT_EQ(tokenizer_detail::PreTokenizer("gpt2").split("ab\xFF\xFE" "cd"), (Pieces{"ab", "\xFF\xFE", "cd"}));
   try {
