@@ -68,6 +68,7 @@ class Sampler {
   std::mt19937_64 rng_;
   std::vector<float> penalized_;          // logits after the penalty (only when it is on)
   std::vector<Candidate> candidates_;
+  std::vector<float> weights_;            // unnormalized probabilities of the final draw
   bool candidates_sorted_ = false;        // descending logit, ascending id on ties
 };
 

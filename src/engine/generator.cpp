@@ -70,9 +70,18 @@ GenerationStats Generator::generate(std::span<const int32_t> context, const Gene
     return stats;
   }
 
+  // Plain greedy decoding takes the argmax on the backend: 4 bytes come back instead of the
+  // whole logits row (ties go to the lowest id there too).
+  const SamplingParams& sp = options.sampling;
+  const bool backend_argmax = sp.temperature <= 0 && (sp.repeat_penalty == 1.0f || sp.repeat_last_n == 0);
   const auto prompt_start = Clock::now();
   const auto fresh = context.subspan(common);
-  std::span<const float> logits = session_.prefill(fresh);
+  std::span<const float> logits;
+  if (backend_argmax) {
+    session_.eval(fresh);
+  } else {
+    logits = session_.prefill(fresh);
+  }
   history_.insert(history_.end(), fresh.begin(), fresh.end());
   stats.prompt_tokens = static_cast<int64_t>(fresh.size());
   stats.prompt_seconds = seconds_since(prompt_start);
@@ -90,7 +99,7 @@ GenerationStats Generator::generate(std::span<const int32_t> context, const Gene
       stats.stop_reason = StopReason::kInterrupted;
       break;
     }
-    const int32_t token = sampler.sample(logits, history_);
+    const int32_t token = backend_argmax ? session_.last_argmax() : sampler.sample(logits, history_);
     ++stats.generated_tokens;
     if (tokenizer_.is_end_of_generation(token)) {
       stats.stop_reason = StopReason::kEndOfGeneration;
@@ -106,7 +115,11 @@ GenerationStats Generator::generate(std::span<const int32_t> context, const Gene
       stats.stop_reason = StopReason::kContextFull;
       break;
     }
-    logits = session_.decode(token);
+    if (backend_argmax) {
+      session_.eval(std::span<const int32_t>(&token, 1));
+    } else {
+      logits = session_.decode(token);
+    }
     history_.push_back(token);
   }
   emit(filter.push(decoder.flush()));

@@ -120,9 +120,12 @@ void Sampler::keep_top_p(float p) {
   for (size_t i = 0; i < candidates_.size(); ++i) {
     if (i == sorted) {
       want = std::min(candidates_.size(), std::max(want, i * 8));
-      std::partial_sort(candidates_.begin() + static_cast<ptrdiff_t>(i),
-                        candidates_.begin() + static_cast<ptrdiff_t>(want), candidates_.end(),
-                        by_rank);
+      // Select the next block, then sort just that block: O(n + m log m), not partial_sort's
+      // O(n log m), which matters when a flat distribution needs a large nucleus.
+      const auto block_begin = candidates_.begin() + static_cast<ptrdiff_t>(i);
+      const auto block_end = candidates_.begin() + static_cast<ptrdiff_t>(want);
+      if (block_end != candidates_.end()) std::nth_element(block_begin, block_end - 1, candidates_.end(), by_rank);
+      std::sort(block_begin, block_end, by_rank);
       sorted = want;
     }
     mass += std::exp(static_cast<double>(candidates_[i].logit - max_logit));
@@ -147,16 +150,18 @@ int32_t Sampler::draw(float temperature) {
   float max_logit = -std::numeric_limits<float>::infinity();
   for (const Candidate& c : candidates_) max_logit = std::max(max_logit, c.logit);
   if (!std::isfinite(max_logit)) return candidates_.front().id;
-  const double inv_t = 1.0 / static_cast<double>(temperature);
+  const float inv_t = 1.0f / temperature;
+  weights_.resize(candidates_.size());
   double total = 0.0;
-  for (const Candidate& c : candidates_) {
-    total += std::exp(static_cast<double>(c.logit - max_logit) * inv_t);
+  for (size_t i = 0; i < candidates_.size(); ++i) {
+    weights_[i] = std::exp((candidates_[i].logit - max_logit) * inv_t);
+    total += weights_[i];
   }
   const double target = uniform() * total;
   double mass = 0.0;
-  for (const Candidate& c : candidates_) {
-    mass += std::exp(static_cast<double>(c.logit - max_logit) * inv_t);
-    if (target < mass) return c.id;
+  for (size_t i = 0; i < candidates_.size(); ++i) {
+    mass += weights_[i];
+    if (target < mass) return candidates_[i].id;
   }
   return candidates_.back().id;  // rounding left target at the very end of the mass
 }
