@@ -25,7 +25,8 @@ __host__ __device__ constexpr int weights_per_chunk(int format) {
 
 struct DevMatrix {
   const uint8_t* data = nullptr;  // rows x row_bytes
-  const __half* scales = nullptr;  // rows x cols/32 (quantized formats)
+  const __half* scales = nullptr;  // rows x scale_stride (quantized formats), rows 16-byte aligned
+  int scale_stride = 0;            // halves per scale row: cols/32 rounded up to a multiple of 8
   int rows = 0;
   int cols = 0;
   int row_bytes = 0;
@@ -95,10 +96,6 @@ __device__ __forceinline__ uint4 load_stream(const void* ptr) {
   return v;
 }
 
-__device__ __forceinline__ void prefetch_l2(const void* ptr) {
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));
-}
-
 // Producer side: after the CTA's writes (and a __syncthreads), one thread publishes them.
 __device__ __forceinline__ void signal_release(unsigned* counter) {
   __threadfence();
@@ -163,66 +160,6 @@ __device__ __forceinline__ float dot8_bf16(uint4 w, const float* x) {
   return s;
 }
 
-// Four signed bytes of `v` against x[0..3].
-__device__ __forceinline__ float dot4_i8(uint32_t v, const float* x, float s) {
-  const float4 xv = *reinterpret_cast<const float4*>(x);
-  s = fmaf(static_cast<float>(static_cast<int8_t>(v & 0xff)), xv.x, s);
-  s = fmaf(static_cast<float>(static_cast<int8_t>((v >> 8) & 0xff)), xv.y, s);
-  s = fmaf(static_cast<float>(static_cast<int8_t>((v >> 16) & 0xff)), xv.z, s);
-  s = fmaf(static_cast<float>(static_cast<int8_t>(v >> 24)), xv.w, s);
-  return s;
-}
-
-// Q8_0 chunk: 16 int8 quants (half a block), scale applied by the caller.
-__device__ __forceinline__ float dot16_q8(uint4 w, const float* x) {
-  float s = dot4_i8(w.x, x, 0.0f);
-  s = dot4_i8(w.y, x + 4, s);
-  s = dot4_i8(w.z, x + 8, s);
-  s = dot4_i8(w.w, x + 12, s);
-  return s;
-}
-
-// Q4_0 chunk: one GGUF block's 16 bytes; byte i holds element i (low) and i + 16 (high).
-__device__ __forceinline__ float dot32_q4(uint4 w, const float* x) {
-  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-  float s = 0.0f;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const float4 lo = *reinterpret_cast<const float4*>(x + 4 * j);
-    const float4 hi = *reinterpret_cast<const float4*>(x + 16 + 4 * j);
-    const uint32_t v = words[j];
-    s = fmaf(static_cast<float>(static_cast<int>(v & 0xf) - 8), lo.x, s);
-    s = fmaf(static_cast<float>(static_cast<int>((v >> 8) & 0xf) - 8), lo.y, s);
-    s = fmaf(static_cast<float>(static_cast<int>((v >> 16) & 0xf) - 8), lo.z, s);
-    s = fmaf(static_cast<float>(static_cast<int>((v >> 24) & 0xf) - 8), lo.w, s);
-    s = fmaf(static_cast<float>(static_cast<int>((v >> 4) & 0xf) - 8), hi.x, s);
-    s = fmaf(static_cast<float>(static_cast<int>((v >> 12) & 0xf) - 8), hi.y, s);
-    s = fmaf(static_cast<float>(static_cast<int>((v >> 20) & 0xf) - 8), hi.z, s);
-    s = fmaf(static_cast<float>(static_cast<int>(v >> 28) - 8), hi.w, s);
-  }
-  return s;
-}
-
-template <int kFormat>
-__device__ __forceinline__ float chunk_dot(uint4 w, const float* x) {
-  if constexpr (kFormat == kFmtF16) return dot8_f16(w, x);
-  else if constexpr (kFormat == kFmtBF16) return dot8_bf16(w, x);
-  else if constexpr (kFormat == kFmtQ8_0) return dot16_q8(w, x);
-  else return dot32_q4(w, x);
-}
-
-// Scale of the block holding chunk `chunk` of a row (1 for float formats).
-template <int kFormat>
-__device__ __forceinline__ float chunk_scale(const DevMatrix& m, int row, int chunk) {
-  if constexpr (kFormat == kFmtQ8_0 || kFormat == kFmtQ4_0) {
-    constexpr int kChunksPerBlock = kQuantBlock / weights_per_chunk(kFormat);
-    const int blocks_per_row = m.cols / kQuantBlock;
-    return __half2float(__ldg(m.scales + static_cast<int64_t>(row) * blocks_per_row + chunk / kChunksPerBlock));
-  } else {
-    return 1.0f;
-  }
-}
-
 // Element `i` of row `row`, for the embedding lookup.
 template <int kFormat>
 __device__ __forceinline__ float matrix_element(const DevMatrix& m, int row, int i) {
@@ -232,7 +169,7 @@ __device__ __forceinline__ float matrix_element(const DevMatrix& m, int row, int
   } else if constexpr (kFormat == kFmtBF16) {
     return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(r)[i]);
   } else {
-    const float scale = __half2float(m.scales[static_cast<int64_t>(row) * (m.cols / kQuantBlock) + i / kQuantBlock]);
+    const float scale = __half2float(m.scales[static_cast<int64_t>(row) * m.scale_stride + i / kQuantBlock]);
     if constexpr (kFormat == kFmtQ8_0) {
       return scale * static_cast<float>(reinterpret_cast<const int8_t*>(r)[i]);
     } else {
@@ -265,64 +202,10 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// One warp: out[r] = dot(row rows[r] of mats[r], x) for kRows rows sharing the activation x
-// (shared memory). All matrices share kFormat and cols. Result valid in every lane.
-template <int kFormat, int kRows>
-__device__ __forceinline__ void warp_dot_rows(const DevMatrix* const (&mats)[kRows], const int (&rows)[kRows],
-                                              const float* x, float (&out)[kRows]) {
-  constexpr int kW = weights_per_chunk(kFormat);
-  constexpr int kUnroll = kFormat == kFmtQ4_0 ? 2 : 4;
-  constexpr bool kScaled = kFormat == kFmtQ8_0 || kFormat == kFmtQ4_0;
-  const int lane = threadIdx.x & 31;
-  const int n_chunks = mats[0]->cols / kW;
-  const uint4* base[kRows];
-  float acc[kRows];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    base[r] = reinterpret_cast<const uint4*>(mats[r]->data + static_cast<int64_t>(rows[r]) * mats[r]->row_bytes);
-    acc[r] = 0.0f;
-  }
-  for (int c0 = lane; c0 < n_chunks; c0 += 32 * kUnroll) {
-    uint4 w[kRows][kUnroll];
-    float scale[kRows][kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int c = c0 + 32 * u;
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        w[r][u] = c < n_chunks ? load_stream(base[r] + c) : make_uint4(0, 0, 0, 0);
-        if constexpr (kScaled) scale[r][u] = c < n_chunks ? chunk_scale<kFormat>(*mats[r], rows[r], c) : 0.0f;
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int c = c0 + 32 * u;
-      if (c < n_chunks) {
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          const float d = chunk_dot<kFormat>(w[r][u], x + c * kW);
-          acc[r] = kScaled ? fmaf(scale[r][u], d, acc[r]) : acc[r] + d;
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) out[r] = warp_sum(acc[r]);
-}
-
 // Contiguous share [begin, end) of n items for CTA b of g.
 __device__ __forceinline__ void cta_share(int n, int& begin, int& end) {
   begin = static_cast<int>(static_cast<int64_t>(n) * blockIdx.x / gridDim.x);
   end = static_cast<int>(static_cast<int64_t>(n) * (blockIdx.x + 1) / gridDim.x);
-}
-
-// Pulls the first `max_bytes` of rows [row_begin, row_end) of m into L2 (called before a wait,
-// so the weights of the next phase stream while the activations are not ready yet).
-__device__ __forceinline__ void prefetch_rows(const DevMatrix& m, int row_begin, int row_end, int max_bytes) {
-  const uint8_t* begin = m.data + static_cast<int64_t>(row_begin) * m.row_bytes;
-  int64_t bytes = static_cast<int64_t>(row_end - row_begin) * m.row_bytes;
-  if (bytes > max_bytes) bytes = max_bytes;
-  for (int64_t off = static_cast<int64_t>(threadIdx.x) * 256; off < bytes; off += kThreads * 256) prefetch_l2(begin + off);
 }
 
 }  // namespace pdvm::fused

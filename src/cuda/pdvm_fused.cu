@@ -8,6 +8,7 @@
 
 #include "cuda/check.cuh"
 #include "cuda/pdvm_kernel.cuh"
+#include "cuda/pdvm_stream.cuh"
 #include "pdvm/error.h"
 #include "pdvm/pdvm_fused.h"
 
@@ -31,6 +32,9 @@ int format_of(TensorType type) {
 }
 
 bool is_quantized(int format) { return format == fused::kFmtQ8_0 || format == fused::kFmtQ4_0; }
+
+// Scale rows padded to 16 bytes so that each row's scales can be streamed with 16-byte copies.
+int scale_stride_of(int cols) { return (cols / fused::kQuantBlock + 7) / 8 * 8; }
 
 int row_bytes_of(int format, int cols) {
   switch (format) {
@@ -67,12 +71,16 @@ void append_rows(HostMatrix& out, const FusedWeightView& w) {
     // GGUF blocks: f16 scale followed by the quants (32 int8, or 16 bytes of nibbles).
     const int quant_bytes = format == fused::kFmtQ8_0 ? 32 : 16;
     const int block_bytes = 2 + quant_bytes;
-    for (int64_t b = 0; b < w.rows * blocks; ++b) {
-      const uint8_t* block = src + b * block_bytes;
-      uint16_t scale;
-      std::memcpy(&scale, block, 2);
-      out.scales.push_back(scale);
-      out.data.insert(out.data.end(), block + 2, block + block_bytes);
+    const int stride = scale_stride_of(out.cols);
+    for (int64_t r = 0; r < w.rows; ++r) {
+      for (int b = 0; b < blocks; ++b) {
+        const uint8_t* block = src + (r * blocks + b) * block_bytes;
+        uint16_t scale;
+        std::memcpy(&scale, block, 2);
+        out.scales.push_back(scale);
+        out.data.insert(out.data.end(), block + 2, block + block_bytes);
+      }
+      out.scales.resize(out.scales.size() + (stride - blocks), 0);
     }
   }
   out.rows += static_cast<int>(w.rows);
@@ -157,7 +165,11 @@ struct FusedDecoder::Impl {
     m.cols = cols;
     m.row_bytes = row_bytes_of(format, cols);
     m.data = alloc<uint8_t>(static_cast<size_t>(rows) * m.row_bytes);
-    if (is_quantized(format)) m.scales = alloc<__half>(static_cast<size_t>(rows) * (cols / fused::kQuantBlock));
+    if (is_quantized(format)) {
+      // The streaming copies read whole 64-byte scale segments, past the last row's end.
+      m.scale_stride = scale_stride_of(cols);
+      m.scales = alloc<__half>(static_cast<size_t>(rows) * m.scale_stride + fused::kScaleSegment / 2);
+    }
     footprint.weight_bytes += static_cast<uint64_t>(rows) * m.row_bytes +
                               (m.scales ? static_cast<uint64_t>(rows) * (cols / fused::kQuantBlock) * 2 : 0);
     return m;

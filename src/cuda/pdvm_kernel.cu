@@ -1,6 +1,7 @@
 // The PDVM fused decode kernel. One CTA per SM; every CTA walks the same phases and takes a
-// static, contiguous share of each phase's rows, so a CTA knows which weights it streams next
-// and prefetches them before it waits on the counter of the activations they multiply.
+// static, contiguous share of each phase's rows. Each warp streams its rows through a
+// shared-memory ring (pdvm_stream.cuh), and issues the head of the next phase's weights before
+// the CTA waits on the counter of the activations they multiply.
 //
 // Per layer: QKV+RoPE+KV append -> attention partials per (KV head, context chunk), merged by
 // the last chunk to arrive -> O-projection + residual -> RMSNorm + gate/up + SiLU*mul -> down +
@@ -12,12 +13,62 @@
 
 #include "cuda/check.cuh"
 #include "cuda/pdvm_kernel.cuh"
+#include "cuda/pdvm_stream.cuh"
 
 namespace pdvm::fused {
 namespace {
 
-constexpr int kPrefetchBytes = 64 * 1024;
-constexpr int kSmemHeader = 64;  // floats reserved for reductions and flags
+constexpr int kSmemHeader = 64 + kFragmentFloats;  // reductions and flags, then fragments
+
+// Shared-memory regions; `xs` is also the attention phase's scratch.
+struct Smem {
+  float* red;
+  int* flag;
+  Fragment* fragments;
+  float* xs;
+  int8_t* xq;
+  float* q_scale;
+  int* q_sum;
+  uint8_t* ring;
+};
+
+__host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
+
+__host__ __device__ inline size_t vector_floats(const Params& p) {
+  const int G = p.n_head / p.n_head_kv;
+  const size_t vec = std::max({p.n_embd, p.n_ff, p.n_head * p.head_dim});
+  const size_t attention = static_cast<size_t>(G) * p.head_dim * (1 + kWarps) + kWarps * G * 2;
+  return std::max(vec, attention);
+}
+
+__host__ __device__ inline size_t max_activation(const Params& p) {
+  return std::max({p.n_embd, p.n_ff, p.n_head * p.head_dim});
+}
+
+// Byte offsets of xq, q_scale, q_sum, ring and the total.
+__host__ __device__ inline void smem_layout(const Params& p, size_t (&offsets)[5]) {
+  const size_t n = max_activation(p);
+  offsets[0] = align16((kSmemHeader + vector_floats(p)) * sizeof(float));
+  offsets[1] = offsets[0] + align16(n);
+  offsets[2] = offsets[1] + align16(n / 32 * sizeof(float));
+  offsets[3] = offsets[2] + align16(n / 32 * sizeof(int));
+  offsets[4] = offsets[3] + kRingBytes;
+}
+
+__device__ Smem carve_smem(const Params& p, uint8_t* base) {
+  size_t off[5];
+  smem_layout(p, off);
+  Smem s;
+  s.red = reinterpret_cast<float*>(base);
+  s.flag = reinterpret_cast<int*>(s.red + 63);
+  s.fragments = reinterpret_cast<Fragment*>(s.red + 64);
+  s.xs = s.red + kSmemHeader;
+  s.xq = reinterpret_cast<int8_t*>(base + off[0]);
+  s.q_scale = reinterpret_cast<float*>(base + off[1]);
+  s.q_sum = reinterpret_cast<int*>(base + off[2]);
+  s.ring = base + off[3];
+  return s;
+}
 
 // x (global, written by other CTAs) -> xs = x * rsqrt(mean(x^2) + eps) * w. Deterministic order.
 __device__ void rms_norm_to_smem(const float* x, const float* w, int n, float eps, float* xs, float* red) {
@@ -45,6 +96,21 @@ __device__ void copy_to_smem(const float* src, int n, float* dst) {
   for (int i = threadIdx.x * 4; i < n; i += kThreads * 4)
     *reinterpret_cast<float4*>(dst + i) = __ldcg(reinterpret_cast<const float4*>(src + i));
   __syncthreads();
+}
+
+// Activations for a plan of this format (int8 blocks are built only for quantized weights).
+__device__ Acts prepare_acts(const Smem& sm, int format, int n) {
+  if (format == kFmtQ8_0 || format == kFmtQ4_0) quantize_activations(sm.xs, n, sm.xq, sm.q_scale, sm.q_sum);
+  return Acts{sm.xs, sm.xq, sm.q_scale, sm.q_sum};
+}
+
+// Runs the plan (whose head pipe_begin issued) over prepared activations; ends with a CTA barrier.
+template <class Out>
+__device__ __forceinline__ void run_plan(const Plan& pl, const Smem& sm, const Acts& acts, Out&& out) {
+  dispatch_format(pl.format, [&](auto tag) {
+    constexpr int kF = decltype(tag)::value;
+    pipe_run<kF>(pl, sm.ring, acts, sm.fragments, out);
+  });
 }
 
 // Rows `row`, `row + 1` of [Wq; Wk; Wv] (a RoPE pair for q and k): rotate, then store q or
@@ -77,28 +143,6 @@ __device__ void store_qkv_pair(const Params& p, int layer, int pos, int row, flo
   const int64_t at = ((static_cast<int64_t>(layer) * p.n_head_kv + kvh) * p.n_ctx + pos) * hd + d;
   *reinterpret_cast<__half2*>(cache + at) = __floats2half2_rn(a, b);
 }
-
-__device__ void phase_qkv(const Params& p, const DevLayer& L, int layer, int pos, float* xs, float* red) {
-  rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps, xs, red);
-  int begin, end;
-  cta_share(L.qkv.rows / 2, begin, end);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  dispatch_format(L.qkv.format, [&](auto tag) {
-    constexpr int kF = decltype(tag)::value;
-    for (int pair = begin + warp; pair < end; pair += kWarps) {
-      const DevMatrix* mats[2] = {&L.qkv, &L.qkv};
-      const int rows[2] = {2 * pair, 2 * pair + 1};
-      float out[2];
-      warp_dot_rows<kF, 2>(mats, rows, xs, out);
-      if (lane == 0) store_qkv_pair(p, layer, pos, 2 * pair, out[0], out[1]);
-    }
-  });
-  __syncthreads();
-}
-
-struct SoftmaxState {
-  float m, l;
-};
 
 // Folds state b (max mb, sum lb, output ob) into a; -inf maxima contribute nothing.
 __device__ __forceinline__ void merge_factors(float ma, float mb, float& fa, float& fb, float& m) {
@@ -250,49 +294,12 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
   }
 }
 
-// Rows [begin, end) of m, two per warp step, against xs; fn(row, value) in lane 0.
+// Rows r0 = begin + 2i and r0 + 1 (if in the share) of a consecutive-rows plan.
 template <class Fn>
-__device__ void rows_matvec(const DevMatrix& m, int begin, int end, const float* xs, Fn&& fn) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  dispatch_format(m.format, [&](auto tag) {
-    constexpr int kF = decltype(tag)::value;
-    for (int row = begin + 2 * warp; row < end; row += 2 * kWarps) {
-      const bool has_second = row + 1 < end;
-      const DevMatrix* mats[2] = {&m, &m};
-      const int rows[2] = {row, has_second ? row + 1 : row};
-      float out[2];
-      warp_dot_rows<kF, 2>(mats, rows, xs, out);
-      if (lane == 0) {
-        fn(row, out[0]);
-        if (has_second) fn(row + 1, out[1]);
-      }
-    }
-  });
-}
-
-__device__ void phase_residual_matvec(const DevMatrix& m, const float* xs, float* x) {
-  int begin, end;
-  cta_share(m.rows, begin, end);
-  rows_matvec(m, begin, end, xs, [&](int row, float v) { __stcg(x + row, __ldcg(x + row) + v); });
-  __syncthreads();
-}
-
-__device__ void phase_gate_up(const Params& p, const DevLayer& L, float* xs, float* red) {
-  rms_norm_to_smem(p.x, L.ffn_norm, p.n_embd, p.rms_eps, xs, red);
-  int begin, end;
-  cta_share(p.n_ff, begin, end);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  dispatch_format(L.gate.format, [&](auto tag) {
-    constexpr int kF = decltype(tag)::value;
-    for (int j = begin + warp; j < end; j += kWarps) {
-      const DevMatrix* mats[2] = {&L.gate, &L.up};
-      const int rows[2] = {j, j};
-      float out[2];
-      warp_dot_rows<kF, 2>(mats, rows, xs, out);
-      if (lane == 0) __stcg(p.h + j, out[0] / (1.0f + expf(-out[0])) * out[1]);
-    }
-  });
-  __syncthreads();
+__device__ __forceinline__ void for_consecutive(const Plan& pl, int i, float v0, float v1, Fn&& fn) {
+  const int r0 = pl.begin + 2 * i;
+  fn(r0, v0);
+  if (r0 + 1 < pl.end) fn(r0 + 1, v1);
 }
 
 __device__ void phase_embed(const Params& p, int token) {
@@ -307,22 +314,23 @@ __device__ void phase_embed(const Params& p, int token) {
 
 // Final norm, LM head rows of this CTA, argmax (ties: lowest index). The last CTA to arrive
 // reduces the per-CTA winners in CTA order and advances the token state.
-__device__ void phase_head(const Params& p, unsigned model_epoch, float* xs, float* red, int* flag) {
-  rms_norm_to_smem(p.x, p.output_norm, p.n_embd, p.rms_eps, xs, red);
-  int begin, end;
-  cta_share(p.n_vocab, begin, end);
+__device__ void phase_head(const Params& p, const Plan& pl, unsigned model_epoch, const Smem& sm) {
+  rms_norm_to_smem(p.x, p.output_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
+  const Acts acts = prepare_acts(sm, pl.format, p.n_embd);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float best = -FLT_MAX;
   int best_index = INT_MAX;
-  rows_matvec(p.output, begin, end, xs, [&](int row, float v) {
-    __stcg(p.logits + row, v);
-    if (v > best || (v == best && row < best_index)) {
-      best = v;
-      best_index = row;
-    }
+  run_plan(pl, sm, acts, [&](int i, float v0, float v1) {
+    for_consecutive(pl, i, v0, v1, [&](int row, float v) {
+      __stcg(p.logits + row, v);
+      if (v > best || (v == best && row < best_index)) {
+        best = v;
+        best_index = row;
+      }
+    });
   });
-  float* warp_best = red + kWarps;
-  int* warp_index = reinterpret_cast<int*>(red + 2 * kWarps);
+  float* warp_best = sm.red + kWarps;
+  int* warp_index = reinterpret_cast<int*>(sm.red + 2 * kWarps);
   if (lane == 0) {
     warp_best[warp] = best;
     warp_index[warp] = best_index;
@@ -336,8 +344,7 @@ __device__ void phase_head(const Params& p, unsigned model_epoch, float* xs, flo
       }
     }
     __stcg(p.cta_best + blockIdx.x, make_float2(best, __int_as_float(best_index)));
-    *flag = signal_is_last(p.model_counters + kCtrHead, (model_epoch + 1) * gridDim.x);
-    if (*flag) {
+    if (signal_is_last(p.model_counters + kCtrHead, (model_epoch + 1) * gridDim.x)) {
       __threadfence();
       for (unsigned b = 0; b < gridDim.x; ++b) {
         const float2 c = __ldcg(p.cta_best + b);
@@ -362,16 +369,13 @@ __device__ void phase_head(const Params& p, unsigned model_epoch, float* xs, flo
 __global__ void __launch_bounds__(kThreads, 1)
     fused_decode_kernel(const __grid_constant__ Params p, int layer_begin, int layer_end, int flags) {
   extern __shared__ float4 smem_raw[];
-  float* red = reinterpret_cast<float*>(smem_raw);
-  int* flag = reinterpret_cast<int*>(red + kSmemHeader - 1);
-  float* xs = red + kSmemHeader;
+  const Smem sm = carve_smem(p, reinterpret_cast<uint8_t*>(smem_raw));
+  const int stride = layer_counter_stride(p.n_head_kv);
 
-  {
-    const DevMatrix& first = p.layers[layer_begin].qkv;
-    int begin, end;
-    cta_share(first.rows, begin, end);
-    prefetch_rows(first, begin, end, kPrefetchBytes);
-  }
+  // Weights never depend on activations: start streaming the first phase before any wait.
+  Plan plan = make_plan(p.layers[layer_begin].qkv, p.layers[layer_begin].qkv, kPairRows,
+                        p.layers[layer_begin].qkv.rows / 2);
+  pipe_begin(plan, sm.ring);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (flags & kFlagPdl) {
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -389,64 +393,68 @@ __global__ void __launch_bounds__(kThreads, 1)
     wait_counter = p.model_counters + kCtrEmbed;
     wait_target = (model_epoch + 1) * grid;
   }
-  const int stride = layer_counter_stride(p.n_head_kv);
   for (int layer = layer_begin; layer < layer_end; ++layer) {
     const DevLayer& L = p.layers[layer];
     unsigned* ctr = p.layer_counters + layer * stride;
     const unsigned epoch = __ldcg(p.layer_epochs + layer);
     const unsigned all_ctas = (epoch + 1) * grid;
-    int begin, end;
-    if (wait_counter) {
-      cta_share(L.qkv.rows, begin, end);
-      prefetch_rows(L.qkv, begin, end, kPrefetchBytes);
-      cta_wait(wait_counter, wait_target);
+    if (layer != layer_begin) {
+      plan = make_plan(L.qkv, L.qkv, kPairRows, L.qkv.rows / 2);
+      pipe_begin(plan, sm.ring);
     }
-    phase_qkv(p, L, layer, pos, xs, red);
+    if (wait_counter) cta_wait(wait_counter, wait_target);
+    rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
+    run_plan(plan, sm, prepare_acts(sm, plan.format, p.n_embd), [&](int i, float v0, float v1) {
+      store_qkv_pair(p, layer, pos, 2 * (plan.begin + i), v0, v1);
+    });
     if (threadIdx.x == 0) signal_release(ctr + kCtrQkv);
 
-    cta_share(L.wo.rows, begin, end);
-    prefetch_rows(L.wo, begin, end, kPrefetchBytes);
+    plan = make_plan(L.wo, L.wo, kConsecutiveRows, L.wo.rows);
+    pipe_begin(plan, sm.ring);
     cta_wait(ctr + kCtrQkv, all_ctas);
-    phase_attention(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn, xs,
-                    flag);
-
+    phase_attention(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn, sm.xs,
+                    sm.flag);
     cta_wait(ctr + kCtrAttn, (epoch + 1) * p.n_head_kv);
-    copy_to_smem(p.attn_out, p.n_head * p.head_dim, xs);
-    phase_residual_matvec(L.wo, xs, p.x);
+    copy_to_smem(p.attn_out, p.n_head * p.head_dim, sm.xs);
+    run_plan(plan, sm, prepare_acts(sm, plan.format, p.n_head * p.head_dim), [&](int i, float v0, float v1) {
+      for_consecutive(plan, i, v0, v1, [&](int row, float v) { __stcg(p.x + row, __ldcg(p.x + row) + v); });
+    });
     if (threadIdx.x == 0) signal_release(ctr + kCtrO);
 
-    cta_share(p.n_ff, begin, end);
-    prefetch_rows(L.gate, begin, end, kPrefetchBytes / 2);
-    prefetch_rows(L.up, begin, end, kPrefetchBytes / 2);
+    plan = make_plan(L.gate, L.up, kTwoMatrices, p.n_ff);
+    pipe_begin(plan, sm.ring);
     cta_wait(ctr + kCtrO, all_ctas);
-    phase_gate_up(p, L, xs, red);
+    rms_norm_to_smem(p.x, L.ffn_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
+    run_plan(plan, sm, prepare_acts(sm, plan.format, p.n_embd), [&](int i, float g, float u) {
+      __stcg(p.h + plan.begin + i, g / (1.0f + expf(-g)) * u);
+    });
     if (threadIdx.x == 0) signal_release(ctr + kCtrUp);
 
-    cta_share(L.down.rows, begin, end);
-    prefetch_rows(L.down, begin, end, kPrefetchBytes);
+    plan = make_plan(L.down, L.down, kConsecutiveRows, L.down.rows);
+    pipe_begin(plan, sm.ring);
     cta_wait(ctr + kCtrUp, all_ctas);
-    copy_to_smem(p.h, p.n_ff, xs);
-    phase_residual_matvec(L.down, xs, p.x);
+    copy_to_smem(p.h, p.n_ff, sm.xs);
+    run_plan(plan, sm, prepare_acts(sm, plan.format, p.n_ff), [&](int i, float v0, float v1) {
+      for_consecutive(plan, i, v0, v1, [&](int row, float v) { __stcg(p.x + row, __ldcg(p.x + row) + v); });
+    });
     if (threadIdx.x == 0 && signal_is_last(ctr + kCtrDown, all_ctas)) p.layer_epochs[layer] = epoch + 1;
     wait_counter = ctr + kCtrDown;
     wait_target = all_ctas;
   }
   if (flags & kFlagHead) {
-    int begin, end;
-    cta_share(p.output.rows, begin, end);
-    prefetch_rows(p.output, begin, end, kPrefetchBytes);
+    plan = make_plan(p.output, p.output, kConsecutiveRows, p.output.rows);
+    pipe_begin(plan, sm.ring);
     if (wait_counter) cta_wait(wait_counter, wait_target);
-    phase_head(p, model_epoch, xs, red, flag);
+    phase_head(p, plan, model_epoch, sm);
   }
 }
 
 }  // namespace
 
 size_t fused_smem_bytes(const Params& p) {
-  const int G = p.n_head / p.n_head_kv;
-  const size_t vector_floats = std::max({p.n_embd, p.n_ff, p.n_head * p.head_dim});
-  const size_t attention_floats = static_cast<size_t>(G) * p.head_dim * (1 + kWarps) + kWarps * G * 2;
-  return (kSmemHeader + std::max(vector_floats, attention_floats)) * sizeof(float);
+  size_t offsets[5];
+  smem_layout(p, offsets);
+  return offsets[4];
 }
 
 int fused_max_grid(const Params& p, int device) {

@@ -43,7 +43,7 @@ __global__ void fill_matrix_kernel(DevMatrix m, uint64_t seed, float amplitude) 
     reinterpret_cast<uint16_t*>(data)[i] = value;
   }
   if (m.scales) {
-    const int64_t n_scales = static_cast<int64_t>(m.rows) * (m.cols / kQuantBlock);
+    const int64_t n_scales = static_cast<int64_t>(m.rows) * m.scale_stride;
     const float max_quant = m.format == kFmtQ8_0 ? 127.0f : 8.0f;
     __half* scales = const_cast<__half*>(m.scales);
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_scales; i += stride) {

@@ -38,6 +38,12 @@ const Shape kShapes[] = {
     {"gqa8_hd64", make_config(512, 8, 1, 64, 1024, 512)},
 };
 
+// f16/bf16 weights multiply fp32 activations; q8_0/q4_0 multiply int8 activations quantized per
+// 32-block (as llama.cpp does), which costs about 1e-3..1e-2 of relative error.
+double update_tolerance(TensorType type) {
+  return type == TensorType::kQ8_0 || type == TensorType::kQ4_0 ? 3e-2 : 2e-4;
+}
+
 // Runs `steps` positions through layer 1 (layer 0 only appends K/V on the reference side when
 // skipped), comparing the layer's update of the hidden state at `check_every` positions.
 void check_layer(const FusedConfig& config, TensorType type, int steps, int check_every) {
@@ -62,7 +68,7 @@ void check_layer(const FusedConfig& config, TensorType type, int steps, int chec
     }
     const double err = test::relative_error(got_delta, expected_delta);
     worst = std::max(worst, err);
-    ASSERT_LT(err, 2e-4) << "position " << pos;
+    ASSERT_LT(err, update_tolerance(type)) << "position " << pos;
   }
   std::printf("  %s worst relative error of the layer update: %.2e\n", std::string(type_name(type)).c_str(), worst);
 }

@@ -50,9 +50,17 @@ std::vector<uint8_t> write_gguf(const test::RefModel& ref) {
   return writer.write_to_memory();
 }
 
+double rms(const std::vector<float>& v) {
+  double ss = 0;
+  for (float x : v) ss += double{x} * x;
+  return std::sqrt(ss / v.size());
+}
+
 // The reference follows the device's tokens; each device token must be the reference argmax or
-// within rounding of it (random models can have near-ties).
+// within rounding of it (random models can have near-ties). Quantized weights multiply int8
+// activations on the device, hence their looser tolerance.
 void check_against_reference(const FusedConfig& config, TensorType type, bool tied) {
+  const double tolerance = type == TensorType::kQ8_0 || type == TensorType::kQ4_0 ? 5e-2 : 1e-3;
   test::RefModel ref(config, type, tied);
   const std::vector<uint8_t> image = write_gguf(ref);
   const GgufFile file = GgufFile::parse(image);
@@ -69,9 +77,9 @@ void check_against_reference(const FusedConfig& config, TensorType type, bool ti
     const std::vector<float> expected = ref.forward(token, pos);
     const double err = test::relative_error(logits, expected);
     worst = std::max(worst, err);
-    ASSERT_LT(err, 1e-3) << "position " << pos;
+    ASSERT_LT(err, tolerance) << "position " << pos;
     const float best = *std::max_element(expected.begin(), expected.end());
-    ASSERT_GE(expected[next], best - 1e-3f * std::max(1.0f, std::fabs(best))) << "position " << pos;
+    ASSERT_GE(expected[next], best - 4 * tolerance * rms(expected)) << "position " << pos;
     ASSERT_EQ(next, static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
     layer_tokens.push_back(next);
     token = next;
