@@ -1,0 +1,44 @@
+// Fused single-token decoders that a Session can hand its decode steps to (--gpu-mode).
+// The CUDA library registers the PDVM fused decoder here (modes "layer" and "token"); the core
+// library only knows this interface, so builds without CUDA simply have none.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace pdvm {
+
+class GgufFile;
+
+class DecodeAccelerator {
+ public:
+  virtual ~DecodeAccelerator() = default;
+  // Runs `token` at `position` (writing its K/V into the accelerator's own cache).
+  virtual void decode(int32_t token, int64_t position) = 0;
+  virtual int32_t last_argmax() = 0;
+  virtual void last_logits(std::span<float> out) = 0;
+};
+
+// Returns an accelerator for `mode`, or throws Error(kUnsupported) saying why it cannot run
+// this model (the caller may then fall back to the unfused path).
+using DecodeAcceleratorFactory =
+    std::function<std::unique_ptr<DecodeAccelerator>(const GgufFile& file, int64_t n_ctx, std::string_view mode)>;
+
+void register_decode_accelerator(DecodeAcceleratorFactory factory);
+
+// "unfused" returns nullptr. Other modes need a registered accelerator: Error(kUnsupported)
+// when none is linked in or it rejects the model, Error(kInvalidArgument) for unknown modes.
+std::unique_ptr<DecodeAccelerator> create_decode_accelerator(const GgufFile& file, int64_t n_ctx,
+                                                             std::string_view mode);
+
+struct DecodeAcceleratorRegistrar {
+  explicit DecodeAcceleratorRegistrar(DecodeAcceleratorFactory factory) {
+    register_decode_accelerator(std::move(factory));
+  }
+};
+
+}  // namespace pdvm

@@ -1,0 +1,31 @@
+#include "pdvm/decode_accelerator.h"
+
+#include "pdvm/error.h"
+
+namespace pdvm {
+namespace {
+
+DecodeAcceleratorFactory& registered_factory() {
+  static DecodeAcceleratorFactory factory;
+  return factory;
+}
+
+}  // namespace
+
+void register_decode_accelerator(DecodeAcceleratorFactory factory) {
+  PDVM_CHECK_MSG(!registered_factory(), "a decode accelerator is already registered");
+  registered_factory() = std::move(factory);
+}
+
+std::unique_ptr<DecodeAccelerator> create_decode_accelerator(const GgufFile& file, int64_t n_ctx,
+                                                             std::string_view mode) {
+  if (mode == "unfused") return nullptr;
+  if (mode != "layer" && mode != "token")
+    throw_error(ErrorKind::kInvalidArgument,
+                "unknown --gpu-mode '" + std::string(mode) + "' (unfused, layer or token)");
+  if (!registered_factory())
+    throw_error(ErrorKind::kUnsupported, "--gpu-mode " + std::string(mode) + " needs a build with CUDA");
+  return registered_factory()(file, n_ctx, mode);
+}
+
+}  // namespace pdvm
