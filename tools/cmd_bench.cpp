@@ -90,6 +90,7 @@ int run_bench_command(const BenchArgs& args) {
     options.backend_options.device = args.device;
     options.backend_options.n_threads = args.threads;
     options.n_ctx = args.n_ctx;
+    options.gpu_mode = args.gpu_mode;
     if (!args.kv_type.empty()) {
       const auto type = type_from_name(args.kv_type);
       if (!type) throw_error(ErrorKind::kInvalidArgument, "--kv-type: unknown type '" + args.kv_type + "'");
@@ -128,6 +129,9 @@ PDVM_REGISTER_COMMAND("bench", "throughput of models: prompt processing and gene
                             ->check(CLI::PositiveNumber);
                         app.add_option("-c,--ctx", args->n_ctx, "context size (0: model default, max 4096)");
                         app.add_option("--kv-type", args->kv_type, "KV cache type (f32, f16, q8_0)");
+                        app.add_option("--gpu-mode", args->gpu_mode, "unfused, layer or token (PDVM fused decode)")
+                            ->check(CLI::IsMember({"unfused", "layer", "token"}))
+                            ->capture_default_str();
                         app.add_flag("--json", args->json, "one JSON object per line");
                         app.add_flag("--kernels", args->kernels, "time the CUDA decode matvec kernels alone");
                         app.add_flag("!--no-probe", args->probe, "skip the GPU read-bandwidth probe");

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "pdvm/backend.h"
+#include "pdvm/decode_accelerator.h"
 #include "pdvm/gguf.h"
 #include "pdvm/kv_cache.h"
 #include "pdvm/model.h"
@@ -28,6 +29,10 @@ struct SessionOptions {
   int64_t n_ctx = 0;                      // 0: min(model context_length, 4096)
   std::optional<TensorType> kv_type;      // default: the backend's default_kv_type()
   int max_batch = 512;                    // prefill runs in chunks of at most this many tokens
+  // "unfused": every token through the backend ops. "layer" / "token": every token (prompt
+  // included) through the PDVM fused decoder (one launch per layer / per token), which keeps
+  // its own weights and KV cache on the GPU; needs a CUDA build.
+  std::string gpu_mode = "unfused";
 };
 
 class Session {
@@ -75,6 +80,8 @@ class Session {
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<DecodeAccelerator> accelerator_;  // --gpu-mode layer|token
+  bool accelerator_has_logits_ = false;
   ForwardWorkspace batch_ws_;   // prefill chunks
   ForwardWorkspace decode_ws_;  // single tokens (recorded by graph-capable backends)
   ForwardWorkspace* last_ws_ = nullptr;  // holds the logits of the most recent call

@@ -34,6 +34,7 @@ Session::Session(const SessionOptions& options) {
   const int batch = static_cast<int>(std::min<int64_t>(options.max_batch, shape.n_ctx));
   batch_ws_ = model_->make_workspace(batch);
   decode_ws_ = model_->make_workspace(1);
+  accelerator_ = create_decode_accelerator(*file_, shape.n_ctx, options.gpu_mode);
 }
 
 Session::~Session() = default;
@@ -44,6 +45,15 @@ void Session::run(std::span<const int32_t> tokens, LogitsMode mode, std::vector<
   cache_->check_room(static_cast<int64_t>(tokens.size()));
   const size_t vocab = static_cast<size_t>(n_vocab());
   if (all_logits) all_logits->assign(tokens.size() * vocab, 0.0f);
+  if (accelerator_) {
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      accelerator_->decode(tokens[i], cache_->n_past());
+      cache_->advance(1);
+      if (all_logits) accelerator_->last_logits({all_logits->data() + i * vocab, vocab});
+    }
+    accelerator_has_logits_ = true;
+    return;
+  }
   if (tokens.size() == 1 && mode == LogitsMode::kLast) {
     model_->forward(decode_ws_, tokens, *cache_, mode);
     last_ws_ = &decode_ws_;
@@ -80,6 +90,11 @@ std::span<const float> Session::prefill_all(std::span<const int32_t> tokens) {
 std::span<const float> Session::decode(int32_t token) { return prefill({&token, 1}); }
 
 std::span<const float> Session::last_logits() {
+  if (accelerator_has_logits_) {
+    host_logits_.resize(static_cast<size_t>(n_vocab()));
+    accelerator_->last_logits(host_logits_);
+    return host_logits_;
+  }
   if (!last_ws_) throw_error(ErrorKind::kInvalidArgument, "no logits yet: evaluate tokens first");
   const size_t vocab = static_cast<size_t>(n_vocab());
   host_logits_.resize(vocab);
@@ -89,6 +104,7 @@ std::span<const float> Session::last_logits() {
 }
 
 int32_t Session::last_argmax() {
+  if (accelerator_has_logits_) return accelerator_->last_argmax();
   if (!last_ws_) throw_error(ErrorKind::kInvalidArgument, "no logits yet: evaluate tokens first");
   ForwardWorkspace& ws = *last_ws_;
   backend_->argmax(row_view(ws.logits, last_row_, 1), ws.argmax_ids);
@@ -110,11 +126,13 @@ std::vector<int32_t> Session::generate_greedy(std::span<const int32_t> prompt, i
 void Session::reset() {
   cache_->reset();
   last_ws_ = nullptr;
+  accelerator_has_logits_ = false;
 }
 
 void Session::truncate(int64_t n_keep) {
   cache_->truncate(n_keep);
   last_ws_ = nullptr;
+  accelerator_has_logits_ = false;
 }
 
 }  // namespace pdvm
