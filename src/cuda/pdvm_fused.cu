@@ -8,7 +8,6 @@
 
 #include "cuda/check.cuh"
 #include "cuda/pdvm_kernel.cuh"
-#include "cuda/pdvm_stream.cuh"
 #include "pdvm/error.h"
 #include "pdvm/pdvm_fused.h"
 
@@ -33,7 +32,7 @@ int format_of(TensorType type) {
 
 bool is_quantized(int format) { return format == fused::kFmtQ8_0 || format == fused::kFmtQ4_0; }
 
-// Scale rows padded to 16 bytes so that each row's scales can be streamed with 16-byte copies.
+// Scale rows start 16-byte aligned.
 int scale_stride_of(int cols) { return (cols / fused::kQuantBlock + 7) / 8 * 8; }
 
 int row_bytes_of(int format, int cols) {
@@ -166,9 +165,8 @@ struct FusedDecoder::Impl {
     m.row_bytes = row_bytes_of(format, cols);
     m.data = alloc<uint8_t>(static_cast<size_t>(rows) * m.row_bytes);
     if (is_quantized(format)) {
-      // The streaming copies read whole 64-byte scale segments, past the last row's end.
       m.scale_stride = scale_stride_of(cols);
-      m.scales = alloc<__half>(static_cast<size_t>(rows) * m.scale_stride + fused::kScaleSegment / 2);
+      m.scales = alloc<__half>(static_cast<size_t>(rows) * m.scale_stride);
     }
     footprint.weight_bytes += static_cast<uint64_t>(rows) * m.row_bytes +
                               (m.scales ? static_cast<uint64_t>(rows) * (cols / fused::kQuantBlock) * 2 : 0);

@@ -1,7 +1,6 @@
 // The PDVM fused decode kernel. One CTA per SM; every CTA walks the same phases and takes a
-// static, contiguous share of each phase's rows. Each warp streams its rows through a
-// shared-memory ring (pdvm_stream.cuh), and issues the head of the next phase's weights before
-// the CTA waits on the counter of the activations they multiply.
+// static, contiguous share of each phase's rows, so it knows which weights it streams next and
+// pulls their head into L2 before it waits on the counter of the activations they multiply.
 //
 // Per layer: QKV+RoPE+KV append -> attention partials per (KV head, context chunk), merged by
 // the last chunk to arrive -> O-projection + residual -> RMSNorm + gate/up + SiLU*mul -> down +
@@ -13,23 +12,22 @@
 
 #include "cuda/check.cuh"
 #include "cuda/pdvm_kernel.cuh"
-#include "cuda/pdvm_stream.cuh"
+#include "cuda/pdvm_matvec.cuh"
 
 namespace pdvm::fused {
 namespace {
 
-constexpr int kSmemHeader = 64 + kFragmentFloats;  // reductions and flags, then fragments
+constexpr int kSmemHeader = 64;  // floats for reductions and flags
+constexpr int kPrefetchBytes = 64 * 1024;
 
 // Shared-memory regions; `xs` is also the attention phase's scratch.
 struct Smem {
   float* red;
   int* flag;
-  Fragment* fragments;
   float* xs;
   int8_t* xq;
   float* q_scale;
   int* q_sum;
-  uint8_t* ring;
 };
 
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
@@ -45,28 +43,25 @@ __host__ __device__ inline size_t max_activation(const Params& p) {
   return std::max({p.n_embd, p.n_ff, p.n_head * p.head_dim});
 }
 
-// Byte offsets of xq, q_scale, q_sum, ring and the total.
-__host__ __device__ inline void smem_layout(const Params& p, size_t (&offsets)[5]) {
+// Byte offsets of xq, q_scale, q_sum and the total.
+__host__ __device__ inline void smem_layout(const Params& p, size_t (&offsets)[4]) {
   const size_t n = max_activation(p);
   offsets[0] = align16((kSmemHeader + vector_floats(p)) * sizeof(float));
   offsets[1] = offsets[0] + align16(n);
   offsets[2] = offsets[1] + align16(n / 32 * sizeof(float));
   offsets[3] = offsets[2] + align16(n / 32 * sizeof(int));
-  offsets[4] = offsets[3] + kRingBytes;
 }
 
 __device__ Smem carve_smem(const Params& p, uint8_t* base) {
-  size_t off[5];
+  size_t off[4];
   smem_layout(p, off);
   Smem s;
   s.red = reinterpret_cast<float*>(base);
-  s.flag = reinterpret_cast<int*>(s.red + 63);
-  s.fragments = reinterpret_cast<Fragment*>(s.red + 64);
+  s.flag = reinterpret_cast<int*>(s.red + kSmemHeader - 1);
   s.xs = s.red + kSmemHeader;
   s.xq = reinterpret_cast<int8_t*>(base + off[0]);
   s.q_scale = reinterpret_cast<float*>(base + off[1]);
   s.q_sum = reinterpret_cast<int*>(base + off[2]);
-  s.ring = base + off[3];
   return s;
 }
 
@@ -102,15 +97,6 @@ __device__ void copy_to_smem(const float* src, int n, float* dst) {
 __device__ Acts prepare_acts(const Smem& sm, int format, int n) {
   if (format == kFmtQ8_0 || format == kFmtQ4_0) quantize_activations(sm.xs, n, sm.xq, sm.q_scale, sm.q_sum);
   return Acts{sm.xs, sm.xq, sm.q_scale, sm.q_sum};
-}
-
-// Runs the plan (whose head pipe_begin issued) over prepared activations; ends with a CTA barrier.
-template <class Out>
-__device__ __forceinline__ void run_plan(const Plan& pl, const Smem& sm, const Acts& acts, Out&& out) {
-  dispatch_format(pl.format, [&](auto tag) {
-    constexpr int kF = decltype(tag)::value;
-    pipe_run<kF>(pl, sm.ring, acts, sm.fragments, out);
-  });
 }
 
 // Rows `row`, `row + 1` of [Wq; Wk; Wv] (a RoPE pair for q and k): rotate, then store q or
@@ -294,12 +280,12 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
   }
 }
 
-// Rows r0 = begin + 2i and r0 + 1 (if in the share) of a consecutive-rows plan.
-template <class Fn>
-__device__ __forceinline__ void for_consecutive(const Plan& pl, int i, float v0, float v1, Fn&& fn) {
-  const int r0 = pl.begin + 2 * i;
-  fn(r0, v0);
-  if (r0 + 1 < pl.end) fn(r0 + 1, v1);
+// One row per item: rows [begin, end) of m; out(row, value).
+template <class Out>
+__device__ __forceinline__ void matvec_rows(const DevMatrix& m, int begin, int end, const Acts& acts, Out&& out) {
+  matvec_items<1>(
+      m.format, end - begin, m.row_bytes / 16, acts, [&](int i, RowRef(&refs)[1]) { refs[0] = row_ref(m, begin + i); },
+      [&](int i, const float(&v)[1]) { out(begin + i, v[0]); });
 }
 
 __device__ void phase_embed(const Params& p, int token) {
@@ -314,20 +300,20 @@ __device__ void phase_embed(const Params& p, int token) {
 
 // Final norm, LM head rows of this CTA, argmax (ties: lowest index). The last CTA to arrive
 // reduces the per-CTA winners in CTA order and advances the token state.
-__device__ void phase_head(const Params& p, const Plan& pl, unsigned model_epoch, const Smem& sm) {
+__device__ void phase_head(const Params& p, unsigned model_epoch, const Smem& sm) {
   rms_norm_to_smem(p.x, p.output_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
-  const Acts acts = prepare_acts(sm, pl.format, p.n_embd);
+  const Acts acts = prepare_acts(sm, p.output.format, p.n_embd);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float best = -FLT_MAX;
   int best_index = INT_MAX;
-  run_plan(pl, sm, acts, [&](int i, float v0, float v1) {
-    for_consecutive(pl, i, v0, v1, [&](int row, float v) {
-      __stcg(p.logits + row, v);
-      if (v > best || (v == best && row < best_index)) {
-        best = v;
-        best_index = row;
-      }
-    });
+  int begin, end;
+  cta_share(p.output.rows, begin, end);
+  matvec_rows(p.output, begin, end, acts, [&](int row, float v) {
+    __stcg(p.logits + row, v);
+    if (v > best || (v == best && row < best_index)) {
+      best = v;
+      best_index = row;
+    }
   });
   float* warp_best = sm.red + kWarps;
   int* warp_index = reinterpret_cast<int*>(sm.red + 2 * kWarps);
@@ -371,11 +357,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ float4 smem_raw[];
   const Smem sm = carve_smem(p, reinterpret_cast<uint8_t*>(smem_raw));
   const int stride = layer_counter_stride(p.n_head_kv);
+  const unsigned grid = gridDim.x;
+  int begin, end;
 
-  // Weights never depend on activations: start streaming the first phase before any wait.
-  Plan plan = make_plan(p.layers[layer_begin].qkv, p.layers[layer_begin].qkv, kPairRows,
-                        p.layers[layer_begin].qkv.rows / 2);
-  pipe_begin(plan, sm.ring);
+  // Weights never depend on activations: start pulling the first phase's before any wait.
+  cta_share(p.layers[layer_begin].qkv.rows, begin, end);
+  prefetch_rows(p.layers[layer_begin].qkv, begin, end, kPrefetchBytes);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (flags & kFlagPdl) {
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -383,7 +370,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 #endif
   const int pos = __ldcg(&p.step->position);
-  const unsigned grid = gridDim.x;
   const unsigned model_epoch = (flags & (kFlagEmbed | kFlagHead)) ? __ldcg(p.model_epoch) : 0u;
   const unsigned* wait_counter = nullptr;
   unsigned wait_target = 0;
@@ -398,63 +384,72 @@ __global__ void __launch_bounds__(kThreads, 1)
     unsigned* ctr = p.layer_counters + layer * stride;
     const unsigned epoch = __ldcg(p.layer_epochs + layer);
     const unsigned all_ctas = (epoch + 1) * grid;
-    if (layer != layer_begin) {
-      plan = make_plan(L.qkv, L.qkv, kPairRows, L.qkv.rows / 2);
-      pipe_begin(plan, sm.ring);
+
+    // QKV in RoPE pairs, K/V appended to the cache.
+    cta_share(L.qkv.rows / 2, begin, end);
+    if (wait_counter) {
+      prefetch_rows(L.qkv, 2 * begin, 2 * end, kPrefetchBytes);
+      cta_wait(wait_counter, wait_target);
     }
-    if (wait_counter) cta_wait(wait_counter, wait_target);
     rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
-    run_plan(plan, sm, prepare_acts(sm, plan.format, p.n_embd), [&](int i, float v0, float v1) {
-      store_qkv_pair(p, layer, pos, 2 * (plan.begin + i), v0, v1);
-    });
+    matvec_items<2>(
+        L.qkv.format, end - begin, L.qkv.row_bytes / 16, prepare_acts(sm, L.qkv.format, p.n_embd),
+        [&](int i, RowRef(&refs)[2]) {
+          refs[0] = row_ref(L.qkv, 2 * (begin + i));
+          refs[1] = row_ref(L.qkv, 2 * (begin + i) + 1);
+        },
+        [&](int i, const float(&v)[2]) { store_qkv_pair(p, layer, pos, 2 * (begin + i), v[0], v[1]); });
     if (threadIdx.x == 0) signal_release(ctr + kCtrQkv);
 
-    plan = make_plan(L.wo, L.wo, kConsecutiveRows, L.wo.rows);
-    pipe_begin(plan, sm.ring);
+    cta_share(L.wo.rows, begin, end);
+    prefetch_rows(L.wo, begin, end, kPrefetchBytes);
     cta_wait(ctr + kCtrQkv, all_ctas);
     phase_attention(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn, sm.xs,
                     sm.flag);
     cta_wait(ctr + kCtrAttn, (epoch + 1) * p.n_head_kv);
     copy_to_smem(p.attn_out, p.n_head * p.head_dim, sm.xs);
-    run_plan(plan, sm, prepare_acts(sm, plan.format, p.n_head * p.head_dim), [&](int i, float v0, float v1) {
-      for_consecutive(plan, i, v0, v1, [&](int row, float v) { __stcg(p.x + row, __ldcg(p.x + row) + v); });
-    });
+    matvec_rows(L.wo, begin, end, prepare_acts(sm, L.wo.format, p.n_head * p.head_dim),
+                [&](int row, float v) { __stcg(p.x + row, __ldcg(p.x + row) + v); });
     if (threadIdx.x == 0) signal_release(ctr + kCtrO);
 
-    plan = make_plan(L.gate, L.up, kTwoMatrices, p.n_ff);
-    pipe_begin(plan, sm.ring);
+    cta_share(p.n_ff, begin, end);
+    prefetch_rows(L.gate, begin, end, kPrefetchBytes / 2);
+    prefetch_rows(L.up, begin, end, kPrefetchBytes / 2);
     cta_wait(ctr + kCtrO, all_ctas);
     rms_norm_to_smem(p.x, L.ffn_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
-    run_plan(plan, sm, prepare_acts(sm, plan.format, p.n_embd), [&](int i, float g, float u) {
-      __stcg(p.h + plan.begin + i, g / (1.0f + expf(-g)) * u);
-    });
+    matvec_items<2>(
+        L.gate.format, end - begin, L.gate.row_bytes / 16, prepare_acts(sm, L.gate.format, p.n_embd),
+        [&](int i, RowRef(&refs)[2]) {
+          refs[0] = row_ref(L.gate, begin + i);
+          refs[1] = row_ref(L.up, begin + i);
+        },
+        [&](int i, const float(&v)[2]) { __stcg(p.h + begin + i, v[0] / (1.0f + expf(-v[0])) * v[1]); });
     if (threadIdx.x == 0) signal_release(ctr + kCtrUp);
 
-    plan = make_plan(L.down, L.down, kConsecutiveRows, L.down.rows);
-    pipe_begin(plan, sm.ring);
+    cta_share(L.down.rows, begin, end);
+    prefetch_rows(L.down, begin, end, kPrefetchBytes);
     cta_wait(ctr + kCtrUp, all_ctas);
     copy_to_smem(p.h, p.n_ff, sm.xs);
-    run_plan(plan, sm, prepare_acts(sm, plan.format, p.n_ff), [&](int i, float v0, float v1) {
-      for_consecutive(plan, i, v0, v1, [&](int row, float v) { __stcg(p.x + row, __ldcg(p.x + row) + v); });
-    });
+    matvec_rows(L.down, begin, end, prepare_acts(sm, L.down.format, p.n_ff),
+                [&](int row, float v) { __stcg(p.x + row, __ldcg(p.x + row) + v); });
     if (threadIdx.x == 0 && signal_is_last(ctr + kCtrDown, all_ctas)) p.layer_epochs[layer] = epoch + 1;
     wait_counter = ctr + kCtrDown;
     wait_target = all_ctas;
   }
   if (flags & kFlagHead) {
-    plan = make_plan(p.output, p.output, kConsecutiveRows, p.output.rows);
-    pipe_begin(plan, sm.ring);
+    cta_share(p.output.rows, begin, end);
+    prefetch_rows(p.output, begin, end, kPrefetchBytes);
     if (wait_counter) cta_wait(wait_counter, wait_target);
-    phase_head(p, plan, model_epoch, sm);
+    phase_head(p, model_epoch, sm);
   }
 }
 
 }  // namespace
 
 size_t fused_smem_bytes(const Params& p) {
-  size_t offsets[5];
+  size_t offsets[4];
   smem_layout(p, offsets);
-  return offsets[4];
+  return offsets[3];
 }
 
 int fused_max_grid(const Params& p, int device) {

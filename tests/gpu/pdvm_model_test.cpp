@@ -26,30 +26,6 @@ FusedConfig small_config(int n_head, int n_head_kv) {
   return c;
 }
 
-std::vector<uint8_t> write_gguf(const test::RefModel& ref) {
-  const FusedConfig& c = ref.config();
-  GgufWriter writer;
-  writer.set("general.architecture", GgufValue(std::string("llama")));
-  writer.set("llama.block_count", GgufValue(static_cast<uint32_t>(c.n_layer)));
-  writer.set("llama.embedding_length", GgufValue(static_cast<uint32_t>(c.n_embd)));
-  writer.set("llama.feed_forward_length", GgufValue(static_cast<uint32_t>(c.n_ff)));
-  writer.set("llama.attention.head_count", GgufValue(static_cast<uint32_t>(c.n_head)));
-  writer.set("llama.attention.head_count_kv", GgufValue(static_cast<uint32_t>(c.n_head_kv)));
-  writer.set("llama.attention.layer_norm_rms_epsilon", GgufValue(c.rms_eps));
-  writer.set("llama.rope.freq_base", GgufValue(c.rope_base));
-  auto add = [&](const test::RefWeight& w) {
-    std::vector<int64_t> shape = w.rows == 1 ? std::vector<int64_t>{w.cols} : std::vector<int64_t>{w.cols, w.rows};
-    writer.add_tensor(w.name, w.type, shape, std::span<const uint8_t>(w.bytes));
-  };
-  add(ref.token_embd());
-  add(ref.output_norm());
-  if (ref.output()) add(*ref.output());
-  for (const test::RefLayer& L : ref.layers()) {
-    for (const test::RefWeight* w : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.ffn_norm, &L.gate, &L.up, &L.down}) add(*w);
-  }
-  return writer.write_to_memory();
-}
-
 double rms(const std::vector<float>& v) {
   double ss = 0;
   for (float x : v) ss += double{x} * x;
@@ -62,7 +38,7 @@ double rms(const std::vector<float>& v) {
 void check_against_reference(const FusedConfig& config, TensorType type, bool tied) {
   const double tolerance = type == TensorType::kQ8_0 || type == TensorType::kQ4_0 ? 5e-2 : 1e-3;
   test::RefModel ref(config, type, tied);
-  const std::vector<uint8_t> image = write_gguf(ref);
+  const std::vector<uint8_t> image = test::write_gguf(ref).write_to_memory();
   const GgufFile file = GgufFile::parse(image);
   FusedDecoder decoder(fused_view_from_gguf(file, config.n_ctx));
 

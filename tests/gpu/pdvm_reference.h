@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "pdvm/gguf.h"
 #include "pdvm/pdvm_fused.h"
 #include "pdvm/tensor_type.h"
 #include "test_support.h"
@@ -187,6 +188,31 @@ class RefModel {
   RefWeight token_embd_, output_norm_, output_;
   std::vector<std::vector<float>> k_cache_, v_cache_;
 };
+
+// The model as a llama GGUF (the writer references the model's bytes: keep `ref` alive).
+inline GgufWriter write_gguf(const RefModel& ref) {
+  const FusedConfig& c = ref.config();
+  GgufWriter writer;
+  writer.set("general.architecture", GgufValue(std::string("llama")));
+  writer.set("llama.block_count", GgufValue(static_cast<uint32_t>(c.n_layer)));
+  writer.set("llama.embedding_length", GgufValue(static_cast<uint32_t>(c.n_embd)));
+  writer.set("llama.feed_forward_length", GgufValue(static_cast<uint32_t>(c.n_ff)));
+  writer.set("llama.attention.head_count", GgufValue(static_cast<uint32_t>(c.n_head)));
+  writer.set("llama.attention.head_count_kv", GgufValue(static_cast<uint32_t>(c.n_head_kv)));
+  writer.set("llama.attention.layer_norm_rms_epsilon", GgufValue(c.rms_eps));
+  writer.set("llama.rope.freq_base", GgufValue(c.rope_base));
+  auto add = [&](const RefWeight& w) {
+    std::vector<int64_t> shape = w.rows == 1 ? std::vector<int64_t>{w.cols} : std::vector<int64_t>{w.cols, w.rows};
+    writer.add_tensor(w.name, w.type, shape, std::span<const uint8_t>(w.bytes));
+  };
+  add(ref.token_embd());
+  add(ref.output_norm());
+  if (ref.output()) add(*ref.output());
+  for (const RefLayer& L : ref.layers()) {
+    for (const RefWeight* w : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.ffn_norm, &L.gate, &L.up, &L.down}) add(*w);
+  }
+  return writer;
+}
 
 // ||a - b|| / ||b||
 inline double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
