@@ -28,6 +28,7 @@ struct BenchArgs {
   int repetitions = 3;
   int64_t n_ctx = 0;
   std::string kv_type;
+  std::string gpu_mode = "unfused";
   bool json = false;
   bool kernels = false;
   bool probe = true;
