@@ -62,6 +62,14 @@ void BM_DecodeMixed(benchmark::State& state, const char* vocab) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * text.size()));
 }
 
+// Building the tables from already parsed metadata (token map, merge ranks, regex JIT).
+void BM_FromGguf(benchmark::State& state, const char* vocab) {
+  const pdvm::GgufFile file = pdvm::GgufFile::open(tokenizer_dir() / vocab);
+  for (auto _ : state) benchmark::DoNotOptimize(pdvm::Tokenizer::from_gguf(file).n_vocab());
+}
+
+BENCHMARK_CAPTURE(BM_FromGguf, spm, "ggml-vocab-llama-spm.gguf")->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_FromGguf, gpt2, "ggml-vocab-gpt-2.gguf")->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_EncodeMixed, spm, "ggml-vocab-llama-spm.gguf")->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_EncodeMixed, gpt2, "ggml-vocab-gpt-2.gguf")->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_EncodeMixed, starcoder, "ggml-vocab-starcoder.gguf")->Unit(benchmark::kMillisecond);

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 
 #include "pdvm/error.h"
 #include "tokenizer/tokenizer_impl.h"
@@ -48,6 +49,37 @@ void validate(const TokenizerVocab& vocab) {
   check_id(vocab, vocab.unknown_id, "unknown id");
   check_id(vocab, vocab.eot_id, "eot id");
   check_id(vocab, vocab.eom_id, "eom id");
+}
+
+std::string spm_piece(const std::string& text, TokenType type) {
+  switch (type) {
+    case TokenType::kControl:
+      return {};
+    case TokenType::kUnknown:
+      return " \xE2\x81\x87 ";  // " ⁇ ", as SentencePiece shows unknown pieces
+    case TokenType::kByte: {
+      unsigned value = 0;
+      const char* digits = text.data() + 3;
+      if (text.size() == 6 && text.starts_with("<0x") && text.ends_with('>') &&
+          std::from_chars(digits, digits + 2, value, 16).ptr == digits + 2) {
+        return std::string(1, static_cast<char>(value));
+      }
+      return text;  // a byte token not spelled <0xXX>: keep its text
+    }
+    default:
+      break;
+  }
+  std::string piece;
+  piece.reserve(text.size());
+  for (size_t pos = 0; pos < text.size();) {
+    if (std::string_view(text).substr(pos).starts_with(kSpaceMark)) {
+      piece += ' ';
+      pos += kSpaceMark.size();
+    } else {
+      piece += text[pos++];
+    }
+  }
+  return piece;
 }
 
 struct Fragment {
@@ -104,6 +136,12 @@ Tokenizer::Tokenizer(TokenizerVocab vocab) {
     self.pre_tokenizer = std::make_unique<tokenizer_detail::PreTokenizer>(
         self.vocab.pre_name.empty() ? std::string_view("default") : std::string_view(self.vocab.pre_name));
     self.prepare_bpe();
+  }
+  self.pieces.reserve(self.vocab.tokens.size());
+  for (int32_t id = 0; id < n; ++id) {
+    self.pieces.push_back(self.vocab.kind == TokenizerKind::kSentencePiece
+                              ? spm_piece(self.vocab.tokens[static_cast<size_t>(id)], self.type_of(id))
+                              : self.bpe_piece(id));
   }
   impl_ = std::move(impl);
 }
@@ -165,36 +203,8 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special, 
 }
 
 std::string Tokenizer::token_to_piece(int32_t id) const {
-  const Impl& self = *impl_;
-  if (id < 0 || id >= n_vocab()) {
-    throw Error(ErrorKind::kOutOfRange, fmt::format("token id {} is outside the vocabulary of {} tokens", id, n_vocab()));
-  }
-  if (self.vocab.kind == TokenizerKind::kByteLevelBpe) return self.bpe_piece(id);
-  const std::string& text = self.vocab.tokens[static_cast<size_t>(id)];
-  switch (self.type_of(id)) {
-    case TokenType::kControl:
-      return {};
-    case TokenType::kUnknown:
-      return " \xE2\x81\x87 ";  // " ⁇ ", as SentencePiece shows unknown pieces
-    case TokenType::kByte:
-      if (text.size() == 6 && text.starts_with("<0x") && text.ends_with('>')) {
-        return std::string(1, static_cast<char>(std::stoi(text.substr(3, 2), nullptr, 16)));
-      }
-      return text;
-    default:
-      break;
-  }
-  std::string piece;
-  piece.reserve(text.size());
-  for (size_t pos = 0; pos < text.size();) {
-    if (std::string_view(text).substr(pos).starts_with(kSpaceMark)) {
-      piece += ' ';
-      pos += kSpaceMark.size();
-    } else {
-      piece += text[pos++];
-    }
-  }
-  return piece;
+  token_type(id);  // range check
+  return impl_->pieces[static_cast<size_t>(id)];
 }
 
 std::string Tokenizer::decode(std::span<const int32_t> ids) const {

@@ -26,6 +26,7 @@ struct Tokenizer::Impl {
   std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>> ids_by_text;
   // Special tokens matched as whole tokens, by first byte, longest first.
   std::array<std::vector<int32_t>, 256> specials_by_first_byte;
+  std::vector<std::string> pieces;  // token_to_piece of every token
   std::unordered_set<int32_t> end_of_generation;
   int32_t eot_id = -1;
   // Stands for text the vocabulary cannot spell; -1 when the unknown id is a control token
