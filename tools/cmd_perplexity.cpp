@@ -122,7 +122,7 @@ int run(const PerplexityOptions& opt) {
     const double agreement = static_cast<double>(same_top1) / static_cast<double>(kl.count());
     const double agreement_error = std::sqrt(agreement * (1 - agreement) / static_cast<double>(kl.count()));
     std::printf("Base PPL = %.4f +/- %.5f\n", perplexity(base_nll), perplexity_error(base_nll));
-    std::printf("KL divergence (base || this) = %.6f +/- %.6f nats per token\n", kl.mean(), kl.standard_error());
+    std::printf("KL divergence (base || this) = %.6g +/- %.3g nats per token\n", kl.mean(), kl.standard_error());
     std::printf("Top-1 agreement = %.3f +/- %.3f %%\n", 100 * agreement, 100 * agreement_error);
   }
   return InterruptScope::flag() ? kInterruptedExitCode : 0;

@@ -1,6 +1,9 @@
 // `pdvm run`: generate text from a prompt, streamed to stdout; timings go to stderr.
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <iterator>
 #include <memory>
 
 #include <fmt/format.h>
@@ -20,6 +23,7 @@ struct RunOptions {
   ModelFlags model;
   SamplingFlags sampling;
   std::string prompt;
+  std::string prompt_file;
   int64_t n_predict = 256;
   std::vector<std::string> stops;
   bool chat = false;
@@ -36,7 +40,21 @@ std::vector<int32_t> prompt_tokens(const RunOptions& opt, const GgufFile& gguf, 
   return tokenize_chat(tokenizer, chat.render(messages, /*add_generation_prompt=*/true));
 }
 
+std::string read_prompt_file(const std::string& path) {
+  std::ifstream file;
+  if (path != "-") {
+    file.open(path, std::ios::binary);
+    if (!file) throw_error(ErrorKind::kIo, fmt::format("cannot open prompt file {}", path));
+  }
+  std::istream& in = path == "-" ? std::cin : file;
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
 int run(RunOptions opt) {
+  if (opt.prompt.empty() == opt.prompt_file.empty()) {
+    throw_error(ErrorKind::kInvalidArgument, "give the prompt with -p TEXT or -f FILE (one of them)");
+  }
+  if (!opt.prompt_file.empty()) opt.prompt = read_prompt_file(opt.prompt_file);
   if (opt.n_predict < -1) throw_error(ErrorKind::kInvalidArgument, "-n must be >= -1 (-1 = no limit)");
   opt.chat = opt.chat || !opt.system.empty() || !opt.chat_template.empty();
   const SamplingParams sampling = opt.sampling.resolve();
@@ -83,7 +101,8 @@ int run(RunOptions opt) {
 PDVM_REGISTER_COMMAND("run", "generate text from a prompt", [](CLI::App& app) {
   auto opt = std::make_shared<RunOptions>();
   add_model_flags(app, opt->model);
-  app.add_option("-p,--prompt", opt->prompt, "the prompt")->required();
+  app.add_option("-p,--prompt", opt->prompt, "the prompt");
+  app.add_option("-f,--file", opt->prompt_file, "read the prompt from a file (- for stdin)");
   app.add_option("-n,--n-predict", opt->n_predict, "tokens to generate; -1 = until the model stops")
       ->capture_default_str();
   app.add_option("--stop", opt->stops, "stop before this text (repeatable)");

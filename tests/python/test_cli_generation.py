@@ -56,6 +56,8 @@ def test_run_greedy_is_deterministic():
     check(len(text.strip()) > 10 and re.search(r"[a-z]{3,} [a-z]{3,}", text) is not None,
           "run produced no text", first)
     check(first.stdout == second.stdout, "greedy run is not deterministic", second)
+    from_stdin = pdvm("run", "-m", str(MODEL), "-f", "-", "-n", "24", *GREEDY, stdin="The three primary colors are")
+    check(from_stdin.stdout == first.stdout, "the prompt from -f - gives other text", from_stdin)
     err = first.stderr.decode()
     for label in ("load:", "prompt:", "generation:", "tokens/s"):
         check(label in err, f"run stats lack {label!r}", first)
@@ -220,7 +222,7 @@ def test_perplexity_against_the_numpy_reference():
 
     again = pdvm(*args, "--kl-divergence", str(logits))
     out = again.stdout.decode()
-    check(again.returncode == 0 and "KL divergence (base || this) = 0.000000 +/- 0.000000" in out,
+    check(again.returncode == 0 and "KL divergence (base || this) = 0 +/- 0 nats" in out,
           "KL of a run against itself is not 0", again)
     check("Top-1 agreement = 100.000" in out, "top-1 agreement with itself is not 100%", again)
     mismatch = pdvm("perplexity", "-m", str(MODEL), "-f", str(text), "--ctx", "32", "--kl-divergence", str(logits))
@@ -232,6 +234,7 @@ def test_errors():
     check_one_line_error(pdvm("run", "-m", str(MODEL), "-p", "x", "--temp", "warm"), "bad --temp", "--temp")
     check_one_line_error(pdvm("run", "-m", str(MODEL), "-p", "x", "--top-p", "0"), "bad --top-p", "top-p")
     check_one_line_error(pdvm("run", "-m", str(MODEL), "-p", "x", "--bogus"), "unknown flag", "--bogus")
+    check_one_line_error(pdvm("run", "-m", str(MODEL)), "no prompt", "-p TEXT or -f FILE")
     long_prompt = " ".join(["word"] * 200)
     check_one_line_error(pdvm("run", "-m", str(MODEL), "-p", long_prompt, "--ctx", "32"), "prompt > ctx", "ctx")
     check_one_line_error(pdvm("perplexity", "-m", str(MODEL), "-f", "/nonexistent.txt"), "missing text", "nonexistent")
