@@ -1,6 +1,7 @@
 // Batch-1 decode speed of the PDVM fused kernels on synthesized (device-generated) weights of
 // real model shapes, as tokens/s, ms per layer and % of the read bandwidth measured in the same
 // run. Usage: pdvm_fused_gpu_bench [shape:type[:start_position] ...]   (shape: 1b | 13b)
+// PDVM_BENCH_MODE=layer|token restricts the modes.
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -55,7 +56,10 @@ void run_case(const std::string& spec, double bandwidth) {
   auto decoder = pdvm::FusedDecoder::synthesize(config, *type, 1234);
   const pdvm::FusedFootprint fp = decoder->footprint();
   const int n_tokens = 128;
+  // PDVM_BENCH_MODE=layer|token times only that mode (e.g. under a profiler).
+  const char* only = std::getenv("PDVM_BENCH_MODE");
   for (pdvm::FusedMode mode : {pdvm::FusedMode::kLayer, pdvm::FusedMode::kToken}) {
+    if (only && std::string(only) != (mode == pdvm::FusedMode::kLayer ? "layer" : "token")) continue;
     decoder->time_generate(1, start, 16, mode);  // warm-up (graph capture, module load)
     std::vector<double> runs;
     for (int r = 0; r < 3; ++r) runs.push_back(decoder->time_generate(1, start, n_tokens, mode));

@@ -17,16 +17,21 @@ constexpr int kQuantBlock = 32;
 
 // Repacked weight formats. Every format streams 16-byte chunks from a row-major main stream;
 // quantized formats keep their per-32 block scales in a separate f16 stream.
-enum Format : int { kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3 };
+enum Format : int { kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3, kFmtQ4_1 = 4 };
 
 __host__ __device__ constexpr int weights_per_chunk(int format) {
-  return format == kFmtQ8_0 ? 16 : format == kFmtQ4_0 ? 32 : 8;
+  return format == kFmtQ8_0 ? 16 : format == kFmtQ4_0 || format == kFmtQ4_1 ? 32 : 8;
 }
+__host__ __device__ constexpr bool is_quantized_format(int format) {
+  return format == kFmtQ8_0 || format == kFmtQ4_0 || format == kFmtQ4_1;
+}
+// Halves per block in the scale stream: Q4_1 keeps (scale, min) pairs.
+__host__ __device__ constexpr int scale_halves(int format) { return format == kFmtQ4_1 ? 2 : 1; }
 
 struct DevMatrix {
   const uint8_t* data = nullptr;  // rows x row_bytes
   const __half* scales = nullptr;  // rows x scale_stride (quantized formats), rows 16-byte aligned
-  int scale_stride = 0;            // halves per scale row: cols/32 rounded up to a multiple of 8
+  int scale_stride = 0;            // halves per scale row: blocks x scale_halves, rounded up to 8
   int rows = 0;
   int cols = 0;
   int row_bytes = 0;
@@ -169,13 +174,15 @@ __device__ __forceinline__ float matrix_element(const DevMatrix& m, int row, int
   } else if constexpr (kFormat == kFmtBF16) {
     return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(r)[i]);
   } else {
-    const float scale = __half2float(m.scales[static_cast<int64_t>(row) * m.scale_stride + i / kQuantBlock]);
+    const __half* block_scales = m.scales + static_cast<int64_t>(row) * m.scale_stride + (i / kQuantBlock) * scale_halves(kFormat);
+    const float scale = __half2float(block_scales[0]);
     if constexpr (kFormat == kFmtQ8_0) {
       return scale * static_cast<float>(reinterpret_cast<const int8_t*>(r)[i]);
     } else {
       const int in_block = i % kQuantBlock;
       const uint8_t byte = r[(i / kQuantBlock) * 16 + (in_block & 15)];
       const int q = in_block < 16 ? (byte & 0xf) : (byte >> 4);
+      if constexpr (kFormat == kFmtQ4_1) return scale * static_cast<float>(q) + __half2float(block_scales[1]);
       return scale * static_cast<float>(q - 8);
     }
   }
@@ -192,7 +199,8 @@ __device__ __forceinline__ void dispatch_format(int format, Fn&& fn) {
     case kFmtF16: fn(FormatTag<kFmtF16>{}); break;
     case kFmtBF16: fn(FormatTag<kFmtBF16>{}); break;
     case kFmtQ8_0: fn(FormatTag<kFmtQ8_0>{}); break;
-    default: fn(FormatTag<kFmtQ4_0>{}); break;
+    case kFmtQ4_0: fn(FormatTag<kFmtQ4_0>{}); break;
+    default: fn(FormatTag<kFmtQ4_1>{}); break;
   }
 }
 

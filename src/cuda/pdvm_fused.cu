@@ -26,19 +26,23 @@ int format_of(TensorType type) {
     case TensorType::kBF16: return fused::kFmtBF16;
     case TensorType::kQ8_0: return fused::kFmtQ8_0;
     case TensorType::kQ4_0: return fused::kFmtQ4_0;
+    case TensorType::kQ4_1: return fused::kFmtQ4_1;
     default: return -1;
   }
 }
 
-bool is_quantized(int format) { return format == fused::kFmtQ8_0 || format == fused::kFmtQ4_0; }
+bool is_quantized(int format) { return fused::is_quantized_format(format); }
 
 // Scale rows start 16-byte aligned.
-int scale_stride_of(int cols) { return (cols / fused::kQuantBlock + 7) / 8 * 8; }
+int scale_stride_of(int format, int cols) {
+  return (cols / fused::kQuantBlock * fused::scale_halves(format) + 7) / 8 * 8;
+}
 
 int row_bytes_of(int format, int cols) {
   switch (format) {
     case fused::kFmtQ8_0: return cols;
-    case fused::kFmtQ4_0: return cols / 2;
+    case fused::kFmtQ4_0:
+    case fused::kFmtQ4_1: return cols / 2;
     default: return cols * 2;
   }
 }
@@ -67,19 +71,22 @@ void append_rows(HostMatrix& out, const FusedWeightView& w) {
   if (!is_quantized(format)) {
     out.data.insert(out.data.end(), src, src + static_cast<size_t>(w.rows) * row_bytes);
   } else {
-    // GGUF blocks: f16 scale followed by the quants (32 int8, or 16 bytes of nibbles).
+    // GGUF blocks: f16 scale (and f16 min for Q4_1), then the quants (32 int8 or 16 bytes of nibbles).
+    const int halves = fused::scale_halves(format);
     const int quant_bytes = format == fused::kFmtQ8_0 ? 32 : 16;
-    const int block_bytes = 2 + quant_bytes;
-    const int stride = scale_stride_of(out.cols);
+    const int block_bytes = 2 * halves + quant_bytes;
+    const int stride = scale_stride_of(format, out.cols);
     for (int64_t r = 0; r < w.rows; ++r) {
       for (int b = 0; b < blocks; ++b) {
         const uint8_t* block = src + (r * blocks + b) * block_bytes;
-        uint16_t scale;
-        std::memcpy(&scale, block, 2);
-        out.scales.push_back(scale);
-        out.data.insert(out.data.end(), block + 2, block + block_bytes);
+        for (int h = 0; h < halves; ++h) {
+          uint16_t scale;
+          std::memcpy(&scale, block + 2 * h, 2);
+          out.scales.push_back(scale);
+        }
+        out.data.insert(out.data.end(), block + 2 * halves, block + block_bytes);
       }
-      out.scales.resize(out.scales.size() + (stride - blocks), 0);
+      out.scales.resize(out.scales.size() + (stride - blocks * halves), 0);
     }
   }
   out.rows += static_cast<int>(w.rows);
@@ -99,7 +106,7 @@ std::string check_matrix(const FusedWeightView& w, int64_t cols, int64_t rows) {
   const int format = format_of(w.type);
   if (format < 0)
     return "tensor " + w.name + " has type " + std::string(type_name(w.type)) +
-           " (fused kernels support f16, bf16, q8_0, q4_0)";
+           " (fused kernels support f16, bf16, q8_0, q4_0, q4_1)";
   const int chunk = is_quantized(format) ? fused::kQuantBlock : fused::weights_per_chunk(format);
   if (cols % chunk != 0 || row_bytes_of(format, static_cast<int>(cols)) % 16 != 0)
     return "tensor " + w.name + ": rows of " + std::to_string(cols) + " elements do not fill 16-byte chunks";
@@ -165,11 +172,13 @@ struct FusedDecoder::Impl {
     m.row_bytes = row_bytes_of(format, cols);
     m.data = alloc<uint8_t>(static_cast<size_t>(rows) * m.row_bytes);
     if (is_quantized(format)) {
-      m.scale_stride = scale_stride_of(cols);
+      m.scale_stride = scale_stride_of(format, cols);
       m.scales = alloc<__half>(static_cast<size_t>(rows) * m.scale_stride);
     }
     footprint.weight_bytes += static_cast<uint64_t>(rows) * m.row_bytes +
-                              (m.scales ? static_cast<uint64_t>(rows) * (cols / fused::kQuantBlock) * 2 : 0);
+                              (m.scales ? static_cast<uint64_t>(rows) * (cols / fused::kQuantBlock) * 2 *
+                                              fused::scale_halves(format)
+                                        : 0);
     return m;
   }
 

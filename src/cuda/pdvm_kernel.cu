@@ -95,7 +95,7 @@ __device__ void copy_to_smem(const float* src, int n, float* dst) {
 
 // Activations for a plan of this format (int8 blocks are built only for quantized weights).
 __device__ Acts prepare_acts(const Smem& sm, int format, int n) {
-  if (format == kFmtQ8_0 || format == kFmtQ4_0) quantize_activations(sm.xs, n, sm.xq, sm.q_scale, sm.q_sum);
+  if (is_quantized_format(format)) quantize_activations(sm.xs, n, sm.xq, sm.q_scale, sm.q_sum);
   return Acts{sm.xs, sm.xq, sm.q_scale, sm.q_sum};
 }
 

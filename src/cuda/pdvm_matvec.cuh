@@ -34,12 +34,9 @@ __device__ __forceinline__ RowRef row_ref(const DevMatrix& m, int row) {
 
 __device__ __forceinline__ int dp4a(uint32_t a, int b, int c) { return __dp4a(static_cast<int>(a), b, c); }
 
+// Chunk c (16 bytes `w`; block scale ws.x and, for Q4_1, min ws.y) against the activations.
 template <int kFormat>
-constexpr bool kQuantized = kFormat == kFmtQ8_0 || kFormat == kFmtQ4_0;
-
-// Chunk c (16 bytes `w`, block scale `ws`) against the activations.
-template <int kFormat>
-__device__ __forceinline__ float chunk_value(uint4 w, float ws, int c, const Acts& acts) {
+__device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Acts& acts) {
   if constexpr (kFormat == kFmtF16) {
     return dot8_f16(w, acts.x + c * 8);
   } else if constexpr (kFormat == kFmtBF16) {
@@ -50,9 +47,9 @@ __device__ __forceinline__ float chunk_value(uint4 w, float ws, int c, const Act
     sum = dp4a(w.y, a.y, sum);
     sum = dp4a(w.z, a.z, sum);
     sum = dp4a(w.w, a.w, sum);
-    return static_cast<float>(sum) * ws * acts.scale[c >> 1];
+    return static_cast<float>(sum) * ws.x * acts.scale[c >> 1];
   } else {
-    // Byte i of a Q4_0 block holds element i (low nibble) and i + 16 (high nibble).
+    // Byte i of a Q4_0/Q4_1 block holds element i (low nibble) and i + 16 (high nibble).
     const int4 lo = *reinterpret_cast<const int4*>(acts.q + c * 32);
     const int4 hi = *reinterpret_cast<const int4*>(acts.q + c * 32 + 16);
     constexpr uint32_t kNibbles = 0x0f0f0f0fu;
@@ -64,8 +61,12 @@ __device__ __forceinline__ float chunk_value(uint4 w, float ws, int c, const Act
     sum = dp4a((w.y >> 4) & kNibbles, hi.y, sum);
     sum = dp4a((w.z >> 4) & kNibbles, hi.z, sum);
     sum = dp4a((w.w >> 4) & kNibbles, hi.w, sum);
-    sum -= 8 * acts.sum[c];
-    return static_cast<float>(sum) * ws * acts.scale[c];
+    if constexpr (kFormat == kFmtQ4_0) {
+      sum -= 8 * acts.sum[c];
+      return static_cast<float>(sum) * ws.x * acts.scale[c];
+    } else {
+      return acts.scale[c] * (static_cast<float>(sum) * ws.x + static_cast<float>(acts.sum[c]) * ws.y);
+    }
   }
 }
 
@@ -81,7 +82,7 @@ __device__ __forceinline__ void warp_dot(const RowRef (&rows)[kRows], int n_chun
   for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
   for (int c0 = lane; c0 < n_chunks; c0 += 32 * kUnroll) {
     uint4 w[kRows][kUnroll];
-    float ws[kRows][kUnroll];
+    float2 ws[kRows][kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int c = c0 + 32 * u;
@@ -89,8 +90,13 @@ __device__ __forceinline__ void warp_dot(const RowRef (&rows)[kRows], int n_chun
       for (int r = 0; r < kRows; ++r) {
         const bool in = c < n_chunks;
         w[r][u] = in ? load_stream(rows[r].data + c * 16) : make_uint4(0, 0, 0, 0);
-        if constexpr (kQuantized<kFormat>) ws[r][u] = in ? __half2float(__ldg(rows[r].scales + c / kChunksPerBlock)) : 0.0f;
-        else ws[r][u] = 1.0f;
+        if constexpr (kFormat == kFmtQ4_1) {
+          ws[r][u] = in ? __half22float2(__ldg(reinterpret_cast<const __half2*>(rows[r].scales) + c)) : make_float2(0, 0);
+        } else if constexpr (is_quantized_format(kFormat)) {
+          ws[r][u] = make_float2(in ? __half2float(__ldg(rows[r].scales + c / kChunksPerBlock)) : 0.0f, 0.0f);
+        } else {
+          ws[r][u] = make_float2(1.0f, 0.0f);
+        }
       }
     }
 #pragma unroll

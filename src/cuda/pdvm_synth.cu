@@ -48,7 +48,9 @@ __global__ void fill_matrix_kernel(DevMatrix m, uint64_t seed, float amplitude) 
     __half* scales = const_cast<__half*>(m.scales);
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_scales; i += stride) {
       const float u = 0.5f * (uniform_pm1(seed ^ 0x5ca1e, i) + 1.0f);
-      scales[i] = __float2half_rn(amplitude * (0.5f + u) / max_quant);
+      // Q4_1 (scale, min) pairs: mins near -8 scales keep the weights centred.
+      const bool is_min = m.format == kFmtQ4_1 && (i & 1);
+      scales[i] = __float2half_rn((is_min ? -amplitude : amplitude) * (0.5f + u) / (is_min ? 1.0f : max_quant));
     }
   }
 }

@@ -38,10 +38,10 @@ const Shape kShapes[] = {
     {"gqa8_hd64", make_config(512, 8, 1, 64, 1024, 512)},
 };
 
-// f16/bf16 weights multiply fp32 activations; q8_0/q4_0 multiply int8 activations quantized per
+// f16/bf16 weights multiply fp32 activations; q8_0/q4_0/q4_1 multiply int8 activations quantized per
 // 32-block (as llama.cpp does), which costs about 1e-3..1e-2 of relative error.
 double update_tolerance(TensorType type) {
-  return type == TensorType::kQ8_0 || type == TensorType::kQ4_0 ? 3e-2 : 2e-4;
+  return type == TensorType::kQ8_0 || type == TensorType::kQ4_0 || type == TensorType::kQ4_1 ? 3e-2 : 2e-4;
 }
 
 // Runs `steps` positions through layer 1 (layer 0 only appends K/V on the reference side when
@@ -83,7 +83,8 @@ TEST_P(FusedLayerTest, MatchesCpuReference) {
 INSTANTIATE_TEST_SUITE_P(
     AllTypes, FusedLayerTest,
     ::testing::Combine(::testing::Range(0, static_cast<int>(std::size(kShapes))),
-                       ::testing::Values(TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0)),
+                       ::testing::Values(TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
+                                         TensorType::kQ4_1)),
     [](const auto& test_info) {
       return std::string(kShapes[std::get<0>(test_info.param)].name) + "_" +
              std::string(type_name(std::get<1>(test_info.param)));
@@ -96,13 +97,13 @@ TEST(FusedLayer, LongContext) {
 }
 
 TEST(FusedLayer, RejectsUnsupportedTypes) {
-  test::RefModel ref(make_config(256, 4, 4, 64, 512, 64), TensorType::kQ4_1, true);
+  test::RefModel ref(make_config(256, 4, 4, 64, 512, 64), TensorType::kQ5_0, true);
   try {
     FusedDecoder decoder(ref.view());
-    FAIL() << "q4_1 weights were accepted";
+    FAIL() << "q5_0 weights were accepted";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
-    EXPECT_NE(std::string(e.what()).find("q4_1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("q5_0"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("blk.0.attn_q.weight"), std::string::npos) << e.what();
   }
 }

@@ -36,7 +36,8 @@ double rms(const std::vector<float>& v) {
 // within rounding of it (random models can have near-ties). Quantized weights multiply int8
 // activations on the device, hence their looser tolerance.
 void check_against_reference(const FusedConfig& config, TensorType type, bool tied) {
-  const double tolerance = type == TensorType::kQ8_0 || type == TensorType::kQ4_0 ? 5e-2 : 1e-3;
+  const double tolerance =
+      type == TensorType::kQ8_0 || type == TensorType::kQ4_0 || type == TensorType::kQ4_1 ? 5e-2 : 1e-3;
   test::RefModel ref(config, type, tied);
   const std::vector<uint8_t> image = test::write_gguf(ref).write_to_memory();
   const GgufFile file = GgufFile::parse(image);
@@ -75,6 +76,7 @@ TEST(FusedModel, GqaF16MatchesReference) { check_against_reference(small_config(
 TEST(FusedModel, MhaF16UntiedMatchesReference) { check_against_reference(small_config(4, 4), TensorType::kF16, false); }
 TEST(FusedModel, GqaQ8MatchesReference) { check_against_reference(small_config(8, 2), TensorType::kQ8_0, true); }
 TEST(FusedModel, GqaQ4MatchesReference) { check_against_reference(small_config(8, 2), TensorType::kQ4_0, false); }
+TEST(FusedModel, MhaQ4_1MatchesReference) { check_against_reference(small_config(4, 4), TensorType::kQ4_1, true); }
 TEST(FusedModel, Bf16MatchesReference) { check_against_reference(small_config(4, 2), TensorType::kBF16, true); }
 
 TEST(FusedModel, RepeatedRunsAreIdentical) {
@@ -103,7 +105,7 @@ TEST(FusedModel, SynthesizedLargeShapeRuns) {
   c.n_ctx = 1024;
   c.n_rot = 64;
   c.rope_base = 500000.0f;
-  for (TensorType type : {TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_0}) {
+  for (TensorType type : {TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1}) {
     auto decoder = FusedDecoder::synthesize(c, type, 7);
     const std::vector<int> a = decoder->generate(1, 0, 64, FusedMode::kToken);
     const std::vector<int> b = decoder->generate(1, 0, 64, FusedMode::kLayer);
