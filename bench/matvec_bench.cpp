@@ -38,21 +38,23 @@ std::vector<uint8_t> make_weights(TensorType type, int64_t k, int64_t n_rows, st
 void run_matvec(benchmark::State& state, TensorType type, DotMethod method, int threads) {
   std::mt19937 gen(1);
   const int64_t n_tokens = state.range(0);
-  const std::vector<uint8_t> one_copy = make_weights(type, kInputs, kRows, gen);
+  // K-quants need whole 256-element super-blocks: 768 inputs instead of 576.
+  const int64_t k = type_info(type).block_elems == 256 ? 768 : kInputs;
+  const std::vector<uint8_t> one_copy = make_weights(type, k, kRows, gen);
   const size_t n_copies = (size_t{128} << 20) / one_copy.size() + 1;
   std::vector<uint8_t> weights(one_copy.size() * n_copies);
   for (size_t c = 0; c < n_copies; ++c) std::memcpy(weights.data() + c * one_copy.size(), one_copy.data(), one_copy.size());
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> x(static_cast<size_t>(kInputs * n_tokens));
+  std::vector<float> x(static_cast<size_t>(k * n_tokens));
   for (float& v : x) v = normal(gen);
   std::vector<float> out(static_cast<size_t>(kRows * n_tokens));
   ThreadPool pool(threads);
   PreparedActivation act;
   size_t copy = 0;
   for (auto _ : state) {
-    prepare_activation(x.data(), kInputs, n_tokens, method, act);
+    prepare_activation(x.data(), k, n_tokens, method, act);
     const uint8_t* matrix = weights.data() + (copy++ % n_copies) * one_copy.size();
-    MatmulTask task{type, method, matrix, type_bytes(type, kInputs), &act, out.data(), kRows};
+    MatmulTask task{type, method, matrix, type_bytes(type, k), &act, out.data(), kRows};
     pool.parallel_for(kRows, 32, [&](int64_t begin, int64_t end) { matmul_rows(task, begin, end); });
     benchmark::DoNotOptimize(out.data());
   }

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "cpu/fast_half.h"
+#include "pdvm/tensor_type.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -147,6 +148,99 @@ HWY_INLINE float BlockScale(const uint8_t* block) {
 template <class Format>
 HWY_INLINE float BlockOffset(const uint8_t* block) {
   return Format::kHasMin ? load_half(block + 2) : Format::kOffsetPerScale * load_half(block);
+}
+
+
+// ---- K-quants (256-element super-blocks), dequantized a row at a time --------------------
+inline void KScaleMin(const uint8_t* q, int j, int& scale, int& min) {
+  if (j < 4) {
+    scale = q[j] & 63;
+    min = q[j + 4] & 63;
+  } else {
+    scale = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+    min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// Lanes [first, first + Lanes(d)) of 4-bit values held in the low (or high) nibbles of
+// consecutive bytes, as integers.
+template <class D>
+HWY_INLINE hn::VFromD<D> NibbleRun(D d, const uint8_t* bytes, size_t first, bool high) {
+  const auto v = hn::PromoteTo(d, hn::LoadU(hn::Rebind<uint8_t, D>(), bytes + first));
+  return high ? hn::ShiftRight<4>(v) : hn::And(v, hn::Set(d, 15));
+}
+
+// Q4_K (kHighBits = false) and Q5_K (true): sub-block s of 32 takes nibbles from
+// qs[(s / 2) * 32 + l] (low for even s), the fifth bit from bit s of qh[l];
+// value = d * scale_s * q - dmin * min_s.
+template <bool kHighBits>
+HWY_INLINE void DequantizeQ45K(const uint8_t* block, float* y) {
+  const hn::CappedTag<float, 16> df;
+  const hn::RebindToSigned<decltype(df)> di;
+  const size_t n = hn::Lanes(df);
+  const float d = load_half(block), dmin = load_half(block + 2);
+  const uint8_t* scales = block + 4;
+  const uint8_t* qh = block + 16;
+  const uint8_t* qs = block + (kHighBits ? 48 : 16);
+  for (int sub = 0; sub < 8; ++sub) {
+    int scale, min;
+    KScaleMin(scales, sub, scale, min);
+    const auto ds = hn::Set(df, d * static_cast<float>(scale));
+    const auto dm = hn::Set(df, -dmin * static_cast<float>(min));
+    for (size_t l = 0; l < 32; l += n) {
+      auto q = NibbleRun(di, qs + (sub / 2) * 32, l, sub % 2 == 1);
+      if constexpr (kHighBits) {
+        const auto bits = hn::PromoteTo(di, hn::LoadU(hn::Rebind<uint8_t, decltype(di)>(), qh + l));
+        q = hn::Or(q, hn::ShiftLeft<4>(hn::And(hn::ShiftRightSame(bits, sub), hn::Set(di, 1))));
+      }
+      hn::StoreU(hn::MulAdd(hn::ConvertTo(df, q), ds, dm), df, y + sub * 32 + l);
+    }
+  }
+}
+
+// Q6_K: in each half of 128 elements, group g (0..3) of 32 takes its low nibbles from
+// ql[(g % 2) * 32 + l] (high nibbles for g >= 2) and two high bits from qh[l] >> 2g; int8
+// scales per 16 elements; value = d * scale * (q - 32).
+HWY_INLINE void DequantizeQ6K(const uint8_t* block, float* y) {
+  const hn::CappedTag<float, 16> df;
+  const hn::RebindToSigned<decltype(df)> di;
+  const size_t n = hn::Lanes(df);
+  const float d = load_half(block + 208);
+  const int8_t* scales = reinterpret_cast<const int8_t*>(block + 192);
+  for (int half = 0; half < 2; ++half) {
+    const uint8_t* ql = block + half * 64;
+    const uint8_t* qh = block + 128 + half * 32;
+    for (int group = 0; group < 4; ++group) {
+      for (size_t l = 0; l < 32; l += n) {
+        const auto low = NibbleRun(di, ql + (group % 2) * 32, l, group >= 2);
+        const auto bits = hn::PromoteTo(di, hn::LoadU(hn::Rebind<uint8_t, decltype(di)>(), qh + l));
+        const auto high = hn::And(hn::ShiftRightSame(bits, 2 * group), hn::Set(di, 3));
+        const auto q = hn::Sub(hn::Or(low, hn::ShiftLeft<4>(high)), hn::Set(di, 32));
+        // n <= 16 lanes never straddle the two 16-element scale groups.
+        const int e = half * 128 + group * 32 + static_cast<int>(l);
+        const auto scale = hn::Set(df, d * static_cast<float>(scales[e / 16]));
+        hn::StoreU(hn::Mul(hn::ConvertTo(df, q), scale), df, y + e);
+      }
+    }
+  }
+}
+
+// Dequantizes a K-quant row with SIMD; false for other types.
+HWY_INLINE bool DequantizeKQuantRow(TensorType type, const uint8_t* row, int64_t k, float* y) {
+  const int64_t n_blocks = k / 256;
+  switch (type) {
+    case TensorType::kQ4_K:
+      for (int64_t b = 0; b < n_blocks; ++b) DequantizeQ45K<false>(row + b * 144, y + b * 256);
+      return true;
+    case TensorType::kQ5_K:
+      for (int64_t b = 0; b < n_blocks; ++b) DequantizeQ45K<true>(row + b * 176, y + b * 256);
+      return true;
+    case TensorType::kQ6_K:
+      for (int64_t b = 0; b < n_blocks; ++b) DequantizeQ6K(row + b * 210, y + b * 256);
+      return true;
+    default:
+      return false;
+  }
 }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)

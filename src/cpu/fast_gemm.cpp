@@ -82,7 +82,9 @@ const float* RowAsFloat(const MatmulTask& task, int64_t j, float* dst) {
     case TensorType::kQ5_0: DequantizeBlocks<Q5_0>(row, k, dst); break;
     case TensorType::kQ5_1: DequantizeBlocks<Q5_1>(row, k, dst); break;
     case TensorType::kQ8_0: DequantizeBlocks<Q8_0>(row, k, dst); break;
-    default: dequantize_row(task.type, row, dst, k); break;
+    default:
+      if (!DequantizeKQuantRow(task.type, row, k, dst)) dequantize_row(task.type, row, dst, k);
+      break;
   }
   return dst;
 }

@@ -264,7 +264,8 @@ struct FloatRows {
   };
 };
 
-// Scratch row for the generic path, one per thread.
+// K-quants (SIMD dequantization of the row into L1, then the F32 kernel) and any other type
+// the reference can dequantize. Scratch row per thread.
 std::vector<float>& GenericScratch() {
   thread_local std::vector<float> scratch;
   return scratch;
@@ -275,7 +276,10 @@ struct GenericRowsKernel {
   static void prepare(const MatmulTask& task, int64_t j) {
     std::vector<float>& scratch = GenericScratch();
     scratch.resize(static_cast<size_t>(task.act->k));
-    dequantize_row(task.type, task.w + j * task.row_bytes, scratch.data(), task.act->k);
+    const uint8_t* row = task.w + j * task.row_bytes;
+    if (!DequantizeKQuantRow(task.type, row, task.act->k, scratch.data())) {
+      dequantize_row(task.type, row, scratch.data(), task.act->k);
+    }
   }
   static void run(const MatmulTask& task, int64_t, int64_t t0, float* out) {
     RowFloat<float, kTokens>(GenericScratch().data(), *task.act, t0, out, task.out_stride);
@@ -333,6 +337,9 @@ bool has_matmul_kernel(TensorType type, DotMethod method) {
     case TensorType::kF32:
     case TensorType::kF16:
     case TensorType::kBF16:
+    case TensorType::kQ4_K:
+    case TensorType::kQ5_K:
+    case TensorType::kQ6_K:
       return method == DotMethod::kDequantFma;
     case TensorType::kQ4_0:
     case TensorType::kQ4_1:
