@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/fast_half.h"
@@ -75,86 +76,86 @@ HWY_INLINE void BlockScales(DF df, const uint8_t* row, int64_t b0, int64_t n,
 }
 
 // ---- one weight row against kTokens tokens ----------------------------------------------
-template <class Format, int kTokens>
-HWY_INLINE void RowInteger(const uint8_t* row, const PreparedActivation& act, int64_t t0,
-                           float* out, int64_t out_stride) {
-  const hn::CappedTag<int16_t, kI16Lanes> d16;
-  const hn::Repartition<int32_t, decltype(d16)> d32;
-  const hn::Rebind<float, decltype(d32)> df;
-  const hn::ScalableTag<float> df_full;
+// One block against kTokens tokens (x of token t at xq + t * x_stride), into acc[t].
+template <class Format, int kTokens, class D16, class DF>
+HWY_INLINE void IntegerBlock(D16 d16, DF df, const uint8_t* block, const int16_t* xq,
+                             int64_t x_stride, const float (*scales)[kScaleRow], int64_t i,
+                             hn::VFromD<DF>* acc) {
+  const hn::Repartition<int32_t, D16> d32;
   const size_t n = hn::Lanes(d16);
-  const size_t vecs = 32 / n;
-  const int64_t nb = act.k / kQ8Block;
-  hn::Vec<decltype(d16)> w[kMaxVecsPerBlock];
-  // Two accumulators per token (even and odd blocks) so consecutive blocks do not wait on
-  // each other's multiply-add latency.
-  hn::Vec<decltype(df)> acc[kTokens][2];
-  hn::Vec<decltype(df_full)> offset_acc[kTokens];
-  HWY_ALIGN float scales[kTokens][kScaleRow];
+  hn::VFromD<D16> w[kMaxVecsPerBlock];
+  Format::decode(d16, block, w);
   for (int t = 0; t < kTokens; ++t) {
-    acc[t][0] = acc[t][1] = hn::Zero(df);
-    offset_acc[t] = hn::Zero(df_full);
-  }
-  for (int64_t b0 = 0; b0 < nb; b0 += kScaleChunk) {
-    const int64_t chunk = std::min(kScaleChunk, nb - b0);
-    BlockScales<Format, kTokens>(df_full, row, b0, chunk, act, true, t0, scales, offset_acc);
-    for (int64_t i = 0; i < chunk; ++i) {
-      Format::decode(d16, row + (b0 + i) * Format::kBytes, w);
-      for (int t = 0; t < kTokens; ++t) {
-        const int16_t* xq = act.q.data() + ((t0 + t) * nb + b0 + i) * kQ8Block;
-        auto sum0 = hn::Zero(d32);
-        auto sum1 = hn::Zero(d32);
-        for (size_t v = 0; v < vecs; ++v) {
-          sum0 = hn::ReorderWidenMulAccumulate(d32, w[v], hn::LoadU(d16, xq + v * n), sum0, sum1);
-        }
-        const auto block_dot = hn::ConvertTo(df, hn::Add(sum0, sum1));
-        acc[t][i & 1] = hn::MulAdd(block_dot, hn::Set(df, scales[t][i]), acc[t][i & 1]);
-      }
+    const int16_t* x = xq + t * x_stride;
+    auto sum0 = hn::Zero(d32);
+    auto sum1 = hn::Zero(d32);
+    for (size_t v = 0; v < 32 / n; ++v) {
+      sum0 = hn::ReorderWidenMulAccumulate(d32, w[v], hn::LoadU(d16, x + v * n), sum0, sum1);
     }
-  }
-  for (int t = 0; t < kTokens; ++t) {
-    out[(t0 + t) * out_stride] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc[t][0], acc[t][1]))) +
-                                 hn::GetLane(hn::SumOfLanes(df_full, offset_acc[t]));
+    acc[t] = hn::MulAdd(hn::ConvertTo(df, hn::Add(sum0, sum1)), hn::Set(df, scales[t][i]), acc[t]);
   }
 }
 
-template <class Format, int kTokens>
-HWY_INLINE void RowDequantFma(const uint8_t* row, const PreparedActivation& act, int64_t t0,
-                              float* out, int64_t out_stride) {
-  const hn::CappedTag<float, 16> df;
-  const hn::RebindToSigned<decltype(df)> di;
-  const hn::ScalableTag<float> df_full;
+template <class Format, int kTokens, class DF>
+HWY_INLINE void FloatBlock(DF df, const uint8_t* block, const float* x0, int64_t x_stride,
+                           const float (*scales)[kScaleRow], int64_t i, hn::VFromD<DF>* acc) {
+  const hn::RebindToSigned<DF> di;
   const size_t n = hn::Lanes(df);
-  const size_t vecs = 32 / n;
+  hn::VFromD<decltype(di)> wi[kMaxVecsPerBlock];
+  hn::VFromD<DF> wf[kMaxVecsPerBlock];
+  Format::decode(di, block, wi);
+  for (size_t v = 0; v < 32 / n; ++v) wf[v] = hn::ConvertTo(df, wi[v]);
+  const auto scale = hn::Set(df, scales[0][i]);
+  for (int t = 0; t < kTokens; ++t) {
+    const float* x = x0 + t * x_stride;
+    auto block_dot = hn::Mul(wf[0], hn::LoadU(df, x));
+    for (size_t v = 1; v < 32 / n; ++v) block_dot = hn::MulAdd(wf[v], hn::LoadU(df, x + v * n), block_dot);
+    acc[t] = hn::MulAdd(block_dot, scale, acc[t]);
+  }
+}
+
+// One row against kTokens tokens with either method. Even and odd blocks go to separate
+// accumulators (the loop is unrolled by two so they stay in registers), so consecutive blocks
+// do not wait on each other's multiply-add latency.
+template <class Format, int kTokens, bool kInteger>
+HWY_INLINE void RowBlocks(const uint8_t* row, const PreparedActivation& act, int64_t t0,
+                          float* out, int64_t out_stride) {
+  const hn::CappedTag<int16_t, kI16Lanes> d16;
+  const hn::ScalableTag<float> df_full;
   const int64_t nb = act.k / kQ8Block;
-  hn::Vec<decltype(di)> wi[kMaxVecsPerBlock];
-  hn::Vec<decltype(df)> wf[kMaxVecsPerBlock];
-  // Two accumulators per token (even and odd blocks) so consecutive blocks do not wait on
-  // each other's multiply-add latency.
-  hn::Vec<decltype(df)> acc[kTokens][2];
+  // The integer path converts int32 sums of one i16 vector; the float path uses up to 16 lanes.
+  using DAcc = std::conditional_t<kInteger, hn::Rebind<float, hn::Repartition<int32_t, decltype(d16)>>,
+                                  hn::CappedTag<float, 16>>;
+  const DAcc df;
+  hn::Vec<DAcc> acc0[kTokens], acc1[kTokens];
   hn::Vec<decltype(df_full)> offset_acc[kTokens];
   HWY_ALIGN float scales[kTokens][kScaleRow];
   for (int t = 0; t < kTokens; ++t) {
-    acc[t][0] = acc[t][1] = hn::Zero(df);
+    acc0[t] = acc1[t] = hn::Zero(df);
     offset_acc[t] = hn::Zero(df_full);
   }
   for (int64_t b0 = 0; b0 < nb; b0 += kScaleChunk) {
     const int64_t chunk = std::min(kScaleChunk, nb - b0);
-    BlockScales<Format, kTokens>(df_full, row, b0, chunk, act, false, t0, scales, offset_acc);
-    for (int64_t i = 0; i < chunk; ++i) {
-      Format::decode(di, row + (b0 + i) * Format::kBytes, wi);
-      for (size_t v = 0; v < vecs; ++v) wf[v] = hn::ConvertTo(df, wi[v]);
-      const auto scale = hn::Set(df, scales[0][i]);
-      for (int t = 0; t < kTokens; ++t) {
-        const float* x = act.x + (t0 + t) * act.k + (b0 + i) * kQ8Block;
-        auto block_dot = hn::Mul(wf[0], hn::LoadU(df, x));
-        for (size_t v = 1; v < vecs; ++v) block_dot = hn::MulAdd(wf[v], hn::LoadU(df, x + v * n), block_dot);
-        acc[t][i & 1] = hn::MulAdd(block_dot, scale, acc[t][i & 1]);
+    BlockScales<Format, kTokens>(df_full, row, b0, chunk, act, kInteger, t0, scales, offset_acc);
+    const uint8_t* blocks = row + b0 * Format::kBytes;
+    auto step = [&](int64_t i, hn::Vec<DAcc>* acc) HWY_ATTR {
+      if constexpr (kInteger) {
+        IntegerBlock<Format, kTokens>(d16, df, blocks + i * Format::kBytes,
+                                      act.q.data() + t0 * act.k + (b0 + i) * kQ8Block, act.k, scales, i, acc);
+      } else {
+        FloatBlock<Format, kTokens>(df, blocks + i * Format::kBytes, act.x + t0 * act.k + (b0 + i) * kQ8Block,
+                                    act.k, scales, i, acc);
       }
+    };
+    int64_t i = 0;
+    for (; i + 2 <= chunk; i += 2) {
+      step(i, acc0);
+      step(i + 1, acc1);
     }
+    if (i < chunk) step(i, acc0);
   }
   for (int t = 0; t < kTokens; ++t) {
-    out[(t0 + t) * out_stride] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc[t][0], acc[t][1]))) +
+    out[(t0 + t) * out_stride] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0[t], acc1[t]))) +
                                  hn::GetLane(hn::SumOfLanes(df_full, offset_acc[t]));
   }
 }
@@ -235,7 +236,7 @@ struct IntegerRows {
   struct Kernel {
     static void prepare(const MatmulTask&, int64_t) {}
     static void run(const MatmulTask& task, int64_t j, int64_t t0, float* out) {
-      RowInteger<Format, kTokens>(task.w + j * task.row_bytes, *task.act, t0, out, task.out_stride);
+      RowBlocks<Format, kTokens, true>(task.w + j * task.row_bytes, *task.act, t0, out, task.out_stride);
     }
   };
 };
@@ -246,8 +247,7 @@ struct DequantRows {
   struct Kernel {
     static void prepare(const MatmulTask&, int64_t) {}
     static void run(const MatmulTask& task, int64_t j, int64_t t0, float* out) {
-      RowDequantFma<Format, kTokens>(task.w + j * task.row_bytes, *task.act, t0, out,
-                                     task.out_stride);
+      RowBlocks<Format, kTokens, false>(task.w + j * task.row_bytes, *task.act, t0, out, task.out_stride);
     }
   };
 };
