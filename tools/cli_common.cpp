@@ -52,6 +52,18 @@ void add_model_flags(CLI::App& app, ModelFlags& flags) {
   for (const BackendInfo& b : registered_backends()) names.push_back(b.name);
   app.add_option("--backend", flags.backend,
                  fmt::format("compute backend: {} (default: {})", fmt::join(names, ", "), default_backend_name()));
+  app.add_option("-t,--threads", flags.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--kv-type", flags.kv_type, "KV cache type: f32, f16 or q8_0 (default: the backend's, f16 on cpu)");
+}
+
+void apply_backend_flags(const ModelFlags& flags, SessionOptions& options) {
+  options.backend_options.n_threads = flags.threads;
+  if (flags.kv_type.empty()) return;
+  const auto type = type_from_name(flags.kv_type);
+  if (!type || (*type != TensorType::kF32 && *type != TensorType::kF16 && *type != TensorType::kQ8_0)) {
+    throw_error(ErrorKind::kInvalidArgument, "--kv-type must be f32, f16 or q8_0, not '" + flags.kv_type + "'");
+  }
+  options.kv_type = *type;
 }
 
 void add_sampling_flags(CLI::App& app, SamplingFlags& flags) {

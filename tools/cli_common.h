@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 
+#include "pdvm/engine.h"
 #include "pdvm/generator.h"
 #include "pdvm/sampling.h"
 
@@ -24,13 +25,17 @@ std::filesystem::path resolve_model_path(const std::string& given);
 // "auto" (the GPU when usable, else the CPU) when registered, else "cpu".
 std::string default_backend_name();
 
-// Adds -m/--model, --ctx and --backend.
+// Adds -m/--model, --ctx, --backend, -t/--threads and --kv-type.
 struct ModelFlags {
   std::string model;
   int64_t n_ctx = 0;
   std::string backend;
+  int threads = 0;      // CPU backends; 0 = all cores
+  std::string kv_type;  // empty: the backend's default (f16 on the fast backends)
 };
 void add_model_flags(CLI::App& app, ModelFlags& flags);
+// Copies --threads and --kv-type into `options`; Error(kInvalidArgument) for a bad --kv-type.
+void apply_backend_flags(const ModelFlags& flags, SessionOptions& options);
 
 // Adds --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed.
 struct SamplingFlags {

@@ -37,6 +37,7 @@ int chat(const ChatOptions& opt) {
   session_options.model_path = resolve_model_path(opt.model.model);
   session_options.backend = opt.model.backend.empty() ? default_backend_name() : opt.model.backend;
   session_options.n_ctx = opt.model.n_ctx;
+  apply_backend_flags(opt.model, session_options);
 
   const auto load_start = std::chrono::steady_clock::now();
   Session session(session_options);

@@ -71,6 +71,7 @@ int run(const PerplexityOptions& opt) {
   session_options.model_path = model_path;
   session_options.backend = opt.model.backend.empty() ? default_backend_name() : opt.model.backend;
   session_options.n_ctx = n_ctx;
+  apply_backend_flags(opt.model, session_options);
   Session session(session_options);
   if (base && base->n_vocab() != static_cast<uint64_t>(session.n_vocab())) {
     throw_error(ErrorKind::kInvalidArgument, fmt::format("{} has a vocabulary of {} tokens, this model {}",

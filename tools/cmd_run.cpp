@@ -73,6 +73,7 @@ int run(RunOptions opt) {
   session_options.model_path = model_path;
   session_options.backend = opt.model.backend.empty() ? default_backend_name() : opt.model.backend;
   session_options.n_ctx = opt.model.n_ctx;
+  apply_backend_flags(opt.model, session_options);
   Session session(session_options);
   Generator generator(session, tokenizer);
   print_load_time(seconds_since(load_start));
