@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -105,21 +106,89 @@ TEST(TokenizerVectors, EncodesHundredKilobytesWellUnderASecond) {
   }
 }
 
-TEST(TokenizerVectors, UnknownPreTokenizerIsAClearError) {
+// Random bytes (with control-token text and U+2581 mixed in) never crash, and where the
+// vocabulary can spell every byte they come back unchanged.
+TEST(TokenizerVectors, RandomBytesRoundTrip) {
+  const std::vector<std::string> fragments = {"<s>", "</s>", "<|endoftext|>", "<fim_prefix>", "\xE2\x96\x81", " ",
+                                              "\n", "  ", "\xF0\x9F\x98\x80", "\xC3\xA9", "12", "'s"};
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_int_distribution<size_t> pick(0, fragments.size() - 1);
+  std::uniform_int_distribution<int> length(0, 60);
+  for (const fs::path& input_path : vocab_files()) {
+    fs::path gguf_path = input_path;
+    gguf_path.replace_extension();
+    const Tokenizer tokenizer = Tokenizer::from_gguf(GgufFile::open(gguf_path));
+    const bool spells_every_byte = gguf_path.filename() != "ggml-vocab-starcoder.gguf";
+    for (int round = 0; round < 1000; ++round) {
+      std::string text;
+      for (int n = length(test::rng()); n > 0; --n) {
+        if (byte(test::rng()) < 64) {
+          text += fragments[pick(test::rng())];
+        } else {
+          text += static_cast<char>(byte(test::rng()));
+        }
+      }
+      const std::vector<int32_t> as_text = tokenizer.encode(text, true, false);
+      const std::vector<int32_t> parsed = tokenizer.encode(text, true, true);
+      for (int32_t id : as_text) ASSERT_FALSE(tokenizer.is_control(id) && id != tokenizer.bos_id()) << text;
+      if (spells_every_byte) {
+        // A literal U+2581 decodes as a space in SPM.
+        const bool spm = tokenizer.kind() == TokenizerKind::kSentencePiece;
+        std::string expected;
+        for (size_t pos = 0; pos < text.size();) {
+          if (spm && text.compare(pos, 3, "\xE2\x96\x81") == 0) {
+            expected += ' ';
+            pos += 3;
+          } else {
+            expected += text[pos++];
+          }
+        }
+        ASSERT_EQ(tokenizer.decode(as_text), expected) << gguf_path.filename();
+      }
+      ASSERT_LE(tokenizer.decode(parsed).size(), text.size() + 1);
+    }
+  }
+}
+
+// The gpt-2 vocabulary's tokenizer metadata with `key` replaced (or removed when value is empty).
+std::vector<uint8_t> gpt2_metadata_with(const std::string& key, std::optional<GgufValue> value) {
   const GgufFile file = GgufFile::open(test::testdata_dir() / "tokenizer" / "ggml-vocab-gpt-2.gguf");
   GgufWriter writer;
   for (const GgufKeyValue& entry : file.metadata()) {
-    if (entry.key.starts_with("tokenizer.")) writer.set(entry.key, entry.value);
+    if (!entry.key.starts_with("tokenizer.")) continue;
+    if (entry.key != key) {
+      writer.set(entry.key, entry.value);
+    } else if (value) {
+      writer.set(entry.key, *value);
+    }
   }
-  writer.set("tokenizer.ggml.pre", GgufValue("mystery-pre"));
-  const std::vector<uint8_t> image = writer.write_to_memory();
+  return writer.write_to_memory();
+}
+
+void expect_error(const std::string& key, std::optional<GgufValue> value, ErrorKind kind, const std::string& needle) {
+  const std::vector<uint8_t> image = gpt2_metadata_with(key, std::move(value));
   try {
     Tokenizer::from_gguf(GgufFile::parse(image));
-    FAIL() << "unknown pre-tokenizer accepted";
+    ADD_FAILURE() << key << ": accepted";
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
-    EXPECT_NE(std::string(e.what()).find("mystery-pre"), std::string::npos) << e.what();
+    EXPECT_EQ(e.kind(), kind) << e.what();
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
   }
+}
+
+TEST(TokenizerVectors, BadMetadataIsAClearError) {
+  expect_error("tokenizer.ggml.pre", GgufValue("mystery-pre"), ErrorKind::kUnsupported, "mystery-pre");
+  expect_error("tokenizer.ggml.model", GgufValue("wordpiece"), ErrorKind::kUnsupported, "wordpiece");
+  expect_error("tokenizer.ggml.merges", std::nullopt, ErrorKind::kFileFormat, "tokenizer.ggml.merges");
+  expect_error("tokenizer.ggml.tokens", GgufValue(uint32_t{5}), ErrorKind::kFileFormat, "tokenizer.ggml.tokens");
+  expect_error("tokenizer.ggml.token_type",
+               GgufValue::array(GgufType::kString, {GgufValue("x")}), ErrorKind::kFileFormat,
+               "tokenizer.ggml.token_type");
+  expect_error("tokenizer.ggml.token_type", GgufValue::array(GgufType::kI32, {GgufValue(int32_t{1})}),
+               ErrorKind::kFileFormat, "token types");
+  expect_error("tokenizer.ggml.eos_token_id", GgufValue(uint32_t{1u << 30}), ErrorKind::kFileFormat, "eos");
+  expect_error("tokenizer.ggml.merges", GgufValue::array(GgufType::kString, {GgufValue("nospace")}),
+               ErrorKind::kFileFormat, "nospace");
 }
 
 }  // namespace
