@@ -138,6 +138,15 @@ def test_run_interrupt_stops_cleanly():
           f"no stats after SIGINT: {err.decode()!r}")
 
 
+def test_chat_turn_too_long_for_the_context():
+    long_line = "word " * 100
+    result = pdvm("chat", "-m", str(MODEL), "--ctx", "64", *GREEDY, "-n", "4", stdin=f"{long_line}\nHi\n")
+    err = result.stderr.decode()
+    check(result.returncode == 0 and "the context holds 64" in err and "/reset" in err,
+          "an over-long turn should be refused with a message, and the chat go on", result)
+    check(result.stdout.strip() != b"", "the next turn got no reply", result)
+
+
 def test_chat_template_matches_jinja():
     reader = gguf.GGUFReader(str(MODEL))
 
