@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -78,6 +79,10 @@ class Backend {
   virtual TensorType default_kv_type() const { return TensorType::kF16; }
 
   // ---- memory --------------------------------------------------------------------------
+  // Bytes alloc() can still hand out, where the backend knows (host backends: the memory the
+  // system reports available). Large buffers such as the KV cache are checked against it
+  // first, so that a size that cannot fit fails with a message instead of an OOM kill.
+  virtual std::optional<uint64_t> available_memory() const { return std::nullopt; }
   virtual Tensor alloc(TensorType type, std::array<int64_t, 4> ne) = 0;
   // Creates a weight from host bytes in GGUF layout. A backend may repack it (and mark
   // `layout`); the logical type and shape stay those of the source.

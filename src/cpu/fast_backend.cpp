@@ -16,6 +16,7 @@
 #include "cpu/fast_thread_pool.h"
 #include "pdvm/backend_registry.h"
 #include "pdvm/error.h"
+#include "util/host_memory.h"
 
 namespace pdvm::cpu {
 namespace {
@@ -106,6 +107,7 @@ class FastCpuBackend final : public Backend {
         method_override_(method_override()) {}
 
   std::string name() const override { return "cpu"; }
+  std::optional<uint64_t> available_memory() const override { return available_host_memory(); }
 
   Tensor alloc(TensorType type, std::array<int64_t, 4> ne) override {
     Tensor t;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "pdvm/backend.h"
+#include "util/host_memory.h"
 
 namespace pdvm {
 
@@ -15,6 +16,7 @@ class ReferenceBackend final : public Backend {
 
   std::string name() const override { return "cpu-ref"; }
   TensorType default_kv_type() const override { return TensorType::kF32; }
+  std::optional<uint64_t> available_memory() const override { return available_host_memory(); }
 
   Tensor alloc(TensorType type, std::array<int64_t, 4> ne) override;
   // References `bytes` without copying: they must outlive the tensor (the GgufFile's mapping).

@@ -1,10 +1,36 @@
 #include "pdvm/kv_cache.h"
 
+#include <optional>
 #include <string>
+
+#include <fmt/format.h>
 
 #include "pdvm/error.h"
 
 namespace pdvm {
+namespace {
+
+constexpr double kMiB = 1024.0 * 1024.0;
+
+// Refuses a cache that cannot fit before allocating any of it: host allocations succeed lazily
+// and the process would be killed when the pages are touched.
+void check_fits(const Backend& backend, const KvCacheShape& shape) {
+  uint64_t total = static_cast<uint64_t>(type_bytes(shape.type, shape.row_width));
+  const bool overflow = __builtin_mul_overflow(total, static_cast<uint64_t>(shape.n_ctx), &total) ||
+                        __builtin_mul_overflow(total, 2 * static_cast<uint64_t>(shape.n_layer), &total);
+  const std::optional<uint64_t> available = backend.available_memory();
+  if (!overflow && (!available || total <= *available)) return;
+  const std::string need = overflow ? std::string("more bytes than a 64-bit address space holds")
+                                    : fmt::format("{:.0f} MiB", static_cast<double>(total) / kMiB);
+  const std::string have = available ? fmt::format("{:.0f} MiB", static_cast<double>(*available) / kMiB)
+                                     : std::string("unknown");
+  throw_error(ErrorKind::kResource,
+              fmt::format("the KV cache for a context of {} tokens needs {} ({} layers, {} entries), memory "
+                          "available: {}; use a smaller context size",
+                          shape.n_ctx, need, shape.n_layer, type_name(shape.type), have));
+}
+
+}  // namespace
 
 KvCache::KvCache(Backend& backend, const KvCacheShape& shape) : shape_(shape) {
   if (shape.n_ctx <= 0) {
@@ -12,6 +38,7 @@ KvCache::KvCache(Backend& backend, const KvCacheShape& shape) : shape_(shape) {
                 "context size must be positive, got " + std::to_string(shape.n_ctx));
   }
   PDVM_CHECK(shape.n_layer > 0 && shape.row_width > 0);
+  check_fits(backend, shape);
   keys_.reserve(shape.n_layer);
   values_.reserve(shape.n_layer);
   for (int layer = 0; layer < shape.n_layer; ++layer) {
