@@ -21,6 +21,9 @@ struct Command {
 
 std::vector<Command>& command_registry();
 
+// Declares every registered sub-command on `app`; parsing sets `action` to the chosen one's.
+void build_app(CLI::App& app, std::function<int()>& action);
+
 struct CommandRegistrar {
   CommandRegistrar(std::string name, std::string description, CommandSetup setup) {
     command_registry().push_back({std::move(name), std::move(description), std::move(setup)});

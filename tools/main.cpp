@@ -7,25 +7,10 @@
 #include "command.h"
 #include "pdvm/error.h"
 
-namespace pdvm::cli {
-
-std::vector<Command>& command_registry() {
-  static std::vector<Command> registry;
-  return registry;
-}
-
-}  // namespace pdvm::cli
-
 int main(int argc, char** argv) {
   CLI::App app{"pdvm: fast LLaMA-family inference from GGUF files"};
-  app.require_subcommand(1);
-  app.set_version_flag("--version", "pdvm 0.1.0");
   std::function<int()> action;
-  for (auto& command : pdvm::cli::command_registry()) {
-    CLI::App* sub = app.add_subcommand(command.name, command.description);
-    auto make_action = command.setup(*sub);
-    sub->callback([&action, make_action] { action = make_action; });
-  }
+  pdvm::cli::build_app(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
