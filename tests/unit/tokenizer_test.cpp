@@ -242,6 +242,18 @@ TEST(BpeTokenizer, ByteWithoutTokenNeverBecomesAControlToken) {
   EXPECT_EQ(Tokenizer(vocab).encode("a\xFF" "b", false, false), (std::vector<int32_t>{'a', 0xFE, 'b'}));
 }
 
+TEST(BpeTokenizer, Llama3TakesWholeWordsFromTheVocabulary) {
+  // "abc" is a token no merge sequence reaches (there is no "ab c" or "a bc" merge).
+  TokenizerVocab vocab = bpe_vocab({"a b"}, "llama-bpe");
+  vocab.tokens.push_back("abc");
+  vocab.types.push_back(TokenType::kNormal);
+  const int32_t abc = static_cast<int32_t>(vocab.tokens.size()) - 1;
+  EXPECT_EQ(Tokenizer(vocab).encode("abc", false, false), std::vector<int32_t>{abc});
+  vocab.pre_name = "gpt2";
+  const Tokenizer gpt2(vocab);
+  EXPECT_EQ(gpt2.encode("abc", false, false), (std::vector<int32_t>{*gpt2.find_token("ab"), 'c'}));
+}
+
 TEST(PreTokenizer, SplitsLikeTheReferencePatterns) {
   using Pieces = std::vector<std::string_view>;
   EXPECT_EQ(tokenizer_detail::PreTokenizer("gpt2").split("Hello world  it's 123!!\n"),
