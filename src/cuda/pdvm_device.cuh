@@ -17,14 +17,17 @@ constexpr int kQuantBlock = 32;
 
 // Repacked weight formats. Every format streams 16-byte chunks from a row-major main stream;
 // quantized formats keep their per-32 block scales in a separate f16 stream.
-enum Format : int { kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3, kFmtQ4_1 = 4 };
+// kFmtQ8_16: int8 quants with an f16 scale per 16 (Q6_K repacked); Q4_K is repacked to Q4_1.
+enum Format : int { kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3, kFmtQ4_1 = 4, kFmtQ8_16 = 5 };
 
 __host__ __device__ constexpr int weights_per_chunk(int format) {
-  return format == kFmtQ8_0 ? 16 : format == kFmtQ4_0 || format == kFmtQ4_1 ? 32 : 8;
+  return format == kFmtQ8_0 || format == kFmtQ8_16 ? 16 : format == kFmtQ4_0 || format == kFmtQ4_1 ? 32 : 8;
 }
 __host__ __device__ constexpr bool is_quantized_format(int format) {
-  return format == kFmtQ8_0 || format == kFmtQ4_0 || format == kFmtQ4_1;
+  return format == kFmtQ8_0 || format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtQ8_16;
 }
+// 16-byte chunks sharing one scale entry.
+__host__ __device__ constexpr int chunks_per_scale(int format) { return format == kFmtQ8_0 ? 2 : 1; }
 // Halves per block in the scale stream: Q4_1 keeps (scale, min) pairs.
 __host__ __device__ constexpr int scale_halves(int format) { return format == kFmtQ4_1 ? 2 : 1; }
 
@@ -174,9 +177,10 @@ __device__ __forceinline__ float matrix_element(const DevMatrix& m, int row, int
   } else if constexpr (kFormat == kFmtBF16) {
     return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(r)[i]);
   } else {
-    const __half* block_scales = m.scales + static_cast<int64_t>(row) * m.scale_stride + (i / kQuantBlock) * scale_halves(kFormat);
+    const int block = i / (weights_per_chunk(kFormat) * chunks_per_scale(kFormat));
+    const __half* block_scales = m.scales + static_cast<int64_t>(row) * m.scale_stride + block * scale_halves(kFormat);
     const float scale = __half2float(block_scales[0]);
-    if constexpr (kFormat == kFmtQ8_0) {
+    if constexpr (kFormat == kFmtQ8_0 || kFormat == kFmtQ8_16) {
       return scale * static_cast<float>(reinterpret_cast<const int8_t*>(r)[i]);
     } else {
       const int in_block = i % kQuantBlock;
@@ -200,7 +204,8 @@ __device__ __forceinline__ void dispatch_format(int format, Fn&& fn) {
     case kFmtBF16: fn(FormatTag<kFmtBF16>{}); break;
     case kFmtQ8_0: fn(FormatTag<kFmtQ8_0>{}); break;
     case kFmtQ4_0: fn(FormatTag<kFmtQ4_0>{}); break;
-    default: fn(FormatTag<kFmtQ4_1>{}); break;
+    case kFmtQ4_1: fn(FormatTag<kFmtQ4_1>{}); break;
+    default: fn(FormatTag<kFmtQ8_16>{}); break;
   }
 }
 

@@ -8,89 +8,24 @@
 
 #include "cuda/check.cuh"
 #include "cuda/pdvm_kernel.cuh"
+#include "cuda/pdvm_repack.h"
 #include "pdvm/error.h"
 #include "pdvm/pdvm_fused.h"
 
 namespace pdvm {
 
+using fused::append_rows;
 using fused::DevLayer;
+using fused::format_of;
+using fused::HostMatrix;
+using fused::is_quantized;
+using fused::row_bytes_of;
+using fused::scale_stride_of;
 using fused::DevMatrix;
 
 namespace {
 
 constexpr int kMaxChunks = 64;
-
-int format_of(TensorType type) {
-  switch (type) {
-    case TensorType::kF16: return fused::kFmtF16;
-    case TensorType::kBF16: return fused::kFmtBF16;
-    case TensorType::kQ8_0: return fused::kFmtQ8_0;
-    case TensorType::kQ4_0: return fused::kFmtQ4_0;
-    case TensorType::kQ4_1: return fused::kFmtQ4_1;
-    default: return -1;
-  }
-}
-
-bool is_quantized(int format) { return fused::is_quantized_format(format); }
-
-// Scale rows start 16-byte aligned.
-int scale_stride_of(int format, int cols) {
-  return (cols / fused::kQuantBlock * fused::scale_halves(format) + 7) / 8 * 8;
-}
-
-int row_bytes_of(int format, int cols) {
-  switch (format) {
-    case fused::kFmtQ8_0: return cols;
-    case fused::kFmtQ4_0:
-    case fused::kFmtQ4_1: return cols / 2;
-    default: return cols * 2;
-  }
-}
-
-// A matrix in the kernel layout on the host: main stream + block scales.
-struct HostMatrix {
-  int format = -1;
-  int rows = 0;
-  int cols = 0;
-  std::vector<uint8_t> data;
-  std::vector<uint16_t> scales;
-};
-
-void append_rows(HostMatrix& out, const FusedWeightView& w) {
-  const int format = format_of(w.type);
-  PDVM_CHECK(format >= 0 && (out.format < 0 || out.format == format));
-  if (out.format < 0) {
-    out.format = format;
-    out.cols = static_cast<int>(w.cols);
-  }
-  PDVM_CHECK(out.cols == w.cols);
-  const int row_bytes = row_bytes_of(format, out.cols);
-  const int blocks = out.cols / fused::kQuantBlock;
-  const auto* src = static_cast<const uint8_t*>(w.data);
-  out.data.reserve(out.data.size() + static_cast<size_t>(w.rows) * row_bytes);
-  if (!is_quantized(format)) {
-    out.data.insert(out.data.end(), src, src + static_cast<size_t>(w.rows) * row_bytes);
-  } else {
-    // GGUF blocks: f16 scale (and f16 min for Q4_1), then the quants (32 int8 or 16 bytes of nibbles).
-    const int halves = fused::scale_halves(format);
-    const int quant_bytes = format == fused::kFmtQ8_0 ? 32 : 16;
-    const int block_bytes = 2 * halves + quant_bytes;
-    const int stride = scale_stride_of(format, out.cols);
-    for (int64_t r = 0; r < w.rows; ++r) {
-      for (int b = 0; b < blocks; ++b) {
-        const uint8_t* block = src + (r * blocks + b) * block_bytes;
-        for (int h = 0; h < halves; ++h) {
-          uint16_t scale;
-          std::memcpy(&scale, block + 2 * h, 2);
-          out.scales.push_back(scale);
-        }
-        out.data.insert(out.data.end(), block + 2 * halves, block + block_bytes);
-      }
-      out.scales.resize(out.scales.size() + (stride - blocks * halves), 0);
-    }
-  }
-  out.rows += static_cast<int>(w.rows);
-}
 
 std::vector<float> to_floats(const FusedWeightView& w) {
   std::vector<float> out(static_cast<size_t>(w.cols * w.rows));
@@ -106,9 +41,10 @@ std::string check_matrix(const FusedWeightView& w, int64_t cols, int64_t rows) {
   const int format = format_of(w.type);
   if (format < 0)
     return "tensor " + w.name + " has type " + std::string(type_name(w.type)) +
-           " (fused kernels support f16, bf16, q8_0, q4_0, q4_1)";
+           " (fused kernels support f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k)";
   const int chunk = is_quantized(format) ? fused::kQuantBlock : fused::weights_per_chunk(format);
-  if (cols % chunk != 0 || row_bytes_of(format, static_cast<int>(cols)) % 16 != 0)
+  if (cols % chunk != 0 || cols % type_info(w.type).block_elems != 0 ||
+      row_bytes_of(format, static_cast<int>(cols)) % 16 != 0)
     return "tensor " + w.name + ": rows of " + std::to_string(cols) + " elements do not fill 16-byte chunks";
   return {};
 }
@@ -176,9 +112,7 @@ struct FusedDecoder::Impl {
       m.scales = alloc<__half>(static_cast<size_t>(rows) * m.scale_stride);
     }
     footprint.weight_bytes += static_cast<uint64_t>(rows) * m.row_bytes +
-                              (m.scales ? static_cast<uint64_t>(rows) * (cols / fused::kQuantBlock) * 2 *
-                                              fused::scale_halves(format)
-                                        : 0);
+                              (m.scales ? static_cast<uint64_t>(rows) * fused::scales_per_row(format, cols) * 2 : 0);
     return m;
   }
 
@@ -315,9 +249,11 @@ std::string FusedDecoder::unsupported_reason(const FusedModelView& model) {
           check_matrix(l.down, c.n_ff, c.n_embd)}) {
       if (!why.empty()) return why;
     }
-    if (l.wq.type != l.wk.type || l.wq.type != l.wv.type)
+    // Concatenated / paired matrices share one kernel layout.
+    if (format_of(l.wq.type) != format_of(l.wk.type) || format_of(l.wq.type) != format_of(l.wv.type))
       return "tensors " + l.wq.name + ", " + l.wk.name + ", " + l.wv.name + " differ in type";
-    if (l.gate.type != l.up.type) return "tensors " + l.gate.name + " and " + l.up.name + " differ in type";
+    if (format_of(l.gate.type) != format_of(l.up.type))
+      return "tensors " + l.gate.name + " and " + l.up.name + " differ in type";
   }
   if (std::string why = check_matrix(model.token_embd, c.n_embd, c.n_vocab); !why.empty()) return why;
   if (std::string why = check_vector(model.output_norm, c.n_embd); !why.empty()) return why;

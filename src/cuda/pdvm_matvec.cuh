@@ -41,7 +41,7 @@ __device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Ac
     return dot8_f16(w, acts.x + c * 8);
   } else if constexpr (kFormat == kFmtBF16) {
     return dot8_bf16(w, acts.x + c * 8);
-  } else if constexpr (kFormat == kFmtQ8_0) {
+  } else if constexpr (kFormat == kFmtQ8_0 || kFormat == kFmtQ8_16) {
     const int4 a = *reinterpret_cast<const int4*>(acts.q + c * 16);
     int sum = dp4a(w.x, a.x, 0);
     sum = dp4a(w.y, a.y, sum);
@@ -75,7 +75,6 @@ template <int kFormat, int kRows>
 __device__ __forceinline__ void warp_dot(const RowRef (&rows)[kRows], int n_chunks, const Acts& acts,
                                          float (&out)[kRows]) {
   constexpr int kUnroll = kLoadsPerLane / kRows;
-  constexpr int kChunksPerBlock = kQuantBlock / weights_per_chunk(kFormat);
   const int lane = threadIdx.x & 31;
   float acc[kRows];
 #pragma unroll
@@ -93,7 +92,7 @@ __device__ __forceinline__ void warp_dot(const RowRef (&rows)[kRows], int n_chun
         if constexpr (kFormat == kFmtQ4_1) {
           ws[r][u] = in ? __half22float2(__ldg(reinterpret_cast<const __half2*>(rows[r].scales) + c)) : make_float2(0, 0);
         } else if constexpr (is_quantized_format(kFormat)) {
-          ws[r][u] = make_float2(in ? __half2float(__ldg(rows[r].scales + c / kChunksPerBlock)) : 0.0f, 0.0f);
+          ws[r][u] = make_float2(in ? __half2float(__ldg(rows[r].scales + c / chunks_per_scale(kFormat))) : 0.0f, 0.0f);
         } else {
           ws[r][u] = make_float2(1.0f, 0.0f);
         }

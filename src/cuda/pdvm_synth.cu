@@ -33,7 +33,7 @@ __global__ void fill_matrix_kernel(DevMatrix m, uint64_t seed, float amplitude) 
       value = __half_as_ushort(__float2half_rn(amplitude * uniform_pm1(seed, i)));
     } else if (m.format == kFmtBF16) {
       value = __bfloat16_as_ushort(__float2bfloat16_rn(amplitude * uniform_pm1(seed, i)));
-    } else if (m.format == kFmtQ8_0) {
+    } else if (m.format == kFmtQ8_0 || m.format == kFmtQ8_16) {
       const int8_t lo = static_cast<int8_t>(static_cast<int>(r % 255) - 127);
       const int8_t hi = static_cast<int8_t>(static_cast<int>((r >> 16) % 255) - 127);
       value = static_cast<uint16_t>(static_cast<uint8_t>(lo) | (static_cast<uint8_t>(hi) << 8));
@@ -44,7 +44,7 @@ __global__ void fill_matrix_kernel(DevMatrix m, uint64_t seed, float amplitude) 
   }
   if (m.scales) {
     const int64_t n_scales = static_cast<int64_t>(m.rows) * m.scale_stride;
-    const float max_quant = m.format == kFmtQ8_0 ? 127.0f : 8.0f;
+    const float max_quant = m.format == kFmtQ8_0 || m.format == kFmtQ8_16 ? 127.0f : 8.0f;
     __half* scales = const_cast<__half*>(m.scales);
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_scales; i += stride) {
       const float u = 0.5f * (uniform_pm1(seed ^ 0x5ca1e, i) + 1.0f);

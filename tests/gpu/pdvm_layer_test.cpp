@@ -38,10 +38,10 @@ const Shape kShapes[] = {
     {"gqa8_hd64", make_config(512, 8, 1, 64, 1024, 512)},
 };
 
-// f16/bf16 weights multiply fp32 activations; q8_0/q4_0/q4_1 multiply int8 activations quantized per
+// f16/bf16 weights multiply fp32 activations; quantized types multiply int8 activations quantized per
 // 32-block (as llama.cpp does), which costs about 1e-3..1e-2 of relative error.
 double update_tolerance(TensorType type) {
-  return type == TensorType::kQ8_0 || type == TensorType::kQ4_0 || type == TensorType::kQ4_1 ? 3e-2 : 2e-4;
+  return type == TensorType::kF16 || type == TensorType::kBF16 ? 2e-4 : 3e-2;
 }
 
 // Runs `steps` positions through layer 1 (layer 0 only appends K/V on the reference side when
@@ -84,7 +84,7 @@ INSTANTIATE_TEST_SUITE_P(
     AllTypes, FusedLayerTest,
     ::testing::Combine(::testing::Range(0, static_cast<int>(std::size(kShapes))),
                        ::testing::Values(TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
-                                         TensorType::kQ4_1)),
+                                         TensorType::kQ4_1, TensorType::kQ4_K, TensorType::kQ6_K)),
     [](const auto& test_info) {
       return std::string(kShapes[std::get<0>(test_info.param)].name) + "_" +
              std::string(type_name(std::get<1>(test_info.param)));

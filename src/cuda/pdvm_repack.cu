@@ -1,0 +1,156 @@
+#include "cuda/pdvm_repack.h"
+
+#include <cstring>
+
+#include "cuda/pdvm_device.cuh"
+#include "pdvm/error.h"
+
+namespace pdvm::fused {
+namespace {
+
+constexpr int kSuperBlock = 256;
+
+float load_half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return fp16_to_fp32(h);
+}
+
+// Q8_0, Q4_0, Q4_1: split each block's f16 scale (and min) from its quants.
+void split_simple_blocks(HostMatrix& out, const uint8_t* src, int64_t rows) {
+  const int blocks = out.cols / kQuantBlock;
+  const int halves = scale_halves(out.format);
+  const int quant_bytes = out.format == kFmtQ8_0 ? 32 : 16;
+  const int block_bytes = 2 * halves + quant_bytes;
+  const int stride = scale_stride_of(out.format, out.cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int b = 0; b < blocks; ++b) {
+      const uint8_t* block = src + (r * blocks + b) * block_bytes;
+      for (int h = 0; h < halves; ++h) {
+        uint16_t scale;
+        std::memcpy(&scale, block + 2 * h, 2);
+        out.scales.push_back(scale);
+      }
+      out.data.insert(out.data.end(), block + 2 * halves, block + block_bytes);
+    }
+    out.scales.resize(out.scales.size() + (stride - blocks * halves), 0);
+  }
+}
+
+// Eight 6-bit scales and mins in 12 bytes (the GGML Q4_K packing).
+void k4_scale_min(const uint8_t* q, int j, int& scale, int& min) {
+  if (j < 4) {
+    scale = q[j] & 63;
+    min = q[j + 4] & 63;
+  } else {
+    scale = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+    min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// Q4_K super-blocks -> Q4_1 blocks: x = (d * scale) q - dmin * min per 32 elements, the two
+// f16 products rounded once; nibbles reordered to the Q4_0/Q4_1 byte layout.
+void repack_q4_k(HostMatrix& out, const uint8_t* src, int64_t rows) {
+  const int supers = out.cols / kSuperBlock;
+  const int stride = scale_stride_of(out.format, out.cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int s = 0; s < supers; ++s) {
+      const uint8_t* block = src + (r * supers + s) * 144;
+      const float d = load_half(block), dmin = load_half(block + 2);
+      const uint8_t* qs = block + 16;
+      for (int sub = 0; sub < 8; ++sub) {
+        int scale, min;
+        k4_scale_min(block + 4, sub, scale, min);
+        out.scales.push_back(fp32_to_fp16(d * static_cast<float>(scale)));
+        out.scales.push_back(fp32_to_fp16(-dmin * static_cast<float>(min)));
+        const uint8_t* q = qs + (sub / 2) * 32;
+        const int shift = 4 * (sub % 2);
+        for (int i = 0; i < 16; ++i) {
+          const int lo = (q[i] >> shift) & 0x0f, hi = (q[i + 16] >> shift) & 0x0f;
+          out.data.push_back(static_cast<uint8_t>(lo | (hi << 4)));
+        }
+      }
+    }
+    out.scales.resize(out.scales.size() + (stride - supers * 16), 0);
+  }
+}
+
+// Q6_K super-blocks -> int8 (q - 32) with an f16 scale d * scale[j] per 16 elements.
+void repack_q6_k(HostMatrix& out, const uint8_t* src, int64_t rows) {
+  const int supers = out.cols / kSuperBlock;
+  const int stride = scale_stride_of(out.format, out.cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int s = 0; s < supers; ++s) {
+      const uint8_t* block = src + (r * supers + s) * 210;
+      const float d = load_half(block + 208);
+      for (int j = 0; j < 16; ++j)
+        out.scales.push_back(fp32_to_fp16(d * static_cast<float>(static_cast<int8_t>(block[192 + j]))));
+      for (int e = 0; e < kSuperBlock; ++e) {
+        const int half = e / 128, group = (e % 128) / 32, l = e % 32;
+        const uint8_t* ql = block + half * 64;
+        const uint8_t* qh = block + 128 + half * 32;
+        const int low = (ql[(group % 2) * 32 + l] >> (4 * (group / 2))) & 0x0f;
+        const int high = (qh[l] >> (2 * group)) & 3;
+        out.data.push_back(static_cast<uint8_t>(static_cast<int8_t>((low | (high << 4)) - 32)));
+      }
+    }
+    out.scales.resize(out.scales.size() + (stride - supers * 16), 0);
+  }
+}
+
+}  // namespace
+
+int format_of(TensorType type) {
+  switch (type) {
+    case TensorType::kF16: return kFmtF16;
+    case TensorType::kBF16: return kFmtBF16;
+    case TensorType::kQ8_0: return kFmtQ8_0;
+    case TensorType::kQ4_0: return kFmtQ4_0;
+    case TensorType::kQ4_1:
+    case TensorType::kQ4_K: return kFmtQ4_1;
+    case TensorType::kQ6_K: return kFmtQ8_16;
+    default: return -1;
+  }
+}
+
+bool is_quantized(int format) { return is_quantized_format(format); }
+
+int scales_per_row(int format, int cols) {
+  return format == kFmtQ8_16 ? cols / 16 : cols / kQuantBlock * scale_halves(format);
+}
+
+int scale_stride_of(int format, int cols) { return (scales_per_row(format, cols) + 7) / 8 * 8; }
+
+int row_bytes_of(int format, int cols) {
+  switch (format) {
+    case kFmtQ8_0:
+    case kFmtQ8_16: return cols;
+    case kFmtQ4_0:
+    case kFmtQ4_1: return cols / 2;
+    default: return cols * 2;
+  }
+}
+
+void append_rows(HostMatrix& out, const FusedWeightView& w) {
+  const int format = format_of(w.type);
+  PDVM_CHECK(format >= 0 && (out.format < 0 || out.format == format));
+  if (out.format < 0) {
+    out.format = format;
+    out.cols = static_cast<int>(w.cols);
+  }
+  PDVM_CHECK(out.cols == w.cols);
+  const auto* src = static_cast<const uint8_t*>(w.data);
+  out.data.reserve(out.data.size() + static_cast<size_t>(w.rows) * row_bytes_of(format, out.cols));
+  switch (w.type) {
+    case TensorType::kF16:
+    case TensorType::kBF16:
+      out.data.insert(out.data.end(), src, src + static_cast<size_t>(w.rows) * row_bytes_of(format, out.cols));
+      break;
+    case TensorType::kQ4_K: repack_q4_k(out, src, w.rows); break;
+    case TensorType::kQ6_K: repack_q6_k(out, src, w.rows); break;
+    default: split_simple_blocks(out, src, w.rows); break;
+  }
+  out.rows += static_cast<int>(w.rows);
+}
+
+}  // namespace pdvm::fused
