@@ -14,8 +14,11 @@
 namespace pdvm::cuda {
 
 __device__ __forceinline__ void pdl_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;");
   asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  // Before sm_90 the launch attribute has no effect: stream order already serializes kernels.
 }
 
 // Warms L2 with a line the kernel will read soon (weights, which no kernel writes, so this is
