@@ -10,6 +10,7 @@
 #define HWY_TARGET_INCLUDE "cpu/fast_matmul.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "hwy/cache_control.h"
 #include "cpu/fast_block_formats-inl.h"
 
 #include <algorithm>
@@ -216,7 +217,15 @@ HWY_INLINE void RowFloat(const T* row, const PreparedActivation& act, int64_t t0
 template <template <int> class RowKernel>
 HWY_INLINE void ForRowsAndTokens(const MatmulTask& task, int64_t row_begin, int64_t row_end) {
   const int64_t n_tokens = task.act->n_tokens;
+  // Rows are short (a few hundred bytes): ask for the row ~kPrefetchBytes ahead while this
+  // one computes, so the first touch of each row does not wait on DRAM.
+  constexpr int64_t kPrefetchBytes = 2048;
+  const int64_t ahead = (kPrefetchBytes + task.row_bytes - 1) / task.row_bytes;
   for (int64_t j = row_begin; j < row_end; ++j) {
+    if (j + ahead < row_end) {
+      const uint8_t* next = task.w + (j + ahead) * task.row_bytes;
+      for (int64_t offset = 0; offset < task.row_bytes; offset += 64) hwy::Prefetch(next + offset);
+    }
     RowKernel<0>::prepare(task, j);
     float* out = task.out + j;
     int64_t t0 = 0;
