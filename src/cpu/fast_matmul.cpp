@@ -322,6 +322,34 @@ void MatmulRows(const MatmulTask& task, int64_t row_begin, int64_t row_end) {
   }
 }
 
+// Per block of 32: the sum of x, and (when q is given) x rounded to `levels` steps of
+// max|x| / levels, with that step in q_scale.
+void QuantizeBlocks(const float* x, int64_t n_blocks, float levels, float* block_sums, int16_t* q,
+                    float* q_scale) {
+  const hn::CappedTag<float, 16> df;
+  const hn::Rebind<int16_t, decltype(df)> d16;
+  const size_t n = hn::Lanes(df);
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const float* block = x + b * kQ8Block;
+    auto sum = hn::Zero(df);
+    auto amax = hn::Zero(df);
+    for (size_t i = 0; i < static_cast<size_t>(kQ8Block); i += n) {
+      const auto v = hn::LoadU(df, block + i);
+      sum = hn::Add(sum, v);
+      amax = hn::Max(amax, hn::Abs(v));
+    }
+    block_sums[b] = hn::GetLane(hn::SumOfLanes(df, sum));
+    if (!q) continue;
+    const float scale = hn::GetLane(hn::MaxOfLanes(df, amax)) / levels;
+    const auto inverse = hn::Set(df, scale > 0.0f ? 1.0f / scale : 0.0f);
+    for (size_t i = 0; i < static_cast<size_t>(kQ8Block); i += n) {
+      const auto rounded = hn::NearestInt(hn::Mul(hn::LoadU(df, block + i), inverse));
+      hn::StoreU(hn::DemoteTo(d16, rounded), d16, q + b * kQ8Block + i);
+    }
+    q_scale[b] = scale;
+  }
+}
+
 const char* TargetName() { return hwy::TargetName(HWY_TARGET); }
 
 // NOLINTNEXTLINE(google-readability-namespace-comments)
@@ -333,6 +361,7 @@ HWY_AFTER_NAMESPACE();
 namespace pdvm::cpu {
 
 HWY_EXPORT(MatmulRows);
+HWY_EXPORT(QuantizeBlocks);
 HWY_EXPORT(TargetName);
 
 void matmul_rows(const MatmulTask& task, int64_t row_begin, int64_t row_end) {
@@ -379,21 +408,8 @@ void prepare_activation(const float* x, int64_t k, int64_t n_tokens, DotMethod m
     act.q.resize(static_cast<size_t>(n_tokens * k));
     act.q_scale.resize(static_cast<size_t>(n_tokens * nb + kSlack));
   }
-  for (int64_t tb = 0; tb < n_tokens * nb; ++tb) {
-    const float* block = x + tb * kQ8Block;
-    float sum = 0.0f, amax = 0.0f;
-    for (int64_t i = 0; i < kQ8Block; ++i) {
-      sum += block[i];
-      amax = std::max(amax, std::fabs(block[i]));
-    }
-    act.block_sums[tb] = sum;
-    if (!with_int) continue;
-    const float scale = amax / levels;
-    const float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
-    int16_t* q = act.q.data() + tb * kQ8Block;
-    for (int64_t i = 0; i < kQ8Block; ++i) q[i] = static_cast<int16_t>(std::lrintf(block[i] * inverse));
-    act.q_scale[tb] = scale;
-  }
+  HWY_DYNAMIC_DISPATCH(QuantizeBlocks)(x, n_tokens * nb, levels, act.block_sums.data(),
+                                       with_int ? act.q.data() : nullptr, act.q_scale.data());
 }
 
 }  // namespace pdvm::cpu
