@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "cpu/fast_attention.h"
 #include "cpu/fast_half.h"
 #include "cpu/fast_kernels.h"
 #include "cpu/fast_thread_pool.h"
@@ -247,6 +248,7 @@ class FastCpuBackend final : public Backend {
     const int64_t group = config.n_head / config.n_head_kv;
     const CacheRow keys{k_cache.type, static_cast<const uint8_t*>(k_cache.data), k_cache.row_bytes()};
     const CacheRow values{v_cache.type, static_cast<const uint8_t*>(v_cache.data), v_cache.row_bytes()};
+    const bool same_layout = k_cache.type == v_cache.type && k_cache.row_bytes() == v_cache.row_bytes();
     for (int64_t t = 0; t < n_tokens; ++t) {
       const int32_t pos = i32_data(positions)[t];
       if (pos < 0 || pos >= k_cache.ne[1]) {
@@ -265,6 +267,12 @@ class FastCpuBackend final : public Backend {
         const float* query = f32_data(q) + t * q.ne[0] + h * head_dim;
         float* dst = f32_data(out) + t * out.ne[0] + h * head_dim;
         scores.resize(static_cast<size_t>(n_keys));
+        if (same_layout && head_dim % kQ8Block == 0) {  // whole SIMD vectors and q8_0 blocks
+          const AttentionHead head{k_cache.type, query, keys.at(0, first), values.at(0, first),
+                                   keys.row_bytes, n_keys, head_dim, config.scale};
+          attend_head(head, scores.data(), dst);
+          continue;
+        }
         float max_score = -std::numeric_limits<float>::infinity();
         for (int64_t r = 0; r < n_keys; ++r) {
           scores[r] = config.scale * dot_cache(keys, r, first, query, head_dim);

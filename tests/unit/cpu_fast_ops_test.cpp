@@ -38,6 +38,7 @@ class CpuFastOps : public testing::Test {
     b.read(t, v.data(), t.n_bytes);
     return v;
   }
+  void check_attention(int head_dim, std::vector<TensorType> cache_types);
   static void expect_close(const std::vector<float>& actual, const std::vector<float>& expected,
                            float tolerance, const std::string& what) {
     ASSERT_EQ(actual.size(), expected.size());
@@ -101,10 +102,15 @@ TEST_F(CpuFastOps, RopeWithAndWithoutFrequencyFactors) {
 }
 
 TEST_F(CpuFastOps, KvStoreAndAttentionOnEveryCacheType) {
-  const int n_head = 6, n_head_kv = 2, head_dim = 64;
+  check_attention(64, {TensorType::kF32, TensorType::kF16, TensorType::kQ8_0});
+  check_attention(40, {TensorType::kF32, TensorType::kF16});  // the path for odd head sizes
+}
+
+void CpuFastOps::check_attention(int head_dim, std::vector<TensorType> cache_types) {
+  const int n_head = 6, n_head_kv = 2;
   const int64_t width_q = n_head * head_dim, width_kv = n_head_kv * head_dim, n_ctx = 40;
   std::uniform_int_distribution<int> past(0, 25);
-  for (TensorType cache_type : {TensorType::kF32, TensorType::kF16, TensorType::kQ8_0}) {
+  for (TensorType cache_type : cache_types) {
     for (int64_t n_tokens = 1; n_tokens <= 7; ++n_tokens) {
       const int n_past = past(test::rng());
       const int64_t n_rows = n_past + n_tokens;
@@ -124,12 +130,13 @@ TEST_F(CpuFastOps, KvStoreAndAttentionOnEveryCacheType) {
         b->kv_store(k_cache, v_cache, tk, tv, all);
         Tensor tq = upload(*b, q, {width_q, n_tokens, 1, 1}), out = b->alloc(TensorType::kF32, {width_q, n_tokens, 1, 1});
         const AttentionConfig config{.n_head = n_head, .n_head_kv = n_head_kv, .head_dim = head_dim,
-                                     .scale = 1.0f / std::sqrt(float{head_dim})};
+                                     .scale = 1.0f / std::sqrt(static_cast<float>(head_dim))};
         b->attention(tq, k_cache, v_cache, tp, config, out);
         results[i++] = download(*b, out);
       }
       expect_close(results[0], results[1], 1e-4f,
-                   std::string(type_name(cache_type)) + " cache, " + std::to_string(n_tokens) + " tokens");
+                   std::string(type_name(cache_type)) + " cache, head_dim " + std::to_string(head_dim) + ", " +
+                       std::to_string(n_tokens) + " tokens");
     }
   }
 }
