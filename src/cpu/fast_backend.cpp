@@ -110,7 +110,15 @@ class FastCpuBackend final : public Backend {
   std::string name() const override { return "cpu"; }
   std::optional<uint64_t> available_memory() const override { return available_host_memory(); }
 
-  Tensor alloc(TensorType type, std::array<int64_t, 4> ne) override {
+  Tensor alloc(TensorType type, std::array<int64_t, 4> ne) override { return allocate(type, ne, true); }
+
+  Tensor load_weight(TensorType type, std::array<int64_t, 4> ne, const void* bytes) override {
+    Tensor t = allocate(type, ne, false);  // the copy touches every page once, no zeroing first
+    std::memcpy(t.data, bytes, t.n_bytes);
+    return t;
+  }
+
+  Tensor allocate(TensorType type, std::array<int64_t, 4> ne, bool zeroed) {
     Tensor t;
     t.type = type;
     t.ne = ne;
@@ -125,15 +133,9 @@ class FastCpuBackend final : public Backend {
     void* memory = std::aligned_alloc(alignment, (padded + alignment - 1) / alignment * alignment);
     if (!memory) throw_error(ErrorKind::kResource, "cpu backend: out of memory allocating " + std::to_string(padded) + " bytes");
     if (alignment == kHugePage) madvise(memory, padded, MADV_HUGEPAGE);  // a hint; failure is harmless
-    std::memset(memory, 0, padded);
+    if (zeroed) std::memset(memory, 0, padded);
     t.owner = std::shared_ptr<void>(memory, std::free);
     t.data = memory;
-    return t;
-  }
-
-  Tensor load_weight(TensorType type, std::array<int64_t, 4> ne, const void* bytes) override {
-    Tensor t = alloc(type, ne);
-    std::memcpy(t.data, bytes, t.n_bytes);
     return t;
   }
 
@@ -188,7 +190,13 @@ class FastCpuBackend final : public Backend {
     // Batches go to the GEMM (weights decoded once per batch); see docs/perf-notes.md.
     const bool gemm = n_tokens >= kGemmMinTokens;
     const DotMethod method = gemm ? DotMethod::kDequantFma : preferred_method(w.type, method_override_);
-    prepare_activation(f32_data(x), k, n_tokens, method, activation_);
+    if (gemm) {  // the GEMM reads x only
+      activation_.k = k;
+      activation_.n_tokens = n_tokens;
+      activation_.x = f32_data(x);
+    } else {
+      prepare_activation(f32_data(x), k, n_tokens, method, activation_);
+    }
     MatmulTask task;
     task.type = w.type;
     task.method = method;
@@ -295,7 +303,7 @@ class FastCpuBackend final : public Backend {
     const float* g = f32_data(gate);
     const float* u = f32_data(up);
     float* dst = f32_data(out);
-    for (int64_t i = 0; i < n; ++i) dst[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    silu_mul(g, u, dst, n);
   }
 
   void add(const Tensor& a, const Tensor& b, Tensor& out) override {

@@ -66,6 +66,8 @@ void axpy_f32(float alpha, const float* x, float* y, int64_t n);
 void axpy_f16(float alpha, const uint16_t* x, float* y, int64_t n);
 void scale_f32(float alpha, float* y, int64_t n);
 void f32_to_f16(const float* x, uint16_t* y, int64_t n);
+// out = silu(gate) * up
+void silu_mul(const float* gate, const float* up, float* out, int64_t n);
 
 // Name of the instruction set the dispatcher picked (for bench output and logs).
 const char* simd_target_name();

@@ -6,6 +6,9 @@
 #define HWY_TARGET_INCLUDE "cpu/fast_vector.cpp"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "hwy/contrib/math/math-inl.h"
+
+#include <cmath>
 
 #include "cpu/fast_half.h"
 #include "cpu/fast_kernels.h"
@@ -90,6 +93,19 @@ void F32ToF16(const float* x, uint16_t* y, int64_t n) {
   for (; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
 }
 
+void SiluMul(const float* gate, const float* up, float* out, int64_t n) {
+  const hn::ScalableTag<float> df;
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(df));
+  const auto one = hn::Set(df, 1.0f);
+  int64_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    const auto g = hn::LoadU(df, gate + i);
+    const auto silu = hn::Div(g, hn::Add(one, hn::Exp(df, hn::Neg(g))));
+    hn::StoreU(hn::Mul(silu, hn::LoadU(df, up + i)), df, out + i);
+  }
+  for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 // NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
 }  // namespace pdvm::cpu
@@ -104,6 +120,7 @@ HWY_EXPORT(AxpyF32);
 HWY_EXPORT(AxpyF16);
 HWY_EXPORT(ScaleF32);
 HWY_EXPORT(F32ToF16);
+HWY_EXPORT(SiluMul);
 
 float dot_f32(const float* a, const float* b, int64_t n) { return HWY_DYNAMIC_DISPATCH(DotF32)(a, b, n); }
 float dot_f32_f16(const float* a, const uint16_t* b, int64_t n) {
@@ -117,6 +134,9 @@ void axpy_f16(float alpha, const uint16_t* x, float* y, int64_t n) {
 }
 void scale_f32(float alpha, float* y, int64_t n) { HWY_DYNAMIC_DISPATCH(ScaleF32)(alpha, y, n); }
 void f32_to_f16(const float* x, uint16_t* y, int64_t n) { HWY_DYNAMIC_DISPATCH(F32ToF16)(x, y, n); }
+void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(SiluMul)(gate, up, out, n);
+}
 
 }  // namespace pdvm::cpu
 #endif  // HWY_ONCE
