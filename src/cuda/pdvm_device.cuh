@@ -44,7 +44,8 @@ struct DevMatrix {
 struct DevLayer {
   const float* attn_norm;
   const float* ffn_norm;
-  DevMatrix qkv;  // [Wq; Wk; Wv] rows
+  DevMatrix qk;  // [Wq; Wk] rows
+  DevMatrix v;   // Wv: its own matrix, so it may have another type (Q4_K_M files mix Q6_K in)
   DevMatrix wo;
   DevMatrix gate;
   DevMatrix up;

@@ -250,8 +250,8 @@ std::string FusedDecoder::unsupported_reason(const FusedModelView& model) {
       if (!why.empty()) return why;
     }
     // Concatenated / paired matrices share one kernel layout.
-    if (format_of(l.wq.type) != format_of(l.wk.type) || format_of(l.wq.type) != format_of(l.wv.type))
-      return "tensors " + l.wq.name + ", " + l.wk.name + ", " + l.wv.name + " differ in type";
+    if (format_of(l.wq.type) != format_of(l.wk.type))
+      return "tensors " + l.wq.name + " and " + l.wk.name + " differ in type";
     if (format_of(l.gate.type) != format_of(l.up.type))
       return "tensors " + l.gate.name + " and " + l.up.name + " differ in type";
   }
@@ -277,11 +277,11 @@ FusedDecoder::FusedDecoder(const FusedModelView& model) : FusedDecoder() {
     DevLayer d{};
     d.attn_norm = m.upload(to_floats(l.attn_norm));
     d.ffn_norm = m.upload(to_floats(l.ffn_norm));
-    HostMatrix qkv;
-    append_rows(qkv, l.wq);
-    append_rows(qkv, l.wk);
-    append_rows(qkv, l.wv);
-    d.qkv = m.upload(qkv);
+    HostMatrix qk;
+    append_rows(qk, l.wq);
+    append_rows(qk, l.wk);
+    d.qk = m.upload(qk);
+    d.v = m.upload(l.wv);
     d.wo = m.upload(l.wo);
     d.gate = m.upload(l.gate);
     d.up = m.upload(l.up);
@@ -326,7 +326,8 @@ std::unique_ptr<FusedDecoder> FusedDecoder::synthesize(const FusedConfig& config
     DevLayer d{};
     d.attn_norm = norm();
     d.ffn_norm = norm();
-    d.qkv = matrix(nq + 2 * nkv, c.n_embd);
+    d.qk = matrix(nq + nkv, c.n_embd);
+    d.v = matrix(nkv, c.n_embd);
     d.wo = matrix(c.n_embd, nq);
     d.gate = matrix(c.n_ff, c.n_embd);
     d.up = matrix(c.n_ff, c.n_embd);

@@ -93,9 +93,10 @@ __device__ void copy_to_smem(const float* src, int n, float* dst) {
   __syncthreads();
 }
 
-// Activations for a plan of this format (int8 blocks are built only for quantized weights).
-__device__ Acts prepare_acts(const Smem& sm, int format, int n) {
-  if (is_quantized_format(format)) quantize_activations(sm.xs, n, sm.xq, sm.q_scale, sm.q_sum);
+// Activations for matrices of these formats (int8 blocks are built only for quantized weights).
+__device__ Acts prepare_acts(const Smem& sm, int format, int n, int other_format = kFmtF16) {
+  if (is_quantized_format(format) || is_quantized_format(other_format))
+    quantize_activations(sm.xs, n, sm.xq, sm.q_scale, sm.q_sum);
   return Acts{sm.xs, sm.xq, sm.q_scale, sm.q_sum};
 }
 
@@ -128,6 +129,34 @@ __device__ void store_qkv_pair(const Params& p, int layer, int pos, int row, flo
   __half* cache = is_k ? p.k_cache : p.v_cache;
   const int64_t at = ((static_cast<int64_t>(layer) * p.n_head_kv + kvh) * p.n_ctx + pos) * hd + d;
   *reinterpret_cast<__half2*>(cache + at) = __floats2half2_rn(a, b);
+}
+
+// The CTA's share [begin, end) of the RoPE pairs of [Wq; Wk; Wv]: pairs of qk, then of v.
+__device__ void phase_qkv(const Params& p, const DevLayer& L, int layer, int pos, int begin, int end,
+                          const Acts& acts) {
+  const int qk_pairs = L.qk.rows / 2;
+  const int qk_end = min(end, qk_pairs), v_begin = max(begin, qk_pairs);
+  matvec_items<2>(
+      L.qk.format, max(qk_end - begin, 0), L.qk.row_bytes / 16, acts,
+      [&](int i, RowRef(&refs)[2]) {
+        refs[0] = row_ref(L.qk, 2 * (begin + i));
+        refs[1] = row_ref(L.qk, 2 * (begin + i) + 1);
+      },
+      [&](int i, const float(&v)[2]) { store_qkv_pair(p, layer, pos, 2 * (begin + i), v[0], v[1]); });
+  matvec_items<2>(
+      L.v.format, max(end - v_begin, 0), L.v.row_bytes / 16, acts,
+      [&](int i, RowRef(&refs)[2]) {
+        refs[0] = row_ref(L.v, 2 * (v_begin + i - qk_pairs));
+        refs[1] = row_ref(L.v, 2 * (v_begin + i - qk_pairs) + 1);
+      },
+      [&](int i, const float(&v)[2]) { store_qkv_pair(p, layer, pos, 2 * (v_begin + i), v[0], v[1]); });
+}
+
+// Pulls the head of the CTA's QKV share into L2.
+__device__ void prefetch_qkv(const DevLayer& L, int begin, int end) {
+  const int qk_pairs = L.qk.rows / 2;
+  if (begin < qk_pairs) prefetch_rows(L.qk, 2 * begin, 2 * min(end, qk_pairs), kPrefetchBytes);
+  else prefetch_rows(L.v, 2 * (begin - qk_pairs), 2 * (end - qk_pairs), kPrefetchBytes);
 }
 
 // Folds state b (max mb, sum lb, output ob) into a; -inf maxima contribute nothing.
@@ -361,8 +390,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   int begin, end;
 
   // Weights never depend on activations: start pulling the first phase's before any wait.
-  cta_share(p.layers[layer_begin].qkv.rows, begin, end);
-  prefetch_rows(p.layers[layer_begin].qkv, begin, end, kPrefetchBytes);
+  cta_share((p.layers[layer_begin].qk.rows + p.layers[layer_begin].v.rows) / 2, begin, end);
+  prefetch_qkv(p.layers[layer_begin], begin, end);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (flags & kFlagPdl) {
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -386,19 +415,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     const unsigned all_ctas = (epoch + 1) * grid;
 
     // QKV in RoPE pairs, K/V appended to the cache.
-    cta_share(L.qkv.rows / 2, begin, end);
+    cta_share((L.qk.rows + L.v.rows) / 2, begin, end);
     if (wait_counter) {
-      prefetch_rows(L.qkv, 2 * begin, 2 * end, kPrefetchBytes);
+      prefetch_qkv(L, begin, end);
       cta_wait(wait_counter, wait_target);
     }
     rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
-    matvec_items<2>(
-        L.qkv.format, end - begin, L.qkv.row_bytes / 16, prepare_acts(sm, L.qkv.format, p.n_embd),
-        [&](int i, RowRef(&refs)[2]) {
-          refs[0] = row_ref(L.qkv, 2 * (begin + i));
-          refs[1] = row_ref(L.qkv, 2 * (begin + i) + 1);
-        },
-        [&](int i, const float(&v)[2]) { store_qkv_pair(p, layer, pos, 2 * (begin + i), v[0], v[1]); });
+    phase_qkv(p, L, layer, pos, begin, end, prepare_acts(sm, L.qk.format, p.n_embd, L.v.format));
     if (threadIdx.x == 0) signal_release(ctr + kCtrQkv);
 
     cta_share(L.wo.rows, begin, end);

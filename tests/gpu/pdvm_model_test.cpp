@@ -35,10 +35,11 @@ double rms(const std::vector<float>& v) {
 // The reference follows the device's tokens; each device token must be the reference argmax or
 // within rounding of it (random models can have near-ties). Quantized weights multiply int8
 // activations on the device, hence their looser tolerance.
-void check_against_reference(const FusedConfig& config, TensorType type, bool tied) {
-  const double tolerance =
-      type == TensorType::kF16 || type == TensorType::kBF16 ? 1e-3 : 5e-2;
-  test::RefModel ref(config, type, tied);
+void check_against_reference(const FusedConfig& config, TensorType type, bool tied,
+                             std::optional<TensorType> mixed_type = {}) {
+  auto is_float = [](TensorType t) { return t == TensorType::kF16 || t == TensorType::kBF16; };
+  const double tolerance = is_float(type) && is_float(mixed_type.value_or(type)) ? 1e-3 : 5e-2;
+  test::RefModel ref(config, type, tied, mixed_type);
   const std::vector<uint8_t> image = test::write_gguf(ref).write_to_memory();
   const GgufFile file = GgufFile::parse(image);
   FusedDecoder decoder(fused_view_from_gguf(file, config.n_ctx));
@@ -79,6 +80,14 @@ TEST(FusedModel, GqaQ4MatchesReference) { check_against_reference(small_config(8
 TEST(FusedModel, MhaQ4_1MatchesReference) { check_against_reference(small_config(4, 4), TensorType::kQ4_1, true); }
 // K-quants need rows of whole 256-element super-blocks.
 TEST(FusedModel, GqaQ4KMatchesReference) { check_against_reference(small_config(8, 2, 768), TensorType::kQ4_K, false); }
+// Q4_K_M-style mix: attn_v and ffn_down in Q6_K, the rest Q4_K.
+TEST(FusedModel, MixedQ4KQ6KMatchesReference) {
+  check_against_reference(small_config(8, 2, 768), TensorType::kQ4_K, false, TensorType::kQ6_K);
+}
+// f16 with q8_0 V and down projections: float and int8 activations in one phase.
+TEST(FusedModel, MixedF16Q8MatchesReference) {
+  check_against_reference(small_config(8, 2), TensorType::kF16, true, TensorType::kQ8_0);
+}
 TEST(FusedModel, GqaQ6KMatchesReference) { check_against_reference(small_config(8, 2, 768), TensorType::kQ6_K, true); }
 TEST(FusedModel, Bf16MatchesReference) { check_against_reference(small_config(4, 2), TensorType::kBF16, true); }
 

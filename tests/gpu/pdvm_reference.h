@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -54,7 +55,10 @@ struct RefLayer {
 // The model and its own KV cache (values rounded to fp16 as the device cache stores them).
 class RefModel {
  public:
-  RefModel(const FusedConfig& c, TensorType type, bool tied) : config_(c) {
+  // `mixed_type` (default: type) is used for attn_v and ffn_down, as Q4_K_M files do with Q6_K.
+  RefModel(const FusedConfig& c, TensorType type, bool tied, std::optional<TensorType> mixed_type = {})
+      : config_(c) {
+    const TensorType mixed = mixed_type.value_or(type);
     const int64_t nq = int64_t{c.n_head} * c.head_dim, nkv = int64_t{c.n_head_kv} * c.head_dim;
     auto s = [](int64_t cols) { return 1.0f / std::sqrt(static_cast<float>(cols)); };
     for (int l = 0; l < c.n_layer; ++l) {
@@ -63,12 +67,12 @@ class RefModel {
       L.attn_norm = random_weight(b + "attn_norm.weight", TensorType::kF32, c.n_embd, 1, 0.2f, 1.0f);
       L.wq = random_weight(b + "attn_q.weight", type, c.n_embd, nq, s(c.n_embd));
       L.wk = random_weight(b + "attn_k.weight", type, c.n_embd, nkv, s(c.n_embd));
-      L.wv = random_weight(b + "attn_v.weight", type, c.n_embd, nkv, s(c.n_embd));
+      L.wv = random_weight(b + "attn_v.weight", mixed, c.n_embd, nkv, s(c.n_embd));
       L.wo = random_weight(b + "attn_output.weight", type, nq, c.n_embd, s(nq));
       L.ffn_norm = random_weight(b + "ffn_norm.weight", TensorType::kF32, c.n_embd, 1, 0.2f, 1.0f);
       L.gate = random_weight(b + "ffn_gate.weight", type, c.n_embd, c.n_ff, s(c.n_embd));
       L.up = random_weight(b + "ffn_up.weight", type, c.n_embd, c.n_ff, s(c.n_embd));
-      L.down = random_weight(b + "ffn_down.weight", type, c.n_ff, c.n_embd, s(c.n_ff));
+      L.down = random_weight(b + "ffn_down.weight", mixed, c.n_ff, c.n_embd, s(c.n_ff));
       layers_.push_back(std::move(L));
     }
     token_embd_ = random_weight("token_embd.weight", type, c.n_embd, c.n_vocab, 1.0f);
