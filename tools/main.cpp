@@ -5,9 +5,11 @@
 #include <memory>
 
 #include "command.h"
+#include "format/mapped_file.h"
 #include "pdvm/error.h"
 
 int main(int argc, char** argv) {
+  pdvm::install_mapped_file_fault_handler();
   CLI::App app{"pdvm: fast LLaMA-family inference from GGUF files"};
   std::function<int()> action;
   pdvm::cli::build_app(app, action);

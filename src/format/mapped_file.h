@@ -1,4 +1,9 @@
 // A read-only memory mapping of a whole file, unmapped when destroyed.
+//
+// A file truncated by another process while mapped makes reads of the lost pages raise SIGBUS
+// (MAP_PRIVATE does not protect pages that were never read). Programs call
+// install_mapped_file_fault_handler() once: a SIGBUS inside a live mapping then ends the
+// process with a one-line error naming the file, instead of a silent "Bus error".
 #pragma once
 
 #include <cstddef>
@@ -30,5 +35,9 @@ class MappedFile {
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
 };
+
+// Installs the SIGBUS handler described above (idempotent). Faults outside any mapping keep
+// the default action.
+void install_mapped_file_fault_handler();
 
 }  // namespace pdvm
