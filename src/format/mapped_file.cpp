@@ -84,6 +84,12 @@ void on_bus_error(int signal_number, siginfo_t* info, void*) {
   for (const MappingSlot& slot : g_mappings) {
     const uintptr_t begin = slot.begin.load(std::memory_order_acquire);
     if (begin == 0 || address < begin || address - begin >= slot.size) continue;
+    // Worker threads reading the same lost pages fault together: one reports, the rest wait
+    // for its _exit.
+    static std::atomic<bool> reporting{false};
+    if (reporting.exchange(true)) {
+      for (;;) ::pause();
+    }
     write_text("pdvm: error: '");
     write_text(slot.path);
     write_text("' was truncated or replaced on disk while in use (read at offset ");
