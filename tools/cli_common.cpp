@@ -3,7 +3,11 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 #include <cstdio>
 #include <random>
 #include <system_error>
@@ -34,6 +38,16 @@ std::filesystem::path resolve_model_path(const std::string& given) {
   throw_error(ErrorKind::kIo, fmt::format("no -m MODEL given and the default model {} is not in {}: "
                                           "run scripts/setup.sh to fetch it",
                                           kDefaultModelName, fmt::join(candidates, " or ")));
+}
+
+std::string read_text_file(const std::string& path, std::string_view what) {
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) throw_error(ErrorKind::kIo, fmt::format("{} {} is a directory", what, path));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_error(ErrorKind::kIo, fmt::format("cannot open {} {}: {}", what, path, std::strerror(errno)));
+  std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  if (in.bad()) throw_error(ErrorKind::kIo, fmt::format("cannot read {} {}: {}", what, path, std::strerror(errno)));
+  return text;
 }
 
 std::string default_backend_name() {

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "pdvm/engine.h"
 #include "pdvm/generator.h"
@@ -21,6 +22,10 @@ inline constexpr const char* kDefaultModelName = "SmolLM2-135M-Instruct.Q4_1.ggu
 // `given` if not empty (it must exist), else the default model in ../models next to the
 // executable or in ./models. Error(kIo) telling to run scripts/setup.sh when absent.
 std::filesystem::path resolve_model_path(const std::string& given);
+
+// The whole file; Error(kIo) naming `what` and the path when it is missing, a directory or
+// unreadable.
+std::string read_text_file(const std::string& path, std::string_view what);
 
 // "auto" (the GPU when usable, else the CPU) when registered, else "cpu".
 std::string default_backend_name();

@@ -4,10 +4,8 @@
 
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <memory>
 #include <optional>
-#include <sstream>
 
 #include <fmt/format.h>
 
@@ -31,14 +29,6 @@ struct PerplexityOptions {
   std::string kl_base;
 };
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw_error(ErrorKind::kIo, fmt::format("cannot open text file {}", path));
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 // "chunk 3/10, 1.2 s per chunk, 8 s left" on the terminal, overwritten in place.
 void show_progress(int64_t done, int64_t total, double elapsed) {
   const double per_chunk = elapsed / static_cast<double>(done);
@@ -50,7 +40,7 @@ void show_progress(int64_t done, int64_t total, double elapsed) {
 
 int run(const PerplexityOptions& opt) {
   const int64_t n_ctx = opt.model.n_ctx > 0 ? opt.model.n_ctx : kDefaultPerplexityContext;
-  const std::string text = read_text(opt.text_file);
+  const std::string text = read_text_file(opt.text_file, "text file");
   const auto model_path = resolve_model_path(opt.model.model);
   std::optional<LogProbReader> base;
   if (!opt.kl_base.empty()) {

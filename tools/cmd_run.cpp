@@ -1,7 +1,6 @@
 // `pdvm run`: generate text from a prompt, streamed to stdout; timings go to stderr.
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 #include <iterator>
 #include <memory>
@@ -41,13 +40,8 @@ std::vector<int32_t> prompt_tokens(const RunOptions& opt, const GgufFile& gguf, 
 }
 
 std::string read_prompt_file(const std::string& path) {
-  std::ifstream file;
-  if (path != "-") {
-    file.open(path, std::ios::binary);
-    if (!file) throw_error(ErrorKind::kIo, fmt::format("cannot open prompt file {}", path));
-  }
-  std::istream& in = path == "-" ? std::cin : file;
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  if (path != "-") return read_text_file(path, "prompt file");
+  return {std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
 }
 
 int run(RunOptions opt) {

@@ -22,7 +22,12 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    // One line, like every other error.
+    // One line, like every other error. CLI11 reports a mistyped command only as "a
+    // subcommand is required": name it.
+    if (app.get_subcommands().empty() && argc > 1 && argv[1][0] != '-') {
+      std::fprintf(stderr, "pdvm: error: unknown command '%s' (see --help)\n", argv[1]);
+      return 2;
+    }
     std::fprintf(stderr, "pdvm: error: %s (see --help)\n", e.what());
     return 2;
   }
