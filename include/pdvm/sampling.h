@@ -49,8 +49,6 @@ class Sampler {
   // the repetition penalty. Ids in history outside the vocabulary are ignored.
   int32_t sample(std::span<const float> logits, std::span<const int32_t> history = {});
 
-  // Restarts the random stream from the seed.
-  void reseed(uint64_t seed);
   const SamplingParams& params() const { return params_; }
 
  private:

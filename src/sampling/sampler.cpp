@@ -44,11 +44,6 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
   params_.validate();
 }
 
-void Sampler::reseed(uint64_t seed) {
-  params_.seed = seed;
-  rng_.seed(seed);
-}
-
 double Sampler::uniform() {
   // The top 53 bits as a fraction: std::uniform_real_distribution differs between libraries.
   return static_cast<double>(rng_() >> 11) * 0x1.0p-53;
