@@ -68,10 +68,14 @@ void add_model_flags(CLI::App& app, ModelFlags& flags) {
                  fmt::format("compute backend: {} (default: {})", fmt::join(names, ", "), default_backend_name()));
   app.add_option("-t,--threads", flags.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--kv-type", flags.kv_type, "KV cache type: f32, f16 or q8_0 (default: the backend's, f16 on cpu)");
+  app.add_option("--gpu-mode", flags.gpu_mode, "unfused, or PDVM fused decode: layer or token (CUDA builds)")
+      ->check(CLI::IsMember({"unfused", "layer", "token"}))
+      ->capture_default_str();
 }
 
 void apply_backend_flags(const ModelFlags& flags, SessionOptions& options) {
   options.backend_options.n_threads = flags.threads;
+  options.gpu_mode = flags.gpu_mode;
   if (flags.kv_type.empty()) return;
   const auto type = type_from_name(flags.kv_type);
   if (!type || (*type != TensorType::kF32 && *type != TensorType::kF16 && *type != TensorType::kQ8_0)) {

@@ -30,16 +30,17 @@ std::string read_text_file(const std::string& path, std::string_view what);
 // "auto" (the GPU when usable, else the CPU) when registered, else "cpu".
 std::string default_backend_name();
 
-// Adds -m/--model, --ctx, --backend, -t/--threads and --kv-type.
+// Adds -m/--model, --ctx, --backend, -t/--threads, --kv-type and --gpu-mode.
 struct ModelFlags {
   std::string model;
   int64_t n_ctx = 0;
   std::string backend;
   int threads = 0;      // CPU backends; 0 = all cores
   std::string kv_type;  // empty: the backend's default (f16 on the fast backends)
+  std::string gpu_mode = "unfused";
 };
 void add_model_flags(CLI::App& app, ModelFlags& flags);
-// Copies --threads and --kv-type into `options`; Error(kInvalidArgument) for a bad --kv-type.
+// Copies --threads, --kv-type and --gpu-mode into `options`; Error(kInvalidArgument) for a bad --kv-type.
 void apply_backend_flags(const ModelFlags& flags, SessionOptions& options);
 
 // Adds --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed.
