@@ -33,7 +33,14 @@ enum class TensorType : uint32_t {
   kI64 = 27,
   kF64 = 28,
   kBF16 = 30,
+  // Logical types outside GGML's range, never stored as a GGUF tensor type: a UPG matrix
+  // (pdvm/upg.h) bundled from its component tensors. Its Tensor::data points to a UpgMatrix
+  // (or a backend's own form of it); type_bytes throws for them (rows have no fixed size).
+  kUpg3 = 1003,
+  kUpg4 = 1004,
 };
+
+inline bool is_upg_type(TensorType type) { return type == TensorType::kUpg3 || type == TensorType::kUpg4; }
 
 struct TypeInfo {
   TensorType type;

@@ -15,8 +15,10 @@
 #include "cpu/fast_half.h"
 #include "cpu/fast_kernels.h"
 #include "cpu/fast_thread_pool.h"
+#include "cpu/upg_kernels.h"
 #include "pdvm/backend_registry.h"
 #include "pdvm/error.h"
+#include "pdvm/upg.h"
 #include "util/host_memory.h"
 
 namespace pdvm::cpu {
@@ -113,6 +115,7 @@ class FastCpuBackend final : public Backend {
   Tensor alloc(TensorType type, std::array<int64_t, 4> ne) override { return allocate(type, ne, true); }
 
   Tensor load_weight(TensorType type, std::array<int64_t, 4> ne, const void* bytes) override {
+    if (is_upg_type(type)) return host_upg_weight(type, ne, bytes);
     Tensor t = allocate(type, ne, false);  // the copy touches every page once, no zeroing first
     std::memcpy(t.data, bytes, t.n_bytes);
     return t;
@@ -160,6 +163,10 @@ class FastCpuBackend final : public Backend {
         throw_error(ErrorKind::kOutOfRange, "cpu backend: token id " + std::to_string(id) +
                                                 " outside the table of " + std::to_string(table.n_rows()) + " rows");
       }
+      if (is_upg_type(table.type)) {
+        upg_dequantize_row(*static_cast<const UpgMatrix*>(table.data), id, f32_data(out) + t * width);
+        continue;
+      }
       const uint8_t* row = static_cast<const uint8_t*>(table.data) + id * table.row_bytes();
       dequantize_row(table.type, row, f32_data(out) + t * width, width);
     }
@@ -187,6 +194,15 @@ class FastCpuBackend final : public Backend {
     const int64_t n_tokens = x.n_rows();
     PDVM_CHECK_MSG(x.ne[0] == k && out.ne[0] == n_rows && out.n_rows() == n_tokens,
                    "matmul shapes do not match");
+    if (is_upg_type(w.type)) {
+      prepare_activation(f32_data(x), k, n_tokens, DotMethod::kInt16, activation_);
+      const auto& m = *static_cast<const UpgMatrix*>(w.data);
+      const int64_t upg_grain = std::max<int64_t>(4, n_rows / (static_cast<int64_t>(pool_.size()) * 8));
+      pool_.parallel_for(n_rows, upg_grain, [&](int64_t begin, int64_t end) {
+        upg_matmul_rows(m, activation_, f32_data(out), n_rows, begin, end);
+      });
+      return;
+    }
     // Batches go to the GEMM (weights decoded once per batch); see docs/perf-notes.md.
     const bool gemm = n_tokens >= kGemmMinTokens;
     const DotMethod method = gemm ? DotMethod::kDequantFma : preferred_method(w.type, method_override_);

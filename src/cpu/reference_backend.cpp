@@ -11,6 +11,7 @@
 
 #include "pdvm/backend_registry.h"
 #include "pdvm/error.h"
+#include "pdvm/upg.h"
 
 namespace pdvm {
 namespace {
@@ -36,6 +37,7 @@ const uint8_t* raw_row(const Tensor& t, int64_t row) {
 
 // Row `row` of any dequantizable tensor, as fp32.
 void load_row(const Tensor& t, int64_t row, float* out) {
+  if (is_upg_type(t.type)) return upg_dequantize_row(*static_cast<const UpgMatrix*>(t.data), row, out);
   dequantize_row(t.type, raw_row(t, row), out, t.ne[0]);
 }
 
@@ -102,6 +104,7 @@ Tensor ReferenceBackend::alloc(TensorType type, std::array<int64_t, 4> ne) {
 }
 
 Tensor ReferenceBackend::load_weight(TensorType type, std::array<int64_t, 4> ne, const void* bytes) {
+  if (is_upg_type(type)) return host_upg_weight(type, ne, bytes);
   if (!type_info(type).dequantizable) {
     throw_error(ErrorKind::kUnsupported,
                 "cpu-ref: no dequantization for tensor type " + std::string(type_name(type)));

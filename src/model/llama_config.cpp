@@ -2,6 +2,7 @@
 
 #include "model/shape_string.h"
 #include "pdvm/error.h"
+#include "pdvm/upg.h"
 #include "pdvm/model.h"
 
 namespace pdvm {
@@ -76,17 +77,17 @@ LlamaConfig LlamaConfig::from_gguf(const GgufFile& file) {
   }
   c.n_ctx_train = r.positive("context_length", 2048);
 
-  const GgufTensor& embd = file.tensor_required("token_embd.weight");
-  if (embd.shape.size() != 2 || embd.shape[0] != c.n_embd) {
-    r.fail("tensor token_embd.weight has shape " + shape_string(embd.shape) + ", expected [" +
+  const std::vector<int64_t> embd_shape = weight_shape(file, "token_embd.weight");  // plain or UPG
+  if (embd_shape.size() != 2 || embd_shape[0] != c.n_embd) {
+    r.fail("tensor token_embd.weight has shape " + shape_string(embd_shape) + ", expected [" +
            std::to_string(c.n_embd) + ", n_vocab]");
   }
-  c.n_vocab = r.positive("vocab_size", embd.shape[1]);
-  if (c.n_vocab != embd.shape[1]) {
+  c.n_vocab = r.positive("vocab_size", embd_shape[1]);
+  if (c.n_vocab != embd_shape[1]) {
     r.fail("vocab_size " + std::to_string(c.n_vocab) + " differs from token_embd.weight rows " +
-           std::to_string(embd.shape[1]));
+           std::to_string(embd_shape[1]));
   }
-  c.tied_output = file.find_tensor("output.weight") == nullptr;
+  c.tied_output = !has_weight(file, "output.weight");
   c.has_rope_freqs = file.find_tensor("rope_freqs.weight") != nullptr;
   return c;
 }

@@ -6,13 +6,32 @@
 #include "pdvm/error.h"
 #include "pdvm/kv_cache.h"
 #include "pdvm/model.h"
+#include "pdvm/upg.h"
 
 namespace pdvm {
 namespace {
 
+// A UPG matrix (pdvm/upg.h): validated from its components and handed to the backend as a
+// UpgMatrix view.
+Tensor load_upg(const GgufFile& file, Backend& backend, const std::string& name,
+                const std::vector<int64_t>& expected) {
+  const UpgMatrix m = upg_matrix(file, name);
+  const std::vector<int64_t> shape{m.k, m.n};
+  if (shape != expected) {
+    throw_error(ErrorKind::kFileFormat, file.path() + ": UPG tensor " + name + " has shape " + shape_string(shape) +
+                                            ", expected " + shape_string(expected));
+  }
+  try {
+    return backend.load_weight(m.type(), {m.k, m.n, 1, 1}, &m);
+  } catch (const Error& e) {
+    throw Error(e.kind(), file.path() + ": tensor " + name + ": " + e.what());
+  }
+}
+
 // Checks that `name` exists with exactly `expected` shape and loads it through the backend.
 Tensor load(const GgufFile& file, Backend& backend, const std::string& name,
             const std::vector<int64_t>& expected) {
+  if (file.find_tensor(name) == nullptr && has_upg_weight(file, name)) return load_upg(file, backend, name, expected);
   const GgufTensor& t = file.tensor_required(name);
   if (t.shape != expected) {
     throw_error(ErrorKind::kFileFormat, file.path() + ": tensor " + name + " has shape " +

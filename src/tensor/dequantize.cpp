@@ -215,6 +215,8 @@ void dequantize_blocks(TensorType type, const uint8_t* src, float* dst, int64_t 
     case TensorType::kI32: return dequantize_plain<int32_t>(src, dst, n);
     case TensorType::kI64: return dequantize_plain<int64_t>(src, dst, n);
     case TensorType::kF64: return dequantize_plain<double>(src, dst, n);
+    case TensorType::kUpg3:  // UPG matrices have their own decompressor (pdvm/upg.h)
+    case TensorType::kUpg4: break;
   }
   PDVM_CHECK_MSG(false, "dequantize_blocks: unhandled type " + std::to_string(static_cast<uint32_t>(type)));
 }

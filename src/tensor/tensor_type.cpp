@@ -1,6 +1,7 @@
 // The table of GGML tensor types and the per-type dispatch of the reference conversions.
 #include "pdvm/tensor_type.h"
 
+#include <algorithm>
 #include <array>
 #include <cctype>
 #include <string>
@@ -40,6 +41,13 @@ constexpr std::array kTypes = {
     TypeInfo{T::kBF16, "bf16", 1, 2, true, true},
 };
 
+// Logical types (pdvm/upg.h): named for flags and messages, never accepted as on-disk ids.
+// block_bytes counts only the codes; tables and scales are per row and per block.
+constexpr std::array kLogicalTypes = {
+    TypeInfo{T::kUpg3, "upg3", 32, 12, false, false},
+    TypeInfo{T::kUpg4, "upg4", 32, 16, false, false},
+};
+
 const TypeInfo* find_info(uint32_t raw_id) {
   for (const TypeInfo& info : kTypes) {
     if (static_cast<uint32_t>(info.type) == raw_id) return &info;
@@ -47,8 +55,16 @@ const TypeInfo* find_info(uint32_t raw_id) {
   return nullptr;
 }
 
+const TypeInfo* find_any_info(TensorType type) {
+  if (const TypeInfo* info = find_info(static_cast<uint32_t>(type))) return info;
+  for (const TypeInfo& info : kLogicalTypes) {
+    if (info.type == type) return &info;
+  }
+  return nullptr;
+}
+
 std::string describe(TensorType type) {
-  if (const TypeInfo* info = find_info(static_cast<uint32_t>(type))) return info->name;
+  if (const TypeInfo* info = find_any_info(type)) return info->name;
   return "unknown tensor type id " + std::to_string(static_cast<uint32_t>(type));
 }
 
@@ -63,11 +79,21 @@ int64_t checked_blocks(const TypeInfo& info, int64_t n) {
 }
 
 const TypeInfo& info_or_unsupported(TensorType type, const char* what) {
-  const TypeInfo* info = find_info(static_cast<uint32_t>(type));
+  const TypeInfo* info = find_any_info(type);
   if (info == nullptr) {
     throw Error(ErrorKind::kUnsupported, std::string(what) + ": " + describe(type));
   }
   return *info;
+}
+
+// Plain GGML types only: the logical types have no row layout of their own.
+const TypeInfo& ggml_info_or_unsupported(TensorType type, const char* what) {
+  const TypeInfo& info = info_or_unsupported(type, what);
+  if (is_upg_type(type)) {
+    throw Error(ErrorKind::kUnsupported, std::string(what) + ": " + info.name +
+                                             " (a UPG matrix has no fixed row layout; see pdvm/upg.h)");
+  }
+  return info;
 }
 
 }  // namespace
@@ -82,7 +108,10 @@ const TypeInfo& type_info(TensorType type) { return info_or_unsupported(type, "t
 std::string_view type_name(TensorType type) { return type_info(type).name; }
 
 std::optional<TensorType> type_from_name(std::string_view name) {
-  for (const TypeInfo& info : kTypes) {
+  std::array<TypeInfo, kTypes.size() + kLogicalTypes.size()> all{};
+  std::copy(kTypes.begin(), kTypes.end(), all.begin());
+  std::copy(kLogicalTypes.begin(), kLogicalTypes.end(), all.begin() + kTypes.size());
+  for (const TypeInfo& info : all) {
     const std::string_view candidate = info.name;
     if (candidate.size() != name.size()) continue;
     bool same = true;
@@ -95,18 +124,18 @@ std::optional<TensorType> type_from_name(std::string_view name) {
 }
 
 int64_t type_bytes(TensorType type, int64_t n_elems) {
-  const TypeInfo& info = info_or_unsupported(type, "tensor type");
+  const TypeInfo& info = ggml_info_or_unsupported(type, "no row size for tensor type");
   return checked_blocks(info, n_elems) * info.block_bytes;
 }
 
 void dequantize_row(TensorType type, const void* src, float* dst, int64_t n) {
-  const TypeInfo& info = info_or_unsupported(type, "no reference dequantization for tensor type");
+  const TypeInfo& info = ggml_info_or_unsupported(type, "no reference dequantization for tensor type");
   const int64_t n_blocks = checked_blocks(info, n);
   reference::dequantize_blocks(type, static_cast<const uint8_t*>(src), dst, n_blocks);
 }
 
 void quantize_row(TensorType type, const float* src, void* dst, int64_t n) {
-  const TypeInfo& info = info_or_unsupported(type, "no reference quantization for tensor type");
+  const TypeInfo& info = ggml_info_or_unsupported(type, "no reference quantization for tensor type");
   if (!info.quantizable) {
     throw Error(ErrorKind::kUnsupported,
                 std::string("no reference quantization for tensor type ") + info.name);

@@ -1,0 +1,16 @@
+// UPG matmul kernel of the fast CPU backend (Highway-dispatched, src/cpu/upg_matmul.cpp).
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/fast_kernels.h"
+#include "pdvm/upg.h"
+
+namespace pdvm::cpu {
+
+// out[t * out_stride + j] = dot(row j of m, x_t) for rows [row_begin, row_end) and every token
+// of `act`, which must be prepared with DotMethod::kInt16 (or kInt8).
+void upg_matmul_rows(const UpgMatrix& m, const PreparedActivation& act, float* out, int64_t out_stride,
+                     int64_t row_begin, int64_t row_end);
+
+}  // namespace pdvm::cpu

@@ -1,0 +1,148 @@
+// UPG matmul on the fast CPU backend, compiled per SIMD target (Highway foreach_target). Per
+// group of 32 codes the row's 16-entry int8 table is applied with one byte shuffle per 16
+// codes (TableLookupBytes: pshufb on x86, tbl on NEON), the int8 values are widened to int16
+// and multiplied-added with the int16-rounded activation; each group's integer sum is scaled
+// by (block scale * activation scale) in f32, the row by its fp32 scale, and the row's
+// outliers are added in f32 at the end.
+#include "cpu/fast_simd_targets.h"  // must precede the Highway headers
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "cpu/upg_matmul.cpp"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+
+#include "cpu/fast_half.h"
+#include "cpu/upg_kernels.h"
+#include "pdvm/error.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace pdvm::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+constexpr size_t kUpgI16Lanes = 32;
+#else
+constexpr size_t kUpgI16Lanes = 16;
+#endif
+constexpr size_t kUpgMaxVecs = 32;
+
+// The 32 table values of one 4-bit group as int8, in element order.
+HWY_INLINE void LookupGroup4(const int8_t* lut, const uint8_t* group, int8_t* values) {
+#if HWY_TARGET == HWY_SCALAR
+  for (int i = 0; i < 16; ++i) {
+    values[i] = lut[group[i] & 15];
+    values[16 + i] = lut[group[i] >> 4];
+  }
+#else
+  const hn::Full128<uint8_t> d8;
+  const hn::Full128<int8_t> di8;
+  const auto table = hn::LoadU(di8, lut);
+  const auto codes = hn::LoadU(d8, group);
+  const auto lo = hn::BitCast(di8, hn::And(codes, hn::Set(d8, 15)));
+  const auto hi = hn::BitCast(di8, hn::ShiftRight<4>(codes));
+  hn::StoreU(hn::TableLookupBytes(table, lo), di8, values);
+  hn::StoreU(hn::TableLookupBytes(table, hi), di8, values + 16);
+#endif
+}
+
+// The 32 table values of one 3-bit group (layout in docs/upg.md).
+HWY_INLINE void LookupGroup3(const int8_t* lut, const uint8_t* group, int8_t* values) {
+  for (int e = 0; e < 32; ++e) {
+    const int code = ((group[e % 8] >> (2 * (e / 8))) & 3) | (((group[8 + e / 8] >> (e % 8)) & 1) << 2);
+    values[e] = lut[code];
+  }
+}
+
+// The group's values as int16 vectors of d16 (32 / Lanes(d16) of them).
+template <class D16>
+HWY_INLINE void WidenGroup(D16 d16, const int8_t* values, hn::VFromD<D16>* w) {
+  const hn::Rebind<int8_t, D16> d8;
+  const size_t n = hn::Lanes(d16);
+  for (size_t i = 0, v = 0; i < 32; i += n, ++v) w[v] = hn::PromoteTo(d16, hn::LoadU(d8, values + i));
+}
+
+template <int kTokens>
+HWY_INLINE void UpgRow(const UpgMatrix& m, int64_t row, const PreparedActivation& act, int64_t t0, float* out,
+                       int64_t out_stride) {
+  const hn::CappedTag<int16_t, kUpgI16Lanes> d16;
+  const hn::Repartition<int32_t, decltype(d16)> d32;
+  const hn::Rebind<float, decltype(d32)> df;
+  const size_t n = hn::Lanes(d16);
+  const size_t vecs = 32 / n;
+  const int64_t groups = m.k / kUpgGroup, group_bytes = kUpgGroup * m.bits / 8;
+  const int64_t groups_per_block = m.block / kUpgGroup;
+  const uint8_t* codes = m.codes + row * m.code_row_bytes();
+  const int8_t* bscale = m.bscale + row * (m.k / m.block);
+  // 16 table entries even for 3-bit rows, so the 128-bit table load stays in bounds.
+  HWY_ALIGN int8_t lut[16] = {};
+  for (int64_t l = 0; l < m.levels(); ++l) lut[l] = m.lut[row * m.levels() + l];
+  HWY_ALIGN int8_t values[32];
+  hn::Vec<decltype(d16)> w[kUpgMaxVecs];
+  hn::Vec<decltype(df)> acc[kTokens];
+  for (int t = 0; t < kTokens; ++t) acc[t] = hn::Zero(df);
+  for (int64_t g = 0; g < groups; ++g) {
+    if (m.bits == 4) {
+      LookupGroup4(lut, codes + g * group_bytes, values);
+    } else {
+      LookupGroup3(lut, codes + g * group_bytes, values);
+    }
+    WidenGroup(d16, values, w);
+    const float block_scale = static_cast<float>(bscale[g / groups_per_block]);
+    for (int t = 0; t < kTokens; ++t) {
+      const int64_t tb = (t0 + t) * groups + g;
+      const int16_t* xq = act.q.data() + tb * kUpgGroup;
+      auto sum0 = hn::Zero(d32);
+      auto sum1 = hn::Zero(d32);
+      for (size_t v = 0; v < vecs; ++v) {
+        sum0 = hn::ReorderWidenMulAccumulate(d32, w[v], hn::LoadU(d16, xq + v * n), sum0, sum1);
+      }
+      acc[t] = hn::MulAdd(hn::ConvertTo(df, hn::Add(sum0, sum1)), hn::Set(df, block_scale * act.q_scale[tb]), acc[t]);
+    }
+  }
+  for (int t = 0; t < kTokens; ++t) {
+    float sum = m.rscale[row] * hn::GetLane(hn::SumOfLanes(df, acc[t]));
+    if (m.nnz > 0) {
+      const float* x = act.x + (t0 + t) * m.k;
+      for (int64_t i = m.sp_rowptr[row]; i < m.sp_rowptr[row + 1]; ++i) {
+        sum += half_bits_to_float(m.sp_val[i]) * x[m.outlier_column(i)];
+      }
+    }
+    out[(t0 + t) * out_stride] = sum;
+  }
+}
+
+void UpgMatmulRows(const UpgMatrix& m, const PreparedActivation& act, float* out, int64_t out_stride,
+                   int64_t row_begin, int64_t row_end) {
+  const int64_t n_tokens = act.n_tokens;
+  for (int64_t j = row_begin; j < row_end; ++j) {
+    float* row_out = out + j;
+    int64_t t0 = 0;
+    for (; t0 + 4 <= n_tokens; t0 += 4) UpgRow<4>(m, j, act, t0, row_out, out_stride);
+    switch (n_tokens - t0) {
+      case 3: UpgRow<3>(m, j, act, t0, row_out, out_stride); break;
+      case 2: UpgRow<2>(m, j, act, t0, row_out, out_stride); break;
+      case 1: UpgRow<1>(m, j, act, t0, row_out, out_stride); break;
+      default: break;
+    }
+  }
+}
+
+// NOLINTNEXTLINE(google-readability-namespace-comments)
+}  // namespace HWY_NAMESPACE
+}  // namespace pdvm::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace pdvm::cpu {
+
+HWY_EXPORT(UpgMatmulRows);
+
+void upg_matmul_rows(const UpgMatrix& m, const PreparedActivation& act, float* out, int64_t out_stride,
+                     int64_t row_begin, int64_t row_end) {
+  PDVM_CHECK(act.k == m.k && !act.q.empty());
+  HWY_DYNAMIC_DISPATCH(UpgMatmulRows)(m, act, out, out_stride, row_begin, row_end);
+}
+
+}  // namespace pdvm::cpu
+#endif  // HWY_ONCE
