@@ -115,9 +115,17 @@ struct Q5Format {
   static constexpr float kOffsetPerScale = kMinForm ? 0.0f : -16.0f;
   template <class D>
   static void decode(D d, const uint8_t* b, hn::VFromD<D>* out) {
-    HWY_ALIGN int16_t expanded[32];
-    expand_high_bits(b + kHeader, expanded);
     const size_t n = hn::Lanes(d);
+    const uint8_t* qh = b + kHeader;
+    if (n % 8 == 0) {  // whole bytes of qh per vector: the bits become a lane mask directly
+      const auto sixteen = hn::Set(d, 16);
+      for (size_t i = 0, v = 0; i < 32; i += n, ++v) {
+        out[v] = hn::Or(Nibbles(d, b + kHeader + 4, i), hn::IfThenElseZero(hn::LoadMaskBits(d, qh + i / 8), sixteen));
+      }
+      return;
+    }
+    HWY_ALIGN int16_t expanded[32];
+    expand_high_bits(qh, expanded);
     for (size_t i = 0, v = 0; i < 32; i += n, ++v) {
       out[v] = hn::Or(Nibbles(d, b + kHeader + 4, i), HighBits(d, expanded, i));
     }
