@@ -27,22 +27,36 @@ constexpr size_t kUpgI16Lanes = 16;
 #endif
 constexpr size_t kUpgMaxVecs = 32;
 
-// The 32 table values of one 4-bit group as int8, in element order.
-HWY_INLINE void LookupGroup4(const int8_t* lut, const uint8_t* group, int8_t* values) {
+// The 32 table values of one 4-bit group as int16 vectors of d16 (32 / Lanes(d16) of them),
+// kept in registers: a store and a wider reload would defeat store forwarding.
+template <class D16>
+HWY_INLINE void LookupGroup4(D16 d16, const int8_t* lut, const uint8_t* group, hn::VFromD<D16>* w) {
 #if HWY_TARGET == HWY_SCALAR
-  for (int i = 0; i < 16; ++i) {
-    values[i] = lut[group[i] & 15];
-    values[16 + i] = lut[group[i] >> 4];
+  const size_t n = hn::Lanes(d16);
+  for (size_t i = 0, v = 0; i < 32; i += n, ++v) {
+    const int e = static_cast<int>(i);
+    w[v] = hn::Set(d16, lut[e < 16 ? group[e] & 15 : group[e - 16] >> 4]);
   }
 #else
   const hn::Full128<uint8_t> d8;
   const hn::Full128<int8_t> di8;
   const auto table = hn::LoadU(di8, lut);
   const auto codes = hn::LoadU(d8, group);
-  const auto lo = hn::BitCast(di8, hn::And(codes, hn::Set(d8, 15)));
-  const auto hi = hn::BitCast(di8, hn::ShiftRight<4>(codes));
-  hn::StoreU(hn::TableLookupBytes(table, lo), di8, values);
-  hn::StoreU(hn::TableLookupBytes(table, hi), di8, values + 16);
+  const auto lo = hn::TableLookupBytes(table, hn::BitCast(di8, hn::And(codes, hn::Set(d8, 15))));
+  const auto hi = hn::TableLookupBytes(table, hn::BitCast(di8, hn::ShiftRight<4>(codes)));
+  if constexpr (hn::MaxLanes(d16) == 32) {
+    w[0] = hn::PromoteTo(d16, hn::Combine(hn::Rebind<int8_t, D16>(), hi, lo));
+  } else if constexpr (hn::MaxLanes(d16) == 16) {
+    w[0] = hn::PromoteTo(d16, lo);
+    w[1] = hn::PromoteTo(d16, hi);
+  } else {
+    static_assert(hn::MaxLanes(d16) == 8, "128-bit targets");
+    const hn::Half<decltype(di8)> dh;
+    w[0] = hn::PromoteTo(d16, hn::LowerHalf(dh, lo));
+    w[1] = hn::PromoteTo(d16, hn::UpperHalf(dh, lo));
+    w[2] = hn::PromoteTo(d16, hn::LowerHalf(dh, hi));
+    w[3] = hn::PromoteTo(d16, hn::UpperHalf(dh, hi));
+  }
 #endif
 }
 
@@ -72,6 +86,10 @@ HWY_INLINE void UpgRow(const UpgMatrix& m, int64_t row, const PreparedActivation
   const size_t vecs = 32 / n;
   const int64_t groups = m.k / kUpgGroup, group_bytes = kUpgGroup * m.bits / 8;
   const int64_t groups_per_block = m.block / kUpgGroup;
+  // Locals, since the int8 stores below may alias anything reached through m or act.
+  const int bits = m.bits;
+  const int16_t* act_q = act.q.data();
+  const float* act_scale = act.q_scale.data();
   const uint8_t* codes = m.codes + row * m.code_row_bytes();
   const int8_t* bscale = m.bscale + row * (m.k / m.block);
   // 16 table entries even for 3-bit rows, so the 128-bit table load stays in bounds.
@@ -82,22 +100,22 @@ HWY_INLINE void UpgRow(const UpgMatrix& m, int64_t row, const PreparedActivation
   hn::Vec<decltype(df)> acc[kTokens];
   for (int t = 0; t < kTokens; ++t) acc[t] = hn::Zero(df);
   for (int64_t g = 0; g < groups; ++g) {
-    if (m.bits == 4) {
-      LookupGroup4(lut, codes + g * group_bytes, values);
+    if (bits == 4) {
+      LookupGroup4(d16, lut, codes + g * group_bytes, w);
     } else {
       LookupGroup3(lut, codes + g * group_bytes, values);
+      WidenGroup(d16, values, w);
     }
-    WidenGroup(d16, values, w);
     const float block_scale = static_cast<float>(bscale[g / groups_per_block]);
     for (int t = 0; t < kTokens; ++t) {
       const int64_t tb = (t0 + t) * groups + g;
-      const int16_t* xq = act.q.data() + tb * kUpgGroup;
+      const int16_t* xq = act_q + tb * kUpgGroup;
       auto sum0 = hn::Zero(d32);
       auto sum1 = hn::Zero(d32);
       for (size_t v = 0; v < vecs; ++v) {
         sum0 = hn::ReorderWidenMulAccumulate(d32, w[v], hn::LoadU(d16, xq + v * n), sum0, sum1);
       }
-      acc[t] = hn::MulAdd(hn::ConvertTo(df, hn::Add(sum0, sum1)), hn::Set(df, block_scale * act.q_scale[tb]), acc[t]);
+      acc[t] = hn::MulAdd(hn::ConvertTo(df, hn::Add(sum0, sum1)), hn::Set(df, block_scale * act_scale[tb]), acc[t]);
     }
   }
   for (int t = 0; t < kTokens; ++t) {
