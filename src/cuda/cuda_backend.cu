@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cuda/ops.cuh"
+#include "cuda/upg.cuh"
 #include "pdvm/backend_registry.h"
 #include "pdvm/cuda_backend.h"
 
@@ -68,6 +69,11 @@ class CudaBackend final : public Backend {
 
   Tensor load_weight(TensorType type, std::array<int64_t, 4> ne, const void* bytes) override {
     activate();
+    if (is_upg_type(type)) {
+      Tensor t = cuda::upload_upg_weight(ctx_, type, ne, *static_cast<const UpgMatrix*>(bytes));
+      weight_bytes_ += t.n_bytes;
+      return t;
+    }
     Tensor t;
     t.type = type;
     t.ne = ne;
@@ -164,6 +170,9 @@ class CudaBackend final : public Backend {
     expect_type(out, TensorType::kF32, "get_rows", "out");
     const int n_tokens = static_cast<int>(ids.ne[0]);
     PDVM_CHECK(out.ne[0] == table.ne[0] && out.ne[1] >= n_tokens);
+    if (is_upg_type(table.type)) {
+      return cuda::upg_get_rows(ctx_, *static_cast<const cuda::UpgDeviceMatrix*>(table.data), i32(ids), n_tokens, f32(out));
+    }
     cuda::get_rows(ctx_, cuda::weight_view(table), i32(ids), n_tokens, f32(out));
   }
 
@@ -179,6 +188,12 @@ class CudaBackend final : public Backend {
   void matmul(const Tensor& w, const Tensor& x, Tensor& out) override {
     expect_type(x, TensorType::kF32, "matmul", "x");
     expect_type(out, TensorType::kF32, "matmul", "out");
+    if (is_upg_type(w.type)) {
+      flush_matvecs();
+      const auto& upg = *static_cast<const cuda::UpgDeviceMatrix*>(w.data);
+      PDVM_CHECK(x.ne[0] == upg.k && out.ne[0] == upg.n && out.ne[1] == x.ne[1]);
+      return cuda::upg_matmul(ctx_, upg, f32(x), f32(out), static_cast<int>(x.ne[1]));
+    }
     const cuda::WeightView view = cuda::weight_view(w);
     PDVM_CHECK(x.ne[0] == view.k && out.ne[0] == view.n_rows && out.ne[1] == x.ne[1]);
     const int n_tokens = static_cast<int>(x.ne[1]);
