@@ -7,7 +7,7 @@
 
 #include "cuda/context.cuh"
 #include "pdvm/backend.h"
-#include "pdvm/upg.h"
+#include "pdvm/upg_matrix.h"
 
 namespace pdvm::cuda {
 
