@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <cstdio>
 #include <random>
 #include <system_error>
@@ -17,6 +18,7 @@
 
 #include "pdvm/backend_registry.h"
 #include "pdvm/error.h"
+#include "progress_bar.h"
 
 namespace pdvm::cli {
 
@@ -76,6 +78,8 @@ void add_model_flags(CLI::App& app, ModelFlags& flags) {
 void apply_backend_flags(const ModelFlags& flags, SessionOptions& options) {
   options.backend_options.n_threads = flags.threads;
   options.gpu_mode = flags.gpu_mode;
+  auto bar = std::make_shared<ProgressBar>("loading");
+  options.load_progress = [bar](uint64_t done, uint64_t total) { bar->update(done, total); };
   if (flags.kv_type.empty()) return;
   const auto type = type_from_name(flags.kv_type);
   if (!type || (*type != TensorType::kF32 && *type != TensorType::kF16 && *type != TensorType::kQ8_0)) {

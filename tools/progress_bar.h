@@ -19,20 +19,26 @@ class ProgressBar {
   }
 
   void update(uint64_t done, uint64_t total) {
-    if (!enabled_ || total == 0) return;
+    if (!enabled_ || total == 0 || finished_) return;
     constexpr int kWidth = 30;
     const int filled = static_cast<int>(kWidth * done / total);
     std::fprintf(stderr, "\r%s [%s%s] %3d%% %.2f/%.2f GB", label_.c_str(), std::string(filled, '#').c_str(),
                  std::string(kWidth - filled, ' ').c_str(), static_cast<int>(100 * done / total), done / 1e9,
                  total / 1e9);
-    std::fflush(stderr);
     drawn_ = true;
+    if (done >= total) {
+      std::fputc('\n', stderr);
+      drawn_ = false;
+      finished_ = true;
+    }
+    std::fflush(stderr);
   }
 
  private:
   std::string label_;
   bool enabled_;
   bool drawn_ = false;
+  bool finished_ = false;
 };
 
 }  // namespace pdvm::cli

@@ -33,6 +33,7 @@ struct SessionOptions {
   // included) through the PDVM fused decoder (one launch per layer / per token), which keeps
   // its own weights and KV cache on the GPU; needs a CUDA build.
   std::string gpu_mode = "unfused";
+  LoadProgress load_progress;             // optional, called while the weights load
 };
 
 class Session {

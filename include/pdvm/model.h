@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -52,6 +53,9 @@ struct LlamaWeights {
 
 // Activation buffers for batches of up to `capacity` tokens. A workspace keeps its buffers for
 // its lifetime, so a recorded op sequence (decode) can be replayed on it.
+// Reports weight loading: bytes of tensor data loaded so far, and in all.
+using LoadProgress = std::function<void(uint64_t done_bytes, uint64_t total_bytes)>;
+
 struct ForwardWorkspace {
   int capacity = 0;
   Tensor token_ids, positions;           // I32 {capacity}
@@ -70,7 +74,8 @@ class LlamaModel {
  public:
   // Loads every tensor through backend.load_weight. Host backends may reference the mapped
   // file bytes without copying: `file` and `backend` must outlive the model.
-  LlamaModel(const GgufFile& file, Backend& backend);
+  // progress(done, total) is called after each tensor with bytes of the file's tensor data.
+  LlamaModel(const GgufFile& file, Backend& backend, const LoadProgress& progress = {});
 
   const LlamaConfig& config() const { return config_; }
   const LlamaWeights& weights() const { return weights_; }

@@ -23,7 +23,7 @@ Session::Session(const SessionOptions& options) {
   }
   file_ = std::make_unique<GgufFile>(GgufFile::open(options.model_path));
   backend_ = create_backend(options.backend, options.backend_options);
-  model_ = std::make_unique<LlamaModel>(*file_, *backend_);
+  model_ = std::make_unique<LlamaModel>(*file_, *backend_, options.load_progress);
   const LlamaConfig& c = model_->config();
   KvCacheShape shape;
   shape.n_layer = c.n_layer;

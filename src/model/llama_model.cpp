@@ -47,6 +47,17 @@ Tensor load(const GgufFile& file, Backend& backend, const std::string& name,
   }
 }
 
+// Bytes of file data behind a weight: the tensor itself or, for UPG weights, its components.
+uint64_t weight_file_bytes(const GgufFile& file, const std::string& name) {
+  if (const GgufTensor* t = file.find_tensor(name)) return t->n_bytes;
+  const std::string component_prefix = name + ".upg.";
+  uint64_t bytes = 0;
+  for (const GgufTensor& t : file.tensors()) {
+    if (t.name.starts_with(component_prefix)) bytes += t.n_bytes;
+  }
+  return bytes;
+}
+
 Tensor rows(const Tensor& t, int64_t first, int64_t count) {
   PDVM_CHECK(first >= 0 && count >= 0 && first + count <= t.ne[1] && t.ne[2] == 1 && t.ne[3] == 1);
   return row_view(t, first, count);
@@ -65,17 +76,27 @@ Tensor prefix(const Tensor& t, int64_t count) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(const GgufFile& file, Backend& backend)
+LlamaModel::LlamaModel(const GgufFile& file, Backend& backend, const LoadProgress& progress)
     : config_(LlamaConfig::from_gguf(file)), backend_(&backend) {
   const LlamaConfig& c = config_;
+  uint64_t total_bytes = 0, done_bytes = 0;
+  for (const GgufTensor& t : file.tensors()) total_bytes += t.n_bytes;
+  auto load_weight = [&](const std::string& name, const std::vector<int64_t>& expected) {
+    Tensor weight = load(file, backend, name, expected);
+    if (progress) {
+      done_bytes += weight_file_bytes(file, name);
+      progress(done_bytes, total_bytes);
+    }
+    return weight;
+  };
   const int64_t embd = c.n_embd, q_width = int64_t{c.n_head} * c.head_dim,
                 kv_width = int64_t{c.n_head_kv} * c.head_dim, ff = c.n_ff;
-  weights_.token_embd = load(file, backend, "token_embd.weight", {embd, c.n_vocab});
-  weights_.output_norm = load(file, backend, "output_norm.weight", {embd});
+  weights_.token_embd = load_weight("token_embd.weight", {embd, c.n_vocab});
+  weights_.output_norm = load_weight("output_norm.weight", {embd});
   weights_.output = c.tied_output ? weights_.token_embd
-                                  : load(file, backend, "output.weight", {embd, c.n_vocab});
+                                  : load_weight("output.weight", {embd, c.n_vocab});
   if (c.has_rope_freqs) {
-    weights_.rope_freqs = load(file, backend, "rope_freqs.weight", {c.n_rot / 2});
+    weights_.rope_freqs = load_weight("rope_freqs.weight", {c.n_rot / 2});
     if (weights_.rope_freqs->type != TensorType::kF32) {
       throw_error(ErrorKind::kUnsupported, file.path() + ": tensor rope_freqs.weight must be F32");
     }
@@ -85,16 +106,18 @@ LlamaModel::LlamaModel(const GgufFile& file, Backend& backend)
   for (int i = 0; i < c.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
     LlamaLayerWeights& l = weights_.layers.emplace_back();
-    l.attn_norm = load(file, backend, p + "attn_norm.weight", {embd});
-    l.wq = load(file, backend, p + "attn_q.weight", {embd, q_width});
-    l.wk = load(file, backend, p + "attn_k.weight", {embd, kv_width});
-    l.wv = load(file, backend, p + "attn_v.weight", {embd, kv_width});
-    l.wo = load(file, backend, p + "attn_output.weight", {q_width, embd});
-    l.ffn_norm = load(file, backend, p + "ffn_norm.weight", {embd});
-    l.ffn_gate = load(file, backend, p + "ffn_gate.weight", {embd, ff});
-    l.ffn_up = load(file, backend, p + "ffn_up.weight", {embd, ff});
-    l.ffn_down = load(file, backend, p + "ffn_down.weight", {ff, embd});
+    l.attn_norm = load_weight(p + "attn_norm.weight", {embd});
+    l.wq = load_weight(p + "attn_q.weight", {embd, q_width});
+    l.wk = load_weight(p + "attn_k.weight", {embd, kv_width});
+    l.wv = load_weight(p + "attn_v.weight", {embd, kv_width});
+    l.wo = load_weight(p + "attn_output.weight", {q_width, embd});
+    l.ffn_norm = load_weight(p + "ffn_norm.weight", {embd});
+    l.ffn_gate = load_weight(p + "ffn_gate.weight", {embd, ff});
+    l.ffn_up = load_weight(p + "ffn_up.weight", {embd, ff});
+    l.ffn_down = load_weight(p + "ffn_down.weight", {ff, embd});
   }
+  // Tensors the model does not use never report; loading is complete all the same.
+  if (progress && done_bytes < total_bytes) progress(total_bytes, total_bytes);
 }
 
 ForwardWorkspace LlamaModel::make_workspace(int capacity) const {

@@ -158,6 +158,25 @@ TEST_F(SessionTest, TokenOutsideTheVocabularyIsAnError) {
   EXPECT_EQ(session.n_past(), 0);
 }
 
+TEST_F(SessionTest, LoadProgressClimbsToTheFileTensorBytes) {
+  SessionOptions o = options();
+  std::vector<std::pair<uint64_t, uint64_t>> reports;
+  o.load_progress = [&](uint64_t done, uint64_t total) { reports.emplace_back(done, total); };
+  Session session(o);
+  uint64_t tensor_bytes = 0;
+  for (const GgufTensor& t : session.gguf().tensors()) tensor_bytes += t.n_bytes;
+  // One report per loaded weight (embedding, final norm, 9 per layer), the last one complete.
+  ASSERT_GE(reports.size(), 2u + 9u * static_cast<size_t>(spec_.n_layer));
+  for (size_t i = 0; i < reports.size(); ++i) {
+    EXPECT_EQ(reports[i].second, tensor_bytes);
+    EXPECT_LE(reports[i].first, tensor_bytes);
+    if (i > 0) {
+      EXPECT_GT(reports[i].first, reports[i - 1].first);
+    }
+  }
+  EXPECT_EQ(reports.back().first, tensor_bytes);
+}
+
 TEST_F(SessionTest, UnknownBackendListsTheKnownOnes) {
   SessionOptions o = options();
   o.backend = "tpu";
