@@ -120,7 +120,10 @@ struct F32Format {
   }
 };
 
-struct F16Format {
+// 16-bit float weights: 8 per 16-byte chunk. Format supplies unpack(), which turns two 32-bit
+// words (four values) into floats; loading, the dot product and dequantization are shared.
+template <typename Format>
+struct SixteenBitFormat {
   static constexpr int kChunk = 8;
   static constexpr int kRows = 2;
   static constexpr int kUnroll = 4;
@@ -128,56 +131,36 @@ struct F16Format {
   __device__ static Frag load(const WeightView& w, int64_t row, int64_t c) {
     return __ldcs(reinterpret_cast<const uint4*>(w.q + row * w.q_row_bytes) + c);
   }
-  __device__ static float4 unpack(uint32_t lo, uint32_t hi) {
-    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&lo));
-    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&hi));
-    return make_float4(a.x, a.y, b.x, b.y);
-  }
   template <int R, typename X>
   __device__ static void accumulate(const Frag (&f)[R], int64_t c, const X& xs, float (&acc)[R]) {
     const float4 x0 = xs(2 * c), x1 = xs(2 * c + 1);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-      acc[r] = dot4(unpack(f[r].x, f[r].y), x0, acc[r]);
-      acc[r] = dot4(unpack(f[r].z, f[r].w), x1, acc[r]);
+      acc[r] = dot4(Format::unpack(f[r].x, f[r].y), x0, acc[r]);
+      acc[r] = dot4(Format::unpack(f[r].z, f[r].w), x1, acc[r]);
     }
   }
   template <typename T>
   __device__ static void dequant(const Frag& f, int64_t c, T* out, int64_t k) {
-    const float4 a = unpack(f.x, f.y), b = unpack(f.z, f.w);
+    const float4 a = Format::unpack(f.x, f.y), b = Format::unpack(f.z, f.w);
     const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
     for (int j = 0; j < 8; ++j) put(out, k, 8 * c + j, v[j]);
   }
 };
 
-struct BF16Format {
-  static constexpr int kChunk = 8;
-  static constexpr int kRows = 2;
-  static constexpr int kUnroll = 4;
-  using Frag = uint4;
-  __device__ static Frag load(const WeightView& w, int64_t row, int64_t c) {
-    return __ldcs(reinterpret_cast<const uint4*>(w.q + row * w.q_row_bytes) + c);
+struct F16Format : SixteenBitFormat<F16Format> {
+  __device__ static float4 unpack(uint32_t lo, uint32_t hi) {
+    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&lo));
+    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&hi));
+    return make_float4(a.x, a.y, b.x, b.y);
   }
+};
+
+struct BF16Format : SixteenBitFormat<BF16Format> {
   __device__ static float4 unpack(uint32_t lo, uint32_t hi) {
     return make_float4(__uint_as_float(lo << 16), __uint_as_float(lo & 0xffff0000u),
                        __uint_as_float(hi << 16), __uint_as_float(hi & 0xffff0000u));
-  }
-  template <int R, typename X>
-  __device__ static void accumulate(const Frag (&f)[R], int64_t c, const X& xs, float (&acc)[R]) {
-    const float4 x0 = xs(2 * c), x1 = xs(2 * c + 1);
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      acc[r] = dot4(unpack(f[r].x, f[r].y), x0, acc[r]);
-      acc[r] = dot4(unpack(f[r].z, f[r].w), x1, acc[r]);
-    }
-  }
-  template <typename T>
-  __device__ static void dequant(const Frag& f, int64_t c, T* out, int64_t k) {
-    const float4 a = unpack(f.x, f.y), b = unpack(f.z, f.w);
-    const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#pragma unroll
-    for (int j = 0; j < 8; ++j) put(out, k, 8 * c + j, v[j]);
   }
 };
 
