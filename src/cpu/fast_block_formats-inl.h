@@ -13,6 +13,7 @@
 
 #include "cpu/fast_half.h"
 #include "pdvm/tensor_type.h"
+#include "tensor/reference_blocks.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -158,18 +159,7 @@ HWY_INLINE float BlockOffset(const uint8_t* block) {
   return Format::kHasMin ? load_half(block + 2) : Format::kOffsetPerScale * load_half(block);
 }
 
-
 // ---- K-quants (256-element super-blocks), dequantized a row at a time --------------------
-inline void KScaleMin(const uint8_t* q, int j, int& scale, int& min) {
-  if (j < 4) {
-    scale = q[j] & 63;
-    min = q[j + 4] & 63;
-  } else {
-    scale = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
-    min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
 // Lanes [first, first + Lanes(d)) of 4-bit values held in the low (or high) nibbles of
 // consecutive bytes, as integers.
 template <class D>
@@ -192,7 +182,7 @@ HWY_INLINE void DequantizeQ45K(const uint8_t* block, float* y) {
   const uint8_t* qs = block + (kHighBits ? 48 : 16);
   for (int sub = 0; sub < 8; ++sub) {
     int scale, min;
-    KScaleMin(scales, sub, scale, min);
+    reference::k4_scale_min(scales, sub, scale, min);
     const auto ds = hn::Set(df, d * static_cast<float>(scale));
     const auto dm = hn::Set(df, -dmin * static_cast<float>(min));
     for (size_t l = 0; l < 32; l += n) {

@@ -4,6 +4,7 @@
 
 #include "cuda/pdvm_device.cuh"
 #include "pdvm/error.h"
+#include "tensor/reference_blocks.h"
 
 namespace pdvm::fused {
 namespace {
@@ -37,17 +38,6 @@ void split_simple_blocks(HostMatrix& out, const uint8_t* src, int64_t rows) {
   }
 }
 
-// Eight 6-bit scales and mins in 12 bytes (the GGML Q4_K packing).
-void k4_scale_min(const uint8_t* q, int j, int& scale, int& min) {
-  if (j < 4) {
-    scale = q[j] & 63;
-    min = q[j + 4] & 63;
-  } else {
-    scale = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
-    min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
 // Q4_K super-blocks -> Q4_1 blocks: x = (d * scale) q - dmin * min per 32 elements, the two
 // f16 products rounded once; nibbles reordered to the Q4_0/Q4_1 byte layout.
 void repack_q4_k(HostMatrix& out, const uint8_t* src, int64_t rows) {
@@ -60,7 +50,7 @@ void repack_q4_k(HostMatrix& out, const uint8_t* src, int64_t rows) {
       const uint8_t* qs = block + 16;
       for (int sub = 0; sub < 8; ++sub) {
         int scale, min;
-        k4_scale_min(block + 4, sub, scale, min);
+        reference::k4_scale_min(block + 4, sub, scale, min);
         out.scales.push_back(fp32_to_fp16(d * static_cast<float>(scale)));
         out.scales.push_back(fp32_to_fp16(-dmin * static_cast<float>(min)));
         const uint8_t* q = qs + (sub / 2) * 32;

@@ -96,19 +96,6 @@ void dequantize_q3_k(const uint8_t* block, float* y) {
   }
 }
 
-// Q4_K/Q5_K pack eight 6-bit scales and eight 6-bit mins into 12 bytes: sub-blocks 0..3 use the
-// low 6 bits of bytes 0..3 (scale) and 4..7 (min); sub-blocks 4..7 take their low 4 bits from
-// the nibbles of bytes 8..11 and their top 2 bits from the top bits of bytes 0..7.
-void k4_scale_min(const uint8_t* q, int j, int& scale, int& min) {
-  if (j < 4) {
-    scale = q[j] & 63;
-    min = q[j + 4] & 63;
-  } else {
-    scale = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
-    min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
-
 // 4-bit quants: each 64 elements read 32 bytes, low nibbles first then high nibbles.
 void dequantize_q4_k(const uint8_t* block, float* y) {
   const float d = load_f16(block);

@@ -134,16 +134,6 @@ float search_scale_symmetric(int n, int nmax, const float* x, uint8_t* q) {
   return scale;
 }
 
-void k4_scale_min_unpack(const uint8_t* packed, int j, int& scale, int& min) {
-  if (j < 4) {
-    scale = packed[j] & 63;
-    min = packed[j + 4] & 63;
-  } else {
-    scale = (packed[j + 4] & 0x0f) | ((packed[j - 4] >> 6) << 4);
-    min = (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4);
-  }
-}
-
 }  // namespace
 
 void quantize_q4_k(const float* x, uint8_t* block) {
@@ -181,7 +171,7 @@ void quantize_q4_k(const float* x, uint8_t* block) {
   const float d_all = load_f16(block), dmin_all = load_f16(block + 2);
   for (int j = 0; j < 8; ++j) {
     int sc, m;
-    k4_scale_min_unpack(packed, j, sc, m);
+    k4_scale_min(packed, j, sc, m);
     const float d = d_all * static_cast<float>(sc);
     if (d == 0) continue;  // keeps the search's quants, as GGML does
     const float dm = dmin_all * static_cast<float>(m);

@@ -29,6 +29,19 @@ inline void store_u16(uint8_t* p, uint16_t v) {
 }
 inline void store_f16(uint8_t* p, float f) { store_u16(p, fp32_to_fp16(f)); }
 
+// Q4_K/Q5_K pack eight 6-bit scales and eight 6-bit mins into 12 bytes: sub-blocks 0..3 use the
+// low 6 bits of bytes 0..3 (scale) and 4..7 (min); sub-blocks 4..7 take their low 4 bits from
+// the nibbles of bytes 8..11 and their top 2 bits from the top bits of bytes 0..7.
+inline void k4_scale_min(const uint8_t* q, int j, int& scale, int& min) {
+  if (j < 4) {
+    scale = q[j] & 63;
+    min = q[j + 4] & 63;
+  } else {
+    scale = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+    min = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
 // n_blocks whole blocks of `type`; the caller has checked the type is known (and quantizable).
 void dequantize_blocks(TensorType type, const uint8_t* src, float* dst, int64_t n_blocks);
 void quantize_blocks(TensorType type, const float* src, uint8_t* dst, int64_t n_blocks);
