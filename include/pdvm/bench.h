@@ -26,7 +26,7 @@ struct BenchReport {
   int n_layer = 0;
   int n_threads = 0;
   int repetitions = 0;
-  uint64_t n_params = 0;           // elements of all tensors
+  uint64_t n_params = 0;           // weights: elements of plain tensors, k * n of each UPG matrix
   uint64_t weight_bytes = 0;       // all tensors of the file
   uint64_t decode_weight_bytes = 0;  // what one decoded token reads (one embedding row)
   int n_prompt = 0;

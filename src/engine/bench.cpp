@@ -9,8 +9,28 @@
 #include <random>
 #include <vector>
 
+#include "pdvm/upg.h"
+
 namespace pdvm {
 namespace {
+
+constexpr std::string_view kUpgCodesSuffix = ".upg.codes";
+
+// Weights of the model as it computes: a UPG matrix counts its k * n logical elements once (at
+// its codes tensor), not the bytes of its codes, tables and scales.
+uint64_t logical_parameter_count(const GgufFile& file) {
+  uint64_t n = 0;
+  for (const GgufTensor& t : file.tensors()) {
+    if (t.name.find(".upg.") == std::string::npos) {
+      n += static_cast<uint64_t>(t.n_elems());
+    } else if (t.name.ends_with(kUpgCodesSuffix)) {
+      const std::vector<int64_t> shape =
+          weight_shape(file, std::string_view(t.name).substr(0, t.name.size() - kUpgCodesSuffix.size()));
+      n += static_cast<uint64_t>(shape[0] * shape[1]);
+    }
+  }
+  return n;
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -26,15 +46,16 @@ std::vector<int32_t> random_tokens(int n, int64_t n_vocab, uint64_t seed) {
   return tokens;
 }
 
-// A decoded token reads every tensor once, except the embedding table, of which it reads one
-// row (unless the output head is tied to it, then it reads all of it as the head).
+// A decoded token reads every tensor once, except the embedding table (plain, or the components
+// of a UPG matrix), of which it reads one row (unless the output head is tied to it, then it
+// reads all of it as the head).
 uint64_t decode_weight_bytes(const Session& session) {
+  const std::string embedding = "token_embd.weight";
+  const uint64_t n_vocab = static_cast<uint64_t>(std::max<int64_t>(session.config().n_vocab, 1));
   uint64_t bytes = 0;
   for (const GgufTensor& t : session.gguf().tensors()) {
-    if (t.name == "token_embd.weight" && !session.config().tied_output)
-      bytes += t.n_bytes / static_cast<uint64_t>(std::max<int64_t>(t.n_rows(), 1));
-    else
-      bytes += t.n_bytes;
+    const bool is_embedding = t.name == embedding || t.name.starts_with(embedding + ".upg.");
+    bytes += is_embedding && !session.config().tied_output ? t.n_bytes / n_vocab : t.n_bytes;
   }
   return bytes;
 }
@@ -78,10 +99,8 @@ BenchReport run_bench(Session& session, const std::string& model_name, const Ben
   r.n_layer = c.n_layer;
   r.n_threads = config.n_threads;
   r.repetitions = std::max(1, config.repetitions);
-  for (const GgufTensor& t : session.gguf().tensors()) {
-    r.weight_bytes += t.n_bytes;
-    r.n_params += static_cast<uint64_t>(t.n_elems());
-  }
+  for (const GgufTensor& t : session.gguf().tensors()) r.weight_bytes += t.n_bytes;
+  r.n_params = logical_parameter_count(session.gguf());
   r.decode_weight_bytes = decode_weight_bytes(session);
   r.read_bandwidth_gb_per_s = read_bandwidth_gb_per_s;
 

@@ -3,6 +3,7 @@
 # a numpy decoder written from docs/upg.md reconstructs every matrix close to its source, the
 # model runs (`pdvm logits`), and bad flags are one-line errors.
 # ctest-label: unit
+import json
 import os
 import random
 import subprocess
@@ -91,6 +92,11 @@ def main():
             assert matrices > 0
             run = pdvm("logits", "-m", out, "--tokens", "1,5,9,2", "--greedy", 4, "--backend", "cpu")
             assert len(run.stdout.strip().split(",")) == 4, run.stdout
+            # `pdvm bench` counts the logical weights (the source's elements), not component bytes.
+            bench = pdvm("bench", "-m", out, "--backend", "cpu", "-t", 1, "-p", 4, "-n", 2, "-r", 1, "--json")
+            report = json.loads(bench.stdout.strip().splitlines()[-1])
+            n_params = sum(int(np.prod(t.shape)) for t in source.values())
+            assert report["n_params"] == n_params, (kind, report["n_params"], n_params)
 
         bad = pdvm("convert", src, Path(tmp) / "x.gguf", "--type", "q4_0", "--outliers", "0.01", expect_ok=False)
         assert bad.returncode != 0 and "--outliers" in bad.stderr, bad.stderr
