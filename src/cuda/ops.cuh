@@ -53,7 +53,17 @@ struct AttentionShape {
   int n_head = 0, n_head_kv = 0, head_dim = 0;
   float scale = 0.0f;
 };
+// Up to kMaxExactAttentionTokens query tokens (decode) run the fp32 flash-decoding kernel;
+// more (prefill) run tiled_attention when it supports the shape.
+constexpr int kMaxExactAttentionTokens = 8;
 void attention(CudaContext& ctx, const float* q, const KvCacheView& cache, const int32_t* positions,
                const AttentionShape& shape, int n_tokens, float* out);
+
+// ---- tiled_attention.cu -----------------------------------------------------------------
+// Many query tokens per block on the tensor cores: F16 Q, K, V and softmax weights, fp32
+// scores, softmax and accumulation (~1e-3 relative). head_dim 64 or 128.
+bool tiled_attention_supports(const AttentionShape& shape, const KvCacheView& cache);
+void tiled_attention(CudaContext& ctx, const float* q, const KvCacheView& cache, const int32_t* positions,
+                     const AttentionShape& shape, int n_tokens, float* out);
 
 }  // namespace pdvm::cuda

@@ -186,6 +186,8 @@ TEST(CudaOps, KvStoreAndAttentionMatchReference) {
       const std::vector<float> got = download<float>(*backend, out);
 
       const int group = c.n_head / c.n_head_kv;
+      // Decode is fp32 throughout; prefill batches (> 8 tokens) multiply F16 operands.
+      const double tol = c.n_tokens > 8 ? 2e-3 : 1e-4;
       int bad = 0;
       for (int t = 0; t < c.n_tokens; ++t) {
         for (int h = 0; h < c.n_head; ++h) {
@@ -205,7 +207,7 @@ TEST(CudaOps, KvStoreAndAttentionMatchReference) {
             for (int p = 0; p <= pos[t]; ++p) want += s[p] * v_ref[p * width + kv_off + d];
             want /= sum;
             const float value = got[t * q_width + h * c.head_dim + d];
-            if (!(std::fabs(value - want) <= 1e-4 + 1e-4 * std::fabs(want)) && bad++ < 5)
+            if (!(std::fabs(value - want) <= tol + tol * std::fabs(want)) && bad++ < 5)
               ADD_FAILURE() << what << ": token " << t << " head " << h << " dim " << d << " got " << value
                             << " want " << want;
           }
