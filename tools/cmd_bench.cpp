@@ -1,5 +1,6 @@
 // `pdvm bench`: pp/tg throughput of models (see pdvm/bench.h), with GPU columns (ms per layer,
-// bytes per token, GB/s and % of the card's measured read bandwidth) when the backend is cuda.
+// bytes per token, GB/s and % of the measured read bandwidth of the card, or of the host's
+// memory with the bench's threads when the backend is cpu).
 // `--kernels` times the decode matvec kernels alone.
 #include <cstdio>
 #include <filesystem>
@@ -9,6 +10,7 @@
 
 #include "command.h"
 #include "pdvm/bench.h"
+#include "pdvm/cpu_bandwidth.h"
 #include "pdvm/engine.h"
 #include "pdvm/error.h"
 #ifdef PDVM_HAVE_CUDA
@@ -43,10 +45,14 @@ double measure_bandwidth(const BenchArgs& args, const std::string& backend_name)
                   bw.device_name.c_str(), bw.gb_per_s, bw.bytes / double(1 << 30));
     return bw.gb_per_s;
   }
-#else
-  (void)args;
-  (void)backend_name;
 #endif
+  if (backend_name == "cpu" && args.probe) {
+    const HostReadBandwidth bw = measure_cpu_read_bandwidth(args.threads);
+    if (!args.json)
+      std::printf("read bandwidth of the CPU: %.1f GB/s (%d threads, %.2f GiB read, median of 9)\n", bw.gb_per_s,
+                  bw.threads, bw.bytes / double(1 << 30));
+    return bw.gb_per_s;
+  }
   return 0.0;
 }
 
@@ -83,7 +89,6 @@ int run_bench_command(const BenchArgs& args) {
   if (args.kernels) return run_kernels(args);
   if (args.models.empty()) throw_error(ErrorKind::kInvalidArgument, "bench: give at least one model (-m)");
   double bandwidth = -1.0;
-  if (!args.json) std::printf("%s\n", bench_table_header().c_str());
   for (const std::string& model : args.models) {
     SessionOptions options;
     options.model_path = model;
@@ -98,7 +103,10 @@ int run_bench_command(const BenchArgs& args) {
       options.kv_type = *type;
     }
     Session session(options);
-    if (bandwidth < 0.0) bandwidth = measure_bandwidth(args, session.backend().name());
+    if (bandwidth < 0.0) {  // the probe's line goes above the table
+      bandwidth = measure_bandwidth(args, session.backend().name());
+      if (!args.json) std::printf("%s\n", bench_table_header().c_str());
+    }
     BenchConfig config;
     config.n_prompt = args.n_prompt;
     config.n_gen = args.n_gen;
@@ -135,7 +143,7 @@ PDVM_REGISTER_COMMAND("bench", "throughput of models: prompt processing and gene
                             ->capture_default_str();
                         app.add_flag("--json", args->json, "one JSON object per line");
                         app.add_flag("--kernels", args->kernels, "time the CUDA decode matvec kernels alone");
-                        app.add_flag("!--no-probe", args->probe, "skip the GPU read-bandwidth probe");
+                        app.add_flag("!--no-probe", args->probe, "skip the read-bandwidth probe (GPU or CPU)");
                         return [args] { return run_bench_command(*args); };
                       });
 

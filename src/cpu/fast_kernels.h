@@ -69,6 +69,9 @@ void f32_to_f16(const float* x, uint16_t* y, int64_t n);
 // out = silu(gate) * up
 void silu_mul(const float* gate, const float* up, float* out, int64_t n);
 
+// XOR of the 64-bit words of bytes[0, n_bytes), n_bytes a multiple of 256: a read stream.
+uint64_t xor_reduce(const uint8_t* bytes, int64_t n_bytes);
+
 // Name of the instruction set the dispatcher picked (for bench output and logs).
 const char* simd_target_name();
 

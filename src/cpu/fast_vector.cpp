@@ -106,6 +106,26 @@ void SiluMul(const float* gate, const float* up, float* out, int64_t n) {
   for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
+// XOR of all 64-bit words (n_bytes a multiple of 4 vectors): a pure read stream with four
+// independent accumulators, the yardstick the decode kernels are compared against.
+uint64_t XorReduce(const uint8_t* bytes, int64_t n_bytes) {
+  const hn::ScalableTag<uint64_t> du;
+  const auto* p = reinterpret_cast<const uint64_t*>(bytes);
+  const int64_t lanes = static_cast<int64_t>(hn::Lanes(du));
+  const int64_t n = n_bytes / static_cast<int64_t>(sizeof(uint64_t));
+  auto acc0 = hn::Zero(du), acc1 = hn::Zero(du), acc2 = hn::Zero(du), acc3 = hn::Zero(du);
+  for (int64_t i = 0; i + 4 * lanes <= n; i += 4 * lanes) {
+    acc0 = hn::Xor(acc0, hn::LoadU(du, p + i));
+    acc1 = hn::Xor(acc1, hn::LoadU(du, p + i + lanes));
+    acc2 = hn::Xor(acc2, hn::LoadU(du, p + i + 2 * lanes));
+    acc3 = hn::Xor(acc3, hn::LoadU(du, p + i + 3 * lanes));
+  }
+  const auto all = hn::Xor(hn::Xor(acc0, acc1), hn::Xor(acc2, acc3));
+  uint64_t result = 0;
+  for (int64_t i = 0; i < lanes; ++i) result ^= hn::ExtractLane(all, static_cast<size_t>(i));
+  return result;
+}
+
 // NOLINTNEXTLINE(google-readability-namespace-comments)
 }  // namespace HWY_NAMESPACE
 }  // namespace pdvm::cpu
@@ -121,6 +141,7 @@ HWY_EXPORT(AxpyF16);
 HWY_EXPORT(ScaleF32);
 HWY_EXPORT(F32ToF16);
 HWY_EXPORT(SiluMul);
+HWY_EXPORT(XorReduce);
 
 float dot_f32(const float* a, const float* b, int64_t n) { return HWY_DYNAMIC_DISPATCH(DotF32)(a, b, n); }
 float dot_f32_f16(const float* a, const uint16_t* b, int64_t n) {
@@ -137,6 +158,7 @@ void f32_to_f16(const float* x, uint16_t* y, int64_t n) { HWY_DYNAMIC_DISPATCH(F
 void silu_mul(const float* gate, const float* up, float* out, int64_t n) {
   HWY_DYNAMIC_DISPATCH(SiluMul)(gate, up, out, n);
 }
+uint64_t xor_reduce(const uint8_t* bytes, int64_t n_bytes) { return HWY_DYNAMIC_DISPATCH(XorReduce)(bytes, n_bytes); }
 
 }  // namespace pdvm::cpu
 #endif  // HWY_ONCE

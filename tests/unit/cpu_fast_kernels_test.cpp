@@ -10,6 +10,7 @@
 
 #include "cpu/fast_kernels.h"
 #include "cpu/fast_thread_pool.h"
+#include "pdvm/cpu_bandwidth.h"
 #include "pdvm/error.h"
 #include "pdvm/tensor_type.h"
 #include "test_support.h"
@@ -169,6 +170,31 @@ TEST(ThreadPool, CoversEveryItemOnceAcrossManyJobs) {
     });
     for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "item " << i << " of job " << job;
   }
+}
+
+TEST(ReadBandwidthProbe, XorReduceMatchesScalarOnEveryTarget) {
+  std::uniform_int_distribution<uint64_t> word;
+  std::vector<uint64_t> words(3 * 1024 + 32);  // 97 strides of 256 bytes (4 AVX-512 vectors)
+  for (uint64_t& w : words) w = word(test::rng());
+  uint64_t expected = 0;
+  for (uint64_t w : words) expected ^= w;
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    SCOPED_TRACE(hwy::TargetName(target));
+    hwy::SetSupportedTargetsForTest(target);
+    EXPECT_EQ(xor_reduce(reinterpret_cast<const uint8_t*>(words.data()),
+                         static_cast<int64_t>(words.size() * sizeof(uint64_t))),
+              expected);
+  }
+  hwy::SetSupportedTargetsForTest(0);
+}
+
+TEST(ReadBandwidthProbe, ReportsTheBytesAndThreadsItStreamed) {
+  // Small, so the test is quick; the probe checks every pass's checksum itself.
+  const HostReadBandwidth bw = measure_cpu_read_bandwidth(2, uint64_t{8} << 20, 3);
+  EXPECT_EQ(bw.threads, 2);
+  EXPECT_EQ(bw.bytes, uint64_t{8} << 20);
+  EXPECT_GT(bw.seconds, 0.0);
+  EXPECT_NEAR(bw.gb_per_s, static_cast<double>(bw.bytes) / bw.seconds / 1e9, 1e-6 * bw.gb_per_s);
 }
 
 TEST(ThreadPool, RejectsZeroThreads) { EXPECT_THROW(ThreadPool pool(0), Error); }
