@@ -73,11 +73,25 @@ void add_model_flags(CLI::App& app, ModelFlags& flags) {
   app.add_option("--gpu-mode", flags.gpu_mode, "unfused, or PDVM fused decode: layer or token (CUDA builds)")
       ->check(CLI::IsMember({"unfused", "layer", "token"}))
       ->capture_default_str();
+  add_tensor_parallel_flags(app, flags.tensor_parallel, flags.communicator);
+}
+
+void add_tensor_parallel_flags(CLI::App& app, int& tensor_parallel, std::string& communicator) {
+  app.add_option("--tp", tensor_parallel,
+                 "tensor parallelism: split the model over N ranks (GPUs device..device+N-1, or CPU backends)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--tp-comm", communicator,
+                 "how ranks all-reduce: auto (nccl on cuda, else in-process), nccl or in-process")
+      ->check(CLI::IsMember({"auto", "nccl", "in-process"}))
+      ->capture_default_str();
 }
 
 void apply_backend_flags(const ModelFlags& flags, SessionOptions& options) {
   options.backend_options.n_threads = flags.threads;
   options.gpu_mode = flags.gpu_mode;
+  options.tensor_parallel = flags.tensor_parallel;
+  options.communicator = flags.communicator;
   auto bar = std::make_shared<ProgressBar>("loading");
   options.load_progress = [bar](uint64_t done, uint64_t total) { bar->update(done, total); };
   if (flags.kv_type.empty()) return;

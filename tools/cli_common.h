@@ -30,7 +30,7 @@ std::string read_text_file(const std::string& path, std::string_view what);
 // "auto" (the GPU when usable, else the CPU) when registered, else "cpu".
 std::string default_backend_name();
 
-// Adds -m/--model, --ctx, --backend, -t/--threads, --kv-type and --gpu-mode.
+// Adds -m/--model, --ctx, --backend, -t/--threads, --kv-type, --gpu-mode, --tp and --tp-comm.
 struct ModelFlags {
   std::string model;
   int64_t n_ctx = 0;
@@ -38,9 +38,13 @@ struct ModelFlags {
   int threads = 0;      // CPU backends; 0 = all cores
   std::string kv_type;  // empty: the backend's default (f16 on the fast backends)
   std::string gpu_mode = "unfused";
+  int tensor_parallel = 1;
+  std::string communicator = "auto";
 };
 void add_model_flags(CLI::App& app, ModelFlags& flags);
-// Copies --threads, --kv-type and --gpu-mode into `options`; Error(kInvalidArgument) for a bad --kv-type.
+// Adds --tp and --tp-comm (also used by commands with their own model flags, e.g. bench).
+void add_tensor_parallel_flags(CLI::App& app, int& tensor_parallel, std::string& communicator);
+// Copies --threads, --kv-type, --gpu-mode, --tp and --tp-comm into `options`; Error(kInvalidArgument) for a bad --kv-type.
 void apply_backend_flags(const ModelFlags& flags, SessionOptions& options);
 
 // Adds --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed.

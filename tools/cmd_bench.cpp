@@ -34,6 +34,8 @@ struct BenchArgs {
   bool json = false;
   bool kernels = false;
   bool probe = true;
+  std::vector<int> tensor_parallel{1};
+  std::string communicator = "auto";
 };
 
 double measure_bandwidth(const BenchArgs& args, const std::string& backend_name) {
@@ -85,37 +87,56 @@ int run_kernels(const BenchArgs& args) {
 #endif
 }
 
+// One line per split size after the first: tg speed-up over the first and its efficiency
+// (speed-up / ranks relative to the first's ranks).
+void print_scaling(const std::vector<BenchReport>& reports) {
+  if (reports.size() < 2 || reports.front().tg_tokens_per_s <= 0.0) return;
+  const BenchReport& base = reports.front();
+  for (size_t i = 1; i < reports.size(); ++i) {
+    const BenchReport& r = reports[i];
+    const double speedup = r.tg_tokens_per_s / base.tg_tokens_per_s;
+    const double efficiency = speedup * base.tensor_parallel / r.tensor_parallel;
+    std::printf("%s: tp %d tg%d %.1f tok/s, %.2fx tp %d (%.0f %% scaling efficiency)\n", r.model.c_str(),
+                r.tensor_parallel, r.n_gen, r.tg_tokens_per_s, speedup, base.tensor_parallel, 100.0 * efficiency);
+  }
+}
+
 int run_bench_command(const BenchArgs& args) {
   if (args.kernels) return run_kernels(args);
   if (args.models.empty()) throw_error(ErrorKind::kInvalidArgument, "bench: give at least one model (-m)");
   double bandwidth = -1.0;
   for (const std::string& model : args.models) {
-    SessionOptions options;
-    options.model_path = model;
-    options.backend = args.backend;
-    options.backend_options.device = args.device;
-    options.backend_options.n_threads = args.threads;
-    options.n_ctx = args.n_ctx;
-    options.gpu_mode = args.gpu_mode;
-    if (!args.kv_type.empty()) {
-      const auto type = type_from_name(args.kv_type);
-      if (!type) throw_error(ErrorKind::kInvalidArgument, "--kv-type: unknown type '" + args.kv_type + "'");
-      options.kv_type = *type;
+    std::vector<BenchReport> reports;
+    for (int tp : args.tensor_parallel) {
+      SessionOptions options;
+      options.model_path = model;
+      options.backend = args.backend;
+      options.backend_options.device = args.device;
+      options.backend_options.n_threads = args.threads;
+      options.n_ctx = args.n_ctx;
+      options.gpu_mode = args.gpu_mode;
+      options.tensor_parallel = tp;
+      options.communicator = args.communicator;
+      if (!args.kv_type.empty()) {
+        const auto type = type_from_name(args.kv_type);
+        if (!type) throw_error(ErrorKind::kInvalidArgument, "--kv-type: unknown type '" + args.kv_type + "'");
+        options.kv_type = *type;
+      }
+      Session session(options);
+      if (bandwidth < 0.0) {  // the probe's line goes above the table
+        bandwidth = measure_bandwidth(args, session.backend().name());
+        if (!args.json) std::printf("%s\n", bench_table_header().c_str());
+      }
+      BenchConfig config;
+      config.n_prompt = args.n_prompt;
+      config.n_gen = args.n_gen;
+      config.repetitions = args.repetitions;
+      config.n_threads = args.threads > 0 ? args.threads : static_cast<int>(std::thread::hardware_concurrency());
+      reports.push_back(run_bench(session, std::filesystem::path(model).filename().string(), config, bandwidth));
+      std::printf("%s\n", args.json ? bench_json(reports.back()).c_str() : bench_table_row(reports.back()).c_str());
+      std::fflush(stdout);
     }
-    Session session(options);
-    if (bandwidth < 0.0) {  // the probe's line goes above the table
-      bandwidth = measure_bandwidth(args, session.backend().name());
-      if (!args.json) std::printf("%s\n", bench_table_header().c_str());
-    }
-    BenchConfig config;
-    config.n_prompt = args.n_prompt;
-    config.n_gen = args.n_gen;
-    config.repetitions = args.repetitions;
-    config.n_threads = args.threads > 0 ? args.threads : static_cast<int>(std::thread::hardware_concurrency());
-    const BenchReport report =
-        run_bench(session, std::filesystem::path(model).filename().string(), config, bandwidth);
-    std::printf("%s\n", args.json ? bench_json(report).c_str() : bench_table_row(report).c_str());
-    std::fflush(stdout);
+    if (!args.json) print_scaling(reports);
   }
   return 0;
 }
@@ -140,6 +161,14 @@ PDVM_REGISTER_COMMAND("bench", "throughput of models: prompt processing and gene
                         app.add_option("--kv-type", args->kv_type, "KV cache type (f32, f16, q8_0)");
                         app.add_option("--gpu-mode", args->gpu_mode, "unfused, layer or token (PDVM fused decode)")
                             ->check(CLI::IsMember({"unfused", "layer", "token"}))
+                            ->capture_default_str();
+                        app.add_option("--tp", args->tensor_parallel,
+                                       "tensor parallelism: ranks to split the model over; a list (1,2,4) "
+                                       "benchmarks each and prints the scaling")
+                            ->delimiter(',')
+                            ->check(CLI::PositiveNumber);
+                        app.add_option("--tp-comm", args->communicator, "auto, nccl or in-process")
+                            ->check(CLI::IsMember({"auto", "nccl", "in-process"}))
                             ->capture_default_str();
                         app.add_flag("--json", args->json, "one JSON object per line");
                         app.add_flag("--kernels", args->kernels, "time the CUDA decode matvec kernels alone");

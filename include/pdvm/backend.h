@@ -91,6 +91,10 @@ class Backend {
   virtual void read(const Tensor& src, void* dst, uint64_t n_bytes, uint64_t offset = 0) = 0;
   // Waits for outstanding work (a no-op on synchronous backends).
   virtual void synchronize() {}
+  // For libraries that enqueue their own device work in order with the ops (NCCL
+  // collectives): the device queue (a cudaStream_t on CUDA) after everything issued so far has
+  // been enqueued on it; nullptr on host backends.
+  virtual void* device_queue() { return nullptr; }
   // Runs `ops` (a fixed sequence of op calls); a backend may record it under `key` the first
   // time and replay the recording afterwards. Inputs must change only through write().
   virtual void run_recorded(std::string_view key, const std::function<void()>& ops) {

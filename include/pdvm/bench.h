@@ -43,6 +43,11 @@ struct BenchReport {
   double tg_gb_per_s = 0.0;
   double read_bandwidth_gb_per_s = 0.0;  // 0 when not measured
   double tg_pct_of_bandwidth = 0.0;      // 0 when not measured
+  int tensor_parallel = 1;               // ranks the model is split over
+  std::string communicator;              // empty when not split
+  int all_reduces_per_token = 0;
+  uint64_t all_reduce_bytes_per_token = 0;  // F32 activations summed per token, per rank
+  double all_reduce_ms_per_token = 0.0;  // the token's all-reduces timed alone (Session::time_token_all_reduces)
 };
 
 // Runs pp then tg (each after one untimed warm-up pass, which also records graphs) and leaves

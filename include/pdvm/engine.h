@@ -34,7 +34,16 @@ struct SessionOptions {
   // its own weights and KV cache on the GPU; needs a CUDA build.
   std::string gpu_mode = "unfused";
   LoadProgress load_progress;             // optional, called while the weights load
+  // Tensor parallelism (docs/multi-gpu.md): the model split over this many ranks, each with its
+  // own backend, shard of the weights and share of the KV cache. 1: no split.
+  int tensor_parallel = 1;
+  // How the ranks sum their partial results: "auto" (nccl on cuda, in-process otherwise; none
+  // for one rank), "nccl" (one GPU per rank) or "in-process" (host memory, any backend).
+  std::string communicator = "auto";
+  std::vector<int> tp_devices;  // GPU of each rank; empty: backend_options.device + rank
 };
+
+class TensorParallelPeers;
 
 class Session {
  public:
@@ -51,6 +60,12 @@ class Session {
   int64_t n_past() const { return cache_->n_past(); }
   int64_t n_vocab() const { return config().n_vocab; }
   TensorType kv_type() const { return cache_->type(); }
+  int tensor_parallel() const;
+  std::string communicator_name() const;  // empty when the model is not split
+
+  // Seconds one decoded token spends in collectives (two all-reduces of n_embd floats per
+  // layer), timed alone over `tokens` tokens' worth; 0 without a communicator.
+  double time_token_all_reduces(int tokens);
 
   // Appends tokens at position n_past() and returns the last token's logits (n_vocab floats).
   // The span stays valid until the next call on this session.
@@ -76,11 +91,14 @@ class Session {
 
  private:
   void run(std::span<const int32_t> tokens, LogitsMode mode, std::vector<float>* all_logits);
+  // model forward on every rank (decode: the single-token workspaces, else the batch ones).
+  void forward(bool decode, std::span<const int32_t> tokens, LogitsMode mode);
 
   std::unique_ptr<GgufFile> file_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<TensorParallelPeers> tp_;  // the communicators and ranks >= 1, when split
   std::unique_ptr<DecodeAccelerator> accelerator_;  // --gpu-mode layer|token
   bool accelerator_has_logits_ = false;
   ForwardWorkspace batch_ws_;   // prefill chunks

@@ -14,7 +14,18 @@
 
 namespace pdvm {
 
+class Communicator;
 class KvCache;
+
+// Megatron-style tensor parallelism: a LlamaModel may hold one rank's shard of the weights.
+// Q/K/V and gate/up are split by output rows (whole heads, FFN columns), the attention output
+// and down projections by input columns; each rank's partial sums meet in an all-reduce after
+// the attention and after the MLP. Embedding, norms and the output head are replicated.
+struct TensorSplit {
+  int rank = 0;
+  int n_ranks = 1;
+  Communicator* communicator = nullptr;  // required when n_ranks > 1 (or to test a 1-rank group)
+};
 
 struct LlamaConfig {
   std::string architecture;  // general.architecture (llama and llama-keyed variants)
@@ -75,11 +86,18 @@ class LlamaModel {
   // Loads every tensor through backend.load_weight. Host backends may reference the mapped
   // file bytes without copying: `file` and `backend` must outlive the model.
   // progress(done, total) is called after each tensor with bytes of the file's tensor data.
-  LlamaModel(const GgufFile& file, Backend& backend, const LoadProgress& progress = {});
+  // With a split, only this rank's rows/columns are loaded; Error(kInvalidArgument) when the
+  // heads or the FFN width do not divide by n_ranks, Error(kUnsupported) when a split cuts
+  // through quantization blocks or the weights are UPG.
+  LlamaModel(const GgufFile& file, Backend& backend, const LoadProgress& progress = {},
+             const TensorSplit& split = {});
 
   const LlamaConfig& config() const { return config_; }
   const LlamaWeights& weights() const { return weights_; }
   Backend& backend() const { return *backend_; }
+  const TensorSplit& split() const { return split_; }
+  // This rank's K/V cache row: head_dim * n_head_kv / n_ranks.
+  int64_t kv_row_width() const { return int64_t{n_head_kv_local_} * config_.head_dim; }
 
   ForwardWorkspace make_workspace(int capacity) const;
 
@@ -90,10 +108,14 @@ class LlamaModel {
   // tokens or a token id is outside the vocabulary; tokens.size() must be <= ws.capacity.
   void forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, KvCache& cache,
                LogitsMode mode) const;
+  // Error(kOutOfRange) naming the first token id outside the vocabulary (forward checks too).
+  void check_tokens(std::span<const int32_t> tokens) const;
 
  private:
   LlamaConfig config_;
   Backend* backend_;
+  TensorSplit split_;
+  int n_head_local_ = 0, n_head_kv_local_ = 0, n_ff_local_ = 0;  // this rank's share
   LlamaWeights weights_;
 };
 

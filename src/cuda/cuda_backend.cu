@@ -132,6 +132,12 @@ class CudaBackend final : public Backend {
     PDVM_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
   }
 
+  void* device_queue() override {
+    flush_matvecs();
+    activate();
+    return ctx_.stream;
+  }
+
   // First call: run directly (lazy scratch allocations happen here, outside any capture).
   // Second call: capture into a graph. Later calls: replay the graph.
   void run_recorded(std::string_view key, const std::function<void()>& ops) override {

@@ -95,6 +95,9 @@ BenchReport run_bench(Session& session, const std::string& model_name, const Ben
   BenchReport r;
   r.model = model_name;
   r.backend = session.backend().name();
+  r.tensor_parallel = session.tensor_parallel();
+  r.communicator = session.communicator_name();
+  if (!r.communicator.empty()) r.backend += fmt::format(" tp{} {}", r.tensor_parallel, r.communicator);
   r.kv_type = std::string(type_name(session.kv_type()));
   r.n_layer = c.n_layer;
   r.n_threads = config.n_threads;
@@ -151,6 +154,11 @@ BenchReport run_bench(Session& session, const std::string& model_name, const Ben
     r.tg_gb_per_s = r.tg_bytes_per_token / (r.tg_seconds / config.n_gen) / 1e9;
     if (read_bandwidth_gb_per_s > 0.0) r.tg_pct_of_bandwidth = 100.0 * r.tg_gb_per_s / read_bandwidth_gb_per_s;
   }
+  if (!r.communicator.empty()) {
+    r.all_reduces_per_token = 2 * c.n_layer;
+    r.all_reduce_bytes_per_token = static_cast<uint64_t>(r.all_reduces_per_token) * c.n_embd * sizeof(float);
+    r.all_reduce_ms_per_token = 1e3 * session.time_token_all_reduces(std::max(config.n_gen, 16));
+  }
   session.reset();
   return r;
 }
@@ -175,6 +183,13 @@ std::string bench_table_row(const BenchReport& r) {
     rows += common + fmt::format("| tg{} | {:.1f} ± {:.1f} | {:.3f} | {:.4f} | {:.1f} | {:.1f} | {} |", r.n_gen,
                                  r.tg_tokens_per_s, r.tg_tokens_per_s_stddev, r.tg_ms_per_token,
                                  r.tg_ms_per_layer, r.tg_bytes_per_token / 1e6, r.tg_gb_per_s, pct);
+  }
+  if (r.all_reduces_per_token > 0) {
+    // The token's collectives alone: ms/tok is their time, ms/layer their share per layer.
+    if (!rows.empty()) rows += "\n";
+    rows += common + fmt::format("| all-reduce x{} | | {:.3f} | {:.4f} | {:.3f} | | |", r.all_reduces_per_token,
+                                 r.all_reduce_ms_per_token, r.all_reduce_ms_per_token / std::max(r.n_layer, 1),
+                                 r.all_reduce_bytes_per_token / 1e6);
   }
   return rows;
 }
@@ -206,6 +221,11 @@ std::string bench_json(const BenchReport& r) {
         {"gb_per_s", r.tg_gb_per_s},
         {"pct_of_read_bandwidth", r.tg_pct_of_bandwidth}}},
       {"read_bandwidth_gb_per_s", r.read_bandwidth_gb_per_s},
+      {"tensor_parallel", r.tensor_parallel},
+      {"communicator", r.communicator},
+      {"all_reduces_per_token", r.all_reduces_per_token},
+      {"all_reduce_bytes_per_token", r.all_reduce_bytes_per_token},
+      {"all_reduce_ms_per_token", r.all_reduce_ms_per_token},
   };
   return j.dump();
 }

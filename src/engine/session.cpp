@@ -1,7 +1,11 @@
 #include <algorithm>
+#include <chrono>
 #include <string>
+#include <thread>
 
+#include "engine/tensor_parallel.h"
 #include "pdvm/backend_registry.h"
+#include "pdvm/communicator.h"
 #include "pdvm/engine.h"
 #include "pdvm/error.h"
 
@@ -9,6 +13,36 @@ namespace pdvm {
 namespace {
 
 constexpr int64_t kDefaultContext = 4096;
+
+}  // namespace
+
+namespace {
+
+std::vector<int> rank_devices(const SessionOptions& options) {
+  const int tp = options.tensor_parallel;
+  if (options.tp_devices.empty()) {
+    std::vector<int> devices(static_cast<size_t>(tp));
+    for (int r = 0; r < tp; ++r) devices[r] = options.backend_options.device + r;
+    return devices;
+  }
+  if (static_cast<int>(options.tp_devices.size()) != tp) {
+    throw_error(ErrorKind::kInvalidArgument, "tensor parallel: " + std::to_string(options.tp_devices.size()) +
+                                                 " devices given for " + std::to_string(tp) + " ranks");
+  }
+  return options.tp_devices;
+}
+
+// Host backends share the machine's cores: each rank gets its part of the thread budget.
+BackendOptions rank_backend_options(const SessionOptions& options, int device) {
+  BackendOptions o = options.backend_options;
+  o.device = device;
+  const int tp = options.tensor_parallel;
+  if (tp > 1) {
+    const int total = o.n_threads > 0 ? o.n_threads : static_cast<int>(std::thread::hardware_concurrency());
+    o.n_threads = std::max(1, total / tp);
+  }
+  return o;
+}
 
 }  // namespace
 
@@ -21,19 +55,47 @@ Session::Session(const SessionOptions& options) {
     throw_error(ErrorKind::kInvalidArgument,
                 "context size must be positive, got " + std::to_string(options.n_ctx));
   }
+  const int tp = options.tensor_parallel;
+  if (tp < 1) throw_error(ErrorKind::kInvalidArgument, "--tp must be at least 1, got " + std::to_string(tp));
+  if (tp > 1 && options.gpu_mode != "unfused") {
+    throw_error(ErrorKind::kUnsupported, "--gpu-mode " + options.gpu_mode + " does not support --tp " +
+                                             std::to_string(tp) + " yet (use --gpu-mode unfused)");
+  }
+  const std::vector<int> devices = rank_devices(options);
   file_ = std::make_unique<GgufFile>(GgufFile::open(options.model_path));
-  backend_ = create_backend(options.backend, options.backend_options);
-  model_ = std::make_unique<LlamaModel>(*file_, *backend_, options.load_progress);
+  backend_ = create_backend(options.backend, rank_backend_options(options, devices[0]));
+  std::string communicator = options.communicator;
+  if (communicator == "auto") communicator = tp == 1 ? "" : backend_->name() == "cuda" ? "nccl" : "in-process";
+  if (communicator == "nccl" && backend_->device_queue() == nullptr) {
+    throw_error(ErrorKind::kInvalidArgument, "the nccl communicator needs a GPU backend, not " + backend_->name() +
+                                                 " (use --tp-comm in-process)");
+  }
+  if (!communicator.empty()) {
+    tp_ = std::make_unique<TensorParallelPeers>(create_communicator_group(communicator, devices));
+  }
+  auto split = [&](int rank) {
+    return tp_ ? TensorSplit{rank, tp, &tp_->communicator(rank)} : TensorSplit{};
+  };
+  model_ = std::make_unique<LlamaModel>(*file_, *backend_, options.load_progress, split(0));
   const LlamaConfig& c = model_->config();
   KvCacheShape shape;
   shape.n_layer = c.n_layer;
   shape.n_ctx = options.n_ctx > 0 ? options.n_ctx : std::min(c.n_ctx_train, kDefaultContext);
-  shape.row_width = int64_t{c.n_head_kv} * c.head_dim;
+  shape.row_width = model_->kv_row_width();
   shape.type = options.kv_type.value_or(backend_->default_kv_type());
   cache_ = std::make_unique<KvCache>(*backend_, shape);
   const int batch = static_cast<int>(std::min<int64_t>(options.max_batch, shape.n_ctx));
   batch_ws_ = model_->make_workspace(batch);
   decode_ws_ = model_->make_workspace(1);
+  for (int rank = 1; rank < tp; ++rank) {
+    PeerRank& peer = tp_->peers().emplace_back();
+    peer.rank = rank;
+    peer.backend = create_backend(options.backend, rank_backend_options(options, devices[rank]));
+    peer.model = std::make_unique<LlamaModel>(*file_, *peer.backend, LoadProgress{}, split(rank));
+    peer.cache = std::make_unique<KvCache>(*peer.backend, shape);
+    peer.batch_ws = peer.model->make_workspace(batch);
+    peer.decode_ws = peer.model->make_workspace(1);
+  }
   accelerator_ = create_decode_accelerator(*file_, shape.n_ctx, options.gpu_mode);
 }
 
@@ -54,15 +116,16 @@ void Session::run(std::span<const int32_t> tokens, LogitsMode mode, std::vector<
     accelerator_has_logits_ = true;
     return;
   }
+  model_->check_tokens(tokens);
   if (tokens.size() == 1 && mode == LogitsMode::kLast) {
-    model_->forward(decode_ws_, tokens, *cache_, mode);
+    forward(true, tokens, mode);
     last_ws_ = &decode_ws_;
     return;
   }
   const size_t chunk = static_cast<size_t>(batch_ws_.capacity);
   for (size_t first = 0; first < tokens.size(); first += chunk) {
     const auto part = tokens.subspan(first, std::min(chunk, tokens.size() - first));
-    model_->forward(batch_ws_, part, *cache_, mode);
+    forward(false, part, mode);
     if (all_logits) {
       backend_->read(batch_ws_.logits, all_logits->data() + first * vocab,
                      part.size() * vocab * sizeof(float));
@@ -70,6 +133,38 @@ void Session::run(std::span<const int32_t> tokens, LogitsMode mode, std::vector<
   }
   last_ws_ = &batch_ws_;
   if (mode == LogitsMode::kAll) last_row_ = static_cast<int64_t>((tokens.size() - 1) % chunk);
+}
+
+void Session::forward(bool decode, std::span<const int32_t> tokens, LogitsMode mode) {
+  ForwardWorkspace& ws = decode ? decode_ws_ : batch_ws_;
+  if (!tp_) return model_->forward(ws, tokens, *cache_, mode);
+  tp_->run([&] { model_->forward(ws, tokens, *cache_, mode); },
+           [&](PeerRank& peer) {
+             peer.model->forward(decode ? peer.decode_ws : peer.batch_ws, tokens, *peer.cache, mode);
+           });
+}
+
+int Session::tensor_parallel() const { return tp_ ? tp_->n_ranks() : 1; }
+
+std::string Session::communicator_name() const { return tp_ ? tp_->communicator(0).name() : std::string(); }
+
+double Session::time_token_all_reduces(int tokens) {
+  if (!tp_) return 0.0;
+  PDVM_CHECK(tokens > 0);
+  const int per_token = 2 * config().n_layer;
+  auto reduce = [&](int rank, Backend& backend, ForwardWorkspace& ws, int n_calls) {
+    Tensor x = row_view(ws.x_norm, 0, 1);
+    for (int i = 0; i < n_calls; ++i) tp_->communicator(rank).all_reduce_sum(backend, x);
+    backend.synchronize();
+  };
+  auto round = [&](int n_calls) {
+    tp_->run([&] { reduce(0, *backend_, decode_ws_, n_calls); },
+             [&](PeerRank& peer) { reduce(peer.rank, *peer.backend, peer.decode_ws, n_calls); });
+  };
+  round(per_token);  // warm-up: connections, buffers
+  const auto start = std::chrono::steady_clock::now();
+  round(per_token * tokens);
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / tokens;
 }
 
 void Session::eval(std::span<const int32_t> tokens) {
@@ -125,12 +220,18 @@ std::vector<int32_t> Session::generate_greedy(std::span<const int32_t> prompt, i
 
 void Session::reset() {
   cache_->reset();
+  if (tp_) {
+    for (PeerRank& peer : tp_->peers()) peer.cache->reset();
+  }
   last_ws_ = nullptr;
   accelerator_has_logits_ = false;
 }
 
 void Session::truncate(int64_t n_keep) {
   cache_->truncate(n_keep);
+  if (tp_) {
+    for (PeerRank& peer : tp_->peers()) peer.cache->truncate(n_keep);
+  }
   last_ws_ = nullptr;
   accelerator_has_logits_ = false;
 }

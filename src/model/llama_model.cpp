@@ -1,8 +1,11 @@
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <memory>
 #include <string>
 
 #include "model/shape_string.h"
+#include "pdvm/communicator.h"
 #include "pdvm/error.h"
 #include "pdvm/kv_cache.h"
 #include "pdvm/model.h"
@@ -28,10 +31,47 @@ Tensor load_upg(const GgufFile& file, Backend& backend, const std::string& name,
   }
 }
 
-// Checks that `name` exists with exactly `expected` shape and loads it through the backend.
+// The part of a weight one tensor-parallel rank holds: rows (output features) or columns
+// (input features) [first, first + count). Empty: the whole tensor.
+struct Slice {
+  enum class Axis { kWhole, kRows, kColumns } axis = Axis::kWhole;
+  int64_t first = 0, count = 0;
+};
+
+// Columns [first, first + count) of every row of a GGUF tensor, gathered into host memory
+// (rows of a row-parallel shard are not contiguous in the file). Error(kUnsupported) when the
+// cut falls inside a quantization block.
+std::shared_ptr<uint8_t[]> gather_columns(const GgufFile& file, const GgufTensor& t, const Slice& slice) {
+  const TypeInfo& info = type_info(t.type);
+  if (slice.first % info.block_elems != 0 || slice.count % info.block_elems != 0) {
+    throw_error(ErrorKind::kUnsupported,
+                file.path() + ": tensor " + t.name + " (" + std::string(type_name(t.type)) + ", blocks of " +
+                    std::to_string(info.block_elems) + ") cannot be split for tensor parallelism: a rank's part, columns " +
+                    std::to_string(slice.first) + " .. " + std::to_string(slice.first + slice.count - 1) +
+                    ", is not whole blocks");
+  }
+  const int64_t row_bytes = type_bytes(t.type, t.shape[0]);
+  const int64_t offset = type_bytes(t.type, slice.first), part_bytes = type_bytes(t.type, slice.count);
+  const int64_t n_rows = t.n_rows();
+  std::shared_ptr<uint8_t[]> part(new uint8_t[static_cast<size_t>(part_bytes * n_rows)]);
+  const auto* src = static_cast<const uint8_t*>(t.data);
+  for (int64_t r = 0; r < n_rows; ++r) {
+    std::memcpy(part.get() + r * part_bytes, src + r * row_bytes + offset, static_cast<size_t>(part_bytes));
+  }
+  return part;
+}
+
+// Checks that `name` exists with exactly `expected` shape and loads it (or this rank's slice
+// of it) through the backend.
 Tensor load(const GgufFile& file, Backend& backend, const std::string& name,
-            const std::vector<int64_t>& expected) {
-  if (file.find_tensor(name) == nullptr && has_upg_weight(file, name)) return load_upg(file, backend, name, expected);
+            const std::vector<int64_t>& expected, const Slice& slice = {}) {
+  if (file.find_tensor(name) == nullptr && has_upg_weight(file, name)) {
+    if (slice.axis != Slice::Axis::kWhole) {
+      throw_error(ErrorKind::kUnsupported, file.path() + ": tensor " + name +
+                                               " is UPG-coded; tensor parallelism needs GGUF tensor types");
+    }
+    return load_upg(file, backend, name, expected);
+  }
   const GgufTensor& t = file.tensor_required(name);
   if (t.shape != expected) {
     throw_error(ErrorKind::kFileFormat, file.path() + ": tensor " + name + " has shape " +
@@ -40,8 +80,24 @@ Tensor load(const GgufFile& file, Backend& backend, const std::string& name,
   }
   std::array<int64_t, 4> ne{1, 1, 1, 1};
   for (size_t i = 0; i < t.shape.size(); ++i) ne[i] = t.shape[i];
+  const void* bytes = t.data;
+  std::shared_ptr<uint8_t[]> gathered;
+  if (slice.axis == Slice::Axis::kRows) {
+    PDVM_CHECK(t.shape.size() == 2 && slice.first + slice.count <= t.shape[1]);
+    ne[1] = slice.count;
+    bytes = static_cast<const uint8_t*>(t.data) + slice.first * type_bytes(t.type, t.shape[0]);
+  } else if (slice.axis == Slice::Axis::kColumns) {
+    PDVM_CHECK(t.shape.size() == 2 && slice.first + slice.count <= t.shape[0]);
+    gathered = gather_columns(file, t, slice);
+    ne[0] = slice.count;
+    bytes = gathered.get();
+  }
   try {
-    return backend.load_weight(t.type, ne, t.data);
+    Tensor weight = backend.load_weight(t.type, ne, bytes);
+    // A weight without an owner is a view of the bytes it was given (host backends): it
+    // keeps the gathered copy alive; backends that copied let it go.
+    if (gathered && !weight.owner) weight.owner = gathered;
+    return weight;
   } catch (const Error& e) {
     throw Error(e.kind(), file.path() + ": tensor " + name + ": " + e.what());
   }
@@ -76,13 +132,31 @@ Tensor prefix(const Tensor& t, int64_t count) {
 
 }  // namespace
 
-LlamaModel::LlamaModel(const GgufFile& file, Backend& backend, const LoadProgress& progress)
-    : config_(LlamaConfig::from_gguf(file)), backend_(&backend) {
+LlamaModel::LlamaModel(const GgufFile& file, Backend& backend, const LoadProgress& progress,
+                       const TensorSplit& split)
+    : config_(LlamaConfig::from_gguf(file)), backend_(&backend), split_(split) {
   const LlamaConfig& c = config_;
+  const int n_ranks = split.n_ranks;
+  PDVM_CHECK(n_ranks >= 1 && split.rank >= 0 && split.rank < n_ranks);
+  PDVM_CHECK(n_ranks == 1 || (split.communicator && split.communicator->size() == n_ranks &&
+                              split.communicator->rank() == split.rank));
+  auto check_divides = [&](int64_t count, const char* what) {
+    if (count % n_ranks != 0) {
+      throw_error(ErrorKind::kInvalidArgument, file.path() + ": tensor parallelism over " + std::to_string(n_ranks) +
+                                                   " ranks needs " + what + " (" + std::to_string(count) +
+                                                   ") divisible by " + std::to_string(n_ranks));
+    }
+  };
+  check_divides(c.n_head, "the attention head count");
+  check_divides(c.n_head_kv, "the KV head count");
+  check_divides(c.n_ff, "the feed-forward width");
+  n_head_local_ = c.n_head / n_ranks;
+  n_head_kv_local_ = c.n_head_kv / n_ranks;
+  n_ff_local_ = c.n_ff / n_ranks;
   uint64_t total_bytes = 0, done_bytes = 0;
   for (const GgufTensor& t : file.tensors()) total_bytes += t.n_bytes;
-  auto load_weight = [&](const std::string& name, const std::vector<int64_t>& expected) {
-    Tensor weight = load(file, backend, name, expected);
+  auto load_weight = [&](const std::string& name, const std::vector<int64_t>& expected, const Slice& slice = {}) {
+    Tensor weight = load(file, backend, name, expected, slice);
     if (progress) {
       done_bytes += weight_file_bytes(file, name);
       progress(done_bytes, total_bytes);
@@ -101,20 +175,29 @@ LlamaModel::LlamaModel(const GgufFile& file, Backend& backend, const LoadProgres
       throw_error(ErrorKind::kUnsupported, file.path() + ": tensor rope_freqs.weight must be F32");
     }
   }
+  // This rank's heads and FFN columns; one rank takes whole tensors.
+  auto part = [&](Slice::Axis axis, int64_t total) {
+    if (n_ranks == 1) return Slice{};
+    const int64_t count = total / n_ranks;
+    return Slice{axis, split.rank * count, count};
+  };
+  const Slice q_rows = part(Slice::Axis::kRows, q_width), kv_rows = part(Slice::Axis::kRows, kv_width),
+              ff_rows = part(Slice::Axis::kRows, ff), q_columns = part(Slice::Axis::kColumns, q_width),
+              ff_columns = part(Slice::Axis::kColumns, ff);
   // Grown layer by layer: a corrupt block_count fails at the first missing tensor instead of
   // reserving memory for it.
   for (int i = 0; i < c.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
     LlamaLayerWeights& l = weights_.layers.emplace_back();
     l.attn_norm = load_weight(p + "attn_norm.weight", {embd});
-    l.wq = load_weight(p + "attn_q.weight", {embd, q_width});
-    l.wk = load_weight(p + "attn_k.weight", {embd, kv_width});
-    l.wv = load_weight(p + "attn_v.weight", {embd, kv_width});
-    l.wo = load_weight(p + "attn_output.weight", {q_width, embd});
+    l.wq = load_weight(p + "attn_q.weight", {embd, q_width}, q_rows);
+    l.wk = load_weight(p + "attn_k.weight", {embd, kv_width}, kv_rows);
+    l.wv = load_weight(p + "attn_v.weight", {embd, kv_width}, kv_rows);
+    l.wo = load_weight(p + "attn_output.weight", {q_width, embd}, q_columns);
     l.ffn_norm = load_weight(p + "ffn_norm.weight", {embd});
-    l.ffn_gate = load_weight(p + "ffn_gate.weight", {embd, ff});
-    l.ffn_up = load_weight(p + "ffn_up.weight", {embd, ff});
-    l.ffn_down = load_weight(p + "ffn_down.weight", {ff, embd});
+    l.ffn_gate = load_weight(p + "ffn_gate.weight", {embd, ff}, ff_rows);
+    l.ffn_up = load_weight(p + "ffn_up.weight", {embd, ff}, ff_rows);
+    l.ffn_down = load_weight(p + "ffn_down.weight", {ff, embd}, ff_columns);
   }
   // Tensors the model does not use never report; loading is complete all the same.
   if (progress && done_bytes < total_bytes) progress(total_bytes, total_bytes);
@@ -124,8 +207,7 @@ ForwardWorkspace LlamaModel::make_workspace(int capacity) const {
   PDVM_CHECK(capacity > 0);
   const LlamaConfig& c = config_;
   Backend& b = *backend_;
-  const int64_t n = capacity, q_width = int64_t{c.n_head} * c.head_dim,
-                kv_width = int64_t{c.n_head_kv} * c.head_dim;
+  const int64_t n = capacity, q_width = int64_t{n_head_local_} * c.head_dim, kv_width = kv_row_width();
   ForwardWorkspace ws;
   ws.capacity = capacity;
   ws.token_ids = b.alloc(TensorType::kI32, {n, 1, 1, 1});
@@ -136,12 +218,22 @@ ForwardWorkspace LlamaModel::make_workspace(int capacity) const {
   ws.k = b.alloc(TensorType::kF32, {kv_width, n, 1, 1});
   ws.v = b.alloc(TensorType::kF32, {kv_width, n, 1, 1});
   ws.attn_out = b.alloc(TensorType::kF32, {q_width, n, 1, 1});
-  ws.ffn_gate = b.alloc(TensorType::kF32, {c.n_ff, n, 1, 1});
-  ws.ffn_up = b.alloc(TensorType::kF32, {c.n_ff, n, 1, 1});
-  ws.ffn_act = b.alloc(TensorType::kF32, {c.n_ff, n, 1, 1});
+  ws.ffn_gate = b.alloc(TensorType::kF32, {n_ff_local_, n, 1, 1});
+  ws.ffn_up = b.alloc(TensorType::kF32, {n_ff_local_, n, 1, 1});
+  ws.ffn_act = b.alloc(TensorType::kF32, {n_ff_local_, n, 1, 1});
   ws.logits = b.alloc(TensorType::kF32, {c.n_vocab, n, 1, 1});
   ws.argmax_ids = b.alloc(TensorType::kI32, {n, 1, 1, 1});
   return ws;
+}
+
+void LlamaModel::check_tokens(std::span<const int32_t> tokens) const {
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    if (tokens[t] < 0 || tokens[t] >= config_.n_vocab) {
+      throw_error(ErrorKind::kOutOfRange, "token id " + std::to_string(tokens[t]) + " at index " +
+                                              std::to_string(t) + " is outside the vocabulary (0 .. " +
+                                              std::to_string(config_.n_vocab - 1) + ")");
+    }
+  }
 }
 
 void LlamaModel::forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, KvCache& cache,
@@ -150,16 +242,9 @@ void LlamaModel::forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, 
   Backend& b = *backend_;
   const int64_t n = static_cast<int64_t>(tokens.size());
   PDVM_CHECK(n > 0 && n <= ws.capacity);
-  PDVM_CHECK(cache.shape().n_layer == c.n_layer &&
-             cache.shape().row_width == int64_t{c.n_head_kv} * c.head_dim);
+  PDVM_CHECK(cache.shape().n_layer == c.n_layer && cache.shape().row_width == kv_row_width());
   cache.check_room(n);
-  for (int64_t t = 0; t < n; ++t) {
-    if (tokens[t] < 0 || tokens[t] >= c.n_vocab) {
-      throw_error(ErrorKind::kOutOfRange, "token id " + std::to_string(tokens[t]) + " at index " +
-                                              std::to_string(t) + " is outside the vocabulary (0 .. " +
-                                              std::to_string(c.n_vocab - 1) + ")");
-    }
-  }
+  check_tokens(tokens);
   std::vector<int32_t> positions(n);
   for (int64_t t = 0; t < n; ++t) positions[t] = static_cast<int32_t>(cache.n_past() + t);
   b.write(ws.token_ids, tokens.data(), n * sizeof(int32_t));
@@ -173,9 +258,10 @@ void LlamaModel::forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, 
   Tensor gate = rows(ws.ffn_gate, 0, n), up = rows(ws.ffn_up, 0, n), act = rows(ws.ffn_act, 0, n);
   const RopeConfig rope{c.n_rot, c.rope_freq_base,
                         weights_.rope_freqs ? &*weights_.rope_freqs : nullptr};
-  const AttentionConfig attention{c.n_head, c.n_head_kv, c.head_dim,
+  const AttentionConfig attention{n_head_local_, n_head_kv_local_, c.head_dim,
                                   static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)))};
 
+  Communicator* comm = split_.communicator;
   auto ops = [&] {
     b.get_rows(weights_.token_embd, ids, x);
     for (int layer = 0; layer < c.n_layer; ++layer) {
@@ -184,11 +270,12 @@ void LlamaModel::forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, 
       b.matmul(w.wq, x_norm, q);
       b.matmul(w.wk, x_norm, k);
       b.matmul(w.wv, x_norm, v);
-      b.rope(q, pos, c.n_head, c.head_dim, rope);
-      b.rope(k, pos, c.n_head_kv, c.head_dim, rope);
+      b.rope(q, pos, n_head_local_, c.head_dim, rope);
+      b.rope(k, pos, n_head_kv_local_, c.head_dim, rope);
       b.kv_store(cache.keys(layer), cache.values(layer), k, v, pos);
       b.attention(q, cache.keys(layer), cache.values(layer), pos, attention, attn_out);
       b.matmul(w.wo, attn_out, x_norm);
+      if (comm) comm->all_reduce_sum(b, x_norm);
       b.add(x, x_norm, x);
 
       b.rms_norm(x, w.ffn_norm, c.rms_eps, x_norm);
@@ -196,6 +283,7 @@ void LlamaModel::forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, 
       b.matmul(w.ffn_up, x_norm, up);
       b.swiglu(gate, up, act);
       b.matmul(w.ffn_down, act, x_norm);
+      if (comm) comm->all_reduce_sum(b, x_norm);
       b.add(x, x_norm, x);
     }
     b.rms_norm(x, weights_.output_norm, c.rms_eps, x_norm);
@@ -207,7 +295,7 @@ void LlamaModel::forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, 
       b.matmul(weights_.output, x_norm, logits);
     }
   };
-  if (n == 1 && mode == LogitsMode::kLast) {
+  if (n == 1 && mode == LogitsMode::kLast && (!comm || comm->recordable())) {
     // The step only reads buffers of this workspace and cache, so they name the recording.
     char key[96];
     std::snprintf(key, sizeof key, "llama-decode:%p:%p", ws.x.data, cache.keys(0).data);

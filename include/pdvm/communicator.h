@@ -1,0 +1,60 @@
+// Collectives between the ranks of a tensor-parallel model (see docs/multi-gpu.md). One
+// Communicator per rank; every rank calls the same collectives in the same order. The model
+// definition talks to this interface only, so the same forward pass runs over NCCL (one GPU
+// per rank) or in one process over host memory (any backend, e.g. one CPU backend per rank).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "pdvm/backend.h"
+
+namespace pdvm {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual std::string name() const = 0;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+
+  // Replaces x (F32, memory of `backend`, this rank's backend) by the element-wise sum of x
+  // over all ranks. Every rank ends with the same bits.
+  virtual void all_reduce_sum(Backend& backend, Tensor& x) = 0;
+
+  // Whether all_reduce_sum may be called inside Backend::run_recorded (it only enqueues device
+  // work, as NCCL does); host-side collectives must run every time instead.
+  virtual bool recordable() const = 0;
+
+  // Called when another rank failed: collectives in flight or later throw instead of waiting
+  // for a rank that will never arrive.
+  virtual void abort() = 0;
+};
+
+// Creates the communicators of a group of `devices.size()` ranks, rank i on devices[i].
+using CommunicatorGroupFactory =
+    std::function<std::vector<std::unique_ptr<Communicator>>(const std::vector<int>& devices)>;
+
+// Group kinds by name ("in-process" always; "nccl" when the CUDA library is linked).
+void register_communicator_group(std::string name, CommunicatorGroupFactory factory);
+// Error(kInvalidArgument) listing the known names when `name` is not registered.
+std::vector<std::unique_ptr<Communicator>> create_communicator_group(std::string_view name,
+                                                                     const std::vector<int>& devices);
+std::vector<std::string> registered_communicator_groups();  // sorted
+
+struct CommunicatorGroupRegistrar {
+  CommunicatorGroupRegistrar(std::string name, CommunicatorGroupFactory factory) {
+    register_communicator_group(std::move(name), std::move(factory));
+  }
+};
+
+}  // namespace pdvm
+
+#define PDVM_COMM_CAT2(a, b) a##b
+#define PDVM_COMM_CAT(a, b) PDVM_COMM_CAT2(a, b)
+// At namespace scope in the implementation's .cpp (its library is linked whole).
+#define PDVM_REGISTER_COMMUNICATOR_GROUP(name, factory) \
+  static ::pdvm::CommunicatorGroupRegistrar PDVM_COMM_CAT(pdvm_comm_registrar_, __LINE__)(name, factory)

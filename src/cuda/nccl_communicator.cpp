@@ -1,0 +1,161 @@
+// The "nccl" communicator group: one rank per GPU of this process (ncclCommInitAll), each
+// all-reduce enqueued on its rank's backend stream, so it stays in order with the ops and is
+// captured into the decode step's CUDA graph like them.
+//
+// libnccl is opened when a group is first created rather than linked: a pdvm binary then still
+// starts (and runs everything but --tp over NCCL) on machines without NCCL installed.
+#include <dlfcn.h>
+#include <nccl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pdvm/communicator.h"
+#include "pdvm/cuda_backend.h"
+#include "pdvm/error.h"
+
+namespace pdvm {
+namespace {
+
+struct NcclLibrary {
+  decltype(&ncclGetVersion) get_version = nullptr;
+  decltype(&ncclGetErrorString) error_string = nullptr;
+  decltype(&ncclCommInitAll) comm_init_all = nullptr;
+  decltype(&ncclCommFinalize) comm_finalize = nullptr;
+  decltype(&ncclCommDestroy) comm_destroy = nullptr;
+  decltype(&ncclCommAbort) comm_abort = nullptr;
+  decltype(&ncclGroupStart) group_start = nullptr;
+  decltype(&ncclGroupEnd) group_end = nullptr;
+  decltype(&ncclAllReduce) all_reduce = nullptr;
+};
+
+template <typename Function>
+void resolve(void* handle, const char* symbol, Function& out) {
+  out = reinterpret_cast<Function>(dlsym(handle, symbol));
+  if (!out) throw_error(ErrorKind::kDevice, std::string("nccl: libnccl has no symbol ") + symbol);
+}
+
+NcclLibrary open_nccl() {
+  void* handle = nullptr;
+  std::string errors;
+  for (const char* name : {"libnccl.so.2", "libnccl.so"}) {
+    handle = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+    if (handle) break;
+    errors += std::string(errors.empty() ? "" : "; ") + dlerror();
+  }
+  if (!handle) {
+    throw_error(ErrorKind::kDevice, "nccl: cannot load libnccl.so.2 (" + errors +
+                                        "): install NCCL or add its folder to LD_LIBRARY_PATH, or use "
+                                        "--tp-comm in-process");
+  }
+  NcclLibrary lib;
+  resolve(handle, "ncclGetVersion", lib.get_version);
+  resolve(handle, "ncclGetErrorString", lib.error_string);
+  resolve(handle, "ncclCommInitAll", lib.comm_init_all);
+  resolve(handle, "ncclCommFinalize", lib.comm_finalize);
+  resolve(handle, "ncclCommDestroy", lib.comm_destroy);
+  resolve(handle, "ncclCommAbort", lib.comm_abort);
+  resolve(handle, "ncclGroupStart", lib.group_start);
+  resolve(handle, "ncclGroupEnd", lib.group_end);
+  resolve(handle, "ncclAllReduce", lib.all_reduce);
+  return lib;
+}
+
+// Loaded once; a failed load throws and is retried by the next caller.
+const NcclLibrary& nccl() {
+  static const NcclLibrary lib = open_nccl();
+  return lib;
+}
+
+void check(ncclResult_t result, const char* call) {
+  if (result != ncclSuccess) {
+    throw_error(ErrorKind::kDevice, std::string("nccl: ") + call + " failed: " + nccl().error_string(result));
+  }
+}
+
+// The communicators of one group; finalized together from one thread (in an NCCL group) when
+// the last rank lets go, since finalizing is collective.
+struct Clique {
+  explicit Clique(std::vector<ncclComm_t> communicators)
+      : comms(std::move(communicators)), aborted(comms.size()) {}
+
+  std::vector<ncclComm_t> comms;
+  std::vector<std::atomic<bool>> aborted;  // set from any rank's thread (abort())
+
+  ~Clique() {
+    const NcclLibrary& lib = nccl();
+    lib.group_start();
+    for (size_t r = 0; r < comms.size(); ++r) {
+      if (!aborted[r]) lib.comm_finalize(comms[r]);
+    }
+    lib.group_end();
+    for (size_t r = 0; r < comms.size(); ++r) {
+      if (!aborted[r]) lib.comm_destroy(comms[r]);
+    }
+  }
+};
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(std::shared_ptr<Clique> clique, int rank) : clique_(std::move(clique)), rank_(rank) {}
+
+  std::string name() const override { return "nccl"; }
+  int rank() const override { return rank_; }
+  int size() const override { return static_cast<int>(clique_->comms.size()); }
+  bool recordable() const override { return true; }
+
+  void abort() override {
+    if (!clique_->aborted[rank_].exchange(true)) nccl().comm_abort(clique_->comms[rank_]);
+  }
+
+  void all_reduce_sum(Backend& backend, Tensor& x) override {
+    PDVM_CHECK(x.type == TensorType::kF32);
+    if (clique_->aborted[rank_]) {
+      throw_error(ErrorKind::kInternal, "tensor parallel: NCCL communicator aborted after another rank failed");
+    }
+    void* stream = backend.device_queue();
+    if (!stream) {
+      throw_error(ErrorKind::kInvalidArgument, "nccl: the " + backend.name() + " backend has no device stream");
+    }
+    check(nccl().all_reduce(x.data, x.data, static_cast<size_t>(x.n_elems()), ncclFloat32, ncclSum,
+                            clique_->comms[rank_], static_cast<cudaStream_t>(stream)),
+          "ncclAllReduce");
+  }
+
+ private:
+  std::shared_ptr<Clique> clique_;
+  const int rank_;
+};
+
+std::vector<std::unique_ptr<Communicator>> make_nccl_group(const std::vector<int>& devices) {
+  const NcclLibrary& lib = nccl();
+  const int n_devices = cuda_device_count();
+  const int n_ranks = static_cast<int>(devices.size());
+  for (int r = 0; r < n_ranks; ++r) {
+    if (devices[r] < 0 || devices[r] >= n_devices) {
+      throw_error(ErrorKind::kDevice, "nccl: rank " + std::to_string(r) + " needs GPU " + std::to_string(devices[r]) +
+                                          ", but " + std::to_string(n_devices) + " GPU(s) are visible");
+    }
+    if (std::count(devices.begin(), devices.end(), devices[r]) > 1) {
+      throw_error(ErrorKind::kInvalidArgument,
+                  "nccl: GPU " + std::to_string(devices[r]) +
+                      " is given to several ranks; NCCL needs one GPU per rank (--tp-comm in-process "
+                      "runs several ranks on one GPU)");
+    }
+  }
+  std::vector<ncclComm_t> comms(devices.size());
+  check(lib.comm_init_all(comms.data(), n_ranks, devices.data()), "ncclCommInitAll");
+  auto clique = std::make_shared<Clique>(std::move(comms));
+  std::vector<std::unique_ptr<Communicator>> group;
+  for (int r = 0; r < n_ranks; ++r) group.push_back(std::make_unique<NcclCommunicator>(clique, r));
+  return group;
+}
+
+}  // namespace
+
+PDVM_REGISTER_COMMUNICATOR_GROUP("nccl", make_nccl_group);
+
+}  // namespace pdvm

@@ -1,0 +1,122 @@
+// Tensor parallelism on the CUDA backend with one GPU. NCCL cannot put two ranks on one GPU,
+// so the NCCL path runs as a group of one (every all-reduce through ncclAllReduce, captured in
+// the decode graph) and must reproduce the unsplit model exactly; the sharded CUDA kernels run
+// at 2 and 4 ranks on the same GPU through the in-process communicator and must match the
+// unsplit model's logits and greedy tokens.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "cuda_test_util.h"
+#include "pdvm/communicator.h"
+#include "pdvm/engine.h"
+#include "pdvm/error.h"
+#include "random_llama.h"
+
+namespace pdvm {
+namespace {
+
+float relative_difference(std::span<const float> a, std::span<const float> b) {
+  EXPECT_EQ(a.size(), b.size());
+  float diff = 0.0f, scale = 0.0f;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    diff = std::max(diff, std::abs(a[i] - b[i]));
+    scale = std::max(scale, std::abs(b[i]));
+  }
+  return diff / scale;
+}
+
+std::vector<float> copy(std::span<const float> v) { return {v.begin(), v.end()}; }
+
+class TensorParallelCudaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) {
+      if (std::getenv("PDVM_REQUIRE_GPU")) ADD_FAILURE() << "no CUDA device but PDVM_REQUIRE_GPU is set";
+      GTEST_SKIP() << "no CUDA device";
+    }
+    // GQA, head_dim 64, widths that stay whole Q8_0/F16 rows at 4 ranks.
+    spec_.n_layer = 3;
+    spec_.n_embd = 512;
+    spec_.n_head = 8;
+    spec_.n_head_kv = 4;
+    spec_.n_ff = 1024;
+    spec_.n_vocab = 1000;
+    spec_.weight_type = std::uniform_int_distribution<int>(0, 1)(test::rng()) ? TensorType::kF16 : TensorType::kQ8_0;
+    path_ = test::write_random_llama(spec_, "tensor_parallel_cuda.gguf");
+  }
+  void TearDown() override {
+    if (!path_.empty()) std::filesystem::remove(path_);
+  }
+
+  SessionOptions options(int tp, const std::string& communicator, std::vector<int> devices = {}) const {
+    SessionOptions o;
+    o.model_path = path_;
+    o.backend = "cuda";
+    o.n_ctx = 128;
+    o.max_batch = 32;
+    o.kv_type = TensorType::kF32;
+    o.tensor_parallel = tp;
+    o.communicator = communicator;
+    o.tp_devices = std::move(devices);
+    return o;
+  }
+
+  test::RandomLlama spec_;
+  std::filesystem::path path_;
+};
+
+TEST_F(TensorParallelCudaTest, NcclGroupOfOneReproducesTheUnsplitModel) {
+  Session plain(options(1, "auto"));
+  Session nccl(options(1, "nccl"));
+  ASSERT_EQ(nccl.communicator_name(), "nccl");
+  const auto prompt = test::random_tokens(40, spec_.n_vocab);  // two batch chunks
+  const auto want = copy(plain.prefill_all(prompt));
+  EXPECT_LE(relative_difference(nccl.prefill_all(prompt), want), 1e-6f) << type_name(spec_.weight_type);
+  plain.reset();
+  nccl.reset();
+  // Decode steps replay a CUDA graph that holds the NCCL all-reduces.
+  const auto start = test::random_tokens(5, spec_.n_vocab);
+  EXPECT_EQ(nccl.generate_greedy(start, 64), plain.generate_greedy(start, 64));
+  const double seconds = nccl.time_token_all_reduces(64);
+  EXPECT_GT(seconds, 0.0);
+  std::printf("nccl, 1 rank: %d all-reduces of %d floats per token take %.1f us\n", 2 * spec_.n_layer, spec_.n_embd,
+              seconds * 1e6);
+}
+
+TEST_F(TensorParallelCudaTest, ShardedKernelsOnOneGpuMatchTheUnsplitModel) {
+  Session plain(options(1, "auto"));
+  const auto prompt = test::random_tokens(20, spec_.n_vocab);
+  const auto want_prompt = copy(plain.prefill_all(prompt));
+  plain.reset();
+  const auto start = test::random_tokens(5, spec_.n_vocab);
+  const auto want_tokens = plain.generate_greedy(start, 32);
+  for (int tp : {2, 4}) {
+    Session split(options(tp, "in-process", std::vector<int>(static_cast<size_t>(tp), 0)));
+    EXPECT_LE(relative_difference(split.prefill_all(prompt), want_prompt), 1e-4f) << "tp " << tp;
+    split.reset();
+    EXPECT_EQ(split.generate_greedy(start, 32), want_tokens) << "tp " << tp;
+  }
+}
+
+TEST_F(TensorParallelCudaTest, NcclNeedsOneGpuPerRank) {
+  try {
+    Session session(options(2, "nccl", {0, 0}));
+    ADD_FAILURE() << "two NCCL ranks on GPU 0 were accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument) << e.what();
+    EXPECT_NE(std::string(e.what()).find("one GPU per rank"), std::string::npos) << e.what();
+  }
+  const int n_gpus = cuda_device_count();
+  try {
+    Session session(options(n_gpus + 1, "nccl"));
+    ADD_FAILURE() << "more NCCL ranks than GPUs were accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kDevice) << e.what();
+    EXPECT_NE(std::string(e.what()).find("GPU(s) are visible"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace pdvm
