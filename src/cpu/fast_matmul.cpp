@@ -219,10 +219,12 @@ HWY_INLINE void ForRowsAndTokens(const MatmulTask& task, int64_t row_begin, int6
   const int64_t n_tokens = task.act->n_tokens;
   // Rows are short (a few hundred bytes): ask for the row ~kPrefetchBytes ahead while this
   // one computes, so the first touch of each row does not wait on DRAM.
+  // Plain float rows skip it: they are pure streams, which the hardware prefetchers follow
+  // better alone (F16 decode +20-30% without; docs/perf-notes.md).
   constexpr int64_t kPrefetchBytes = 2048;
   const int64_t ahead = (kPrefetchBytes + task.row_bytes - 1) / task.row_bytes;
   for (int64_t j = row_begin; j < row_end; ++j) {
-    if (j + ahead < row_end) {
+    if (RowKernel<0>::kPrefetch && j + ahead < row_end) {
       const uint8_t* next = task.w + (j + ahead) * task.row_bytes;
       for (int64_t offset = 0; offset < task.row_bytes; offset += 64) hwy::Prefetch(next + offset);
     }
@@ -243,6 +245,7 @@ template <class Format>
 struct IntegerRows {
   template <int kTokens>
   struct Kernel {
+    static constexpr bool kPrefetch = true;
     static void prepare(const MatmulTask&, int64_t) {}
     static void run(const MatmulTask& task, int64_t j, int64_t t0, float* out) {
       RowBlocks<Format, kTokens, true>(task.w + j * task.row_bytes, *task.act, t0, out, task.out_stride);
@@ -254,6 +257,7 @@ template <class Format>
 struct DequantRows {
   template <int kTokens>
   struct Kernel {
+    static constexpr bool kPrefetch = true;
     static void prepare(const MatmulTask&, int64_t) {}
     static void run(const MatmulTask& task, int64_t j, int64_t t0, float* out) {
       RowBlocks<Format, kTokens, false>(task.w + j * task.row_bytes, *task.act, t0, out, task.out_stride);
@@ -265,6 +269,7 @@ template <class T>
 struct FloatRows {
   template <int kTokens>
   struct Kernel {
+    static constexpr bool kPrefetch = false;
     static void prepare(const MatmulTask&, int64_t) {}
     static void run(const MatmulTask& task, int64_t j, int64_t t0, float* out) {
       const T* row = reinterpret_cast<const T*>(task.w + j * task.row_bytes);
@@ -282,6 +287,7 @@ std::vector<float>& GenericScratch() {
 
 template <int kTokens>
 struct GenericRowsKernel {
+  static constexpr bool kPrefetch = true;
   static void prepare(const MatmulTask& task, int64_t j) {
     std::vector<float>& scratch = GenericScratch();
     scratch.resize(static_cast<size_t>(task.act->k));

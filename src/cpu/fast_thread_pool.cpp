@@ -39,10 +39,10 @@ int default_thread_count() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-ThreadPool::ThreadPool(int n_threads) {
+ThreadPool::ThreadPool(int n_threads) : shares_(static_cast<size_t>(std::max(n_threads, 1))) {
   if (n_threads < 1) throw_error(ErrorKind::kInvalidArgument, "thread count must be >= 1");
   workers_.reserve(static_cast<size_t>(n_threads - 1));
-  for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -52,17 +52,22 @@ ThreadPool::~ThreadPool() {
   for (std::thread& worker : workers_) worker.join();
 }
 
-void ThreadPool::run_chunks() {
-  for (;;) {
-    const int64_t begin = next_item_.fetch_add(job_grain_, std::memory_order_relaxed);
-    if (begin >= job_items_) return;
-    const int64_t end = std::min(job_items_, begin + job_grain_);
-    (*job_)(begin, end);
-    done_items_.fetch_add(end - begin, std::memory_order_release);
+void ThreadPool::run_chunks(int thread_index) {
+  const int n_shares = static_cast<int>(shares_.size());
+  for (int visited = 0; visited < n_shares; ++visited) {
+    Share& share = shares_[static_cast<size_t>((thread_index + visited) % n_shares)];
+    for (;;) {
+      const int64_t chunk = share.next_chunk.fetch_add(1, std::memory_order_relaxed);
+      if (chunk >= share.end_chunk) break;
+      const int64_t begin = chunk * job_grain_;
+      const int64_t end = std::min(job_items_, begin + job_grain_);
+      (*job_)(begin, end);
+      done_items_.fetch_add(end - begin, std::memory_order_release);
+    }
   }
 }
 
-void ThreadPool::worker_loop() {
+void ThreadPool::worker_loop(int thread_index) {
   uint32_t seen = 0;  // the generation at construction: a job published before this thread
                       // first runs must still be seen as new
   for (;;) {
@@ -82,7 +87,7 @@ void ThreadPool::worker_loop() {
     // Join only a job that is still open; once the caller has closed it and seen no joined
     // worker, it may reuse the job fields for the next one.
     joined_workers_.fetch_add(1);
-    if (open_generation_.load() == current) run_chunks();
+    if (open_generation_.load() == current) run_chunks(thread_index);
     joined_workers_.fetch_sub(1, std::memory_order_release);
   }
 }
@@ -97,13 +102,19 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const RangeFn& fn) {
   job_ = &fn;
   job_items_ = n;
   job_grain_ = grain;
-  next_item_.store(0, std::memory_order_relaxed);
+  const int64_t n_chunks = (n + grain - 1) / grain;
+  const int64_t n_shares = static_cast<int64_t>(shares_.size());
+  for (int64_t i = 0; i < n_shares; ++i) {
+    Share& share = shares_[static_cast<size_t>(i)];
+    share.next_chunk.store(i * n_chunks / n_shares, std::memory_order_relaxed);
+    share.end_chunk = (i + 1) * n_chunks / n_shares;
+  }
   done_items_.store(0, std::memory_order_relaxed);
   const uint32_t generation = generation_.load(std::memory_order_relaxed) + 1;
   open_generation_.store(generation);
   generation_.store(generation);  // seq_cst: pairs with the sleepers' increment
   if (sleeping_workers_.load() > 0) generation_.notify_all();
-  run_chunks();
+  run_chunks(0);
   spin_until([&] { return done_items_.load(std::memory_order_acquire) == n; });
   open_generation_.store(0);
   spin_until([&] { return joined_workers_.load(std::memory_order_acquire) == 0; });
