@@ -11,7 +11,8 @@
 //
 // Weights are repacked at load into kernel layouts (16-byte aligned streams, block scales split
 // out). Supported matrix types: F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K (as Q4_1 blocks: f16 products
-// of its 6-bit scales, 5 bits per weight), Q6_K (as int8 with a scale per 16). Anything else is rejected with
+// of its 6-bit scales, 5 bits per weight), Q6_K (as int8 with a scale per 16), UPG4 and UPG3
+// (codes as nibbles, table lookups by byte_perm). Anything else is rejected with
 // Error(kUnsupported) naming the tensor, so the engine can fall back to the unfused path.
 #pragma once
 
@@ -25,6 +26,7 @@
 namespace pdvm {
 
 class GgufFile;
+struct UpgMatrix;
 
 struct FusedConfig {
   int n_layer = 0;
@@ -40,7 +42,8 @@ struct FusedConfig {
   float rope_base = 10000.0f;
 };
 
-// Host view of one weight in GGUF layout: `rows` rows of `cols` elements.
+// Host view of one weight in GGUF layout: `rows` rows of `cols` elements. For UPG types
+// (kUpg4/kUpg3) `data` points to a UpgMatrix (pdvm/upg_matrix.h).
 struct FusedWeightView {
   TensorType type = TensorType::kF32;
   int64_t cols = 0;
@@ -60,6 +63,7 @@ struct FusedModelView {
   FusedWeightView output;  // data == nullptr: tied to token_embd
   std::vector<float> rope_freq_factors;  // empty, or n_rot / 2 divisors (Llama 3)
   std::vector<FusedLayerView> layers;
+  std::vector<std::shared_ptr<const UpgMatrix>> upg_matrices;  // what UPG weights' data point to
 };
 
 // Reads a llama-architecture GGUF into a view (pointers into the mapped file).

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "cuda/pdvm_upg_layout.h"
+
 namespace pdvm::fused {
 
 constexpr int kThreads = 512;
@@ -18,14 +20,20 @@ constexpr int kQuantBlock = 32;
 // Repacked weight formats. Every format streams 16-byte chunks from a row-major main stream;
 // quantized formats keep their per-32 block scales in a separate f16 stream.
 // kFmtQ8_16: int8 quants with an f16 scale per 16 (Q6_K repacked); Q4_K is repacked to Q4_1.
-enum Format : int { kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3, kFmtQ4_1 = 4, kFmtQ8_16 = 5 };
+// kFmtUpg: UPG4/UPG3 codes as consecutive nibbles with a per-row side stream (pdvm_upg.cuh).
+enum Format : int { kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3, kFmtQ4_1 = 4, kFmtQ8_16 = 5, kFmtUpg = 6 };
 
 __host__ __device__ constexpr int weights_per_chunk(int format) {
-  return format == kFmtQ8_0 || format == kFmtQ8_16 ? 16 : format == kFmtQ4_0 || format == kFmtQ4_1 ? 32 : 8;
+  return format == kFmtQ8_0 || format == kFmtQ8_16 ? 16
+         : format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtUpg ? 32
+                                                                          : 8;
 }
+// Formats multiplied against int8 activations.
 __host__ __device__ constexpr bool is_quantized_format(int format) {
-  return format == kFmtQ8_0 || format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtQ8_16;
+  return format == kFmtQ8_0 || format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtQ8_16 || format == kFmtUpg;
 }
+// Formats with an f16 block-scale stream.
+__host__ __device__ constexpr bool has_scale_stream(int format) { return is_quantized_format(format) && format != kFmtUpg; }
 // 16-byte chunks sharing one scale entry.
 __host__ __device__ constexpr int chunks_per_scale(int format) { return format == kFmtQ8_0 ? 2 : 1; }
 // Halves per block in the scale stream: Q4_1 keeps (scale, min) pairs.
@@ -39,6 +47,13 @@ struct DevMatrix {
   int cols = 0;
   int row_bytes = 0;
   int format = kFmtF16;
+  // kFmtUpg only: per-row side records (table, row scale, outlier range, block scales; layout in
+  // pdvm_upg.cuh), block scales per 32 << block_shift elements, outliers as CSR columns/values.
+  const uint8_t* side = nullptr;
+  int side_stride = 0;
+  int block_shift = 0;
+  const uint16_t* outlier_col = nullptr;
+  const __half* outlier_val = nullptr;
 };
 
 struct DevLayer {
@@ -169,11 +184,33 @@ __device__ __forceinline__ float dot8_bf16(uint4 w, const float* x) {
   return s;
 }
 
+// A UPG row's side record (layout: pdvm_upg_layout.h).
+__device__ __forceinline__ const uint8_t* upg_side(const DevMatrix& m, int row) {
+  return m.side + static_cast<int64_t>(row) * m.side_stride;
+}
+
+// The row's outlier range [begin, end).
+__device__ __forceinline__ int2 upg_outliers(const uint8_t* side) {
+  return __ldg(reinterpret_cast<const int2*>(side + kUpgOutlierRange));
+}
+
 // Element `i` of row `row`, for the embedding lookup.
 template <int kFormat>
 __device__ __forceinline__ float matrix_element(const DevMatrix& m, int row, int i) {
   const uint8_t* r = m.data + static_cast<int64_t>(row) * m.row_bytes;
-  if constexpr (kFormat == kFmtF16) {
+  if constexpr (kFormat == kFmtUpg) {
+    // In the format's order: the exact int8 product, then the row scale, then the outlier.
+    const uint8_t* side = upg_side(m, row);
+    const int code = (r[i / 2] >> (4 * (i & 1))) & 15;
+    const int8_t block_scale = static_cast<int8_t>(side[kUpgBlockScales + (i >> (5 + m.block_shift))]);
+    float value = *reinterpret_cast<const float*>(side + kUpgRowScale) *
+                  static_cast<float>(block_scale * static_cast<int8_t>(side[code]));
+    const int2 range = upg_outliers(side);
+    for (int j = range.x; j < range.y; ++j) {
+      if (m.outlier_col[j] == i) value += __half2float(m.outlier_val[j]);
+    }
+    return value;
+  } else if constexpr (kFormat == kFmtF16) {
     return __half2float(reinterpret_cast<const __half*>(r)[i]);
   } else if constexpr (kFormat == kFmtBF16) {
     return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(r)[i]);
@@ -206,6 +243,7 @@ __device__ __forceinline__ void dispatch_format(int format, Fn&& fn) {
     case kFmtQ8_0: fn(FormatTag<kFmtQ8_0>{}); break;
     case kFmtQ4_0: fn(FormatTag<kFmtQ4_0>{}); break;
     case kFmtQ4_1: fn(FormatTag<kFmtQ4_1>{}); break;
+    case kFmtUpg: fn(FormatTag<kFmtUpg>{}); break;
     default: fn(FormatTag<kFmtQ8_16>{}); break;
   }
 }

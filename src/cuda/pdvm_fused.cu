@@ -11,6 +11,7 @@
 #include "cuda/pdvm_repack.h"
 #include "pdvm/error.h"
 #include "pdvm/pdvm_fused.h"
+#include "pdvm/upg_matrix.h"
 
 namespace pdvm {
 
@@ -41,7 +42,8 @@ std::string check_matrix(const FusedWeightView& w, int64_t cols, int64_t rows) {
   const int format = format_of(w.type);
   if (format < 0)
     return "tensor " + w.name + " has type " + std::string(type_name(w.type)) +
-           " (fused kernels support f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k)";
+           " (fused kernels support f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k, upg4, upg3)";
+  if (is_upg_type(w.type)) return fused::upg_unsupported_reason(w);
   const int chunk = is_quantized(format) ? fused::kQuantBlock : fused::weights_per_chunk(format);
   if (cols % chunk != 0 || cols % type_info(w.type).block_elems != 0 ||
       row_bytes_of(format, static_cast<int>(cols)) % 16 != 0)
@@ -100,18 +102,24 @@ struct FusedDecoder::Impl {
     return static_cast<T*>(p);
   }
 
-  DevMatrix alloc_matrix(int format, int rows, int cols) {
+  // `upg_block`: elements per block scale of a kFmtUpg matrix.
+  DevMatrix alloc_matrix(int format, int rows, int cols, int upg_block = 0) {
     DevMatrix m;
     m.format = format;
     m.rows = rows;
     m.cols = cols;
     m.row_bytes = row_bytes_of(format, cols);
     m.data = alloc<uint8_t>(static_cast<size_t>(rows) * m.row_bytes);
-    if (is_quantized(format)) {
+    if (fused::has_scale_stream(format)) {
       m.scale_stride = scale_stride_of(format, cols);
       m.scales = alloc<__half>(static_cast<size_t>(rows) * m.scale_stride);
     }
-    footprint.weight_bytes += static_cast<uint64_t>(rows) * m.row_bytes +
+    if (format == fused::kFmtUpg) {
+      m.side_stride = fused::upg_side_stride(cols, upg_block);
+      m.block_shift = upg_block == 32 ? 0 : upg_block == 64 ? 1 : 2;
+      m.side = alloc<uint8_t>(static_cast<size_t>(rows) * m.side_stride);
+    }
+    footprint.weight_bytes += static_cast<uint64_t>(rows) * (m.row_bytes + m.side_stride) +
                               (m.scales ? static_cast<uint64_t>(rows) * fused::scales_per_row(format, cols) * 2 : 0);
     return m;
   }
@@ -123,9 +131,21 @@ struct FusedDecoder::Impl {
   }
 
   DevMatrix upload(const HostMatrix& h) {
-    DevMatrix m = alloc_matrix(h.format, h.rows, h.cols);
+    DevMatrix m = alloc_matrix(h.format, h.rows, h.cols, 32 << std::max(h.block_shift, 0));
     copy_to_device(const_cast<uint8_t*>(m.data), h.data.data(), h.data.size());
     if (m.scales) copy_to_device(const_cast<__half*>(m.scales), h.scales.data(), h.scales.size() * 2);
+    if (m.side) {
+      copy_to_device(const_cast<uint8_t*>(m.side), h.side.data(), h.side.size());
+      if (!h.outlier_col.empty()) {
+        uint16_t* cols = alloc<uint16_t>(h.outlier_col.size());
+        uint16_t* values = alloc<uint16_t>(h.outlier_val.size());
+        copy_to_device(cols, h.outlier_col.data(), h.outlier_col.size() * 2);
+        copy_to_device(values, h.outlier_val.data(), h.outlier_val.size() * 2);
+        m.outlier_col = cols;
+        m.outlier_val = reinterpret_cast<const __half*>(values);
+        footprint.weight_bytes += h.outlier_col.size() * 4;
+      }
+    }
     return m;
   }
 
@@ -252,6 +272,9 @@ std::string FusedDecoder::unsupported_reason(const FusedModelView& model) {
     // Concatenated / paired matrices share one kernel layout.
     if (format_of(l.wq.type) != format_of(l.wk.type))
       return "tensors " + l.wq.name + " and " + l.wk.name + " differ in type";
+    if (is_upg_type(l.wq.type) &&
+        static_cast<const UpgMatrix*>(l.wq.data)->block != static_cast<const UpgMatrix*>(l.wk.data)->block)
+      return "tensors " + l.wq.name + " and " + l.wk.name + " differ in UPG block size";
     if (format_of(l.gate.type) != format_of(l.up.type))
       return "tensors " + l.gate.name + " and " + l.up.name + " differ in type";
   }
@@ -313,7 +336,7 @@ std::unique_ptr<FusedDecoder> FusedDecoder::synthesize(const FusedConfig& config
   const int nq = c.n_head * c.head_dim, nkv = c.n_head_kv * c.head_dim;
   uint64_t tensor = seed * 1000003;
   auto matrix = [&](int rows, int cols) {
-    DevMatrix d = m.alloc_matrix(format, rows, cols);
+    DevMatrix d = m.alloc_matrix(format, rows, cols, cols % 64 == 0 ? 64 : 32);  // UPG: the encoder's block
     fused::fill_random_matrix(d, ++tensor, std::sqrt(3.0f / static_cast<float>(cols)), m.stream);
     return d;
   };

@@ -4,14 +4,25 @@
 #include "pdvm/error.h"
 #include "pdvm/gguf.h"
 #include "pdvm/pdvm_fused.h"
+#include "pdvm/upg.h"
 
 namespace pdvm {
 namespace {
 
-FusedWeightView weight(const GgufFile& file, const std::string& name, bool required = true) {
+// A plain tensor, or a UPG matrix (validated; its view is kept in `view.upg_matrices`).
+FusedWeightView weight(const GgufFile& file, FusedModelView& view, const std::string& name, bool required = true) {
   const GgufTensor* t = file.find_tensor(name);
   FusedWeightView w;
   w.name = name;
+  if (!t && has_upg_weight(file, name)) {
+    auto m = std::make_shared<const UpgMatrix>(upg_matrix(file, name));
+    w.type = m->type();
+    w.cols = m->k;
+    w.rows = m->n;
+    w.data = m.get();
+    view.upg_matrices.push_back(std::move(m));
+    return w;
+  }
   if (!t) {
     if (required) throw_error(ErrorKind::kFileFormat, "fused decode: tensor " + name + " is missing");
     return w;
@@ -45,10 +56,10 @@ FusedModelView fused_view_from_gguf(const GgufFile& file, int n_ctx) {
   c.rope_base = static_cast<float>(file.get_float(p + "rope.freq_base", 10000.0));
   c.n_ctx = n_ctx;
 
-  view.token_embd = weight(file, "token_embd.weight");
+  view.token_embd = weight(file, view, "token_embd.weight");
   c.n_vocab = static_cast<int>(view.token_embd.rows);
-  view.output_norm = weight(file, "output_norm.weight");
-  view.output = weight(file, "output.weight", false);
+  view.output_norm = weight(file, view, "output_norm.weight");
+  view.output = weight(file, view, "output.weight", false);
   if (const GgufTensor* f = file.find_tensor("rope_freqs.weight")) {
     if (f->type != TensorType::kF32)
       throw_error(ErrorKind::kUnsupported, "fused decode: rope_freqs.weight is not f32");
@@ -58,15 +69,15 @@ FusedModelView fused_view_from_gguf(const GgufFile& file, int n_ctx) {
   for (int l = 0; l < c.n_layer; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
     FusedLayerView layer;
-    layer.attn_norm = weight(file, b + "attn_norm.weight");
-    layer.wq = weight(file, b + "attn_q.weight");
-    layer.wk = weight(file, b + "attn_k.weight");
-    layer.wv = weight(file, b + "attn_v.weight");
-    layer.wo = weight(file, b + "attn_output.weight");
-    layer.ffn_norm = weight(file, b + "ffn_norm.weight");
-    layer.gate = weight(file, b + "ffn_gate.weight");
-    layer.up = weight(file, b + "ffn_up.weight");
-    layer.down = weight(file, b + "ffn_down.weight");
+    layer.attn_norm = weight(file, view, b + "attn_norm.weight");
+    layer.wq = weight(file, view, b + "attn_q.weight");
+    layer.wk = weight(file, view, b + "attn_k.weight");
+    layer.wv = weight(file, view, b + "attn_v.weight");
+    layer.wo = weight(file, view, b + "attn_output.weight");
+    layer.ffn_norm = weight(file, view, b + "ffn_norm.weight");
+    layer.gate = weight(file, view, b + "ffn_gate.weight");
+    layer.up = weight(file, view, b + "ffn_up.weight");
+    layer.down = weight(file, view, b + "ffn_down.weight");
     view.layers.push_back(std::move(layer));
   }
   return view;

@@ -21,15 +21,18 @@ struct Acts {
   const int* sum;      // per 32-block, sum of q
 };
 
-// One row as the warp streams it: main data and (quantized formats) block scales.
+// One row as the warp streams it: main data and (quantized formats) block scales; UPG rows
+// find their side record and outliers through matrix and row.
 struct RowRef {
   const uint8_t* data;
   const __half* scales;
+  const DevMatrix* matrix;
+  int row;
 };
 
 __device__ __forceinline__ RowRef row_ref(const DevMatrix& m, int row) {
   return RowRef{m.data + static_cast<int64_t>(row) * m.row_bytes,
-                m.scales ? m.scales + static_cast<int64_t>(row) * m.scale_stride : nullptr};
+                m.scales ? m.scales + static_cast<int64_t>(row) * m.scale_stride : nullptr, &m, row};
 }
 
 __device__ __forceinline__ int dp4a(uint32_t a, int b, int c) { return __dp4a(static_cast<int>(a), b, c); }
@@ -111,6 +114,12 @@ __device__ __forceinline__ void warp_dot(const RowRef (&rows)[kRows], int n_chun
   for (int r = 0; r < kRows; ++r) out[r] = warp_sum(acc[r]);
 }
 
+}  // namespace pdvm::fused
+
+#include "cuda/pdvm_upg.cuh"
+
+namespace pdvm::fused {
+
 // Items [0, n_items) of this CTA, interleaved over the warps: rows_of(i, refs) names the kRows
 // rows of item i, out(i, values) runs in lane 0.
 template <int kRows, class RowsOf, class Out>
@@ -123,7 +132,11 @@ __device__ __forceinline__ void matvec_items(int format, int n_items, int n_chun
       RowRef refs[kRows];
       rows_of(i, refs);
       float values[kRows];
-      warp_dot<kF, kRows>(refs, n_chunks, acts, values);
+      if constexpr (kF == kFmtUpg) {
+        warp_dot_upg<kRows>(refs, n_chunks, acts, values);
+      } else {
+        warp_dot<kF, kRows>(refs, n_chunks, acts, values);
+      }
       if (lane == 0) out(i, values);
     }
   });

@@ -99,6 +99,8 @@ int format_of(TensorType type) {
     case TensorType::kQ4_1:
     case TensorType::kQ4_K: return kFmtQ4_1;
     case TensorType::kQ6_K: return kFmtQ8_16;
+    case TensorType::kUpg3:
+    case TensorType::kUpg4: return kFmtUpg;
     default: return -1;
   }
 }
@@ -106,6 +108,7 @@ int format_of(TensorType type) {
 bool is_quantized(int format) { return is_quantized_format(format); }
 
 int scales_per_row(int format, int cols) {
+  if (!has_scale_stream(format)) return 0;
   return format == kFmtQ8_16 ? cols / 16 : cols / kQuantBlock * scale_halves(format);
 }
 
@@ -116,12 +119,17 @@ int row_bytes_of(int format, int cols) {
     case kFmtQ8_0:
     case kFmtQ8_16: return cols;
     case kFmtQ4_0:
-    case kFmtQ4_1: return cols / 2;
+    case kFmtQ4_1:
+    case kFmtUpg: return cols / 2;
     default: return cols * 2;
   }
 }
 
 void append_rows(HostMatrix& out, const FusedWeightView& w) {
+  if (is_upg_type(w.type)) {
+    append_upg_rows(out, w);
+    return;
+  }
   const int format = format_of(w.type);
   PDVM_CHECK(format >= 0 && (out.format < 0 || out.format == format));
   if (out.format < 0) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "pdvm/pdvm_fused.h"
@@ -16,16 +17,29 @@ int row_bytes_of(int format, int cols);
 int scales_per_row(int format, int cols);   // f16 values in a row's scale stream
 int scale_stride_of(int format, int cols);  // scales_per_row rounded up to a multiple of 8
 
-// A matrix in the kernel layout on the host: main stream + block scales.
+// A matrix in the kernel layout on the host: main stream + block scales (kFmtUpg: side records
+// and outliers instead of scales, see DevMatrix).
 struct HostMatrix {
   int format = -1;
   int rows = 0;
   int cols = 0;
   std::vector<uint8_t> data;
   std::vector<uint16_t> scales;
+  std::vector<uint8_t> side;
+  int side_stride = 0;
+  int block_shift = -1;
+  std::vector<uint16_t> outlier_col;
+  std::vector<uint16_t> outlier_val;  // f16 bits
 };
 
-// Appends w's rows (GGUF layout) to `out`, whose format and width must match.
+// Appends w's rows (GGUF layout; UPG: w.data points to a UpgMatrix) to `out`, whose format and
+// width (UPG: and block size) must match.
 void append_rows(HostMatrix& out, const FusedWeightView& w);
+// append_rows for UPG types (pdvm_upg_repack.cpp).
+void append_upg_rows(HostMatrix& out, const FusedWeightView& w);
+// Bytes of a UPG side record for rows of `cols` elements with `block`-element block scales.
+int upg_side_stride(int cols, int block);
+// Whether the fused kernels take this UPG matrix, or why not.
+std::string upg_unsupported_reason(const FusedWeightView& w);
 
 }  // namespace pdvm::fused

@@ -42,6 +42,21 @@ __global__ void fill_matrix_kernel(DevMatrix m, uint64_t seed, float amplitude) 
     }
     reinterpret_cast<uint16_t*>(data)[i] = value;
   }
+  if (m.side) {
+    // UPG side records: random tables and block scales (random signs), row scale so that
+    // |w| stays below `amplitude`, no outliers.
+    const int blocks = m.cols / (32 << m.block_shift);
+    for (int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; row < m.rows; row += stride) {
+      uint8_t* side = const_cast<uint8_t*>(m.side) + row * m.side_stride;
+      for (int i = 0; i < 16; ++i) side[i] = static_cast<uint8_t>(static_cast<int8_t>(127.0f * uniform_pm1(seed ^ 0x7ab1e, row * 16 + i)));
+      *reinterpret_cast<float*>(side + kUpgRowScale) = amplitude / (127.0f * 127.0f);
+      *reinterpret_cast<int2*>(side + kUpgOutlierRange) = make_int2(0, 0);
+      for (int b = 0; b < blocks; ++b) {
+        const float u = uniform_pm1(seed ^ 0xb5ca1e, row * blocks + b);
+        side[kUpgBlockScales + b] = static_cast<uint8_t>(static_cast<int8_t>(u < 0 ? -64.0f + 63.0f * u : 64.0f + 63.0f * u));
+      }
+    }
+  }
   if (m.scales) {
     const int64_t n_scales = static_cast<int64_t>(m.rows) * m.scale_stride;
     const float max_quant = m.format == kFmtQ8_0 || m.format == kFmtQ8_16 ? 127.0f : 8.0f;

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <string>
 #include <thread>
 
@@ -96,7 +97,14 @@ Session::Session(const SessionOptions& options) {
     peer.batch_ws = peer.model->make_workspace(batch);
     peer.decode_ws = peer.model->make_workspace(1);
   }
-  accelerator_ = create_decode_accelerator(*file_, shape.n_ctx, options.gpu_mode);
+  try {
+    accelerator_ = create_decode_accelerator(*file_, shape.n_ctx, options.gpu_mode);
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kUnsupported) throw;
+    // The fused decoder cannot run this model (type, shape, build): the unfused path can.
+    std::fprintf(stderr, "pdvm: notice: --gpu-mode %s unavailable (%s); using the unfused path\n",
+                 options.gpu_mode.c_str(), e.what());
+  }
 }
 
 Session::~Session() = default;

@@ -84,7 +84,8 @@ INSTANTIATE_TEST_SUITE_P(
     AllTypes, FusedLayerTest,
     ::testing::Combine(::testing::Range(0, static_cast<int>(std::size(kShapes))),
                        ::testing::Values(TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
-                                         TensorType::kQ4_1, TensorType::kQ4_K, TensorType::kQ6_K)),
+                                         TensorType::kQ4_1, TensorType::kQ4_K, TensorType::kQ6_K, TensorType::kUpg4,
+                                         TensorType::kUpg3)),
     [](const auto& test_info) {
       return std::string(kShapes[std::get<0>(test_info.param)].name) + "_" +
              std::string(type_name(std::get<1>(test_info.param)));

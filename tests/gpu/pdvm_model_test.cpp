@@ -91,6 +91,14 @@ TEST(FusedModel, MixedF16Q8MatchesReference) {
 TEST(FusedModel, GqaQ6KMatchesReference) { check_against_reference(small_config(8, 2, 768), TensorType::kQ6_K, true); }
 TEST(FusedModel, Bf16MatchesReference) { check_against_reference(small_config(4, 2), TensorType::kBF16, true); }
 
+// UPG: UPG4 with 32-blocks; UPG3 with 64-blocks and outliers (pdvm_reference.h), also mixed
+// with Q8_0 V and down projections.
+TEST(FusedModel, GqaUpg4MatchesReference) { check_against_reference(small_config(8, 2), TensorType::kUpg4, false); }
+TEST(FusedModel, MhaUpg3MatchesReference) { check_against_reference(small_config(4, 4), TensorType::kUpg3, true); }
+TEST(FusedModel, MixedUpg4Q8MatchesReference) {
+  check_against_reference(small_config(8, 2), TensorType::kUpg4, true, TensorType::kQ8_0);
+}
+
 TEST(FusedModel, RepeatedRunsAreIdentical) {
   FusedConfig config = small_config(8, 2);
   config.n_ctx = 600;
@@ -117,7 +125,8 @@ TEST(FusedModel, SynthesizedLargeShapeRuns) {
   c.n_ctx = 1024;
   c.n_rot = 64;
   c.rope_base = 500000.0f;
-  for (TensorType type : {TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1}) {
+  for (TensorType type :
+       {TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1, TensorType::kUpg4}) {
     auto decoder = FusedDecoder::synthesize(c, type, 7);
     const std::vector<int> a = decoder->generate(1, 0, 64, FusedMode::kToken);
     const std::vector<int> b = decoder->generate(1, 0, 64, FusedMode::kLayer);

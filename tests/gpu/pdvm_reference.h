@@ -14,20 +14,46 @@
 #include "pdvm/gguf.h"
 #include "pdvm/pdvm_fused.h"
 #include "pdvm/tensor_type.h"
+#include "pdvm/upg.h"
 #include "test_support.h"
 
 namespace pdvm::test {
+
+// A UPG matrix with its components and the view over them.
+struct RefUpg {
+  UpgEncoded encoded;
+  UpgMatrix matrix;
+};
 
 struct RefWeight {
   TensorType type = TensorType::kF32;
   int64_t cols = 0;
   int64_t rows = 0;
   std::string name;
-  std::vector<uint8_t> bytes;  // GGUF layout
+  std::vector<uint8_t> bytes;  // GGUF layout (plain types)
+  std::shared_ptr<const RefUpg> upg;  // UPG types
   std::vector<float> values;   // dequantized, row-major
 
-  FusedWeightView view() const { return {type, cols, rows, bytes.data(), name}; }
+  FusedWeightView view() const {
+    return {type, cols, rows, upg ? static_cast<const void*>(&upg->matrix) : bytes.data(), name};
+  }
 };
+
+// UPG weights: UPG4 with 32-blocks, UPG3 with 64-blocks where the row allows and 1 % outliers
+// (so both block sizes and the outlier path run), encoded by the engine's encoder and read back
+// through the reference decompressor.
+inline void encode_upg(RefWeight& w, const std::vector<float>& values) {
+  UpgEncodeOptions options;
+  options.bits = w.type == TensorType::kUpg3 ? 3 : 4;
+  options.block = options.bits == 3 && w.cols % 64 == 0 ? 64 : 32;
+  options.outlier_fraction = options.bits == 3 ? 0.01 : 0.0;
+  auto upg = std::make_shared<RefUpg>();
+  upg->encoded = upg_encode(values.data(), w.cols, w.rows, nullptr, options, 2);
+  upg->matrix = upg->encoded.view();
+  w.values.resize(values.size());
+  for (int64_t r = 0; r < w.rows; ++r) upg_dequantize_row(upg->matrix, r, w.values.data() + r * w.cols);
+  w.upg = std::move(upg);
+}
 
 inline RefWeight random_weight(std::string name, TensorType type, int64_t cols, int64_t rows, float stddev,
                                float center = 0.0f) {
@@ -38,6 +64,10 @@ inline RefWeight random_weight(std::string name, TensorType type, int64_t cols, 
   w.name = std::move(name);
   std::vector<float> values = random_floats(static_cast<size_t>(cols * rows), stddev);
   for (float& v : values) v += center;
+  if (is_upg_type(type)) {
+    encode_upg(w, values);
+    return w;
+  }
   const int64_t row_bytes = type_bytes(type, cols);
   w.bytes.resize(static_cast<size_t>(row_bytes * rows));
   w.values.resize(values.size());
@@ -205,7 +235,27 @@ inline GgufWriter write_gguf(const RefModel& ref) {
   writer.set("llama.attention.head_count_kv", GgufValue(static_cast<uint32_t>(c.n_head_kv)));
   writer.set("llama.attention.layer_norm_rms_epsilon", GgufValue(c.rms_eps));
   writer.set("llama.rope.freq_base", GgufValue(c.rope_base));
+  int64_t outlier_cap = 0;
+  bool any_upg = false;
+  auto add_upg = [&](const RefWeight& w) {
+    any_upg = true;
+    const UpgEncoded& e = w.upg->encoded;
+    auto bytes = [](const auto& v) {
+      return std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(v[0]));
+    };
+    writer.add_tensor(upg_component_name(w.name, "codes"), TensorType::kI8, {e.k * e.bits / 8, e.n}, bytes(e.codes));
+    writer.add_tensor(upg_component_name(w.name, "bscale"), TensorType::kI8, {e.k / e.block, e.n}, bytes(e.bscale));
+    writer.add_tensor(upg_component_name(w.name, "lut"), TensorType::kI8, {int64_t{1} << e.bits, e.n}, bytes(e.lut));
+    writer.add_tensor(upg_component_name(w.name, "rscale"), TensorType::kF32, {e.n}, bytes(e.rscale));
+    if (e.sp_rowptr.empty()) return;
+    outlier_cap = std::max(outlier_cap, e.outlier_cap());
+    const int64_t nnz = static_cast<int64_t>(e.sp_val.size());
+    writer.add_tensor(upg_component_name(w.name, "sp_rowptr"), TensorType::kI32, {e.n + 1}, bytes(e.sp_rowptr));
+    writer.add_tensor(upg_component_name(w.name, "sp_idx"), TensorType::kI16, {nnz}, bytes(e.sp_idx16));
+    writer.add_tensor(upg_component_name(w.name, "sp_val"), TensorType::kF16, {nnz}, bytes(e.sp_val));
+  };
   auto add = [&](const RefWeight& w) {
+    if (w.upg) return add_upg(w);
     std::vector<int64_t> shape = w.rows == 1 ? std::vector<int64_t>{w.cols} : std::vector<int64_t>{w.cols, w.rows};
     writer.add_tensor(w.name, w.type, shape, std::span<const uint8_t>(w.bytes));
   };
@@ -214,6 +264,10 @@ inline GgufWriter write_gguf(const RefModel& ref) {
   if (ref.output()) add(*ref.output());
   for (const RefLayer& L : ref.layers()) {
     for (const RefWeight* w : {&L.attn_norm, &L.wq, &L.wk, &L.wv, &L.wo, &L.ffn_norm, &L.gate, &L.up, &L.down}) add(*w);
+  }
+  if (any_upg) {
+    writer.set("upg.version", GgufValue(kUpgVersion));
+    writer.set("upg.outlier_cap", GgufValue(static_cast<uint32_t>(outlier_cap)));
   }
   return writer;
 }

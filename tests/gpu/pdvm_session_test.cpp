@@ -1,14 +1,17 @@
 // --gpu-mode layer|token through the engine Session: the PDVM fused decoder gives the logits
-// of the unfused CPU reference backend on the same GGUF file, prompt and decode steps alike.
+// of the unfused CPU reference backend on the same GGUF file, prompt and decode steps alike;
+// UPG models converted by `pdvm convert`; models it cannot run fall back with a notice.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
 
 #include <filesystem>
 
+#include "model/synth_model.h"
 #include "pdvm/engine.h"
 #include "pdvm/error.h"
 #include "pdvm_reference.h"
+#include "upg/upg_convert.h"
 
 namespace pdvm {
 namespace {
@@ -71,6 +74,88 @@ TEST_F(FusedSessionTest, FusedModesMatchTheUnfusedBackend) {
 
 TEST_F(FusedSessionTest, UnknownModeIsRejected) {
   EXPECT_THROW(Session session(options("warp")), Error);
+}
+
+// Logits of `fused` against `unfused` over a random prompt and teacher-forced decode steps
+// (both take the unfused argmax), within `tolerance`.
+void compare_sessions(const SessionOptions& unfused_options, const SessionOptions& fused_options, int vocab,
+                      double tolerance) {
+  std::uniform_int_distribution<int32_t> pick(0, vocab - 1);
+  std::vector<int32_t> prompt(5);
+  for (int32_t& t : prompt) t = pick(test::rng());
+  Session unfused(unfused_options);
+  Session fused(fused_options);
+  std::vector<float> want = copy(unfused.prefill(prompt));
+  std::vector<float> got = copy(fused.prefill(prompt));
+  EXPECT_LT(test::relative_error(got, want), tolerance);
+  double worst = 0;
+  for (int step = 0; step < 24; ++step) {
+    const int32_t next = unfused.last_argmax();
+    want = copy(unfused.decode(next));
+    got = copy(fused.decode(next));
+    const double err = test::relative_error(got, want);
+    worst = std::max(worst, err);
+    ASSERT_LT(err, tolerance) << "step " << step;
+    // The fused argmax is the reference's, or within rounding of it (near-ties).
+    const float best = *std::max_element(want.begin(), want.end());
+    double ss = 0;
+    for (float v : want) ss += double{v} * v;
+    ASSERT_GE(want[fused.last_argmax()], best - 4 * tolerance * std::sqrt(ss / want.size())) << "step " << step;
+  }
+  std::printf("  worst relative logits error: %.2e\n", worst);
+}
+
+// A synthetic model converted to UPG4 and UPG3 (pdvm convert): the fused modes against the
+// unfused CPU reference backend, and greedy tokens identical in layer and token mode.
+TEST(FusedSessionUpg, ConvertedModelsMatchTheUnfusedBackend) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("pdvm_session_upg_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const synth::ModelPlan plan = synth::plan_model(synth::shape_by_name("tiny"), TensorType::kF32, test::rng()());
+  synth::write_model(plan, dir / "in.gguf", 2);
+  for (int bits : {4, 3}) {
+    SCOPED_TRACE("upg" + std::to_string(bits));
+    UpgConvertOptions convert;
+    convert.bits = bits;
+    convert.calibration = "none";
+    convert.threads = 2;
+    const fs::path path = dir / ("upg" + std::to_string(bits) + ".gguf");
+    convert_gguf_upg(GgufFile::open(dir / "in.gguf"), path, convert);
+    SessionOptions o;
+    o.model_path = path;
+    o.backend = "cpu-ref";
+    o.n_ctx = 64;
+    std::vector<std::vector<int32_t>> greedy;
+    for (const char* mode : {"layer", "token"}) {
+      SCOPED_TRACE(mode);
+      SessionOptions fused = o;
+      fused.gpu_mode = mode;
+      testing::internal::CaptureStderr();
+      compare_sessions(o, fused, 512, 5e-2);
+      const std::string notices = testing::internal::GetCapturedStderr();
+      EXPECT_EQ(notices.find("unfused"), std::string::npos) << notices;  // really fused
+      const std::vector<int32_t> prompt = {3, 1, 4, 1, 5};
+      greedy.push_back(Session(fused).generate_greedy(prompt, 32));
+    }
+    EXPECT_EQ(greedy[0], greedy[1]);
+  }
+  fs::remove_all(dir);
+}
+
+TEST_F(FusedSessionTest, UnsupportedModelFallsBackWithANotice) {
+  test::RefModel q5(ref_->config(), TensorType::kQ5_0, true);
+  test::write_gguf(q5).write(path_);
+  std::uniform_int_distribution<int32_t> pick(0, 499);
+  std::vector<int32_t> prompt(4);
+  for (int32_t& t : prompt) t = pick(test::rng());
+  Session unfused(options("unfused"));
+  testing::internal::CaptureStderr();
+  Session fallback(options("token"));
+  const std::string notice = testing::internal::GetCapturedStderr();
+  EXPECT_NE(notice.find("q5_0"), std::string::npos) << notice;
+  EXPECT_NE(notice.find("unfused path"), std::string::npos) << notice;
+  EXPECT_EQ(copy(fallback.prefill(prompt)), copy(unfused.prefill(prompt)));
+  EXPECT_EQ(copy(fallback.decode(7)), copy(unfused.decode(7)));
 }
 
 }  // namespace
