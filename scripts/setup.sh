@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 apt_packages=(build-essential cmake ninja-build pkg-config python3 python3-pip unzip
   googletest libgtest-dev libbenchmark-dev libpcre2-dev libfmt-dev libcli11-dev
-  nlohmann-json3-dev libhwy-dev bible-kjv)
+  nlohmann-json3-dev libhwy-dev libcpp-httplib-dev bible-kjv)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
