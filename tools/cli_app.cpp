@@ -2,6 +2,10 @@
 // from main() so the CLI fuzzer (fuzz/cli_fuzz.cpp) parses exactly what the binary parses.
 #include "command.h"
 
+#include <limits>
+
+#include "cli_common.h"
+
 namespace pdvm::cli {
 
 std::vector<Command>& command_registry() {
@@ -15,6 +19,15 @@ void build_app(CLI::App& app, std::function<int()>& action) {
   for (auto& command : command_registry()) {
     CLI::App* sub = app.add_subcommand(command.name, command.description);
     auto make_action = command.setup(*sub);
+    for (CLI::Option* option : sub->get_options()) {
+      // CLI11's type names: INT (signed targets), UINT (unsigned), possibly with validators after ':'
+      const std::string type = option->get_type_name();
+      if (type.rfind("INT", 0) == 0) {
+        option->check(integer_in(std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max()));
+      } else if (type.rfind("UINT", 0) == 0) {
+        option->check(unsigned_integer());
+      }
+    }
     sub->callback([&action, make_action] { action = make_action; });
   }
 }

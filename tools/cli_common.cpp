@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
+#include <limits>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -63,12 +65,12 @@ void add_model_flags(CLI::App& app, ModelFlags& flags) {
   app.add_option("-m,--model", flags.model,
                  fmt::format("GGUF model file (default: models/{})", kDefaultModelName));
   app.add_option("-c,--ctx", flags.n_ctx, "context size in tokens (default: the model's, at most 4096)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(integer_in(0, std::numeric_limits<int64_t>::max()));
   std::vector<std::string> names;
   for (const BackendInfo& b : registered_backends()) names.push_back(b.name);
   app.add_option("--backend", flags.backend,
                  fmt::format("compute backend: {} (default: {})", fmt::join(names, ", "), default_backend_name()));
-  app.add_option("-t,--threads", flags.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("-t,--threads", flags.threads, "CPU threads (default: all cores)")->check(integer_in(0, kMaxThreads));
   app.add_option("--kv-type", flags.kv_type, "KV cache type: f32, f16 or q8_0 (default: the backend's, f16 on cpu)");
   app.add_option("--gpu-mode", flags.gpu_mode, "unfused, or PDVM fused decode: layer or token (CUDA builds)")
       ->check(CLI::IsMember({"unfused", "layer", "token"}))
@@ -105,7 +107,10 @@ void apply_backend_flags(const ModelFlags& flags, SessionOptions& options) {
 void add_sampling_flags(CLI::App& app, SamplingFlags& flags) {
   SamplingParams& p = flags.params;
   app.add_option("--temp", p.temperature, "temperature; 0 = greedy")->capture_default_str();
-  app.add_option("--top-k", p.top_k, "keep the K most likely tokens; 0 = off")->capture_default_str();
+  constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+  app.add_option("--top-k", p.top_k, "keep the K most likely tokens; 0 = off")
+      ->capture_default_str()
+      ->check(integer_in(0, kInt32Max));
   app.add_option("--top-p", p.top_p, "keep the smallest set of tokens with this much probability; 1 = off")
       ->capture_default_str();
   app.add_option("--min-p", p.min_p, "drop tokens less likely than P times the best one; 0 = off")
@@ -113,7 +118,8 @@ void add_sampling_flags(CLI::App& app, SamplingFlags& flags) {
   app.add_option("--repeat-penalty", p.repeat_penalty, "penalty for recently seen tokens; 1 = off")
       ->capture_default_str();
   app.add_option("--repeat-last-n", p.repeat_last_n, "how many recent tokens the penalty looks at; -1 = all")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(integer_in(-1, kInt32Max));
   app.add_option("--seed", flags.seed, "random seed (default: a random one, printed at the end)");
 }
 
@@ -158,6 +164,29 @@ InterruptScope::InterruptScope() {
 }
 
 InterruptScope::~InterruptScope() { sigaction(SIGINT, &g_previous_action, nullptr); }
+
+namespace {
+
+template <typename T>
+CLI::Validator base10_integer(T lo, T hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        T value{};
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+        if (text.empty() || ec != std::errc() || end != text.data() + text.size() || value < lo || value > hi) {
+          return fmt::format("'{}' is not an integer from {} to {}", text, lo, hi);
+        }
+        text = std::to_string(value);
+        return {};
+      },
+      "");
+}
+
+}  // namespace
+
+CLI::Validator integer_in(int64_t lo, int64_t hi) { return base10_integer<int64_t>(lo, hi); }
+
+CLI::Validator unsigned_integer() { return base10_integer<uint64_t>(0, std::numeric_limits<uint64_t>::max()); }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

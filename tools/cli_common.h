@@ -68,6 +68,15 @@ class InterruptScope {
 };
 inline constexpr int kInterruptedExitCode = 130;
 
+// Integer flags. CLI11 converts with strtoll/strtoull, which clamp what does not fit
+// (-n 99999999999999999999 became INT64_MAX), wrap negatives for unsigned targets (--seed -5
+// became 2^64-5) and read a leading 0 as octal. These check the text as a base-10 integer in
+// range, with a one-line message, and pass it on in canonical form. build_app gives every
+// integer flag the full range of its type; flags with a narrower range add integer_in.
+CLI::Validator integer_in(int64_t lo, int64_t hi);
+CLI::Validator unsigned_integer();
+inline constexpr int64_t kMaxThreads = 1024;
+
 double seconds_since(std::chrono::steady_clock::time_point start);
 void print_load_time(double seconds);
 void print_generation_stats(const GenerationStats& stats);

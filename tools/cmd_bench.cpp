@@ -3,11 +3,13 @@
 // memory with the bench's threads when the backend is cpu).
 // `--kernels` times the decode matvec kernels alone.
 #include <cstdio>
+#include <limits>
 #include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "cli_common.h"
 #include "command.h"
 #include "pdvm/bench.h"
 #include "pdvm/cpu_bandwidth.h"
@@ -146,18 +148,19 @@ PDVM_REGISTER_COMMAND("bench", "throughput of models: prompt processing and gene
                         auto args = std::make_shared<BenchArgs>();
                         app.add_option("-m,--model", args->models, "GGUF model(s) to benchmark");
                         app.add_option("--backend", args->backend, "cuda, cpu or auto")->capture_default_str();
-                        app.add_option("--device", args->device, "GPU ordinal")->capture_default_str();
-                        app.add_option("-t,--threads", args->threads, "CPU threads (0: all)");
+                        app.add_option("--device", args->device, "GPU ordinal")->capture_default_str()->check(integer_in(0, 1023));
+                        app.add_option("-t,--threads", args->threads, "CPU threads (0: all)")->check(integer_in(0, kMaxThreads));
                         app.add_option("-p,--n-prompt", args->n_prompt, "pp: prompt tokens (0 skips)")
                             ->capture_default_str()
-                            ->check(CLI::NonNegativeNumber);
+                            ->check(integer_in(0, std::numeric_limits<int32_t>::max()));
                         app.add_option("-n,--n-gen", args->n_gen, "tg: generated tokens (0 skips)")
                             ->capture_default_str()
-                            ->check(CLI::NonNegativeNumber);
+                            ->check(integer_in(0, std::numeric_limits<int32_t>::max()));
                         app.add_option("-r,--repetitions", args->repetitions, "timed runs of each test (median, stddev)")
                             ->capture_default_str()
-                            ->check(CLI::PositiveNumber);
-                        app.add_option("-c,--ctx", args->n_ctx, "context size (0: model default, max 4096)");
+                            ->check(integer_in(1, 1000000));
+                        app.add_option("-c,--ctx", args->n_ctx, "context size (0: model default, max 4096)")
+                            ->check(integer_in(0, std::numeric_limits<int64_t>::max()));
                         app.add_option("--kv-type", args->kv_type, "KV cache type (f32, f16, q8_0)");
                         app.add_option("--gpu-mode", args->gpu_mode, "unfused, layer or token (PDVM fused decode)")
                             ->check(CLI::IsMember({"unfused", "layer", "token"}))

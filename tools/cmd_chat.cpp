@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <limits>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -115,7 +116,8 @@ PDVM_REGISTER_COMMAND("chat", "chat with the model, one line of input per turn",
   app.add_option("--chat-template", opt->chat_template,
                  "chat format instead of the model's: chatml, llama2, llama3, mistral, zephyr");
   app.add_option("-n,--n-predict", opt->n_predict, "most tokens per reply; -1 = until the model stops")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(integer_in(-1, std::numeric_limits<int64_t>::max()));
   app.add_flag("--stats", opt->show_stats, "print timings after every reply");
   add_sampling_flags(app, opt->sampling);
   return [opt] { return chat(*opt); };

@@ -3,6 +3,7 @@
 #include <memory>
 #include <string>
 
+#include "cli_common.h"
 #include "command.h"
 #include "format/gguf_convert.h"
 #include "pdvm/error.h"
@@ -58,7 +59,7 @@ PDVM_REGISTER_COMMAND("convert", "re-quantize a GGUF model to another weight typ
   app.add_option("--calibration", opt->calibration,
                  "UPG importance: default (built-in text), none (h = 1) or a text file")
       ->capture_default_str();
-  app.add_option("--threads", opt->threads, "worker threads")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--threads", opt->threads, "worker threads")->capture_default_str()->check(integer_in(1, kMaxThreads));
   return [opt] { return run(*opt); };
 });
 

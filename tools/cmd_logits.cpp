@@ -2,10 +2,12 @@
 // optionally continues greedily (ids on one line, then the text with --print-tokens). Used by
 // the differential tests against the numpy reference.
 #include <cstdio>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "cli_common.h"
 #include "command.h"
 #include "npy_writer.h"
 #include "pdvm/backend_registry.h"
@@ -122,13 +124,13 @@ PDVM_REGISTER_COMMAND("logits", "Run tokens through a model and save the logits 
                             ->check(CLI::IsMember({"unfused", "layer", "token"}));
                         app.add_option("--greedy", args->greedy,
                                        "Continue greedily for N tokens and print their ids")
-                            ->check(CLI::NonNegativeNumber);
+                            ->check(integer_in(0, std::numeric_limits<int32_t>::max()));
                         app.add_option("--greedy-out", args->greedy_out,
                                        "Write the logits each greedy token was chosen from, (N, n_vocab)");
                         app.add_option("-c,--ctx", args->n_ctx, "Context size (0: model default)")
-                            ->check(CLI::NonNegativeNumber);
+                            ->check(integer_in(0, std::numeric_limits<int64_t>::max()));
                         app.add_option("-t,--threads", args->threads, "Threads (0: all cores)")
-                            ->check(CLI::NonNegativeNumber);
+                            ->check(integer_in(0, kMaxThreads));
                         return [args] { return run_logits(*args); };
                       });
 

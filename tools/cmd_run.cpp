@@ -1,5 +1,6 @@
 // `pdvm run`: generate text from a prompt, streamed to stdout; timings go to stderr.
 #include <chrono>
+#include <limits>
 #include <cstdio>
 #include <iostream>
 #include <iterator>
@@ -99,7 +100,8 @@ PDVM_REGISTER_COMMAND("run", "generate text from a prompt", [](CLI::App& app) {
   app.add_option("-p,--prompt", opt->prompt, "the prompt");
   app.add_option("-f,--file", opt->prompt_file, "read the prompt from a file (- for stdin)");
   app.add_option("-n,--n-predict", opt->n_predict, "tokens to generate; -1 = until the model stops")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(integer_in(-1, std::numeric_limits<int64_t>::max()));
   app.add_option("--stop", opt->stops, "stop before this text (repeatable)");
   app.add_flag("--chat", opt->chat, "wrap the prompt in the model's chat template");
   app.add_option("--system", opt->system, "system message (implies --chat)");

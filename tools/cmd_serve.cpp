@@ -323,12 +323,12 @@ PDVM_REGISTER_COMMAND("serve", "OpenAI-compatible HTTP server (/v1/completions, 
   auto opt = std::make_shared<ServeOptions>();
   add_model_flags(app, opt->model);
   app.add_option("--host", opt->host, "address to listen on")->capture_default_str();
-  app.add_option("--port", opt->port, "TCP port; 0 picks a free one")->capture_default_str()->check(CLI::Range(0, 65535));
+  app.add_option("--port", opt->port, "TCP port; 0 picks a free one")->capture_default_str()->check(integer_in(0, 65535));
   app.add_option("--chat-template", opt->chat_template,
                  "chat format instead of the model's: chatml, llama2, llama3, mistral, zephyr");
   app.add_option("--max-body", opt->max_body_bytes, "largest request body in bytes")
       ->capture_default_str()
-      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+      ->check(integer_in(1, int64_t{1} << 30));
   add_sampling_flags(app, opt->sampling);
   return [opt] { return serve(*opt); };
 });

@@ -1,9 +1,11 @@
 // `pdvm synth`: writes a random-weight llama model of a real geometry, for benchmarks and tests
 // at sizes we cannot download.
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <string>
 
+#include "cli_common.h"
 #include "command.h"
 #include "model/synth_model.h"
 #include "pdvm/error.h"
@@ -51,13 +53,13 @@ PDVM_REGISTER_COMMAND("synth", "write a random-weight llama model of a named geo
       ->capture_default_str();
   app.add_option("--seed", opt->seed, "random seed (same seed, same bytes)")->capture_default_str();
   app.add_option("-o,--output", opt->output, "output .gguf path")->required();
-  app.add_option("--threads", opt->threads, "generator threads")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--layers", opt->layers, "override the number of layers")->check(CLI::PositiveNumber);
-  app.add_option("--width", opt->width, "override the embedding width")->check(CLI::PositiveNumber);
-  app.add_option("--heads", opt->heads, "override the number of attention heads")->check(CLI::PositiveNumber);
-  app.add_option("--kv-heads", opt->kv_heads, "override the number of key/value heads")->check(CLI::PositiveNumber);
-  app.add_option("--ffn", opt->ffn, "override the feed-forward width")->check(CLI::PositiveNumber);
-  app.add_option("--vocab", opt->vocab, "override the vocabulary size")->check(CLI::PositiveNumber);
+  app.add_option("--threads", opt->threads, "generator threads")->capture_default_str()->check(integer_in(1, kMaxThreads));
+  app.add_option("--layers", opt->layers, "override the number of layers")->check(integer_in(1, std::numeric_limits<int64_t>::max()));
+  app.add_option("--width", opt->width, "override the embedding width")->check(integer_in(1, std::numeric_limits<int64_t>::max()));
+  app.add_option("--heads", opt->heads, "override the number of attention heads")->check(integer_in(1, std::numeric_limits<int64_t>::max()));
+  app.add_option("--kv-heads", opt->kv_heads, "override the number of key/value heads")->check(integer_in(1, std::numeric_limits<int64_t>::max()));
+  app.add_option("--ffn", opt->ffn, "override the feed-forward width")->check(integer_in(1, std::numeric_limits<int64_t>::max()));
+  app.add_option("--vocab", opt->vocab, "override the vocabulary size")->check(integer_in(1, std::numeric_limits<int64_t>::max()));
   return [opt] { return run(*opt); };
 });
 

@@ -1,12 +1,14 @@
 // `pdvm upg-stats`: bits per weight and weight-space error of UPG against the GGML 4-bit
 // formats, on a model's (dequantized) matrices or on synthetic heavy-tailed weights.
 #include <cmath>
+#include <limits>
 #include <cstdio>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "cli_common.h"
 #include "command.h"
 #include "pdvm/error.h"
 #include "pdvm/gguf.h"
@@ -157,9 +159,9 @@ PDVM_REGISTER_COMMAND("upg-stats", "UPG vs Q4_0/Q4_1/Q4_K: bits per weight and w
   app.add_option("model", opt->model, "GGUF model whose matrices are measured");
   app.add_flag("--synthetic", opt->synthetic, "measure synthetic heavy-tailed weights instead");
   app.add_option("--calibration", opt->calibration, "importance: default, none or a text file")->capture_default_str();
-  app.add_option("--rows", opt->rows_per_matrix, "rows sampled per matrix")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--rows", opt->rows_per_matrix, "rows sampled per matrix")->capture_default_str()->check(integer_in(1, std::numeric_limits<int32_t>::max()));
   app.add_option("--seed", opt->seed, "synthetic weights' seed")->capture_default_str();
-  app.add_option("--threads", opt->threads, "worker threads")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--threads", opt->threads, "worker threads")->capture_default_str()->check(integer_in(1, kMaxThreads));
   return [opt] { return run(*opt); };
 });
 

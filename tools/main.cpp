@@ -24,8 +24,14 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // One line, like every other error. CLI11 reports a mistyped command only as "a
     // subcommand is required": name it.
-    if (app.get_subcommands().empty() && argc > 1 && argv[1][0] != '-') {
-      std::fprintf(stderr, "pdvm: error: unknown command '%s' (see --help)\n", argv[1]);
+    if (app.get_subcommands().empty()) {
+      if (argc < 2) {
+        std::fprintf(stderr, "pdvm: error: no command given: pdvm COMMAND [OPTIONS] (see --help)\n");
+      } else if (argv[1][0] == '-') {
+        std::fprintf(stderr, "pdvm: error: unknown option '%s': options go after the command (see --help)\n", argv[1]);
+      } else {
+        std::fprintf(stderr, "pdvm: error: unknown command '%s' (see --help)\n", argv[1]);
+      }
       return 2;
     }
     std::fprintf(stderr, "pdvm: error: %s (see --help)\n", e.what());
