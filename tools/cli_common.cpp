@@ -81,7 +81,7 @@ void add_model_flags(CLI::App& app, ModelFlags& flags) {
 void add_tensor_parallel_flags(CLI::App& app, int& tensor_parallel, std::string& communicator) {
   app.add_option("--tp", tensor_parallel,
                  "tensor parallelism: split the model over N ranks (GPUs device..device+N-1, or CPU backends)")
-      ->check(CLI::PositiveNumber)
+      ->check(integer_in(1, 1024))
       ->capture_default_str();
   app.add_option("--tp-comm", communicator,
                  "how ranks all-reduce: auto (nccl on cuda, else in-process), nccl or in-process")
