@@ -156,8 +156,14 @@ HWY_INLINE void RowBlocks(const uint8_t* row, const PreparedActivation& act, int
     if (i < chunk) step(i, acc0);
   }
   for (int t = 0; t < kTokens; ++t) {
-    out[(t0 + t) * out_stride] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0[t], acc1[t]))) +
-                                 hn::GetLane(hn::SumOfLanes(df_full, offset_acc[t]));
+    const auto acc = hn::Add(acc0[t], acc1[t]);
+    if constexpr (std::is_same_v<hn::Vec<DAcc>, hn::Vec<decltype(df_full)>>) {
+      // One horizontal sum per row instead of two (rows are short: 18 blocks in SmolLM2).
+      out[(t0 + t) * out_stride] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc, offset_acc[t])));
+    } else {
+      out[(t0 + t) * out_stride] =
+          hn::GetLane(hn::SumOfLanes(df, acc)) + hn::GetLane(hn::SumOfLanes(df_full, offset_acc[t]));
+    }
   }
 }
 

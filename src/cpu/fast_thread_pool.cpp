@@ -54,6 +54,7 @@ ThreadPool::~ThreadPool() {
 
 void ThreadPool::run_chunks(int thread_index) {
   const int n_shares = static_cast<int>(shares_.size());
+  int64_t done = 0;  // published once at the end: one write to the shared counter per thread
   for (int visited = 0; visited < n_shares; ++visited) {
     Share& share = shares_[static_cast<size_t>((thread_index + visited) % n_shares)];
     for (;;) {
@@ -62,9 +63,10 @@ void ThreadPool::run_chunks(int thread_index) {
       const int64_t begin = chunk * job_grain_;
       const int64_t end = std::min(job_items_, begin + job_grain_);
       (*job_)(begin, end);
-      done_items_.fetch_add(end - begin, std::memory_order_release);
+      done += end - begin;
     }
   }
+  if (done > 0) done_items_.fetch_add(done, std::memory_order_release);
 }
 
 void ThreadPool::worker_loop(int thread_index) {

@@ -42,15 +42,18 @@ class ThreadPool {
 
   std::vector<std::thread> workers_;
   std::vector<Share> shares_;  // one per thread; index 0 is the caller's
-  std::atomic<uint32_t> generation_{0};
+  // Three cache lines: what workers spin on between jobs, the job (read-only while it runs),
+  // and the counters written as threads finish, so no write evicts a line another thread
+  // keeps reading.
+  alignas(64) std::atomic<uint32_t> generation_{0};
   std::atomic<uint32_t> open_generation_{0};  // the job workers may still join; 0: none
   std::atomic<int> sleeping_workers_{0};
-  std::atomic<int> joined_workers_{0};
-  std::atomic<int64_t> done_items_{0};
   std::atomic<bool> stopping_{false};
-  const RangeFn* job_ = nullptr;
+  alignas(64) const RangeFn* job_ = nullptr;
   int64_t job_items_ = 0;
   int64_t job_grain_ = 1;
+  alignas(64) std::atomic<int> joined_workers_{0};
+  std::atomic<int64_t> done_items_{0};
 };
 
 // Default thread count: the cores this process may run on.
