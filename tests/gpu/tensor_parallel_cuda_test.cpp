@@ -94,7 +94,10 @@ TEST_F(TensorParallelCudaTest, ShardedKernelsOnOneGpuMatchTheUnsplitModel) {
   const auto want_tokens = plain.generate_greedy(start, 32);
   for (int tp : {2, 4}) {
     Session split(options(tp, "in-process", std::vector<int>(static_cast<size_t>(tp), 0)));
-    EXPECT_LE(relative_difference(split.prefill_all(prompt), want_prompt), 1e-4f) << "tp " << tp;
+    // Prefill GEMMs and attention run on tensor cores with 16-bit inputs, so the split's other
+    // summation order shows: 4.5e-4 and 4.9e-4 measured on H100 at tp 2 and 4.
+    EXPECT_LE(relative_difference(split.prefill_all(prompt), want_prompt), 2e-3f)
+        << "tp " << tp << ", " << type_name(spec_.weight_type);
     split.reset();
     EXPECT_EQ(split.generate_greedy(start, 32), want_tokens) << "tp " << tp;
   }
