@@ -18,30 +18,41 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
-from gguf import GGUFReader
-from gguf.quants import dequantize
 
 
 class LlamaReference:
     def __init__(self, path: str):
+        from gguf import GGUFReader
+        from gguf.quants import dequantize
+
         reader = GGUFReader(path)
         meta = {name: field.contents() for name, field in reader.fields.items()}
         arch = meta["general.architecture"]
         if arch != "llama":
             raise ValueError(f"{path}: architecture {arch!r} is not llama")
-
-        def hp(key, default=None):
-            value = meta.get(f"llama.{key}", default)
-            if value is None:
-                raise ValueError(f"{path}: missing llama.{key}")
-            return value
-
-        self.weights = {}
+        weights = {}
         for t in reader.tensors:
             # numpy shape is the GGUF shape reversed: rows first, contiguous dimension last.
             values = dequantize(t.data, t.tensor_type)
-            self.weights[t.name] = np.asarray(values, dtype=np.float64).reshape(tuple(reversed([int(d) for d in t.shape])))
+            weights[t.name] = np.asarray(values, dtype=np.float64).reshape(tuple(reversed([int(d) for d in t.shape])))
+        self._setup(weights, {key[len("llama."):]: v for key, v in meta.items() if key.startswith("llama.")}, path)
 
+    @classmethod
+    def from_weights(cls, weights: dict, hparams: dict) -> "LlamaReference":
+        """A model from float64 arrays named as in GGUF and llama.* hyper-parameters (without
+        the prefix), e.g. random weights of a real geometry for timing."""
+        model = cls.__new__(cls)
+        model._setup(weights, hparams, "weights")
+        return model
+
+    def _setup(self, weights, hparams, source):
+        def hp(key, default=None):
+            value = hparams.get(key, default)
+            if value is None:
+                raise ValueError(f"{source}: missing llama.{key}")
+            return value
+
+        self.weights = weights
         self.n_layer = int(hp("block_count"))
         self.n_embd = int(hp("embedding_length"))
         self.n_head = int(hp("attention.head_count"))
@@ -100,22 +111,29 @@ class LlamaReference:
         w = self.weights
         x = w["token_embd.weight"][tokens]
         for layer in range(self.n_layer):
-            p = f"blk.{layer}."
-            h = self.rms_norm(x, w[p + "attn_norm.weight"])
-            q = (h @ w[p + "attn_q.weight"].T).reshape(n, self.n_head, self.head_dim)
-            k = (h @ w[p + "attn_k.weight"].T).reshape(n, self.n_head_kv, self.head_dim)
-            v = (h @ w[p + "attn_v.weight"].T).reshape(n, self.n_head_kv, self.head_dim)
-            q = self.rotate(q, positions)
-            k = self.rotate(k, positions)
-            self.keys[layer] = np.concatenate([self.keys[layer], k])
-            self.values[layer] = np.concatenate([self.values[layer], v])
-            attn = self.attend(q, self.keys[layer], self.values[layer], positions).reshape(n, -1)
-            x = x + attn @ w[p + "attn_output.weight"].T
-            h = self.rms_norm(x, w[p + "ffn_norm.weight"])
-            gate = h @ w[p + "ffn_gate.weight"].T
-            up = h @ w[p + "ffn_up.weight"].T
-            x = x + (gate / (1.0 + np.exp(-gate)) * up) @ w[p + "ffn_down.weight"].T
+            x = self.layer(layer, x, positions)
         return self.rms_norm(x, w["output_norm.weight"]) @ self.output.T
+
+    def layer(self, layer, x, positions):
+        """One transformer block on x (tokens, n_embd) at `positions`; appends to its K/V."""
+        n = x.shape[0]
+        w = self.weights
+        p = f"blk.{layer}."
+        h = self.rms_norm(x, w[p + "attn_norm.weight"])
+        q = (h @ w[p + "attn_q.weight"].T).reshape(n, self.n_head, self.head_dim)
+        k = (h @ w[p + "attn_k.weight"].T).reshape(n, self.n_head_kv, self.head_dim)
+        v = (h @ w[p + "attn_v.weight"].T).reshape(n, self.n_head_kv, self.head_dim)
+        q = self.rotate(q, positions)
+        k = self.rotate(k, positions)
+        self.keys[layer] = np.concatenate([self.keys[layer], k])
+        self.values[layer] = np.concatenate([self.values[layer], v])
+        attn = self.attend(q, self.keys[layer], self.values[layer], positions).reshape(n, -1)
+        x = x + attn @ w[p + "attn_output.weight"].T
+        h = self.rms_norm(x, w[p + "ffn_norm.weight"])
+        gate = h @ w[p + "ffn_gate.weight"].T
+        up = h @ w[p + "ffn_up.weight"].T
+        x = x + (gate / (1.0 + np.exp(-gate)) * up) @ w[p + "ffn_down.weight"].T
+        return x
 
     def greedy(self, prompt, n):
         """Logits of the prompt, then n greedy tokens and the logits each was chosen from."""

@@ -89,6 +89,9 @@ class Backend {
   virtual Tensor load_weight(TensorType type, std::array<int64_t, 4> ne, const void* bytes) = 0;
   virtual void write(Tensor& dst, const void* src, uint64_t n_bytes, uint64_t offset = 0) = 0;
   virtual void read(const Tensor& src, void* dst, uint64_t n_bytes, uint64_t offset = 0) = 0;
+  // Device kernels launched so far (graph replays count their kernels), where the backend
+  // launches any: launches per token = difference over a run / tokens.
+  virtual std::optional<uint64_t> kernel_launches() const { return std::nullopt; }
   // Waits for outstanding work (a no-op on synchronous backends).
   virtual void synchronize() {}
   // For libraries that enqueue their own device work in order with the ops (NCCL

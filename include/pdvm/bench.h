@@ -48,6 +48,7 @@ struct BenchReport {
   int all_reduces_per_token = 0;
   uint64_t all_reduce_bytes_per_token = 0;  // F32 activations summed per token, per rank
   double all_reduce_ms_per_token = 0.0;  // the token's all-reduces timed alone (Session::time_token_all_reduces)
+  double tg_launches_per_token = -1.0;   // device kernels per generated token; < 0: not counted
 };
 
 // Runs pp then tg (each after one untimed warm-up pass, which also records graphs) and leaves

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -21,6 +22,8 @@ class DecodeAccelerator {
   virtual void decode(int32_t token, int64_t position) = 0;
   virtual int32_t last_argmax() = 0;
   virtual void last_logits(std::span<float> out) = 0;
+  // Device kernels launched so far, where counted (see Backend::kernel_launches).
+  virtual std::optional<uint64_t> kernel_launches() const { return std::nullopt; }
 };
 
 // Returns an accelerator for `mode`, or throws Error(kUnsupported) saying why it cannot run

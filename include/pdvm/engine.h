@@ -31,7 +31,7 @@ struct SessionOptions {
   int max_batch = 512;                    // prefill runs in chunks of at most this many tokens
   // "unfused": every token through the backend ops. "layer" / "token": every token (prompt
   // included) through the PDVM fused decoder (one launch per layer / per token), which keeps
-  // its own weights and KV cache on the GPU; needs a CUDA build.
+  // the weights and an f16 KV cache on the GPU (the backend loads neither); needs a CUDA build.
   std::string gpu_mode = "unfused";
   LoadProgress load_progress;             // optional, called while the weights load
   // Tensor parallelism (docs/multi-gpu.md): the model split over this many ranks, each with its
@@ -54,7 +54,7 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   const GgufFile& gguf() const { return *file_; }  // metadata, e.g. for the tokenizer
-  const LlamaConfig& config() const { return model_->config(); }
+  const LlamaConfig& config() const { return config_; }
   Backend& backend() { return *backend_; }
   int64_t n_ctx() const { return cache_->n_ctx(); }
   int64_t n_past() const { return cache_->n_past(); }
@@ -66,6 +66,9 @@ class Session {
   // Seconds one decoded token spends in collectives (two all-reduces of n_embd floats per
   // layer), timed alone over `tokens` tokens' worth; 0 without a communicator.
   double time_token_all_reduces(int tokens);
+  // Device kernels launched so far by the backend and the accelerator; nullopt when neither
+  // counts (host backends).
+  std::optional<uint64_t> kernel_launches() const;
 
   // Appends tokens at position n_past() and returns the last token's logits (n_vocab floats).
   // The span stays valid until the next call on this session.
@@ -96,7 +99,8 @@ class Session {
 
   std::unique_ptr<GgufFile> file_;
   std::unique_ptr<Backend> backend_;
-  std::unique_ptr<LlamaModel> model_;
+  LlamaConfig config_;
+  std::unique_ptr<LlamaModel> model_;  // null with an accelerator (it holds the weights)
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<TensorParallelPeers> tp_;  // the communicators and ranks >= 1, when split
   std::unique_ptr<DecodeAccelerator> accelerator_;  // --gpu-mode layer|token

@@ -11,7 +11,7 @@
 namespace pdvm {
 
 struct KvCacheShape {
-  int n_layer = 0;
+  int n_layer = 0;  // 0: positions only (a fused decoder holds the tensors)
   int64_t n_ctx = 0;
   int64_t row_width = 0;  // head_dim * n_head_kv
   TensorType type = TensorType::kF16;

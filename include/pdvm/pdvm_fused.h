@@ -96,6 +96,8 @@ class FusedDecoder {
   const FusedConfig& config() const;
   FusedFootprint footprint() const;
   int grid_size() const;
+  // Kernels launched so far (a layer-mode token counts its graph's kernels: one per layer).
+  uint64_t kernel_launches() const;
 
   // ---- layer-level API (hidden state of n_embd floats kept on the device) ----------------
   void set_hidden(const std::vector<float>& values);

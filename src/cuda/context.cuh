@@ -61,9 +61,14 @@ struct CudaContext {
   ScratchBuffer gemm_weights;     // dequantized F16 weights for prefill GEMMs
   ScratchBuffer gemm_activations; // F16 copy of the GEMM input
 
+  // Kernels run so far: eager launch() calls plus the kernel nodes of every graph replay
+  // (cuBLAS calls outside a graph are not seen). Counted for launches-per-token figures.
+  mutable uint64_t kernel_launches = 0;
+
   struct Recording {
     int calls = 0;
     cudaGraphExec_t exec = nullptr;
+    int kernel_nodes = 0;
   };
   std::unordered_map<std::string, Recording> recordings;
 };

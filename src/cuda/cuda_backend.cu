@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/graph_count.cuh"
 #include "cuda/ops.cuh"
 #include "cuda/upg.cuh"
 #include "pdvm/backend_registry.h"
@@ -126,6 +127,8 @@ class CudaBackend final : public Backend {
     PDVM_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
   }
 
+  std::optional<uint64_t> kernel_launches() const override { return ctx_.kernel_launches; }
+
   void synchronize() override {
     flush_matvecs();
     activate();
@@ -145,6 +148,7 @@ class CudaBackend final : public Backend {
     auto& recording = ctx_.recordings[std::string(key)];
     if (recording.exec) {
       PDVM_CUDA_CHECK(cudaGraphLaunch(recording.exec, ctx_.stream));
+      ctx_.kernel_launches += recording.kernel_nodes;
       return;
     }
     if (recording.calls++ == 0) {
@@ -164,10 +168,12 @@ class CudaBackend final : public Backend {
     }
     ctx_.capturing = false;
     PDVM_CUDA_CHECK(cudaStreamEndCapture(ctx_.stream, &graph));
+    recording.kernel_nodes = cuda::kernel_node_count(graph);
     const cudaError_t status = cudaGraphInstantiate(&recording.exec, graph, 0);
     cudaGraphDestroy(graph);
     PDVM_CUDA_CHECK(status);
     PDVM_CUDA_CHECK(cudaGraphLaunch(recording.exec, ctx_.stream));
+    ctx_.kernel_launches += recording.kernel_nodes;
   }
 
   void get_rows(const Tensor& table, const Tensor& ids, Tensor& out) override {

@@ -46,6 +46,7 @@ void launch(const CudaContext& ctx, const char* name, void (*kernel)(Params...),
   config.numAttrs = ctx.programmatic_launch ? 1 : 0;
   const cudaError_t status = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
   if (status != cudaSuccess) throw_cuda_error(status, name, __FILE__, __LINE__);
+  if (!ctx.capturing) ++ctx.kernel_launches;
 }
 
 }  // namespace pdvm::cuda

@@ -1,6 +1,7 @@
 // Registers the PDVM fused decoder as the Session's decode accelerator (--gpu-mode layer|token).
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,7 @@ class FusedAccelerator final : public DecodeAccelerator {
     last_ = decoder_.execute_model(token, static_cast<int>(position), mode_);
   }
   int32_t last_argmax() override { return last_; }
+  std::optional<uint64_t> kernel_launches() const override { return decoder_.kernel_launches(); }
   void last_logits(std::span<float> out) override {
     const std::vector<float> logits = decoder_.logits();
     PDVM_CHECK(out.size() == logits.size());

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cuda/check.cuh"
+#include "cuda/graph_count.cuh"
 #include "cuda/pdvm_kernel.cuh"
 #include "cuda/pdvm_repack.h"
 #include "pdvm/error.h"
@@ -85,6 +86,8 @@ struct FusedDecoder::Impl {
   std::vector<void*> allocations;
   std::vector<DevLayer> layers;
   cudaGraphExec_t layer_graph = nullptr;
+  int layer_graph_kernels = 0;
+  uint64_t kernel_launches = 0;
   FusedFootprint footprint;
 
   ~Impl() {
@@ -231,6 +234,7 @@ struct FusedDecoder::Impl {
       fused::launch_fused(params, grid, l, l + 1, flags, false, stream);
     }
     PDVM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    layer_graph_kernels = cuda::kernel_node_count(graph);
     PDVM_CUDA_CHECK(cudaGraphInstantiate(&layer_graph, graph, 0));
     PDVM_CUDA_CHECK(cudaGraphDestroy(graph));
   }
@@ -239,8 +243,10 @@ struct FusedDecoder::Impl {
     if (mode == FusedMode::kLayer) {
       if (!layer_graph) record_layer_graph();
       PDVM_CUDA_CHECK(cudaGraphLaunch(layer_graph, stream));
+      kernel_launches += layer_graph_kernels;
     } else {
       fused::launch_fused(params, grid, 0, config.n_layer, fused::kFlagEmbed | fused::kFlagHead, true, stream);
+      ++kernel_launches;
     }
   }
 
@@ -368,6 +374,7 @@ FusedDecoder::~FusedDecoder() = default;
 const FusedConfig& FusedDecoder::config() const { return impl_->config; }
 FusedFootprint FusedDecoder::footprint() const { return impl_->footprint; }
 int FusedDecoder::grid_size() const { return impl_->grid; }
+uint64_t FusedDecoder::kernel_launches() const { return impl_->kernel_launches; }
 
 void FusedDecoder::set_hidden(const std::vector<float>& values) {
   if (static_cast<int>(values.size()) != impl_->config.n_embd)
@@ -389,6 +396,7 @@ void FusedDecoder::execute_layer(int layer, int position) {
   m.check_position(position, 1);
   m.write_step(position, 0);
   fused::launch_fused(m.params, m.grid, layer, layer + 1, 0, true, m.stream);
+  ++m.kernel_launches;
   PDVM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <vector>
@@ -133,12 +134,16 @@ BenchReport run_bench(Session& session, const std::string& model_name, const Ben
     session.reset();
     greedy_steps(session, first, 3);  // warm-up: the first steps record the decode graph
     std::vector<double> rates;
+    const std::optional<uint64_t> launches_before = session.kernel_launches();
     for (int rep = 0; rep < r.repetitions; ++rep) {
       session.reset();
       const auto start = Clock::now();
       greedy_steps(session, first, config.n_gen);
       rates.push_back(config.n_gen / seconds_since(start));
     }
+    if (const std::optional<uint64_t> launches_after = session.kernel_launches(); launches_before && launches_after)
+      r.tg_launches_per_token = static_cast<double>(*launches_after - *launches_before) /
+                                (static_cast<double>(config.n_gen) * r.repetitions);
     const Rate rate = summarize(rates);
     r.n_gen = config.n_gen;
     r.tg_tokens_per_s = rate.median;
@@ -219,7 +224,8 @@ std::string bench_json(const BenchReport& r) {
         {"ms_per_layer", r.tg_ms_per_layer},
         {"bytes_per_token", r.tg_bytes_per_token},
         {"gb_per_s", r.tg_gb_per_s},
-        {"pct_of_read_bandwidth", r.tg_pct_of_bandwidth}}},
+        {"pct_of_read_bandwidth", r.tg_pct_of_bandwidth},
+        {"launches_per_token", r.tg_launches_per_token >= 0 ? nlohmann::json(r.tg_launches_per_token) : nlohmann::json()}}},
       {"read_bandwidth_gb_per_s", r.read_bandwidth_gb_per_s},
       {"tensor_parallel", r.tensor_parallel},
       {"communicator", r.communicator},

@@ -65,6 +65,30 @@ Session::Session(const SessionOptions& options) {
   const std::vector<int> devices = rank_devices(options);
   file_ = std::make_unique<GgufFile>(GgufFile::open(options.model_path));
   backend_ = create_backend(options.backend, rank_backend_options(options, devices[0]));
+  config_ = LlamaConfig::from_gguf(*file_);
+  KvCacheShape shape;
+  shape.n_layer = config_.n_layer;
+  shape.n_ctx = options.n_ctx > 0 ? options.n_ctx : std::min(config_.n_ctx_train, kDefaultContext);
+  try {
+    accelerator_ = create_decode_accelerator(*file_, shape.n_ctx, options.gpu_mode);
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kUnsupported) throw;
+    // The fused decoder cannot run this model (type, shape, build): the unfused path can.
+    std::fprintf(stderr, "pdvm: notice: --gpu-mode %s unavailable (%s); using the unfused path\n",
+                 options.gpu_mode.c_str(), e.what());
+  }
+  if (accelerator_) {
+    // Every token, prompt included, runs on the accelerator, which holds the only copy of the
+    // weights and the KV cache (f16); the session keeps just the positions.
+    if (options.kv_type && *options.kv_type != TensorType::kF16)
+      throw_error(ErrorKind::kInvalidArgument, "--kv-type " + std::string(type_name(*options.kv_type)) +
+                                                   ": --gpu-mode " + options.gpu_mode + " keeps an f16 KV cache");
+    shape.type = TensorType::kF16;
+    shape.n_layer = 0;
+    shape.row_width = int64_t{config_.n_head_kv} * config_.head_dim;
+    cache_ = std::make_unique<KvCache>(*backend_, shape);
+    return;
+  }
   std::string communicator = options.communicator;
   if (communicator == "auto") communicator = tp == 1 ? "" : backend_->name() == "cuda" ? "nccl" : "in-process";
   if (communicator == "nccl" && backend_->device_queue() == nullptr) {
@@ -78,10 +102,6 @@ Session::Session(const SessionOptions& options) {
     return tp_ ? TensorSplit{rank, tp, &tp_->communicator(rank)} : TensorSplit{};
   };
   model_ = std::make_unique<LlamaModel>(*file_, *backend_, options.load_progress, split(0));
-  const LlamaConfig& c = model_->config();
-  KvCacheShape shape;
-  shape.n_layer = c.n_layer;
-  shape.n_ctx = options.n_ctx > 0 ? options.n_ctx : std::min(c.n_ctx_train, kDefaultContext);
   shape.row_width = model_->kv_row_width();
   shape.type = options.kv_type.value_or(backend_->default_kv_type());
   cache_ = std::make_unique<KvCache>(*backend_, shape);
@@ -97,17 +117,17 @@ Session::Session(const SessionOptions& options) {
     peer.batch_ws = peer.model->make_workspace(batch);
     peer.decode_ws = peer.model->make_workspace(1);
   }
-  try {
-    accelerator_ = create_decode_accelerator(*file_, shape.n_ctx, options.gpu_mode);
-  } catch (const Error& e) {
-    if (e.kind() != ErrorKind::kUnsupported) throw;
-    // The fused decoder cannot run this model (type, shape, build): the unfused path can.
-    std::fprintf(stderr, "pdvm: notice: --gpu-mode %s unavailable (%s); using the unfused path\n",
-                 options.gpu_mode.c_str(), e.what());
-  }
 }
 
 Session::~Session() = default;
+
+std::optional<uint64_t> Session::kernel_launches() const {
+  const std::optional<uint64_t> backend = backend_->kernel_launches();
+  if (!accelerator_) return backend;
+  const std::optional<uint64_t> accelerator = accelerator_->kernel_launches();
+  if (!accelerator) return std::nullopt;
+  return *accelerator + backend.value_or(0);
+}
 
 void Session::run(std::span<const int32_t> tokens, LogitsMode mode, std::vector<float>* all_logits) {
   if (tokens.empty()) throw_error(ErrorKind::kInvalidArgument, "no tokens to evaluate");

@@ -37,7 +37,7 @@ KvCache::KvCache(Backend& backend, const KvCacheShape& shape) : shape_(shape) {
     throw_error(ErrorKind::kInvalidArgument,
                 "context size must be positive, got " + std::to_string(shape.n_ctx));
   }
-  PDVM_CHECK(shape.n_layer > 0 && shape.row_width > 0);
+  PDVM_CHECK(shape.n_layer >= 0 && shape.row_width > 0);
   check_fits(backend, shape);
   keys_.reserve(shape.n_layer);
   values_.reserve(shape.n_layer);

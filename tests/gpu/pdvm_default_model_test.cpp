@@ -1,0 +1,140 @@
+// The PDVM fused decoder on the real default model (SmolLM2-135M Q4_1) through the engine
+// Session: 128 greedy steps in layer and token mode (identical to each other), against the
+// unfused CUDA backend and the CPU backend (identical tokens up to near-ties, logits within
+// tolerance along the way; the fused run also teacher-forced through the unfused backend for
+// all 128 steps). PDVM_MODEL points the test at the model on the GPU machine.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "pdvm/engine.h"
+#include "pdvm/tokenizer.h"
+#include "pdvm_reference.h"
+
+namespace pdvm::test {
+namespace {
+
+constexpr int kSteps = 128;
+// Q4_1 matrices multiply int8-quantized activations in the fused kernels (fp32 in the unfused
+// ones), so logits differ by a few 1e-3 relative; tokens may then differ only where the two
+// best logits are nearly tied.
+constexpr double kLogitsTolerance = 5e-2;
+constexpr double kNearTieFraction = 0.2;  // of the logits' RMS
+
+struct GreedyRun {
+  std::vector<int32_t> tokens;
+  std::vector<std::vector<float>> logits;  // the logits each token was chosen from
+};
+
+Session open_session(const std::string& backend, const std::string& gpu_mode) {
+  SessionOptions options;
+  options.model_path = default_model_path();
+  options.backend = backend;
+  options.n_ctx = 512;
+  options.kv_type = TensorType::kF16;  // the fused decoder's cache type
+  options.gpu_mode = gpu_mode;
+  return Session(options);
+}
+
+std::vector<int32_t> prompt_of(const Session& session) {
+  return Tokenizer::from_gguf(session.gguf())
+      .encode("The three most important things to remember when baking bread are", true, false);
+}
+
+GreedyRun greedy(Session& session, const std::vector<int32_t>& prompt) {
+  GreedyRun run;
+  std::span<const float> logits = session.prefill(prompt);
+  for (int step = 0; step < kSteps; ++step) {
+    run.logits.emplace_back(logits.begin(), logits.end());
+    run.tokens.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+    if (step + 1 < kSteps) logits = session.decode(run.tokens.back());
+  }
+  return run;
+}
+
+double rms(const std::vector<float>& v) {
+  double ss = 0;
+  for (float x : v) ss += double{x} * x;
+  return std::sqrt(ss / static_cast<double>(v.size()));
+}
+
+// `got` follows `want` token for token; where they part, `want` must have rated got's token
+// within a near-tie of its own choice. Logits agree within tolerance up to that step.
+void expect_same_greedy(const GreedyRun& got, const GreedyRun& want, const std::string& what) {
+  int same = 0;
+  double worst = 0;
+  while (same < kSteps && got.tokens[same] == want.tokens[same]) {
+    worst = std::max(worst, relative_error(got.logits[same], want.logits[same]));
+    ++same;
+  }
+  if (same < kSteps) worst = std::max(worst, relative_error(got.logits[same], want.logits[same]));
+  std::printf("  %s: %d of %d greedy tokens identical, worst relative logits error %.2e\n", what.c_str(), same,
+              kSteps, worst);
+  EXPECT_LT(worst, kLogitsTolerance) << what;
+  if (same == kSteps) return;
+  const std::vector<float>& l = want.logits[same];
+  const double gap = l[want.tokens[same]] - l[got.tokens[same]];
+  EXPECT_LT(gap, kNearTieFraction * rms(l)) << what << ": step " << same << " picks " << got.tokens[same]
+                                            << " instead of " << want.tokens[same] << ", not a near-tie";
+}
+
+// All 128 steps of a fused run against `reference` fed the same tokens (teacher forcing): the
+// logits within tolerance at every step and each fused token the reference's argmax or a near-tie.
+void expect_follows(const GreedyRun& fused, Session& reference, const std::vector<int32_t>& prompt,
+                    const std::string& what) {
+  std::span<const float> logits = reference.prefill(prompt);
+  int argmax_agrees = 0;
+  double worst = 0, widest_gap = 0;
+  for (int step = 0; step < kSteps; ++step) {
+    const std::vector<float> want(logits.begin(), logits.end());
+    const double err = relative_error(fused.logits[step], want);
+    worst = std::max(worst, err);
+    EXPECT_LT(err, kLogitsTolerance) << what << " step " << step;
+    const float best = *std::max_element(want.begin(), want.end());
+    const double gap = best - want[fused.tokens[step]];
+    widest_gap = std::max(widest_gap, gap / rms(want));
+    argmax_agrees += gap == 0;
+    EXPECT_LT(gap, kNearTieFraction * rms(want)) << what << " step " << step << ": token " << fused.tokens[step];
+    if (step + 1 < kSteps) logits = reference.decode(fused.tokens[step]);
+  }
+  std::printf("  %s, teacher-forced: argmax agrees at %d of %d steps, widest gap %.3f x RMS, worst relative "
+              "logits error %.2e\n", what.c_str(), argmax_agrees, kSteps, widest_gap, worst);
+}
+
+TEST(FusedDefaultModel, GreedyMatchesUnfusedCudaAndCpu) {
+  if (!require_default_model()) GTEST_SKIP() << "default model absent";
+  PDVM_CUDA_BACKEND_OR_SKIP(probe);
+  probe.reset();
+  Session cpu = open_session("cpu", "unfused");
+  const std::vector<int32_t> prompt = prompt_of(cpu);
+  const GreedyRun cpu_run = greedy(cpu, prompt);
+  GreedyRun unfused_run, layer_run, token_run;
+  {
+    Session s = open_session("cuda", "unfused");
+    unfused_run = greedy(s, prompt);
+  }
+  {
+    Session s = open_session("cuda", "layer");
+    layer_run = greedy(s, prompt);
+  }
+  {
+    Session s = open_session("cuda", "token");
+    token_run = greedy(s, prompt);
+  }
+  // The two fused modes compute the same sums in the same order.
+  EXPECT_EQ(token_run.tokens, layer_run.tokens);
+  EXPECT_EQ(token_run.logits, layer_run.logits);
+  expect_same_greedy(unfused_run, cpu_run, "cuda unfused vs cpu");
+  expect_same_greedy(layer_run, unfused_run, "fused layer vs cuda unfused");
+  expect_same_greedy(layer_run, cpu_run, "fused layer vs cpu");
+  Session unfused = open_session("cuda", "unfused");
+  expect_follows(layer_run, unfused, prompt, "fused layer vs cuda unfused");
+}
+
+}  // namespace
+}  // namespace pdvm::test
