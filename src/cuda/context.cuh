@@ -60,6 +60,7 @@ struct CudaContext {
   ScratchBuffer attention_partials;
   ScratchBuffer gemm_weights;     // dequantized F16 weights for prefill GEMMs
   ScratchBuffer gemm_activations; // F16 copy of the GEMM input
+  ScratchBuffer matvec_x8;        // int8 copy of a matvec input (Q8_0, Q4_0 weights)
 
   // Kernels run so far: eager launch() calls plus the kernel nodes of every graph replay
   // (cuBLAS calls outside a graph are not seen). Counted for launches-per-token figures.

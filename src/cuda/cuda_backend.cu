@@ -2,6 +2,11 @@
 // weights.cuh), activations and the KV cache stay on the device, and everything runs on the
 // context's stream, so write() -> ops -> read() is ordered without host synchronisation until
 // read(). run_recorded() captures an op sequence into a CUDA graph and replays it.
+//
+// Some ops are held back and launched by the next op, which may join them in one launch:
+// matvecs of the same input (Q/K/V, gate/up; inside recorded sequences), a residual add and
+// the RMSNorm of its result, and the RoPE of Q and of K. Every op, write(), read(),
+// synchronize() and run_recorded() first launches whatever is held back and cannot join it.
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -109,7 +114,7 @@ class CudaBackend final : public Backend {
   }
 
   void write(Tensor& dst, const void* src, uint64_t n_bytes, uint64_t offset) override {
-    flush_matvecs();
+    flush_pending();
     activate();
     PDVM_CHECK(offset + n_bytes <= dst.n_bytes);
     // Pageable source: the copy is staged before the call returns, and it stays ordered
@@ -119,7 +124,7 @@ class CudaBackend final : public Backend {
   }
 
   void read(const Tensor& src, void* dst, uint64_t n_bytes, uint64_t offset) override {
-    flush_matvecs();
+    flush_pending();
     activate();
     PDVM_CHECK(offset + n_bytes <= src.n_bytes);
     PDVM_CUDA_CHECK(cudaMemcpyAsync(dst, static_cast<const uint8_t*>(src.data) + offset, n_bytes,
@@ -130,7 +135,7 @@ class CudaBackend final : public Backend {
   std::optional<uint64_t> kernel_launches() const override { return ctx_.kernel_launches; }
 
   void synchronize() override {
-    flush_matvecs();
+    flush_pending();
     activate();
     PDVM_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
   }
@@ -144,6 +149,7 @@ class CudaBackend final : public Backend {
   // First call: run directly (lazy scratch allocations happen here, outside any capture).
   // Second call: capture into a graph. Later calls: replay the graph.
   void run_recorded(std::string_view key, const std::function<void()>& ops) override {
+    flush_pending();
     activate();
     auto& recording = ctx_.recordings[std::string(key)];
     if (recording.exec) {
@@ -177,7 +183,7 @@ class CudaBackend final : public Backend {
   }
 
   void get_rows(const Tensor& table, const Tensor& ids, Tensor& out) override {
-    flush_matvecs();
+    flush_pending();
     expect_type(ids, TensorType::kI32, "get_rows", "ids");
     expect_type(out, TensorType::kF32, "get_rows", "out");
     const int n_tokens = static_cast<int>(ids.ne[0]);
@@ -189,19 +195,28 @@ class CudaBackend final : public Backend {
   }
 
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) override {
-    flush_matvecs();
     expect_type(x, TensorType::kF32, "rms_norm", "x");
     expect_type(weight, TensorType::kF32, "rms_norm", "weight");
     expect_type(out, TensorType::kF32, "rms_norm", "out");
     PDVM_CHECK(weight.ne[0] == x.ne[0] && out.ne[0] == x.ne[0] && out.ne[1] >= x.ne[1]);
-    cuda::rms_norm(ctx_, f32(x), f32(weight), eps, x.ne[0], static_cast<int>(x.ne[1]), f32(out));
+    const int n_tokens = static_cast<int>(x.ne[1]);
+    if (pending_add_.out == f32(x) && pending_add_.n == x.n_elems()) {
+      const PendingAdd add = pending_add_;
+      pending_add_ = {};
+      flush_pending();
+      cuda::add_rms_norm(ctx_, add.a, add.b, add.out, f32(weight), eps, x.ne[0], n_tokens, f32(out));
+      return;
+    }
+    flush_pending();
+    cuda::rms_norm(ctx_, f32(x), f32(weight), eps, x.ne[0], n_tokens, f32(out));
   }
 
   void matmul(const Tensor& w, const Tensor& x, Tensor& out) override {
+    flush_add_and_rope();
     expect_type(x, TensorType::kF32, "matmul", "x");
     expect_type(out, TensorType::kF32, "matmul", "out");
     if (is_upg_type(w.type)) {
-      flush_matvecs();
+      flush_pending();
       const auto& upg = *static_cast<const cuda::UpgDeviceMatrix*>(w.data);
       PDVM_CHECK(x.ne[0] == upg.k && out.ne[0] == upg.n && out.ne[1] == x.ne[1]);
       return cuda::upg_matmul(ctx_, upg, f32(x), f32(out), static_cast<int>(x.ne[1]));
@@ -210,21 +225,21 @@ class CudaBackend final : public Backend {
     PDVM_CHECK(x.ne[0] == view.k && out.ne[0] == view.n_rows && out.ne[1] == x.ne[1]);
     const int n_tokens = static_cast<int>(x.ne[1]);
     if (n_tokens > kMaxMatvecTokens) {
-      flush_matvecs();
+      flush_pending();
       cuda::gemm(ctx_, view, f32(x), f32(out), n_tokens);
       return;
     }
     // Inside a recorded sequence, consecutive products of the same input (Q/K/V, gate/up)
     // are collected and launched together by the next op.
-    if (!fuse_matvecs_ || !in_recorded_ops_) {
-      flush_matvecs();
+    if (!fuse_ops_ || !in_recorded_ops_) {
+      flush_pending();
       cuda::matvec(ctx_, view, f32(x), f32(out), n_tokens);
       return;
     }
     Pending& p = pending_;
     if (p.count > 0 && (p.x != f32(x) || p.n_tokens != n_tokens || p.views[0].format != view.format ||
                         p.views[0].k != view.k || p.count == cuda::kMaxMatvecBatch))
-      flush_matvecs();
+      flush_pending();
     p.views[p.count] = view;
     p.outs[p.count] = f32(out);
     p.x = f32(x);
@@ -233,7 +248,6 @@ class CudaBackend final : public Backend {
   }
 
   void rope(Tensor& x, const Tensor& positions, int n_heads, int head_dim, const RopeConfig& config) override {
-    flush_matvecs();
     expect_type(x, TensorType::kF32, "rope", "x");
     expect_type(positions, TensorType::kI32, "rope", "positions");
     PDVM_CHECK(x.ne[0] == int64_t{n_heads} * head_dim && positions.ne[0] >= x.ne[1]);
@@ -244,13 +258,27 @@ class CudaBackend final : public Backend {
       PDVM_CHECK(config.freq_factors->ne[0] >= config.n_rot / 2);
       factors = f32(*config.freq_factors);
     }
-    cuda::rope(ctx_, f32(x), i32(positions), static_cast<int>(x.ne[1]), n_heads, head_dim, config.n_rot,
-               config.freq_base, factors);
+    const PendingRope rope{{f32(x), n_heads}, i32(positions), static_cast<int>(x.ne[1]), head_dim, config.n_rot,
+                           config.freq_base, factors};
+    const PendingRope& held = pending_rope_;
+    if (held.target.x && held.target.x != rope.target.x && held.positions == rope.positions &&
+        held.n_tokens == rope.n_tokens && held.head_dim == head_dim && held.n_rot == rope.n_rot &&
+        held.freq_base == rope.freq_base && held.freq_factors == factors) {
+      const PendingRope first = held;
+      pending_rope_ = {};
+      flush_pending();
+      cuda::rope(ctx_, first.target, rope.target, rope.positions, rope.n_tokens, head_dim, rope.n_rot, rope.freq_base,
+                 factors);
+      return;
+    }
+    flush_pending();
+    if (!fuse_ops_) return launch_rope(rope);
+    pending_rope_ = rope;
   }
 
   void kv_store(Tensor& k_cache, Tensor& v_cache, const Tensor& k, const Tensor& v,
                 const Tensor& positions) override {
-    flush_matvecs();
+    flush_pending();
     expect_type(k, TensorType::kF32, "kv_store", "k");
     expect_type(v, TensorType::kF32, "kv_store", "v");
     expect_type(positions, TensorType::kI32, "kv_store", "positions");
@@ -261,7 +289,7 @@ class CudaBackend final : public Backend {
 
   void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& positions,
                  const AttentionConfig& config, Tensor& out) override {
-    flush_matvecs();
+    flush_pending();
     expect_type(q, TensorType::kF32, "attention", "q");
     expect_type(out, TensorType::kF32, "attention", "out");
     expect_type(positions, TensorType::kI32, "attention", "positions");
@@ -273,7 +301,7 @@ class CudaBackend final : public Backend {
   }
 
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
-    flush_matvecs();
+    flush_pending();
     expect_type(gate, TensorType::kF32, "swiglu", "gate");
     expect_type(up, TensorType::kF32, "swiglu", "up");
     expect_type(out, TensorType::kF32, "swiglu", "out");
@@ -282,16 +310,18 @@ class CudaBackend final : public Backend {
   }
 
   void add(const Tensor& a, const Tensor& b, Tensor& out) override {
-    flush_matvecs();
+    flush_pending();
     expect_type(a, TensorType::kF32, "add", "a");
     expect_type(b, TensorType::kF32, "add", "b");
     expect_type(out, TensorType::kF32, "add", "out");
     PDVM_CHECK(b.n_elems() == a.n_elems() && out.n_elems() >= a.n_elems());
-    cuda::add(ctx_, f32(a), f32(b), f32(out), a.n_elems());
+    const PendingAdd add{f32(a), f32(b), f32(out), a.n_elems()};
+    if (!fuse_ops_) return launch_add(add);
+    pending_add_ = add;
   }
 
   void argmax(const Tensor& logits, Tensor& ids) override {
-    flush_matvecs();
+    flush_pending();
     expect_type(logits, TensorType::kF32, "argmax", "logits");
     expect_type(ids, TensorType::kI32, "argmax", "ids");
     PDVM_CHECK(ids.ne[0] >= logits.ne[1]);
@@ -305,18 +335,59 @@ class CudaBackend final : public Backend {
 
   void activate() { PDVM_CUDA_CHECK(cudaSetDevice(ctx_.device)); }
 
-  // Runs a recorded op sequence with matvec batching on; all its launches are issued on return.
+  // Runs a recorded op sequence with matvec batching on; all its launches are issued on return
+  // (a failed sequence drops what it held back).
   void run_ops(const std::function<void()>& ops) {
     in_recorded_ops_ = true;
     try {
       ops();
-      flush_matvecs();
+      flush_pending();
     } catch (...) {
       in_recorded_ops_ = false;
       pending_.count = 0;
+      pending_add_ = {};
+      pending_rope_ = {};
       throw;
     }
     in_recorded_ops_ = false;
+  }
+
+  struct PendingAdd {
+    const float* a = nullptr;
+    const float* b = nullptr;
+    float* out = nullptr;
+    int64_t n = 0;
+  };
+  struct PendingRope {
+    cuda::RopeTarget target;
+    const int32_t* positions = nullptr;
+    int n_tokens = 0, head_dim = 0, n_rot = 0;
+    float freq_base = 0.0f;
+    const float* freq_factors = nullptr;
+  };
+
+  void launch_add(const PendingAdd& add) { cuda::add(ctx_, add.a, add.b, add.out, add.n); }
+  void launch_rope(const PendingRope& rope) {
+    cuda::rope(ctx_, rope.target, {}, rope.positions, rope.n_tokens, rope.head_dim, rope.n_rot, rope.freq_base,
+               rope.freq_factors);
+  }
+
+  void flush_add_and_rope() {
+    if (pending_add_.out) {
+      const PendingAdd add = pending_add_;
+      pending_add_ = {};
+      launch_add(add);
+    }
+    if (pending_rope_.target.x) {
+      const PendingRope rope = pending_rope_;
+      pending_rope_ = {};
+      launch_rope(rope);
+    }
+  }
+
+  void flush_pending() {
+    flush_add_and_rope();
+    flush_matvecs();
   }
 
   void flush_matvecs() {
@@ -334,9 +405,11 @@ class CudaBackend final : public Backend {
     int count = 0;
   };
   Pending pending_;
+  PendingAdd pending_add_;
+  PendingRope pending_rope_;
   bool in_recorded_ops_ = false;
-  // PDVM_CUDA_FUSE=0 launches every matvec alone (for A/B timing).
-  bool fuse_matvecs_ = [] {
+  // PDVM_CUDA_FUSE=0 launches every op alone (for A/B timing).
+  bool fuse_ops_ = [] {
     const char* env = std::getenv("PDVM_CUDA_FUSE");
     return !(env && std::string(env) == "0");
   }();

@@ -1,4 +1,5 @@
-// Per-token and element-wise ops: embedding lookup, RMSNorm, RoPE, SwiGLU, add, argmax.
+// Per-token and element-wise ops: embedding lookup, RMSNorm (alone or after a residual add),
+// RoPE, SwiGLU, add, argmax.
 #include <algorithm>
 #include <cfloat>
 
@@ -50,12 +51,38 @@ __global__ void rms_norm_kernel(const float* __restrict__ x, const float* __rest
   for (int64_t i = threadIdx.x; i < width; i += blockDim.x) ot[i] = xt[i] * scale * weight[i];
 }
 
-// One block per (token, head); thread i rotates the pair (2i, 2i+1).
-__global__ void rope_kernel(float* x, const int32_t* __restrict__ positions, int n_heads, int head_dim, int n_rot,
-                            float freq_base, const float* __restrict__ freq_factors) {
+// The residual add and the norm after it in one pass: sum_out = a + b, norm_out =
+// rms_norm(sum_out) * weight, with the same arithmetic as add_kernel then rms_norm_kernel.
+// Buffers may alias (x = x + y, then y = norm(x)): b is read before the reduction's barrier,
+// norm_out written after it.
+__global__ void add_rms_norm_kernel(const float* a, const float* b, float* sum_out, const float* __restrict__ weight,
+                                    float eps, int64_t width, float* norm_out) {
   pdl_begin();
-  const int token = blockIdx.x / n_heads, head = blockIdx.x % n_heads;
-  float* h = x + (static_cast<int64_t>(token) * n_heads + head) * head_dim;
+  __shared__ float scratch[32];
+  const int64_t offset = blockIdx.x * width;
+  float sum = 0.0f;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    const float v = a[offset + i] + b[offset + i];
+    sum_out[offset + i] = v;
+    sum += v * v;
+  }
+  sum = block_sum(sum, scratch);
+  const float scale = 1.0f / sqrtf(sum / static_cast<float>(width) + eps);
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x)
+    norm_out[offset + i] = sum_out[offset + i] * scale * weight[i];
+}
+
+// One block per (token, head) of up to two tensors sharing positions (Q and K in one launch);
+// thread i rotates the pair (2i, 2i+1).
+__global__ void rope_kernel(RopeTarget first, RopeTarget second, const int32_t* __restrict__ positions, int head_dim,
+                            int n_rot, float freq_base, const float* __restrict__ freq_factors) {
+  pdl_begin();
+  const int heads = first.n_heads + second.n_heads;
+  const int token = blockIdx.x / heads, index = blockIdx.x % heads;
+  const bool in_first = index < first.n_heads;
+  const RopeTarget& target = in_first ? first : second;
+  const int head = in_first ? index : index - first.n_heads;
+  float* h = target.x + (static_cast<int64_t>(token) * target.n_heads + head) * head_dim;
   const float pos = static_cast<float>(positions[token]);
   for (int i = threadIdx.x; i < n_rot / 2; i += blockDim.x) {
     float theta = pos * powf(freq_base, -2.0f * static_cast<float>(i) / static_cast<float>(n_rot));
@@ -131,11 +158,17 @@ void rms_norm(CudaContext& ctx, const float* x, const float* weight, float eps, 
   launch(ctx, "rms_norm_kernel", rms_norm_kernel, dim3(n_tokens), dim3(256), 0, x, weight, eps, width, out);
 }
 
-void rope(CudaContext& ctx, float* x, const int32_t* positions, int n_tokens, int n_heads, int head_dim, int n_rot,
-          float freq_base, const float* freq_factors) {
+void add_rms_norm(CudaContext& ctx, const float* a, const float* b, float* sum_out, const float* weight, float eps,
+                  int64_t width, int n_tokens, float* norm_out) {
+  launch(ctx, "add_rms_norm_kernel", add_rms_norm_kernel, dim3(n_tokens), dim3(256), 0, a, b, sum_out, weight, eps,
+         width, norm_out);
+}
+
+void rope(CudaContext& ctx, RopeTarget first, RopeTarget second, const int32_t* positions, int n_tokens, int head_dim,
+          int n_rot, float freq_base, const float* freq_factors) {
   const int threads = std::clamp((n_rot / 2 + 31) / 32 * 32, 32, 256);
-  launch(ctx, "rope_kernel", rope_kernel, dim3(n_tokens * n_heads), dim3(threads), 0, x, positions, n_heads, head_dim,
-         n_rot, freq_base, freq_factors);
+  launch(ctx, "rope_kernel", rope_kernel, dim3(n_tokens * (first.n_heads + second.n_heads)), dim3(threads), 0, first,
+         second, positions, head_dim, n_rot, freq_base, freq_factors);
 }
 
 void swiglu(CudaContext& ctx, const float* gate, const float* up, float* out, int64_t n) {

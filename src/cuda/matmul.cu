@@ -1,5 +1,6 @@
 // Weight x activation products: a warp-per-rows matvec for decode (weights streamed once, x
-// read through L1, split-k for few long rows) and, for batches, F16 tensor-core GEMMs (cuBLAS).
+// read through L1 (Q8_0 and Q4_0: an int8 copy of x and integer dot products), split-k for few
+// long rows) and, for batches, F16 tensor-core GEMMs (cuBLAS).
 #include <algorithm>
 #include <string>
 #include <type_traits>
@@ -28,15 +29,23 @@ struct MatvecBatch {
   int count;
 };
 
+// Where a matvec reads x: float4s staged in shared memory (rows padded past k), float4s from
+// global memory through L1, or the int8 copy made by quantize_x_kernel (Q8_0, Q4_0).
+enum class XMode { kShared, kGlobal, kInt8 };
+
+template <typename Format>
+constexpr bool kInt8Activations = std::is_same_v<Format, Q8_0Format> || std::is_same_v<Format, Q4_0Format>;
+
 // A block of kWarps warps works on kWarps / kSplit groups of Format::kRows rows; the kSplit
 // warps of a group share the row's chunks (split-k) so that matrices with few, long rows still
-// put enough loads in flight. kSharedX stages x in shared memory (rows padded past k);
-// otherwise x is read from global memory through L1.
-template <typename Format, int kSplit, bool kSharedX>
+// put enough loads in flight.
+template <typename Format, int kSplit, XMode kX>
 __global__ void __launch_bounds__(kThreads) matvec_kernel(const __grid_constant__ MatvecBatch batch,
-                                                           const float* __restrict__ x) {
+                                                           const float* __restrict__ x, const int8_t* __restrict__ xq,
+                                                           const float2* __restrict__ x_ds) {
   constexpr int R = Format::kRows;
-  constexpr int kUnroll = Format::kUnroll;
+  // Integer dot products are cheap enough to keep twice the loads in flight.
+  constexpr int kUnroll = kX == XMode::kInt8 ? 2 * Format::kUnroll : Format::kUnroll;
   constexpr int kGroups = kWarps / kSplit;
   extern __shared__ float4 xs[];
   __shared__ float partial[kWarps][R];
@@ -64,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(const __grid_constant_
   const int64_t token = blockIdx.y;
   const int64_t k = batch.w[0].k;
   const float* xt = x + token * k;
-  if constexpr (kSharedX) {
+  if constexpr (kX == XMode::kShared) {
     const int64_t n_f4 = x_float4s(batch.w[0], Format::kChunk);
     for (int64_t f = threadIdx.x; f < n_f4; f += kThreads) {
       float v[4];
@@ -74,12 +83,14 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(const __grid_constant_
     }
     __syncthreads();
   }
-  using XAccess = std::conditional_t<kSharedX, XShared, XGlobal>;
+  using XAccess = std::conditional_t<kX == XMode::kShared, XShared, std::conditional_t<kX == XMode::kGlobal, XGlobal, XInt8>>;
   XAccess x_access;
-  if constexpr (kSharedX)
+  if constexpr (kX == XMode::kShared)
     x_access.xs = xs;
-  else
+  else if constexpr (kX == XMode::kGlobal)
     x_access.x = reinterpret_cast<const float4*>(xt);
+  else
+    x_access = XInt8{reinterpret_cast<const int4*>(xq + token * k), x_ds + token * (k / 32)};
 
   // Every warp of the block runs the same iterations (the split-k reduction syncs the block).
   for (int64_t block_row = static_cast<int64_t>(blockIdx.x) * kGroups * R; block_row < total_rows;
@@ -105,8 +116,12 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(const __grid_constant_
             for (int r = 0; r < R; ++r) frags[u][r] = Format::load(w, rows[r], c + kStride * u);
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u)
-          if (c + kStride * u < w.n_chunks)
-            Format::template accumulate<R>(frags[u], c + kStride * u, x_access, acc);
+          if (c + kStride * u < w.n_chunks) {
+            if constexpr (kX == XMode::kInt8)
+              Format::template accumulate_int8<R>(frags[u], c + kStride * u, x_access, acc);
+            else
+              Format::template accumulate<R>(frags[u], c + kStride * u, x_access, acc);
+          }
       }
     }
 #pragma unroll
@@ -166,6 +181,30 @@ __global__ void __launch_bounds__(256) dequantize_rows_f16_kernel(WeightView w, 
   }
 }
 
+// x as int8 per 32-block for XMode::kInt8: one warp per block.
+__global__ void quantize_x_kernel(const float* __restrict__ x, int64_t k, int8_t* __restrict__ xq,
+                                  float2* __restrict__ x_ds) {
+  pdl_begin();
+  const int lane = threadIdx.x % 32;
+  const int64_t token = blockIdx.y, n_blocks = k / 32;
+  const int warps = blockDim.x / 32;
+  for (int64_t b = static_cast<int64_t>(blockIdx.x) * warps + threadIdx.x / 32; b < n_blocks;
+       b += static_cast<int64_t>(gridDim.x) * warps) {
+    const int64_t e = token * k + b * 32 + lane;
+    const float v = x[e];
+    float amax = fabsf(v);
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+    const float d = amax / 127.0f;
+    const int q = d > 0.0f ? __float2int_rn(v / d) : 0;
+    int sum = q;
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    xq[e] = static_cast<int8_t>(q);
+    if (lane == 0) x_ds[token * n_blocks + b] = make_float2(d, d * static_cast<float>(sum));
+  }
+}
+
 __global__ void to_f16_kernel(const float* __restrict__ x, __half* __restrict__ out, int64_t n) {
   pdl_begin();
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
@@ -183,7 +222,7 @@ constexpr bool kHasSharedXVariant =
 template <typename Format>
 int shared_x_limit(const CudaContext& ctx) {
   cudaFuncAttributes attributes{};
-  PDVM_CUDA_CHECK(cudaFuncGetAttributes(&attributes, matvec_kernel<Format, 1, true>));
+  PDVM_CUDA_CHECK(cudaFuncGetAttributes(&attributes, matvec_kernel<Format, 1, XMode::kShared>));
   return ctx.max_smem_per_block - static_cast<int>(attributes.sharedSizeBytes);
 }
 
@@ -195,7 +234,7 @@ void configure_matvec(const CudaContext& ctx) {
     dispatch_format(format, [&](auto f) {
       using Format = decltype(f);
       if constexpr (kHasSharedXVariant<Format>) {
-        PDVM_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<Format, 1, true>,
+        PDVM_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<Format, 1, XMode::kShared>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              shared_x_limit<Format>(ctx)));
       }
@@ -231,15 +270,31 @@ void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int c
     const int split_factor = split ? 4 : 1;
     const int64_t blocks = (groups * split_factor + kWarps - 1) / kWarps;
     const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(n_tokens));
+    int8_t* xq = nullptr;
+    float2* x_ds = nullptr;
+    if constexpr (kInt8Activations<Format>) {
+      // k is whole 32-blocks for these formats; one quantized copy serves the whole batch.
+      const int64_t n_blocks = w.k / 32;
+      auto* base = static_cast<uint8_t*>(ctx.matvec_x8.get(
+          static_cast<uint64_t>(n_tokens * (w.k + n_blocks * 8)), "int8 matvec activations", ctx.capturing));
+      xq = reinterpret_cast<int8_t*>(base);  // whole 32-byte blocks: the scales after it stay aligned
+      x_ds = reinterpret_cast<float2*>(base + n_tokens * w.k);
+      constexpr int kQuantizeThreads = 256;
+      const dim3 quantize_grid(static_cast<unsigned>(grid_for(n_blocks * 32, kQuantizeThreads, ctx.sm_count)),
+                               static_cast<unsigned>(n_tokens));
+      launch(ctx, "quantize_x_kernel", quantize_x_kernel, quantize_grid, dim3(kQuantizeThreads), 0, x, w.k, xq, x_ds);
+    }
     auto start = [&](auto kernel) {
-      launch(ctx, "matvec_kernel", kernel, grid, dim3(kThreads), static_cast<size_t>(smem), batch, x);
+      launch(ctx, "matvec_kernel", kernel, grid, dim3(kThreads), static_cast<size_t>(smem), batch, x,
+             static_cast<const int8_t*>(xq), static_cast<const float2*>(x_ds));
     };
+    constexpr XMode kStreamed = kInt8Activations<Format> ? XMode::kInt8 : XMode::kGlobal;
     if (shared_x) {
-      if constexpr (kHasSharedXVariant<Format>) start(matvec_kernel<Format, 1, true>);
+      if constexpr (kHasSharedXVariant<Format>) start(matvec_kernel<Format, 1, XMode::kShared>);
     } else if (split) {
-      start(matvec_kernel<Format, 4, false>);
+      start(matvec_kernel<Format, 4, kStreamed>);
     } else {
-      start(matvec_kernel<Format, 1, false>);
+      start(matvec_kernel<Format, 1, kStreamed>);
     }
   });
 }

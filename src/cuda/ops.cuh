@@ -29,7 +29,15 @@ void dequantize_f16(CudaContext& ctx, const WeightView& w, __half* out);
 void get_rows(CudaContext& ctx, const WeightView& table, const int32_t* ids, int n_tokens, float* out);
 void rms_norm(CudaContext& ctx, const float* x, const float* weight, float eps, int64_t width, int n_tokens,
               float* out);
-void rope(CudaContext& ctx, float* x, const int32_t* positions, int n_tokens, int n_heads, int head_dim,
+// sum_out = a + b, then norm_out = rms_norm(sum_out) * weight (any of them may alias).
+void add_rms_norm(CudaContext& ctx, const float* a, const float* b, float* sum_out, const float* weight, float eps,
+                  int64_t width, int n_tokens, float* norm_out);
+struct RopeTarget {
+  float* x = nullptr;  // {head_dim * n_heads, n_tokens}, rotated in place
+  int n_heads = 0;
+};
+// Rotates the heads of first and second (n_heads 0: none) in one launch.
+void rope(CudaContext& ctx, RopeTarget first, RopeTarget second, const int32_t* positions, int n_tokens, int head_dim,
           int n_rot, float freq_base, const float* freq_factors);
 void swiglu(CudaContext& ctx, const float* gate, const float* up, float* out, int64_t n);
 void add(CudaContext& ctx, const float* a, const float* b, float* out, int64_t n);

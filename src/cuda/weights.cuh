@@ -67,6 +67,14 @@ struct XGlobal {
   __device__ float4 operator()(int64_t f) const { return __ldg(x + f); }
 };
 
+// x quantized to int8 per 32-element block (d = max |x| / 127), for the integer dot products
+// of the Q8_0 and Q4_0 decode matvecs (the scheme llama.cpp's quantized matvec uses): per
+// block, d and d * (sum of its int8 values).
+struct XInt8 {
+  const int4* q;     // 16 int8 per int4
+  const float2* ds;  // per block: d, d * sum
+};
+
 // Byte b of v as float(byte + 2^23), via the exponent trick: one byte-permute, no I2F.
 template <int B>
 __device__ __forceinline__ float byte_plus_2p23(uint32_t v) {
@@ -201,6 +209,20 @@ struct Q8_0Format {
       acc[r] = fmaf(f[r].d, s, acc[r]);
     }
   }
+  // Chunk c is the first or second half of x block c / 2.
+  template <int R>
+  __device__ static void accumulate_int8(const Frag (&f)[R], int64_t c, const XInt8& x, float (&acc)[R]) {
+    const int4 xq = __ldg(x.q + c);
+    const float xd = __ldg(x.ds + c / 2).x;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      int s = __dp4a(static_cast<int>(f[r].q.x), xq.x, 0);
+      s = __dp4a(static_cast<int>(f[r].q.y), xq.y, s);
+      s = __dp4a(static_cast<int>(f[r].q.z), xq.z, s);
+      s = __dp4a(static_cast<int>(f[r].q.w), xq.w, s);
+      acc[r] = fmaf(f[r].d * xd, static_cast<float>(s), acc[r]);
+    }
+  }
   template <typename T>
   __device__ static void dequant(const Frag& f, int64_t c, T* out, int64_t k) {
     const uint32_t words[4] = {f.q.x, f.q.y, f.q.z, f.q.w};
@@ -271,6 +293,27 @@ struct Q4Format {
       }
       acc[r] = fmaf(f[r].d, s, acc[r]);
       if constexpr (kHasMin) acc[r] = fmaf(f[r].m, x_sum, acc[r]);
+    }
+  }
+  // Q4_0 (nibbles n - 8): chunk c is x block c, low nibbles against its first 16 int8.
+  template <int R>
+  __device__ static void accumulate_int8(const Frag (&f)[R], int64_t c, const XInt8& x, float (&acc)[R]) {
+    static_assert(!kHasMin, "Q4_1 keeps fp32 activations");
+    const int4 lo = __ldg(x.q + 2 * c), hi = __ldg(x.q + 2 * c + 1);
+    const float2 ds = __ldg(x.ds + c);
+    constexpr uint32_t kNibbles = 0x0f0f0f0fu;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const uint4 w = f[r].q;
+      int s = __dp4a(static_cast<int>(w.x & kNibbles), lo.x, 0);
+      s = __dp4a(static_cast<int>(w.y & kNibbles), lo.y, s);
+      s = __dp4a(static_cast<int>(w.z & kNibbles), lo.z, s);
+      s = __dp4a(static_cast<int>(w.w & kNibbles), lo.w, s);
+      s = __dp4a(static_cast<int>((w.x >> 4) & kNibbles), hi.x, s);
+      s = __dp4a(static_cast<int>((w.y >> 4) & kNibbles), hi.y, s);
+      s = __dp4a(static_cast<int>((w.z >> 4) & kNibbles), hi.z, s);
+      s = __dp4a(static_cast<int>((w.w >> 4) & kNibbles), hi.w, s);
+      acc[r] = fmaf(f[r].d, fmaf(ds.x, static_cast<float>(s), -8.0f * ds.y), acc[r]);
     }
   }
   template <typename T>

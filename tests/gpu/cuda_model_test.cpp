@@ -1,9 +1,11 @@
 // Whole models on the CUDA backend against the CPU reference backend: synthesized models of
 // several shape families (GQA or not, tied head or not, head_dim 64 and 128) and weight
 // types; logits of batched prefill and of decode steps within stated tolerances, 64 greedy
-// tokens identical; and the default model's greedy continuation identical.
+// tokens identical (near-ties allowed where decode uses int8 activations: Q8_0, Q4_0); and
+// the default model's greedy continuation identical.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <string>
@@ -80,6 +82,15 @@ constexpr double kDecodeTolF32Kv = 1e-4;
 constexpr double kDecodeTolF16Kv = 3e-3;
 constexpr double kDecodeTolQ8Kv = 3e-2;
 constexpr double kPrefillTol = 1e-2;
+// Q8_0 and Q4_0 decode matvecs multiply int8 activations (per-32 blocks, ~0.5 % rms rounding
+// per matvec input), which bounds decode agreement whatever the cache type.
+constexpr double kDecodeTolInt8 = 5e-2;
+
+double rms(std::span<const float> v) {
+  double squares = 0.0;
+  for (float x : v) squares += double(x) * x;
+  return std::sqrt(squares / static_cast<double>(v.size()));
+}
 
 TEST(CudaModel, SynthesizedModelsMatchTheReference) {
   PDVM_CUDA_BACKEND_OR_SKIP(probe);
@@ -113,16 +124,28 @@ TEST(CudaModel, SynthesizedModelsMatchTheReference) {
           const std::span<const float> want = ref.decode(prompt[t]);
           const std::vector<float> want_copy(want.begin(), want.end());
           const double err = relative_l2(g.decode(prompt[t]), want_copy);
-          EXPECT_LT(err, tol) << what << " kv " << type_name(kv) << " decode step " << t;
+          EXPECT_LT(err, int8_activations(type, 1) ? std::max(tol, kDecodeTolInt8) : tol)
+              << what << " kv " << type_name(kv) << " decode step " << t;
         }
       }
 
-      // 64 greedy tokens from a one-token prompt: the decode path end to end.
+      // 64 greedy tokens from a one-token prompt: the decode path end to end. With int8
+      // activations a near-tie may go either way: the reference follows the device's tokens,
+      // and each must be the reference's argmax or within the int8 tolerance of it.
       ref.reset();
       Session g = open(path, "cuda", TensorType::kF32);
-      const std::vector<int32_t> want_tokens = ref.generate_greedy(std::span(prompt).first(1), 64);
       const std::vector<int32_t> got_tokens = g.generate_greedy(std::span(prompt).first(1), 64);
-      EXPECT_EQ(got_tokens, want_tokens) << what;
+      if (!int8_activations(type, 1)) {
+        EXPECT_EQ(got_tokens, ref.generate_greedy(std::span(prompt).first(1), 64)) << what;
+      } else {
+        std::span<const float> logits = ref.prefill(std::span(prompt).first(1));
+        for (size_t i = 0; i < got_tokens.size(); ++i) {
+          const float best = *std::max_element(logits.begin(), logits.end());
+          EXPECT_GE(logits[static_cast<size_t>(got_tokens[i])], best - 4 * kDecodeTolInt8 * rms(logits))
+              << what << " greedy step " << i;
+          if (i + 1 < got_tokens.size()) logits = ref.decode(got_tokens[i]);
+        }
+      }
       std::filesystem::remove(path);
     }
   }

@@ -94,6 +94,68 @@ TEST(CudaOps, SwigluAndAdd) {
   for (int64_t i = 0; i < n; ++i) ASSERT_EQ(sum[i], a[i] + b[i]) << i;
 }
 
+// The backend holds a residual add back and runs it with the RMSNorm of its result, and runs
+// the RoPE of Q and K in one launch; results must be those of the separate ops.
+TEST(CudaOps, JoinedAddNormAndRopePairMatchTheSeparateOps) {
+  PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  const int64_t width = 1000;
+  const int n_tokens = 3;
+  const std::vector<float> a = random_floats(static_cast<size_t>(width * n_tokens), 2.0f);
+  const std::vector<float> b = random_floats(static_cast<size_t>(width * n_tokens));
+  const std::vector<float> w = random_floats(static_cast<size_t>(width));
+  const Tensor weight = backend->load_weight(TensorType::kF32, {width, 1, 1, 1}, w.data());
+  Tensor x = upload_f32(*backend, a, {width, n_tokens, 1, 1});
+  Tensor y = upload_f32(*backend, b, {width, n_tokens, 1, 1});
+  const float eps = 1e-5f;
+  backend->add(x, y, x);  // as the model: x += y, then y = norm(x)
+  backend->rms_norm(x, weight, eps, y);
+  const std::vector<float> sum = download<float>(*backend, x), norm = download<float>(*backend, y);
+  for (int t = 0; t < n_tokens; ++t) {
+    double squares = 0.0;
+    for (int64_t i = 0; i < width; ++i) {
+      const size_t e = static_cast<size_t>(t * width + i);
+      ASSERT_EQ(sum[e], a[e] + b[e]) << "token " << t << " elem " << i;
+      squares += double(sum[e]) * sum[e];
+    }
+    const double scale = 1.0 / std::sqrt(squares / width + eps);
+    for (int64_t i = 0; i < width; ++i) {
+      const size_t e = static_cast<size_t>(t * width + i);
+      const double want = sum[e] * scale * w[i];
+      ASSERT_NEAR(norm[e], want, 1e-5 * std::fabs(want) + 1e-6) << "token " << t << " elem " << i;
+    }
+  }
+
+  const int head_dim = 64, q_heads = 6, k_heads = 2;
+  const std::vector<int32_t> pos = {5, 77, 1030};
+  const std::vector<float> q = random_floats(static_cast<size_t>(q_heads * head_dim * n_tokens));
+  const std::vector<float> k = random_floats(static_cast<size_t>(k_heads * head_dim * n_tokens));
+  Tensor qt = upload_f32(*backend, q, {q_heads * head_dim, n_tokens, 1, 1});
+  Tensor kt = upload_f32(*backend, k, {k_heads * head_dim, n_tokens, 1, 1});
+  const Tensor positions = upload_i32(*backend, pos);
+  RopeConfig config;
+  config.n_rot = head_dim;
+  config.freq_base = 500000.0f;
+  backend->rope(qt, positions, q_heads, head_dim, config);
+  backend->rope(kt, positions, k_heads, head_dim, config);
+  auto check = [&](const std::vector<float>& in, const std::vector<float>& got, int n_heads, const char* what) {
+    for (int t = 0; t < n_tokens; ++t) {
+      for (int h = 0; h < n_heads; ++h) {
+        const size_t base = static_cast<size_t>((t * n_heads + h) * head_dim);
+        for (int i = 0; i < head_dim / 2; ++i) {
+          const double theta = pos[t] * std::pow(500000.0, -2.0 * i / head_dim);
+          const double x0 = in[base + 2 * i], x1 = in[base + 2 * i + 1];
+          const double y0 = x0 * std::cos(theta) - x1 * std::sin(theta), y1 = x0 * std::sin(theta) + x1 * std::cos(theta);
+          const double tol = 1e-3 * (std::fabs(y0) + std::fabs(y1)) + 1e-5;
+          ASSERT_NEAR(got[base + 2 * i], y0, tol) << what << " t " << t << " h " << h << " i " << i;
+          ASSERT_NEAR(got[base + 2 * i + 1], y1, tol) << what << " t " << t << " h " << h << " i " << i;
+        }
+      }
+    }
+  };
+  check(q, download<float>(*backend, qt), q_heads, "q");
+  check(k, download<float>(*backend, kt), k_heads, "k");
+}
+
 TEST(CudaOps, ArgmaxTakesTheLowestIndexOnTies) {
   PDVM_CUDA_BACKEND_OR_SKIP(backend);
   const int64_t n_vocab = 49157;
@@ -251,10 +313,11 @@ TEST(CudaOps, RecordedSequenceReplaysWithNewInputs) {
     });
     for (size_t m = 0; m < products.size(); ++m) {
       const Product& p = products[m];
+      const std::vector<float> x_used = int8_activations(p.type, 1) ? int8_rounded(xv) : xv;
       const std::vector<float> got = download<float>(*backend, p.out);
       for (int64_t j = 0; j < p.n; ++j) {
         double want = m == 0 ? bv[j] : 0.0;
-        for (int64_t i = 0; i < k; ++i) want += double(p.w[j * k + i]) * xv[i];
+        for (int64_t i = 0; i < k; ++i) want += double(p.w[j * k + i]) * x_used[i];
         ASSERT_NEAR(got[j], want, 1e-3) << "step " << step << " product " << m << " row " << j;
       }
     }
