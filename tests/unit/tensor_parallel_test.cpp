@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <ostream>
 #include <thread>
 
 #include "pdvm/backend_registry.h"
@@ -53,6 +54,10 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   std::replace(backend.begin(), backend.end(), '-', '_');
   return std::string(info.param.family.name) + "_tp" + std::to_string(info.param.tp) + "_" + backend + "_" +
          std::string(type_name(info.param.weights));
+}
+
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.family.name << " tp " << c.tp << " " << c.backend << " " << type_name(c.weights);
 }
 
 class TensorParallelTest : public ::testing::TestWithParam<Case> {
