@@ -20,11 +20,14 @@ namespace pdvm::test {
 namespace {
 
 constexpr int kSteps = 128;
-// Q4_1 matrices multiply int8-quantized activations in the fused kernels (fp32 in the unfused
-// ones), so logits differ by a few 1e-3 relative; tokens may then differ only where the two
-// best logits are nearly tied.
-constexpr double kLogitsTolerance = 5e-2;
-constexpr double kNearTieFraction = 0.2;  // of the logits' RMS
+// Q4_1 matrices multiply int8-quantized activations (per-32 blocks) in the fused kernels, fp32
+// ones in the unfused paths. On this real model that costs far more than on random ones (H100,
+// teacher-forced over 128 steps: worst relative L2 logits error 0.115, vs 1-2e-2 for synthesized
+// Q4 models); tokens may then differ only where the two best logits are nearly tied (widest
+// gap measured: 0.024 x RMS).
+constexpr double kLogitsTolerance = 0.15;
+constexpr double kNearTieFraction = 0.1;  // of the logits' RMS
+constexpr int kMinArgmaxAgreement = 120;  // of 128 teacher-forced steps (measured: 126)
 
 struct GreedyRun {
   std::vector<int32_t> tokens;
@@ -104,6 +107,7 @@ void expect_follows(const GreedyRun& fused, Session& reference, const std::vecto
   }
   std::printf("  %s, teacher-forced: argmax agrees at %d of %d steps, widest gap %.3f x RMS, worst relative "
               "logits error %.2e\n", what.c_str(), argmax_agrees, kSteps, widest_gap, worst);
+  EXPECT_GE(argmax_agrees, kMinArgmaxAgreement) << what;
 }
 
 TEST(FusedDefaultModel, GreedyMatchesUnfusedCudaAndCpu) {
