@@ -10,15 +10,15 @@ labels=${PDVM_SANITIZE_LABELS:-unit}
 
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPDVM_CUDA=OFF -DPDVM_SANITIZE=ON \
   -DPDVM_BUILD_BENCH=OFF >/dev/null
-if [ "$labels" = unit ]; then
-  # Only what the unit label runs: its GoogleTest executables and the pdvm binary the Python
-  # tests start (CI time on 2 cores).
-  targets=(pdvm_cli)
-  for source in tests/unit/*_test.cpp; do targets+=("unit_$(basename "$source" .cpp)"); done
-  cmake --build "$build_dir" -j"$(nproc)" --target "${targets[@]}"
-else
-  cmake --build "$build_dir" -j"$(nproc)"
-fi
+# Only what the chosen labels run: their GoogleTest executables and the pdvm binary the Python
+# tests start (CI time on 2 cores).
+targets=(pdvm_cli)
+for folder in unit model slow; do
+  if [[ $folder =~ ^($labels)$ ]]; then
+    for source in tests/$folder/*_test.cpp; do targets+=("${folder}_$(basename "$source" .cpp)"); done
+  fi
+done
+cmake --build "$build_dir" -j"$(nproc)" --target "${targets[@]}"
 # Leaks and every UB kind abort; the Python tests' interpreter is not instrumented, the pdvm
 # binary they start is.
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1
