@@ -13,9 +13,10 @@ Rows and how each is measured:
                     whole synthesized model (written to --workdir, deleted afterwards).
 Python and CPU tok/s are n_layer times their one-layer time (no head). GPU ms/layer is the
 token time / n_layer. Launches/token are counted by pdvm (kernels of the replayed CUDA graphs
-plus eager launches). % of bandwidth: bytes a token must stream / time / the read bandwidth
-`pdvm bench` measures in the same run: the host's for the Python row (its float64 weights) and
-the CPU row, the GPU's for the GPU rows. Without a GPU the GPU rows say so.
+plus eager launches). % of bandwidth: bytes a token must stream (the weights in --type, plus the
+KV cache on GPU rows) / time / one yardstick measured by `pdvm bench` in the same run: the GPU's
+read bandwidth when there is a GPU (every row, so the stages compare on the card's limit), else
+the host's. Without a GPU the GPU rows say unavailable.
 """
 from __future__ import annotations
 
@@ -42,7 +43,9 @@ SHAPES = {
     "llama-3.2-1b": dict(n_embd=2048, n_layer=16, n_head=32, n_head_kv=8, n_ff=8192, n_vocab=128256, theta=500000.0),
     "llama-2-13b": dict(n_embd=5120, n_layer=40, n_head=40, n_head_kv=40, n_ff=13824, n_vocab=32000, theta=10000.0),
 }
-TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q6_k")
+# Bytes per weight of each type (block bytes / block elements).
+BYTES_PER_WEIGHT = {"f32": 4, "f16": 2, "bf16": 2, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
+                    "q4_k": 144 / 256, "q6_k": 210 / 256}
 GPU_MODES = (("GPU unfused (CUDA backend)", "unfused"), ("GPU fused layer (PDVM)", "layer"),
              ("GPU megakernel (token)", "token"))
 CPU_LAYER_VOCAB = 512
@@ -121,10 +124,9 @@ def stage_table(name, args, pdvm, workdir, gpu):
     s = SHAPES[name]
     rows = []  # (stage, ms/layer, tok/s, launches, % bw)
     host_bandwidth = None
+    layer_bytes = layer_weights(s) * BYTES_PER_WEIGHT[args.type] + 2 * 4 * s["n_embd"]
     python_ms = time_python_layer(s)
-    python_bytes = (layer_weights(s) + 2 * s["n_embd"]) * 8  # float64, as the reference holds them
-    python_row = ["Python reference (numpy, 1 layer)", python_ms, 1e3 / (python_ms * s["n_layer"]), None, None]
-    rows.append(python_row)
+    rows.append(["Python reference (numpy, 1 layer)", python_ms, 1e3 / (python_ms * s["n_layer"]), None, None])
 
     cpu_model = workdir / f"stages_{name}_{args.type}_1layer.gguf"
     try:
@@ -132,11 +134,8 @@ def stage_table(name, args, pdvm, workdir, gpu):
              "-o", cpu_model], timeout=900)
         report = bench(pdvm, cpu_model, "cpu", "unfused", 16, 3)
         r = report["tg"]
-        host_bandwidth = report["read_bandwidth_gb_per_s"]
-        if host_bandwidth:
-            python_row[4] = 100 * python_bytes / (python_ms * 1e-3) / (host_bandwidth * 1e9)
-        rows.append(["CPU backend (1 layer)", r["ms_per_token"], 1e3 / (r["ms_per_token"] * s["n_layer"]), None,
-                     r["pct_of_read_bandwidth"] or None])
+        host_bandwidth = report["read_bandwidth_gb_per_s"] or None
+        rows.append(["CPU backend (1 layer)", r["ms_per_token"], 1e3 / (r["ms_per_token"] * s["n_layer"]), None, None])
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         rows.append(["CPU backend (1 layer)", f"failed: {e}"])
     finally:
@@ -174,18 +173,22 @@ def stage_table(name, args, pdvm, workdir, gpu):
             lines.append(f"| {row[0]} | {row[1]} | | | | |")
             continue
         label, ms, tok_s, launches, pct = row
+        yardstick = bandwidth or host_bandwidth
+        if pct is None and yardstick:  # a host row: one layer's bytes over its time
+            pct = 100 * layer_bytes / (ms * 1e-3) / (yardstick * 1e9)
         lines.append(f"| {label} | {ms:.3f} ms | {tok_s:.2f} | {fmt(launches, '.1f')} | {fmt(pct, '.1f')} | "
                      f"{python_ms / ms:.1f}x |")
     lines.append("")
     measured = [f"{who} {value:.1f} GB/s" for who, value in (("host", host_bandwidth), ("GPU", bandwidth)) if value]
-    lines.append("read bandwidth (pdvm bench probes, this run): " + (", ".join(measured) or "not measured"))
+    lines.append("read bandwidth (pdvm bench probes, this run): " + (", ".join(measured) or "not measured") +
+                 ("; % of bandwidth against the GPU's" if bandwidth else "; % of bandwidth against the host's"))
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", action="append", choices=sorted(SHAPES), help="geometry (repeatable; default both)")
-    parser.add_argument("--type", default="f16", choices=TYPES, help="weight type")
+    parser.add_argument("--type", default="f16", choices=sorted(BYTES_PER_WEIGHT), help="weight type")
     parser.add_argument("--tokens", type=int, default=128, help="generated tokens per GPU run (tg)")
     parser.add_argument("--pdvm", default=os.environ.get("PDVM_BIN", ROOT / "build" / "pdvm"), help="pdvm binary")
     parser.add_argument("--workdir", default="/tmp", help="where the synthesized models go (deleted after)")
