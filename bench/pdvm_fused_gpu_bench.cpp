@@ -74,6 +74,15 @@ void run_case(const std::string& spec, double bandwidth) {
                 100.0 * gbps / bandwidth);
     std::fflush(stdout);
   }
+  // Determinism on the full shape: two token-mode runs and a layer-mode run give the same ids.
+  const std::vector<int> ids = decoder->generate(1, start, 32, pdvm::FusedMode::kToken);
+  const bool same = decoder->generate(1, start, 32, pdvm::FusedMode::kToken) == ids &&
+                    decoder->generate(1, start, 32, pdvm::FusedMode::kLayer) == ids;
+  uint32_t hash = 2166136261u;
+  for (int id : ids) hash = (hash ^ static_cast<uint32_t>(id)) * 16777619u;
+  std::printf("%-4s %-5s ctx%-5d 32 greedy ids: %s (token x2, layer), FNV-1a %08x\n", shape.c_str(),
+              type_text.c_str(), start, same ? "identical" : "DIFFERENT", hash);
+  std::fflush(stdout);
 }
 
 }  // namespace

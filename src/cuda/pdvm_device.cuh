@@ -120,18 +120,19 @@ __device__ __forceinline__ uint4 load_stream(const void* ptr) {
   return v;
 }
 
-// Producer side: after the CTA's writes (and a __syncthreads), one thread publishes them.
+// Producer side: after the CTA's writes and a __syncthreads, one thread publishes them. The
+// barrier orders the other threads' writes before this thread's release (PTX causality order is
+// transitive through bar.sync), so no separate fence is needed.
 __device__ __forceinline__ void signal_release(unsigned* counter) {
-  __threadfence();
   asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
 }
 
-// Like signal_release, but returns true for the arrival that completes `target`.
-__device__ __forceinline__ bool signal_is_last(unsigned* counter, unsigned target) {
-  __threadfence();
+// Like signal_release (adding `arrivals`), but returns true for the arrival that completes
+// `target`; the acquire half makes the other arrivals' writes visible to the CTA after a barrier.
+__device__ __forceinline__ bool signal_is_last(unsigned* counter, unsigned target, unsigned arrivals = 1) {
   unsigned old;
-  asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(counter) : "memory");
-  return old + 1 == target;
+  asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(counter), "r"(arrivals) : "memory");
+  return old + arrivals == target;
 }
 
 __device__ __forceinline__ unsigned load_acquire(const unsigned* counter) {

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <numeric>
 #include <string>
 
 #include "cuda/check.cuh"
@@ -183,8 +182,10 @@ struct FusedDecoder::Impl {
     p.rope_base = c.rope_base;
     p.attn_scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
     grid = fused::fused_max_grid(p, device);
-    // Chunks per KV head so that items fill the grid evenly (a multiple of the CTA count).
-    p.n_chunks = std::clamp(grid / std::gcd(grid, c.n_head_kv), 1, kMaxChunks);
+    // Chunks per KV head: one attention item per CTA. An item's fixed cost (the query load,
+    // the merges, the arrival) outweighs streaming its share of the cache, so CTAs that queued
+    // several items (chunks filling the grid a whole number of times) were slower.
+    p.n_chunks = std::clamp(grid / c.n_head_kv, 1, kMaxChunks);
 
     const size_t q_floats = static_cast<size_t>(c.n_head) * c.head_dim;
     p.x = alloc<float>(c.n_embd);

@@ -65,13 +65,15 @@ __device__ Smem carve_smem(const Params& p, uint8_t* base) {
   return s;
 }
 
-// x (global, written by other CTAs) -> xs = x * rsqrt(mean(x^2) + eps) * w. Deterministic order.
+// x (global, written by other CTAs) -> xs = x * w * rsqrt(mean(x^2) + eps). Deterministic order;
+// w is applied in the first pass so that its loads overlap x's instead of following the reduction.
 __device__ void rms_norm_to_smem(const float* x, const float* w, int n, float eps, float* xs, float* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float ss = 0.0f;
   for (int i = threadIdx.x * 4; i < n; i += kThreads * 4) {
     const float4 v = __ldcg(reinterpret_cast<const float4*>(x + i));
-    *reinterpret_cast<float4*>(xs + i) = v;
+    const float4 g = __ldg(reinterpret_cast<const float4*>(w + i));
+    *reinterpret_cast<float4*>(xs + i) = make_float4(v.x * g.x, v.y * g.y, v.z * g.z, v.w * g.w);
     ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
   }
   ss = warp_sum(ss);
@@ -81,8 +83,12 @@ __device__ void rms_norm_to_smem(const float* x, const float* w, int n, float ep
   for (int i = 0; i < kWarps; ++i) total += red[i];
   const float scale = rsqrtf(total / static_cast<float>(n) + eps);
   for (int i = threadIdx.x * 4; i < n; i += kThreads * 4) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) xs[i + j] = xs[i + j] * scale * w[i + j];
+    float4 v = *reinterpret_cast<float4*>(xs + i);
+    v.x *= scale;
+    v.y *= scale;
+    v.z *= scale;
+    v.w *= scale;
+    *reinterpret_cast<float4*>(xs + i) = v;
   }
   __syncthreads();
 }
@@ -167,7 +173,10 @@ __device__ __forceinline__ void merge_factors(float ma, float mb, float& fa, flo
 }
 
 // Flash-decoding over (KV head, context chunk) items; the last chunk of a head to finish merges
-// that head's partials in chunk order and signals the attention counter.
+// that head's partials in chunk order and signals the attention counter. The context is split
+// into as many chunks as keep two rounds of position groups per item, at most p.n_chunks (one
+// item per CTA): at short context a head's item then writes its output directly, with no
+// partials, arrival and second merge on the way.
 __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* head_counters,
                                 unsigned head_target, unsigned* attn_counter, float* smem, int* flag) {
   const int hd = p.head_dim, G = p.n_head / p.n_head_kv;
@@ -175,13 +184,15 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
   const int n_groups = kWarps * groups_per_warp;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = warp * groups_per_warp + lane / lanes_per_pos, sub = lane % lanes_per_pos;
-  const int n_pos = pos + 1, chunk_len = (n_pos + p.n_chunks - 1) / p.n_chunks;
+  const int n_pos = pos + 1;
+  const int n_split = min(p.n_chunks, max(1, (n_pos + 2 * n_groups - 1) / (2 * n_groups)));
+  const int chunk_len = (n_pos + n_split - 1) / n_split;
   float* qs = smem;                        // [G][hd], pre-scaled
   float* warp_o = qs + G * hd;             // [warp][G][hd]
   float* warp_ml = warp_o + kWarps * G * hd;  // [warp][G][2]
   const int part_stride = hd + 2;
 
-  for (int item = blockIdx.x; item < p.n_head_kv * p.n_chunks; item += gridDim.x) {
+  for (int item = blockIdx.x; item < p.n_head_kv * n_split; item += gridDim.x) {
     const int kvh = item % p.n_head_kv, chunk = item / p.n_head_kv;
     const int begin = chunk * chunk_len, end = min(n_pos, begin + chunk_len);
     for (int i = threadIdx.x; i < G * hd; i += kThreads) qs[i] = __ldcg(p.q + kvh * G * hd + i) * p.attn_scale;
@@ -276,6 +287,10 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
         sum += warp_ml[(w * G + g) * 2 + 1] * f;
         acc += warp_o[(w * G + g) * hd + d] * f;
       }
+      if (n_split == 1) {
+        __stcg(p.attn_out + (kvh * G + g) * hd + d, acc / sum);
+        continue;
+      }
       float* part = p.attn_part + (static_cast<int64_t>(kvh * G + g) * p.n_chunks + chunk) * part_stride;
       __stcg(part + d, acc);
       if (d == 0) {
@@ -284,24 +299,50 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
       }
     }
     __syncthreads();
-    if (threadIdx.x == 0) *flag = signal_is_last(head_counters + kvh, head_target);
+    // Every token adds p.n_chunks to the head's counter whatever the split (chunk 0 adds the
+    // difference), so the last-arrival targets stay (epoch + 1) * p.n_chunks.
+    if (threadIdx.x == 0) {
+      const unsigned arrivals = chunk == 0 ? p.n_chunks - n_split + 1 : 1;
+      *flag = signal_is_last(head_counters + kvh, head_target, arrivals);
+    }
     __syncthreads();
-    if (*flag) {
-      __threadfence();
+    if (*flag && n_split > 1) {
+      // Weights of the chunks per query head in shared memory first (one batch of loads), then
+      // each output element's partials, loaded independently of the sums they feed.
+      float* weight = warp_o;                 // [G][n_split]
+      float* ml = weight + G * n_split;       // [G][n_split][2], then the sums [G]
+      float* total = ml + 2 * G * n_split;
+      for (int i = threadIdx.x; i < G * n_split; i += kThreads) {
+        const int g = i / n_split, c = i % n_split;
+        const float* part = p.attn_part + (static_cast<int64_t>(kvh * G + g) * p.n_chunks + c) * part_stride;
+        ml[2 * i] = __ldcg(part + hd);
+        ml[2 * i + 1] = __ldcg(part + hd + 1);
+      }
+      __syncthreads();
+      if (threadIdx.x < G) {
+        const int g = threadIdx.x;
+        float mx = -INFINITY;
+        for (int c = 0; c < n_split; ++c) mx = fmaxf(mx, ml[2 * (g * n_split + c)]);
+        float sum = 0.0f;
+        for (int c = 0; c < n_split; ++c) {
+          const float mc = ml[2 * (g * n_split + c)];
+          const float f = mc == -INFINITY ? 0.0f : expf(mc - mx);
+          sum += ml[2 * (g * n_split + c) + 1] * f;
+          weight[g * n_split + c] = f;
+        }
+        total[g] = sum;
+      }
+      __syncthreads();
       for (int i = threadIdx.x; i < G * hd; i += kThreads) {
         const int g = i / hd, d = i % hd;
-        const float* part = p.attn_part + static_cast<int64_t>(kvh * G + g) * p.n_chunks * part_stride;
-        float mx = -INFINITY;
-        for (int c = 0; c < p.n_chunks; ++c) mx = fmaxf(mx, __ldcg(part + c * part_stride + hd));
-        float sum = 0.0f, acc = 0.0f;
-        for (int c = 0; c < p.n_chunks; ++c) {
-          const float mc = __ldcg(part + c * part_stride + hd);
-          const float f = mc == -INFINITY ? 0.0f : expf(mc - mx);
-          sum += __ldcg(part + c * part_stride + hd + 1) * f;
-          acc += __ldcg(part + c * part_stride + d) * f;
-        }
-        __stcg(p.attn_out + (kvh * G + g) * hd + d, acc / sum);
+        const float* part = p.attn_part + static_cast<int64_t>(kvh * G + g) * p.n_chunks * part_stride + d;
+        float acc = 0.0f;
+#pragma unroll 8
+        for (int c = 0; c < n_split; ++c) acc += __ldcg(part + c * part_stride) * weight[g * n_split + c];
+        __stcg(p.attn_out + (kvh * G + g) * hd + d, acc / total[g]);
       }
+    }
+    if (*flag) {
       __syncthreads();
       if (threadIdx.x == 0) signal_release(attn_counter);
     }

@@ -1,6 +1,6 @@
-// Warp matvec of the PDVM phases: each warp takes one or two rows at a time (interleaved over
-// the warps, so that a CTA's warps read neighbouring rows), holds 8 16-byte chunks per lane in
-// flight in registers, and reduces with shuffles.
+// Warp matvec of the PDVM phases: each warp streams the rows of its items (interleaved over the
+// warps, so that a CTA's warps read neighbouring rows) with 8 16-byte chunks per lane in flight
+// in registers, batches running across row boundaries, and reduces with shuffles.
 //
 // Quantized formats multiply int8 weights/nibbles against int8 activations (per-32 blocks,
 // quantized once per CTA per phase) with dp4a, accumulating exact integer sums per block.
@@ -11,7 +11,8 @@
 
 namespace pdvm::fused {
 
-constexpr int kLoadsPerLane = 8;  // 16-byte chunks in flight per lane per iteration
+// 16-byte chunks in flight per lane per batch (12 for the quantized formats measured slower).
+constexpr int kLoadsPerLane = 8;
 
 // Activations in shared memory: floats for f16/bf16 weights, int8 blocks for quantized ones.
 struct Acts {
@@ -37,6 +38,13 @@ __device__ __forceinline__ RowRef row_ref(const DevMatrix& m, int row) {
 
 __device__ __forceinline__ int dp4a(uint32_t a, int b, int c) { return __dp4a(static_cast<int>(a), b, c); }
 
+// Unsigned bytes of a times signed bytes of b, plus c.
+__device__ __forceinline__ int dp4a_unsigned(uint32_t a, int b, int c) {
+  int d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
 // Chunk c (16 bytes `w`; block scale ws.x and, for Q4_1, min ws.y) against the activations.
 template <int kFormat>
 __device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Acts& acts) {
@@ -52,18 +60,21 @@ __device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Ac
     sum = dp4a(w.w, a.w, sum);
     return static_cast<float>(sum) * ws.x * acts.scale[c >> 1];
   } else {
-    // Byte i of a Q4_0/Q4_1 block holds element i (low nibble) and i + 16 (high nibble).
+    // Byte i of a Q4_0/Q4_1 block holds element i (low nibble) and i + 16 (high nibble). The
+    // high nibbles are multiplied in place (16 x their value, unsigned), which saves a shift
+    // per word; the exact integer sums make the result identical.
     const int4 lo = *reinterpret_cast<const int4*>(acts.q + c * 32);
     const int4 hi = *reinterpret_cast<const int4*>(acts.q + c * 32 + 16);
-    constexpr uint32_t kNibbles = 0x0f0f0f0fu;
-    int sum = dp4a(w.x & kNibbles, lo.x, 0);
-    sum = dp4a(w.y & kNibbles, lo.y, sum);
-    sum = dp4a(w.z & kNibbles, lo.z, sum);
-    sum = dp4a(w.w & kNibbles, lo.w, sum);
-    sum = dp4a((w.x >> 4) & kNibbles, hi.x, sum);
-    sum = dp4a((w.y >> 4) & kNibbles, hi.y, sum);
-    sum = dp4a((w.z >> 4) & kNibbles, hi.z, sum);
-    sum = dp4a((w.w >> 4) & kNibbles, hi.w, sum);
+    constexpr uint32_t kLow = 0x0f0f0f0fu, kHigh = 0xf0f0f0f0u;
+    int sum = dp4a_unsigned(w.x & kLow, lo.x, 0);
+    sum = dp4a_unsigned(w.y & kLow, lo.y, sum);
+    sum = dp4a_unsigned(w.z & kLow, lo.z, sum);
+    sum = dp4a_unsigned(w.w & kLow, lo.w, sum);
+    int sum16 = dp4a_unsigned(w.x & kHigh, hi.x, 0);
+    sum16 = dp4a_unsigned(w.y & kHigh, hi.y, sum16);
+    sum16 = dp4a_unsigned(w.z & kHigh, hi.z, sum16);
+    sum16 = dp4a_unsigned(w.w & kHigh, hi.w, sum16);
+    sum += sum16 >> 4;
     if constexpr (kFormat == kFmtQ4_0) {
       sum -= 8 * acts.sum[c];
       return static_cast<float>(sum) * ws.x * acts.scale[c];
@@ -73,45 +84,97 @@ __device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Ac
   }
 }
 
-// out[r] = dot(rows[r], activations) for kRows rows of n_chunks chunks; valid in every lane.
-template <int kFormat, int kRows>
-__device__ __forceinline__ void warp_dot(const RowRef (&rows)[kRows], int n_chunks, const Acts& acts,
-                                         float (&out)[kRows]) {
-  constexpr int kUnroll = kLoadsPerLane / kRows;
-  const int lane = threadIdx.x & 31;
+// The CTA's items [0, n_items) go to the warps round-robin (neighbouring warps read
+// neighbouring rows). A warp walks the chunk columns of its items (column j: chunks 32 j + lane
+// of each of the item's kRows rows) in batches of kLoadsPerLane / kRows columns that run across
+// item boundaries, so every load slot carries weights even where a row is shorter than a batch
+// or its length is not a multiple of one. Each lane accumulates its chunks of a row in column
+// order and the warp reduces with shuffles, so a row's sum does not depend on the batching;
+// out(i, values) runs in lane 0 once item i is complete.
+template <int kFormat, int kRows, class RowsOf, class Out>
+__device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, const Acts& acts, RowsOf&& rows_of,
+                                                  Out&& out) {
+  constexpr int kColumns = kLoadsPerLane / kRows;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (warp >= n_items) return;
+  const int columns_per_item = (n_chunks + 31) / 32;
+  const int total = (n_items - warp + kWarps - 1) / kWarps * columns_per_item;
+  int load_column = 0;  // next column to load
+  int item = 0, column = 0;            // next column to accumulate
+  // Item i + kWarps's rows lie a fixed step after item i's in every phase.
+  RowRef refs[kRows], next[kRows];
+  rows_of(warp, refs);
+  rows_of(warp + kWarps, next);
+  int data_step[kRows], scale_step[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    data_step[r] = static_cast<int>(next[r].data - refs[r].data);
+    scale_step[r] = static_cast<int>(next[r].scales - refs[r].scales);
+  }
   float acc[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
-  for (int c0 = lane; c0 < n_chunks; c0 += 32 * kUnroll) {
-    uint4 w[kRows][kUnroll];
-    float2 ws[kRows][kUnroll];
+  for (int done = 0; done < total; done += kColumns) {
+    uint4 w[kRows][kColumns];
+    float2 ws[kRows][kColumns];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int c = c0 + 32 * u;
+    for (int u = 0; u < kColumns; ++u) {
+      const int c = load_column * 32 + lane;
+      const bool in = done + u < total && c < n_chunks;
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        const bool in = c < n_chunks;
-        w[r][u] = in ? load_stream(rows[r].data + c * 16) : make_uint4(0, 0, 0, 0);
+        w[r][u] = in ? load_stream(refs[r].data + c * 16) : make_uint4(0, 0, 0, 0);
         if constexpr (kFormat == kFmtQ4_1) {
-          ws[r][u] = in ? __half22float2(__ldg(reinterpret_cast<const __half2*>(rows[r].scales) + c)) : make_float2(0, 0);
+          ws[r][u] = in ? __half22float2(__ldg(reinterpret_cast<const __half2*>(refs[r].scales) + c)) : make_float2(0, 0);
         } else if constexpr (is_quantized_format(kFormat)) {
-          ws[r][u] = make_float2(in ? __half2float(__ldg(rows[r].scales + c / chunks_per_scale(kFormat))) : 0.0f, 0.0f);
+          ws[r][u] = make_float2(in ? __half2float(__ldg(refs[r].scales + c / chunks_per_scale(kFormat))) : 0.0f, 0.0f);
         } else {
           ws[r][u] = make_float2(1.0f, 0.0f);
         }
       }
-    }
+      if (++load_column == columns_per_item) {
+        load_column = 0;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int c = c0 + 32 * u;
-      if (c < n_chunks) {
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) acc[r] += chunk_value<kFormat>(w[r][u], ws[r][u], c, acts);
+        for (int r = 0; r < kRows; ++r) {
+          refs[r].data += data_step[r];
+          refs[r].scales += scale_step[r];
+        }
       }
     }
-  }
+    // Items completed in this batch keep their sums in lane k (k-th completion) until out()
+    // runs below, outside the unrolled loop.
+    const int first_item = item;
+    int completed = 0;
+    float held[kRows] = {};
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) out[r] = warp_sum(acc[r]);
+    for (int u = 0; u < kColumns; ++u) {
+      if (done + u < total) {
+        const int c = column * 32 + lane;
+        if (c < n_chunks) {
+#pragma unroll
+          for (int r = 0; r < kRows; ++r) acc[r] += chunk_value<kFormat>(w[r][u], ws[r][u], c, acts);
+        }
+        if (++column == columns_per_item) {
+#pragma unroll
+          for (int r = 0; r < kRows; ++r) {
+            const float sum = warp_sum(acc[r]);
+            if (lane == completed) held[r] = sum;
+            acc[r] = 0.0f;
+          }
+          column = 0;
+          ++item;
+          ++completed;
+        }
+      }
+    }
+#pragma unroll 1
+    for (int k = 0; k < completed; ++k) {
+      float values[kRows];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) values[r] = __shfl_sync(0xffffffffu, held[r], k);
+      if (lane == 0) out(warp + (first_item + k) * kWarps, values);
+    }
+  }
 }
 
 }  // namespace pdvm::fused
@@ -120,46 +183,56 @@ __device__ __forceinline__ void warp_dot(const RowRef (&rows)[kRows], int n_chun
 
 namespace pdvm::fused {
 
-// Items [0, n_items) of this CTA, interleaved over the warps: rows_of(i, refs) names the kRows
-// rows of item i, out(i, values) runs in lane 0.
+// Items [0, n_items) of this CTA: rows_of(i, refs) names the kRows rows of item i (item
+// i + kWarps's rows a fixed step after item i's), out(i, values) runs in lane 0.
 template <int kRows, class RowsOf, class Out>
 __device__ __forceinline__ void matvec_items(int format, int n_items, int n_chunks, const Acts& acts, RowsOf&& rows_of,
                                              Out&& out) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   dispatch_format(format, [&](auto tag) {
     constexpr int kF = decltype(tag)::value;
-    for (int i = warp; i < n_items; i += kWarps) {
-      RowRef refs[kRows];
-      rows_of(i, refs);
-      float values[kRows];
-      if constexpr (kF == kFmtUpg) {
+    if constexpr (kF == kFmtUpg) {
+      const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+      for (int i = warp; i < n_items; i += kWarps) {
+        RowRef refs[kRows];
+        rows_of(i, refs);
+        float values[kRows];
         warp_dot_upg<kRows>(refs, n_chunks, acts, values);
-      } else {
-        warp_dot<kF, kRows>(refs, n_chunks, acts, values);
+        if (lane == 0) out(i, values);
       }
-      if (lane == 0) out(i, values);
+    } else {
+      warp_stream_items<kF, kRows>(n_items, n_chunks, acts, rows_of, out);
     }
   });
   __syncthreads();
 }
 
-// Per-32-block int8 quantization of xs[0, n) (n a multiple of 32), one warp per block.
+// Per-32-block int8 quantization of xs[0, n) (n a multiple of 32), eight lanes per block with
+// four values each: a warp quantizes four blocks at once (one warp per block left 7/8 of the
+// CTA's lanes waiting on shuffle chains in the wide phases).
 __device__ __forceinline__ void quantize_activations(const float* xs, int n, int8_t* q, float* scale, int* sum) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int b = warp; b < n / 32; b += kWarps) {
-    const float v = xs[b * 32 + lane];
-    float amax = fabsf(v);
+  constexpr int kLanesPerBlock = 8, kBlocksPerPass = kThreads / kLanesPerBlock;
+  const int n_blocks = n / 32, part = threadIdx.x % kLanesPerBlock;
+  for (int b0 = 0; b0 < n_blocks; b0 += kBlocksPerPass) {
+    const int b = b0 + static_cast<int>(threadIdx.x) / kLanesPerBlock;
+    const bool valid = b < n_blocks;
+    const float4 v = valid ? *reinterpret_cast<const float4*>(xs + b * 32 + part * 4) : make_float4(0, 0, 0, 0);
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+    for (int off = kLanesPerBlock / 2; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
     const float d = amax / 127.0f;
-    const int qi = d > 0.0f ? __float2int_rn(v / d) : 0;
-    q[b * 32 + lane] = static_cast<int8_t>(qi);
-    int s = qi;
+    const int q0 = d > 0.0f ? __float2int_rn(v.x / d) : 0, q1 = d > 0.0f ? __float2int_rn(v.y / d) : 0;
+    const int q2 = d > 0.0f ? __float2int_rn(v.z / d) : 0, q3 = d > 0.0f ? __float2int_rn(v.w / d) : 0;
+    int s = q0 + q1 + q2 + q3;
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-    if (lane == 0) {
-      scale[b] = d;
-      sum[b] = s;
+    for (int off = kLanesPerBlock / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (valid) {
+      *reinterpret_cast<char4*>(q + b * 32 + part * 4) =
+          make_char4(static_cast<signed char>(q0), static_cast<signed char>(q1), static_cast<signed char>(q2),
+                     static_cast<signed char>(q3));
+      if (part == 0) {
+        scale[b] = d;
+        sum[b] = s;
+      }
     }
   }
   __syncthreads();
