@@ -99,8 +99,8 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
   if (warp >= n_items) return;
   const int columns_per_item = (n_chunks + 31) / 32;
   const int total = (n_items - warp + kWarps - 1) / kWarps * columns_per_item;
-  int load_column = 0;  // next column to load
-  int item = 0, column = 0;            // next column to accumulate
+  int load_column = 0;          // next column to load
+  int item = 0, column = 0;     // next column to accumulate
   // Item i + kWarps's rows lie a fixed step after item i's in every phase.
   RowRef refs[kRows], next[kRows];
   rows_of(warp, refs);
