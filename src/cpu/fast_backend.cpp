@@ -194,7 +194,9 @@ class FastCpuBackend final : public Backend {
     const int64_t n_tokens = x.n_rows();
     PDVM_CHECK_MSG(x.ne[0] == k && out.ne[0] == n_rows && out.n_rows() == n_tokens,
                    "matmul shapes do not match");
-    if (is_upg_type(w.type)) {
+    // Batches go to the GEMM (weights decoded once per batch); see docs/perf-notes.md.
+    const bool gemm = n_tokens >= kGemmMinTokens;
+    if (is_upg_type(w.type) && !gemm) {
       prepare_activation(f32_data(x), k, n_tokens, DotMethod::kInt16, activation_);
       const auto& m = *static_cast<const UpgMatrix*>(w.data);
       const int64_t upg_grain = std::max<int64_t>(4, n_rows / (static_cast<int64_t>(pool_.size()) * 8));
@@ -203,8 +205,6 @@ class FastCpuBackend final : public Backend {
       });
       return;
     }
-    // Batches go to the GEMM (weights decoded once per batch); see docs/perf-notes.md.
-    const bool gemm = n_tokens >= kGemmMinTokens;
     const DotMethod method = gemm ? DotMethod::kDequantFma : preferred_method(w.type, method_override_);
     if (gemm) {  // the GEMM reads x only
       activation_.k = k;
@@ -216,8 +216,12 @@ class FastCpuBackend final : public Backend {
     MatmulTask task;
     task.type = w.type;
     task.method = method;
-    task.w = static_cast<const uint8_t*>(w.data);
-    task.row_bytes = w.row_bytes();
+    if (is_upg_type(w.type)) {
+      task.upg = static_cast<const UpgMatrix*>(w.data);
+    } else {
+      task.w = static_cast<const uint8_t*>(w.data);
+      task.row_bytes = w.row_bytes();
+    }
     task.act = &activation_;
     task.out = f32_data(out);
     task.out_stride = n_rows;

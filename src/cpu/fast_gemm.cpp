@@ -17,6 +17,7 @@
 
 #include "cpu/fast_half.h"
 #include "cpu/fast_kernels.h"
+#include "cpu/upg_kernels.h"
 #include "pdvm/tensor_type.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -71,6 +72,10 @@ void WidenRow(const T* row, int64_t k, float* dst) {
 
 // Row j of the weights as f32: a pointer into the weights for F32, else decoded into dst.
 const float* RowAsFloat(const MatmulTask& task, int64_t j, float* dst) {
+  if (task.upg) {
+    upg_dequantize_row_fast(*task.upg, j, dst);
+    return dst;
+  }
   const uint8_t* row = task.w + j * task.row_bytes;
   const int64_t k = task.act->k;
   switch (task.type) {

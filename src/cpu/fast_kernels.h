@@ -7,6 +7,10 @@
 
 #include "pdvm/tensor_type.h"
 
+namespace pdvm {
+struct UpgMatrix;
+}
+
 namespace pdvm::cpu {
 
 // Elements per quantization block of the activation (and of the 32-element weight formats).
@@ -43,12 +47,14 @@ int activation_levels(DotMethod method);
 bool has_matmul_kernel(TensorType type, DotMethod method);
 
 // out[t * out_stride + j] = dot(row j of w, x_t) for rows [row_begin, row_end) and all tokens.
-// `w` holds whole rows of `row_bytes` bytes in GGUF layout.
+// `w` holds whole rows of `row_bytes` bytes in GGUF layout; for UPG types (gemm_rows only)
+// `upg` is the matrix instead.
 struct MatmulTask {
   TensorType type = TensorType::kF32;
   DotMethod method = DotMethod::kDequantFma;
   const uint8_t* w = nullptr;
   int64_t row_bytes = 0;
+  const UpgMatrix* upg = nullptr;
   const PreparedActivation* act = nullptr;
   float* out = nullptr;
   int64_t out_stride = 0;

@@ -60,6 +60,20 @@ HWY_INLINE void LookupGroup4(D16 d16, const int8_t* lut, const uint8_t* group, h
 #endif
 }
 
+// The 32 table values of one 4-bit group as int8, in element order.
+HWY_INLINE void LookupValues4(const int8_t* lut, const uint8_t* group, int8_t* values) {
+#if HWY_TARGET == HWY_SCALAR
+  for (int e = 0; e < 32; ++e) values[e] = lut[e < 16 ? group[e] & 15 : group[e - 16] >> 4];
+#else
+  const hn::Full128<uint8_t> d8;
+  const hn::Full128<int8_t> di8;
+  const auto table = hn::LoadU(di8, lut);
+  const auto codes = hn::LoadU(d8, group);
+  hn::StoreU(hn::TableLookupBytes(table, hn::BitCast(di8, hn::And(codes, hn::Set(d8, 15)))), di8, values);
+  hn::StoreU(hn::TableLookupBytes(table, hn::BitCast(di8, hn::ShiftRight<4>(codes))), di8, values + 16);
+#endif
+}
+
 // The 32 table values of one 3-bit group (layout in docs/upg.md).
 HWY_INLINE void LookupGroup3(const int8_t* lut, const uint8_t* group, int8_t* values) {
   for (int e = 0; e < 32; ++e) {
@@ -130,6 +144,36 @@ HWY_INLINE void UpgRow(const UpgMatrix& m, int64_t row, const PreparedActivation
   }
 }
 
+// Row `row` as f32, equal to upg_dequantize_row: the int8 product bscale * lut is exact in f32
+// (|product| < 2^15), then times the row scale, then the outliers. For the prefill GEMM.
+void UpgDequantizeRow(const UpgMatrix& m, int64_t row, float* dst) {
+  const hn::ScalableTag<float> df;
+  const hn::Rebind<int8_t, decltype(df)> d8;
+  const size_t n = hn::Lanes(df);
+  const int64_t groups = m.k / kUpgGroup, group_bytes = kUpgGroup * m.bits / 8;
+  const int64_t groups_per_block = m.block / kUpgGroup;
+  const uint8_t* codes = m.codes + row * m.code_row_bytes();
+  const int8_t* bscale = m.bscale + row * (m.k / m.block);
+  HWY_ALIGN int8_t lut[16] = {};
+  for (int64_t l = 0; l < m.levels(); ++l) lut[l] = m.lut[row * m.levels() + l];
+  const auto rscale = hn::Set(df, m.rscale[row]);
+  HWY_ALIGN int8_t values[32];
+  for (int64_t g = 0; g < groups; ++g) {
+    if (m.bits == 4) {
+      LookupValues4(lut, codes + g * group_bytes, values);
+    } else {
+      LookupGroup3(lut, codes + g * group_bytes, values);
+    }
+    const auto block_scale = hn::Set(df, static_cast<float>(bscale[g / groups_per_block]));
+    for (size_t i = 0; i < 32; i += n) {
+      const auto product = hn::Mul(hn::ConvertTo(df, hn::PromoteTo(hn::RebindToSigned<decltype(df)>(), hn::LoadU(d8, values + i))), block_scale);
+      hn::StoreU(hn::Mul(product, rscale), df, dst + g * kUpgGroup + i);
+    }
+  }
+  if (m.nnz == 0) return;
+  for (int64_t i = m.sp_rowptr[row]; i < m.sp_rowptr[row + 1]; ++i) dst[m.outlier_column(i)] += half_bits_to_float(m.sp_val[i]);
+}
+
 void UpgMatmulRows(const UpgMatrix& m, const PreparedActivation& act, float* out, int64_t out_stride,
                    int64_t row_begin, int64_t row_end) {
   const int64_t n_tokens = act.n_tokens;
@@ -155,6 +199,11 @@ HWY_AFTER_NAMESPACE();
 namespace pdvm::cpu {
 
 HWY_EXPORT(UpgMatmulRows);
+HWY_EXPORT(UpgDequantizeRow);
+
+void upg_dequantize_row_fast(const UpgMatrix& m, int64_t row, float* dst) {
+  HWY_DYNAMIC_DISPATCH(UpgDequantizeRow)(m, row, dst);
+}
 
 void upg_matmul_rows(const UpgMatrix& m, const PreparedActivation& act, float* out, int64_t out_stride,
                      int64_t row_begin, int64_t row_end) {

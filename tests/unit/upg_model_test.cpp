@@ -110,6 +110,18 @@ TEST_F(UpgModelTest, FastBackendDecodesTheSameTokensAsTheReference) {
     Session reference(session_options(path, "cpu-ref")), fast(session_options(path, "cpu"));
     const std::vector<int32_t> prompt = {1, 11, 4, 8};
     EXPECT_EQ(fast.generate_greedy(prompt, 24), reference.generate_greedy(prompt, 24));
+    // A 12-token prompt goes through the fast backend's prefill GEMM.
+    Session reference_long(session_options(path, "cpu-ref")), fast_long(session_options(path, "cpu"));
+    const std::vector<int32_t> long_prompt = {1, 11, 4, 8, 30, 2, 17, 5, 9, 40, 3, 12};
+    const std::span<const float> want = reference_long.prefill(long_prompt);
+    const std::span<const float> got = fast_long.prefill(long_prompt);
+    float diff = 0, scale = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      diff = std::max(diff, std::fabs(got[i] - want[i]));
+      scale = std::max(scale, std::fabs(want[i]));
+    }
+    EXPECT_LE(diff, 1e-4f * scale);
+    EXPECT_EQ(fast_long.generate_greedy(long_prompt, 16), reference_long.generate_greedy(long_prompt, 16));
   }
 }
 
