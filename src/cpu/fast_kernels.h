@@ -54,10 +54,10 @@ struct MatmulTask {
   DotMethod method = DotMethod::kDequantFma;
   const uint8_t* w = nullptr;
   int64_t row_bytes = 0;
-  const UpgMatrix* upg = nullptr;
   const PreparedActivation* act = nullptr;
   float* out = nullptr;
   int64_t out_stride = 0;
+  const UpgMatrix* upg = nullptr;
 };
 void matmul_rows(const MatmulTask& task, int64_t row_begin, int64_t row_end);
 // The same product for a batch of tokens (prefill) as a register-blocked f32 GEMM over
