@@ -141,7 +141,7 @@ class CudaBackend final : public Backend {
   }
 
   void* device_queue() override {
-    flush_matvecs();
+    flush_pending();
     activate();
     return ctx_.stream;
   }
