@@ -79,6 +79,7 @@ struct ForwardWorkspace {
 enum class LogitsMode {
   kLast,  // logits of the last token only
   kAll,   // logits of every token of the batch (perplexity)
+  kNone,  // only the KV cache (tensor-parallel ranks >= 1: rank 0 computes the logits)
 };
 
 class LlamaModel {

@@ -286,6 +286,7 @@ void LlamaModel::forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, 
       if (comm) comm->all_reduce_sum(b, x_norm);
       b.add(x, x_norm, x);
     }
+    if (mode == LogitsMode::kNone) return;
     b.rms_norm(x, weights_.output_norm, c.rms_eps, x_norm);
     if (mode == LogitsMode::kLast) {
       Tensor logits = rows(ws.logits, 0, 1);
@@ -295,10 +296,12 @@ void LlamaModel::forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, 
       b.matmul(weights_.output, x_norm, logits);
     }
   };
-  if (n == 1 && mode == LogitsMode::kLast && (!comm || comm->recordable())) {
-    // The step only reads buffers of this workspace and cache, so they name the recording.
+  if (n == 1 && mode != LogitsMode::kAll && (!comm || comm->recordable())) {
+    // The step only reads buffers of this workspace and cache, so they (and whether it ends
+    // with the head) name the recording.
     char key[96];
-    std::snprintf(key, sizeof key, "llama-decode:%p:%p", ws.x.data, cache.keys(0).data);
+    std::snprintf(key, sizeof key, "llama-decode%s:%p:%p", mode == LogitsMode::kNone ? "-cache" : "", ws.x.data,
+                  cache.keys(0).data);
     b.run_recorded(key, ops);
   } else {
     ops();
