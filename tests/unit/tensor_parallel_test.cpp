@@ -40,6 +40,8 @@ struct Family {
 // Q/K/V and FFN widths stay whole Q8_0 blocks (32) at 4 ranks.
 const Family kMha{"mha", 128, 4, 4, 256};
 const Family kGqa{"gqa", 128, 8, 4, 384};
+// K-quant super-blocks (256): attn_output and down split at 256 and 512 columns at 2 ranks.
+const Family kWide{"wide", 512, 8, 2, 1024};
 
 struct Case {
   Family family;
@@ -118,6 +120,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TensorParallelTest,
                                            Case{kMha, 4, "cpu-ref", TensorType::kF32, 1e-5f},
                                            Case{kGqa, 2, "cpu-ref", TensorType::kF32, 1e-5f},
                                            Case{kGqa, 4, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kWide, 2, "cpu-ref", TensorType::kQ4_K, 1e-5f},
                                            Case{kGqa, 2, "cpu", TensorType::kQ8_0, 1e-3f},
                                            Case{kMha, 4, "cpu", TensorType::kQ8_0, 1e-3f}),
                          case_name);
