@@ -21,36 +21,19 @@ namespace pdvm::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// int16 lanes per vector: a whole block on AVX-512, else at most half a block so that a
-// vector never straddles the low/high nibble halves of a 4-bit block.
-#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
-constexpr size_t kI16Lanes = 32;
-#else
+// int16 lanes per vector of the integer kernels: at most half a block, so that a vector never
+// straddles the low/high nibble halves of a 4-bit block. AVX-512 too: after the 256-bit
+// multiply-adds a block is 8 int32 lanes, so its convert and FMA run at half width, which
+// measured faster than whole-block 512-bit vectors (docs/perf-notes.md).
 constexpr size_t kI16Lanes = 16;
-#endif
 constexpr size_t kMaxVecsPerBlock = 32;  // the one-lane fallback target
 
 // Lanes [first, first + Lanes(d)) of a 16-byte nibble array in GGML order (element i < 16 is
 // the low nibble of byte i, element 16 + i its high nibble), as integers in [0, 15].
 template <class D>
 HWY_INLINE hn::VFromD<D> Nibbles(D d, const uint8_t* qs, size_t first) {
-  const size_t n = hn::Lanes(d);
-#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
-  if constexpr (sizeof(hn::TFromD<D>) == 2 && hn::MaxLanes(D()) == 32) {
-    (void)n;
-    (void)first;
-    const hn::Half<D> dh;
-    const auto bytes = hn::PromoteTo(dh, hn::LoadU(hn::Rebind<uint8_t, decltype(dh)>(), qs));
-    const auto lo = hn::And(bytes, hn::Set(dh, 15));
-    const auto hi = hn::ShiftRight<4>(bytes);
-    return hn::Combine(d, hi, lo);
-  } else  // NOLINT
-#endif
-  {
-    const auto bytes = hn::PromoteTo(d, hn::LoadU(hn::Rebind<uint8_t, D>(), qs + (first & 15)));
-    (void)n;
-    return first < 16 ? hn::And(bytes, hn::Set(d, 15)) : hn::ShiftRight<4>(bytes);
-  }
+  const auto bytes = hn::PromoteTo(d, hn::LoadU(hn::Rebind<uint8_t, D>(), qs + (first & 15)));
+  return first < 16 ? hn::And(bytes, hn::Set(d, 15)) : hn::ShiftRight<4>(bytes);
 }
 
 // 0 or 16 for each element: the fifth bit of the Q5 formats, expanded through a table.

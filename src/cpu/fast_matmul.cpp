@@ -253,7 +253,7 @@ struct IntegerRows {
   struct Kernel {
     static constexpr bool kPrefetch = true;
     static void prepare(const MatmulTask&, int64_t) {}
-    static void run(const MatmulTask& task, int64_t j, int64_t t0, float* out) {
+    HWY_INLINE static void run(const MatmulTask& task, int64_t j, int64_t t0, float* out) {
       RowBlocks<Format, kTokens, true>(task.w + j * task.row_bytes, *task.act, t0, out, task.out_stride);
     }
   };
@@ -265,7 +265,7 @@ struct DequantRows {
   struct Kernel {
     static constexpr bool kPrefetch = true;
     static void prepare(const MatmulTask&, int64_t) {}
-    static void run(const MatmulTask& task, int64_t j, int64_t t0, float* out) {
+    HWY_INLINE static void run(const MatmulTask& task, int64_t j, int64_t t0, float* out) {
       RowBlocks<Format, kTokens, false>(task.w + j * task.row_bytes, *task.act, t0, out, task.out_stride);
     }
   };
