@@ -169,7 +169,7 @@ PDVM_REGISTER_COMMAND("bench", "throughput of models: prompt processing and gene
                                        "tensor parallelism: ranks to split the model over; a list (1,2,4) "
                                        "benchmarks each and prints the scaling")
                             ->delimiter(',')
-                            ->check(CLI::PositiveNumber);
+                            ->check(integer_in(1, 1024));
                         app.add_option("--tp-comm", args->communicator, "auto, nccl or in-process")
                             ->check(CLI::IsMember({"auto", "nccl", "in-process"}))
                             ->capture_default_str();

@@ -109,6 +109,9 @@ class LlamaModel {
   // tokens or a token id is outside the vocabulary; tokens.size() must be <= ws.capacity.
   void forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, KvCache& cache,
                LogitsMode mode) const;
+  // Error(kInvalidArgument) when the heads, KV heads or FFN width do not divide by n_ranks
+  // (the constructor checks too; callers may check before setting up the ranks).
+  static void check_split(const GgufFile& file, const LlamaConfig& config, int n_ranks);
   // Error(kOutOfRange) naming the first token id outside the vocabulary (forward checks too).
   void check_tokens(std::span<const int32_t> tokens) const;
 

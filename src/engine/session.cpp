@@ -89,6 +89,7 @@ Session::Session(const SessionOptions& options) {
     cache_ = std::make_unique<KvCache>(*backend_, shape);
     return;
   }
+  LlamaModel::check_split(*file_, LlamaConfig::from_gguf(*file_), tp);  // before starting ranks
   std::string communicator = options.communicator;
   if (communicator == "auto") communicator = tp == 1 ? "" : backend_->name() == "cuda" ? "nccl" : "in-process";
   if (communicator == "nccl" && backend_->device_queue() == nullptr) {

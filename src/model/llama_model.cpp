@@ -132,6 +132,19 @@ Tensor prefix(const Tensor& t, int64_t count) {
 
 }  // namespace
 
+void LlamaModel::check_split(const GgufFile& file, const LlamaConfig& config, int n_ranks) {
+  auto check_divides = [&](int64_t count, const char* what) {
+    if (count % n_ranks != 0) {
+      throw_error(ErrorKind::kInvalidArgument, file.path() + ": tensor parallelism over " + std::to_string(n_ranks) +
+                                                   " ranks needs " + what + " (" + std::to_string(count) +
+                                                   ") divisible by " + std::to_string(n_ranks));
+    }
+  };
+  check_divides(config.n_head, "the attention head count");
+  check_divides(config.n_head_kv, "the KV head count");
+  check_divides(config.n_ff, "the feed-forward width");
+}
+
 LlamaModel::LlamaModel(const GgufFile& file, Backend& backend, const LoadProgress& progress,
                        const TensorSplit& split)
     : config_(LlamaConfig::from_gguf(file)), backend_(&backend), split_(split) {
@@ -140,16 +153,7 @@ LlamaModel::LlamaModel(const GgufFile& file, Backend& backend, const LoadProgres
   PDVM_CHECK(n_ranks >= 1 && split.rank >= 0 && split.rank < n_ranks);
   PDVM_CHECK(n_ranks == 1 || (split.communicator && split.communicator->size() == n_ranks &&
                               split.communicator->rank() == split.rank));
-  auto check_divides = [&](int64_t count, const char* what) {
-    if (count % n_ranks != 0) {
-      throw_error(ErrorKind::kInvalidArgument, file.path() + ": tensor parallelism over " + std::to_string(n_ranks) +
-                                                   " ranks needs " + what + " (" + std::to_string(count) +
-                                                   ") divisible by " + std::to_string(n_ranks));
-    }
-  };
-  check_divides(c.n_head, "the attention head count");
-  check_divides(c.n_head_kv, "the KV head count");
-  check_divides(c.n_ff, "the feed-forward width");
+  check_split(file, c, n_ranks);
   n_head_local_ = c.n_head / n_ranks;
   n_head_kv_local_ = c.n_head_kv / n_ranks;
   n_ff_local_ = c.n_ff / n_ranks;
