@@ -57,7 +57,7 @@ struct LlamaLayerWeights {
 struct LlamaWeights {
   Tensor token_embd;
   Tensor output_norm;
-  Tensor output;  // a copy of the token_embd handle when tied
+  Tensor output;  // a copy of the token_embd handle when tied; empty on tensor-parallel ranks >= 1
   std::optional<Tensor> rope_freqs;
   std::vector<LlamaLayerWeights> layers;
 };

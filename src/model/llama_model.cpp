@@ -171,8 +171,12 @@ LlamaModel::LlamaModel(const GgufFile& file, Backend& backend, const LoadProgres
                 kv_width = int64_t{c.n_head_kv} * c.head_dim, ff = c.n_ff;
   weights_.token_embd = load_weight("token_embd.weight", {embd, c.n_vocab});
   weights_.output_norm = load_weight("output_norm.weight", {embd});
-  weights_.output = c.tied_output ? weights_.token_embd
-                                  : load_weight("output.weight", {embd, c.n_vocab});
+  // Ranks >= 1 never run the head (LogitsMode::kNone), so an untied head stays on rank 0.
+  if (c.tied_output) {
+    weights_.output = weights_.token_embd;
+  } else if (split.rank == 0) {
+    weights_.output = load_weight("output.weight", {embd, c.n_vocab});
+  }
   if (c.has_rope_freqs) {
     weights_.rope_freqs = load_weight("rope_freqs.weight", {c.n_rot / 2});
     if (weights_.rope_freqs->type != TensorType::kF32) {
@@ -246,6 +250,7 @@ void LlamaModel::forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, 
   Backend& b = *backend_;
   const int64_t n = static_cast<int64_t>(tokens.size());
   PDVM_CHECK(n > 0 && n <= ws.capacity);
+  PDVM_CHECK(mode == LogitsMode::kNone || weights_.output.data != nullptr);
   PDVM_CHECK(cache.shape().n_layer == c.n_layer && cache.shape().row_width == kv_row_width());
   cache.check_room(n);
   check_tokens(tokens);
