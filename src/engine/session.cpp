@@ -15,10 +15,6 @@ namespace {
 
 constexpr int64_t kDefaultContext = 4096;
 
-}  // namespace
-
-namespace {
-
 std::vector<int> rank_devices(const SessionOptions& options) {
   const int tp = options.tensor_parallel;
   if (options.tp_devices.empty()) {
@@ -89,7 +85,7 @@ Session::Session(const SessionOptions& options) {
     cache_ = std::make_unique<KvCache>(*backend_, shape);
     return;
   }
-  LlamaModel::check_split(*file_, LlamaConfig::from_gguf(*file_), tp);  // before starting ranks
+  LlamaModel::check_split(*file_, config_, tp);  // before the ranks and their threads start
   std::string communicator = options.communicator;
   if (communicator == "auto") communicator = tp == 1 ? "" : backend_->name() == "cuda" ? "nccl" : "in-process";
   if (communicator == "nccl" && backend_->device_queue() == nullptr) {
