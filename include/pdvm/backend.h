@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -110,6 +111,12 @@ class Backend {
   virtual void get_rows(const Tensor& table, const Tensor& ids, Tensor& out) = 0;
   virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& out) = 0;
   virtual void matmul(const Tensor& w, const Tensor& x, Tensor& out) = 0;
+  // outs[i] = matmul(*weights[i], x) for each i (at most 4): products of one input, such as a
+  // layer's Q, K and V, which a backend may run as one job. The default runs them one by one.
+  virtual void matmul_shared_input(std::span<const Tensor* const> weights, const Tensor& x,
+                                   std::span<Tensor* const> outs) {
+    for (size_t i = 0; i < weights.size() && i < outs.size(); ++i) matmul(*weights[i], x, *outs[i]);
+  }
   // Rotates, in place, adjacent pairs (GGUF/GGML "normal" convention) of every head of x
   // (F32 {head_dim * n_heads, n_tokens}) by positions[t].
   virtual void rope(Tensor& x, const Tensor& positions, int n_heads, int head_dim,

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -187,25 +188,38 @@ class FastCpuBackend final : public Backend {
   }
 
   void matmul(const Tensor& w, const Tensor& x, Tensor& out) override {
+    const Tensor* weights[] = {&w};
+    Tensor* outs[] = {&out};
+    matmul_shared_input(weights, x, outs);
+  }
+
+  // Products of one input with weights of one type run as a single pool job over their rows
+  // concatenated: the activation is prepared once, and a layer's Q/K/V (or gate/up) cost one
+  // synchronization instead of three (two).
+  void matmul_shared_input(std::span<const Tensor* const> weights, const Tensor& x,
+                           std::span<Tensor* const> outs) override {
+    PDVM_CHECK(weights.size() == outs.size() && !weights.empty());
     check_f32(x, "matmul input");
-    check_f32(out, "matmul output");
-    const int64_t k = w.ne[0];
-    const int64_t n_rows = w.n_rows();
+    const int64_t k = x.ne[0];
     const int64_t n_tokens = x.n_rows();
-    PDVM_CHECK_MSG(x.ne[0] == k && out.ne[0] == n_rows && out.n_rows() == n_tokens,
-                   "matmul shapes do not match");
+    const TensorType type = weights[0]->type;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      check_f32(*outs[i], "matmul output");
+      PDVM_CHECK_MSG(weights[i]->ne[0] == k && outs[i]->ne[0] == weights[i]->n_rows() && outs[i]->n_rows() == n_tokens,
+                     "matmul shapes do not match");
+    }
     // Batches go to the GEMM (weights decoded once per batch); see docs/perf-notes.md.
     const bool gemm = n_tokens >= kGemmMinTokens;
-    if (is_upg_type(w.type) && !gemm) {
-      prepare_activation(f32_data(x), k, n_tokens, DotMethod::kInt16, activation_);
-      const auto& m = *static_cast<const UpgMatrix*>(w.data);
-      const int64_t upg_grain = std::max<int64_t>(4, n_rows / (static_cast<int64_t>(pool_.size()) * 8));
-      pool_.parallel_for(n_rows, upg_grain, [&](int64_t begin, int64_t end) {
-        upg_matmul_rows(m, activation_, f32_data(out), n_rows, begin, end);
-      });
+    const bool one_type = std::all_of(weights.begin(), weights.end(), [&](const Tensor* w) { return w->type == type; });
+    if (!one_type) {
+      for (size_t i = 0; i < weights.size(); ++i) matmul(*weights[i], x, *outs[i]);
       return;
     }
-    const DotMethod method = gemm ? DotMethod::kDequantFma : preferred_method(w.type, method_override_);
+    if (is_upg_type(type) && !gemm) {
+      for (size_t i = 0; i < weights.size(); ++i) upg_matvec(*weights[i], x, *outs[i]);
+      return;
+    }
+    const DotMethod method = gemm ? DotMethod::kDequantFma : preferred_method(type, method_override_);
     if (gemm) {  // the GEMM reads x only
       activation_.k = k;
       activation_.n_tokens = n_tokens;
@@ -213,23 +227,47 @@ class FastCpuBackend final : public Backend {
     } else {
       prepare_activation(f32_data(x), k, n_tokens, method, activation_);
     }
-    MatmulTask task;
-    task.type = w.type;
-    task.method = method;
-    if (is_upg_type(w.type)) {
-      task.upg = static_cast<const UpgMatrix*>(w.data);
-    } else {
-      task.w = static_cast<const uint8_t*>(w.data);
-      task.row_bytes = w.row_bytes();
+    constexpr size_t kMaxShared = 4;
+    PDVM_CHECK(weights.size() <= kMaxShared);
+    MatmulTask tasks[kMaxShared];
+    int64_t first_row[kMaxShared + 1] = {0};
+    for (size_t i = 0; i < weights.size(); ++i) {
+      const Tensor& w = *weights[i];
+      MatmulTask& task = tasks[i];
+      task.type = type;
+      task.method = method;
+      if (is_upg_type(type)) {
+        task.upg = static_cast<const UpgMatrix*>(w.data);
+      } else {
+        task.w = static_cast<const uint8_t*>(w.data);
+        task.row_bytes = w.row_bytes();
+      }
+      task.act = &activation_;
+      task.out = f32_data(*outs[i]);
+      task.out_stride = w.n_rows();
+      first_row[i + 1] = first_row[i] + w.n_rows();
     }
-    task.act = &activation_;
-    task.out = f32_data(out);
-    task.out_stride = n_rows;
+    const int64_t n_rows = first_row[weights.size()];
     // Enough chunks per thread to even out a core that another process slows down; whole
     // row tiles for the GEMM.
     const int64_t grain = (std::max<int64_t>(4, n_rows / (static_cast<int64_t>(pool_.size()) * 8)) + 3) / 4 * 4;
     const auto kernel = gemm ? gemm_rows : matmul_rows;
-    pool_.parallel_for(n_rows, grain, [&](int64_t begin, int64_t end) { kernel(task, begin, end); });
+    pool_.parallel_for(n_rows, grain, [&](int64_t begin, int64_t end) {
+      for (size_t i = 0; i < weights.size(); ++i) {  // the parts of [begin, end) in each matrix
+        const int64_t lo = std::max(begin, first_row[i]), hi = std::min(end, first_row[i + 1]);
+        if (lo < hi) kernel(tasks[i], lo - first_row[i], hi - first_row[i]);
+      }
+    });
+  }
+
+  void upg_matvec(const Tensor& w, const Tensor& x, Tensor& out) {
+    const int64_t n_rows = w.n_rows();
+    prepare_activation(f32_data(x), x.ne[0], x.n_rows(), DotMethod::kInt16, activation_);
+    const auto& m = *static_cast<const UpgMatrix*>(w.data);
+    const int64_t upg_grain = std::max<int64_t>(4, n_rows / (static_cast<int64_t>(pool_.size()) * 8));
+    pool_.parallel_for(n_rows, upg_grain, [&](int64_t begin, int64_t end) {
+      upg_matmul_rows(m, activation_, f32_data(out), n_rows, begin, end);
+    });
   }
 
   void rope(Tensor& x, const Tensor& positions, int n_heads, int head_dim,

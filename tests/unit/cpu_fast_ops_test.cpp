@@ -174,6 +174,46 @@ TEST_F(CpuFastOps, MatmulMatvecAndGemmPaths) {
   }
 }
 
+// Q/K/V-like products of one input in one job (rows of 37, 13 and 13, not multiples of the
+// GEMM's row tiles), against separate reference matmuls; the mixed-type case runs one by one.
+TEST_F(CpuFastOps, MatmulSharedInputMatchesSeparateProducts) {
+  const int64_t k = 32 * 5;
+  const int64_t rows[] = {37, 13, 13};
+  const std::vector<std::vector<TensorType>> type_sets = {
+      {TensorType::kQ4_1, TensorType::kQ4_1, TensorType::kQ4_1},
+      {TensorType::kF16, TensorType::kF16, TensorType::kF16},
+      {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ8_0}};
+  for (const auto& types : type_sets) {
+    std::vector<std::vector<uint8_t>> w(3);
+    for (int i = 0; i < 3; ++i) {
+      w[i].resize(static_cast<size_t>(type_bytes(types[i], k) * rows[i]));
+      for (int64_t r = 0; r < rows[i]; ++r) {
+        const auto row = test::random_floats(static_cast<size_t>(k), 0.3f);
+        quantize_row(types[i], row.data(), w[i].data() + r * type_bytes(types[i], k), k);
+      }
+    }
+    for (int64_t n_tokens : {1, 3, 9}) {
+      const auto x = test::random_floats(static_cast<size_t>(k * n_tokens));
+      std::vector<Tensor> fast_w, fast_out;
+      for (int i = 0; i < 3; ++i) {
+        fast_w.push_back(fast_->load_weight(types[i], {k, rows[i], 1, 1}, w[i].data()));
+        fast_out.push_back(fast_->alloc(TensorType::kF32, {rows[i], n_tokens, 1, 1}));
+      }
+      const Tensor* weights[] = {&fast_w[0], &fast_w[1], &fast_w[2]};
+      Tensor* outs[] = {&fast_out[0], &fast_out[1], &fast_out[2]};
+      fast_->matmul_shared_input(weights, upload(*fast_, x, {k, n_tokens, 1, 1}), outs);
+      for (int i = 0; i < 3; ++i) {
+        Tensor ref_w = ref_->load_weight(types[i], {k, rows[i], 1, 1}, w[i].data());
+        Tensor ref_out = ref_->alloc(TensorType::kF32, {rows[i], n_tokens, 1, 1});
+        ref_->matmul(ref_w, upload(*ref_, x, {k, n_tokens, 1, 1}), ref_out);
+        expect_close(download(*fast_, fast_out[i]), download(*ref_, ref_out), 1e-3f,
+                     std::string(type_name(types[i])) + " product " + std::to_string(i) + ", " +
+                         std::to_string(n_tokens) + " tokens");
+      }
+    }
+  }
+}
+
 TEST_F(CpuFastOps, GetRowsAndArgmax) {
   const int64_t width = 64, n_vocab = 33;
   std::vector<uint8_t> table(static_cast<size_t>(type_bytes(TensorType::kQ8_0, width) * n_vocab));
