@@ -15,8 +15,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <initializer_list>
 #include <optional>
-#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -113,9 +113,14 @@ class Backend {
   virtual void matmul(const Tensor& w, const Tensor& x, Tensor& out) = 0;
   // outs[i] = matmul(*weights[i], x) for each i (at most 4): products of one input, such as a
   // layer's Q, K and V, which a backend may run as one job. The default runs them one by one.
-  virtual void matmul_shared_input(std::span<const Tensor* const> weights, const Tensor& x,
-                                   std::span<Tensor* const> outs) {
-    for (size_t i = 0; i < weights.size() && i < outs.size(); ++i) matmul(*weights[i], x, *outs[i]);
+  // (Lists, not spans: this header is also compiled as C++17 by nvcc.)
+  virtual void matmul_shared_input(std::initializer_list<const Tensor*> weights, const Tensor& x,
+                                   std::initializer_list<Tensor*> outs) {
+    auto out = outs.begin();
+    for (const Tensor* w : weights) {
+      if (out == outs.end()) break;
+      matmul(*w, x, **out++);
+    }
   }
   // Rotates, in place, adjacent pairs (GGUF/GGML "normal" convention) of every head of x
   // (F32 {head_dim * n_heads, n_tokens}) by positions[t].

@@ -187,17 +187,15 @@ class FastCpuBackend final : public Backend {
     }
   }
 
-  void matmul(const Tensor& w, const Tensor& x, Tensor& out) override {
-    const Tensor* weights[] = {&w};
-    Tensor* outs[] = {&out};
-    matmul_shared_input(weights, x, outs);
-  }
+  void matmul(const Tensor& w, const Tensor& x, Tensor& out) override { matmul_shared_input({&w}, x, {&out}); }
 
   // Products of one input with weights of one type run as a single pool job over their rows
   // concatenated: the activation is prepared once, and a layer's Q/K/V (or gate/up) cost one
   // synchronization instead of three (two).
-  void matmul_shared_input(std::span<const Tensor* const> weights, const Tensor& x,
-                           std::span<Tensor* const> outs) override {
+  void matmul_shared_input(std::initializer_list<const Tensor*> weight_list, const Tensor& x,
+                           std::initializer_list<Tensor*> out_list) override {
+    const std::span<const Tensor* const> weights(weight_list.begin(), weight_list.size());
+    const std::span<Tensor* const> outs(out_list.begin(), out_list.size());
     PDVM_CHECK(weights.size() == outs.size() && !weights.empty());
     check_f32(x, "matmul input");
     const int64_t k = x.ne[0];

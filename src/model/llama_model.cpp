@@ -276,9 +276,7 @@ void LlamaModel::forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, 
     for (int layer = 0; layer < c.n_layer; ++layer) {
       const LlamaLayerWeights& w = weights_.layers[layer];
       b.rms_norm(x, w.attn_norm, c.rms_eps, x_norm);
-      const Tensor* qkv_weights[] = {&w.wq, &w.wk, &w.wv};
-      Tensor* qkv[] = {&q, &k, &v};
-      b.matmul_shared_input(qkv_weights, x_norm, qkv);
+      b.matmul_shared_input({&w.wq, &w.wk, &w.wv}, x_norm, {&q, &k, &v});
       b.rope(q, pos, n_head_local_, c.head_dim, rope);
       b.rope(k, pos, n_head_kv_local_, c.head_dim, rope);
       b.kv_store(cache.keys(layer), cache.values(layer), k, v, pos);
@@ -288,9 +286,7 @@ void LlamaModel::forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, 
       b.add(x, x_norm, x);
 
       b.rms_norm(x, w.ffn_norm, c.rms_eps, x_norm);
-      const Tensor* gate_up_weights[] = {&w.ffn_gate, &w.ffn_up};
-      Tensor* gate_up[] = {&gate, &up};
-      b.matmul_shared_input(gate_up_weights, x_norm, gate_up);
+      b.matmul_shared_input({&w.ffn_gate, &w.ffn_up}, x_norm, {&gate, &up});
       b.swiglu(gate, up, act);
       b.matmul(w.ffn_down, act, x_norm);
       if (comm) comm->all_reduce_sum(b, x_norm);

@@ -199,9 +199,8 @@ TEST_F(CpuFastOps, MatmulSharedInputMatchesSeparateProducts) {
         fast_w.push_back(fast_->load_weight(types[i], {k, rows[i], 1, 1}, w[i].data()));
         fast_out.push_back(fast_->alloc(TensorType::kF32, {rows[i], n_tokens, 1, 1}));
       }
-      const Tensor* weights[] = {&fast_w[0], &fast_w[1], &fast_w[2]};
-      Tensor* outs[] = {&fast_out[0], &fast_out[1], &fast_out[2]};
-      fast_->matmul_shared_input(weights, upload(*fast_, x, {k, n_tokens, 1, 1}), outs);
+      fast_->matmul_shared_input({&fast_w[0], &fast_w[1], &fast_w[2]}, upload(*fast_, x, {k, n_tokens, 1, 1}),
+                                 {&fast_out[0], &fast_out[1], &fast_out[2]});
       for (int i = 0; i < 3; ++i) {
         Tensor ref_w = ref_->load_weight(types[i], {k, rows[i], 1, 1}, w[i].data());
         Tensor ref_out = ref_->alloc(TensorType::kF32, {rows[i], n_tokens, 1, 1});
