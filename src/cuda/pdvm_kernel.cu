@@ -172,11 +172,36 @@ __device__ __forceinline__ void merge_factors(float ma, float mb, float& fa, flo
   fb = mb == -INFINITY ? 0.0f : expf(mb - m);
 }
 
+// Chunks per KV head at position `pos`: as many as keep two rounds of position groups per item,
+// at most p.n_chunks (one item per CTA).
+__device__ __forceinline__ int attention_split(const Params& p, int pos) {
+  const int n_groups = kWarps * (32 / (p.head_dim / 8));
+  return min(p.n_chunks, max(1, (pos + 2 * n_groups) / (2 * n_groups)));
+}
+
+// Pulls this CTA's first attention item's cached K/V rows (written by earlier tokens, long gone
+// from L2) into L2, up to 32 KB of each, so the item's first rounds do not wait on HBM.
+__device__ void prefetch_attention(const Params& p, int layer, int pos) {
+  const int n_split = attention_split(p, pos);
+  if (static_cast<int>(blockIdx.x) >= p.n_head_kv * n_split) return;
+  const int kvh = blockIdx.x % p.n_head_kv, chunk = blockIdx.x / p.n_head_kv;
+  const int chunk_len = (pos + n_split) / n_split;
+  const int begin = chunk * chunk_len, end = min(pos, begin + chunk_len);
+  const int64_t row_bytes = static_cast<int64_t>(p.head_dim) * sizeof(__half);
+  const int64_t bytes = min(max(end - begin, 0) * row_bytes, int64_t{32 * 1024});
+  const int64_t at = ((static_cast<int64_t>(layer) * p.n_head_kv + kvh) * p.n_ctx + begin) * p.head_dim;
+  const uint8_t* k = reinterpret_cast<const uint8_t*>(p.k_cache + at);
+  const uint8_t* v = reinterpret_cast<const uint8_t*>(p.v_cache + at);
+  for (int64_t off = static_cast<int64_t>(threadIdx.x) * 128; off < bytes; off += kThreads * 128) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(k + off));
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(v + off));
+  }
+}
+
 // Flash-decoding over (KV head, context chunk) items; the last chunk of a head to finish merges
-// that head's partials in chunk order and signals the attention counter. The context is split
-// into as many chunks as keep two rounds of position groups per item, at most p.n_chunks (one
-// item per CTA): at short context a head's item then writes its output directly, with no
-// partials, arrival and second merge on the way.
+// that head's partials in chunk order and signals the attention counter. At short context
+// (attention_split 1) a head's item writes its output directly, with no partials, arrival and
+// second merge on the way.
 __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* head_counters,
                                 unsigned head_target, unsigned* attn_counter, float* smem, int* flag) {
   const int hd = p.head_dim, G = p.n_head / p.n_head_kv;
@@ -185,7 +210,7 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = warp * groups_per_warp + lane / lanes_per_pos, sub = lane % lanes_per_pos;
   const int n_pos = pos + 1;
-  const int n_split = min(p.n_chunks, max(1, (n_pos + 2 * n_groups - 1) / (2 * n_groups)));
+  const int n_split = attention_split(p, pos);
   const int chunk_len = (n_pos + n_split - 1) / n_split;
   float* qs = smem;                        // [G][hd], pre-scaled
   float* warp_o = qs + G * hd;             // [warp][G][hd]
@@ -459,6 +484,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     cta_share((L.qk.rows + L.v.rows) / 2, begin, end);
     if (wait_counter) {
       prefetch_qkv(L, begin, end);
+      prefetch_attention(p, layer, pos);
       cta_wait(wait_counter, wait_target);
     }
     rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
