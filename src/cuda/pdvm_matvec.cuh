@@ -23,17 +23,18 @@ struct Acts {
 };
 
 // One row as the warp streams it: main data and (quantized formats) block scales; UPG rows
-// find their side record and outliers through matrix and row.
+// their side record (pdvm_upg_layout.h) and, through matrix, the outliers.
 struct RowRef {
   const uint8_t* data;
   const __half* scales;
+  const uint8_t* side;
   const DevMatrix* matrix;
-  int row;
 };
 
 __device__ __forceinline__ RowRef row_ref(const DevMatrix& m, int row) {
   return RowRef{m.data + static_cast<int64_t>(row) * m.row_bytes,
-                m.scales ? m.scales + static_cast<int64_t>(row) * m.scale_stride : nullptr, &m, row};
+                m.scales ? m.scales + static_cast<int64_t>(row) * m.scale_stride : nullptr,
+                m.side ? upg_side(m, row) : nullptr, &m};
 }
 
 __device__ __forceinline__ int dp4a(uint32_t a, int b, int c) { return __dp4a(static_cast<int>(a), b, c); }
@@ -44,6 +45,12 @@ __device__ __forceinline__ int dp4a_unsigned(uint32_t a, int b, int c) {
   asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
   return d;
 }
+
+}  // namespace pdvm::fused
+
+#include "cuda/pdvm_upg.cuh"
+
+namespace pdvm::fused {
 
 // Chunk c (16 bytes `w`; block scale ws.x and, for Q4_1, min ws.y) against the activations.
 template <int kFormat>
@@ -106,10 +113,18 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
   rows_of(warp, refs);
   rows_of(warp + kWarps, next);
   int data_step[kRows], scale_step[kRows];
+  // UPG: side records step like the data; the accumulating side (`side`) trails the loading one.
+  int side_step[kRows], block_shift[kRows];
+  const uint8_t* side[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
     data_step[r] = static_cast<int>(next[r].data - refs[r].data);
     scale_step[r] = static_cast<int>(next[r].scales - refs[r].scales);
+    if constexpr (kFormat == kFmtUpg) {
+      side_step[r] = static_cast<int>(next[r].side - refs[r].side);
+      block_shift[r] = refs[r].matrix->block_shift;
+      side[r] = refs[r].side;
+    }
   }
   float acc[kRows];
 #pragma unroll
@@ -124,7 +139,10 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
         w[r][u] = in ? load_stream(refs[r].data + c * 16) : make_uint4(0, 0, 0, 0);
-        if constexpr (kFormat == kFmtQ4_1) {
+        if constexpr (kFormat == kFmtUpg) {
+          const auto* block_scales = reinterpret_cast<const int8_t*>(refs[r].side + kUpgBlockScales);
+          ws[r][u] = make_float2(in ? static_cast<float>(__ldg(block_scales + (c >> block_shift[r]))) : 0.0f, 0.0f);
+        } else if constexpr (kFormat == kFmtQ4_1) {
           ws[r][u] = in ? __half22float2(__ldg(reinterpret_cast<const __half2*>(refs[r].scales) + c)) : make_float2(0, 0);
         } else if constexpr (is_quantized_format(kFormat)) {
           ws[r][u] = make_float2(in ? __half2float(__ldg(refs[r].scales + c / chunks_per_scale(kFormat))) : 0.0f, 0.0f);
@@ -138,6 +156,7 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
         for (int r = 0; r < kRows; ++r) {
           refs[r].data += data_step[r];
           refs[r].scales += scale_step[r];
+          if constexpr (kFormat == kFmtUpg) refs[r].side += side_step[r];
         }
       }
     }
@@ -152,7 +171,14 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
         const int c = column * 32 + lane;
         if (c < n_chunks) {
 #pragma unroll
-          for (int r = 0; r < kRows; ++r) acc[r] += chunk_value<kFormat>(w[r][u], ws[r][u], c, acts);
+          for (int r = 0; r < kRows; ++r) {
+            if constexpr (kFormat == kFmtUpg) {
+              const uint4 table = __ldg(reinterpret_cast<const uint4*>(side[r]));
+              acc[r] += upg_chunk_value(w[r][u], table, c, acts) * ws[r][u].x;
+            } else {
+              acc[r] += chunk_value<kFormat>(w[r][u], ws[r][u], c, acts);
+            }
+          }
         }
         if (++column == columns_per_item) {
 #pragma unroll
@@ -160,6 +186,7 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
             const float sum = warp_sum(acc[r]);
             if (lane == completed) held[r] = sum;
             acc[r] = 0.0f;
+            if constexpr (kFormat == kFmtUpg) side[r] += side_step[r];
           }
           column = 0;
           ++item;
@@ -171,17 +198,19 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
     for (int k = 0; k < completed; ++k) {
       float values[kRows];
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) values[r] = __shfl_sync(0xffffffffu, held[r], k);
+      for (int r = 0; r < kRows; ++r) {
+        values[r] = __shfl_sync(0xffffffffu, held[r], k);
+        if constexpr (kFormat == kFmtUpg) {
+          // Row scale and outliers of the k-th completed item (its side record lies behind).
+          const int back = completed - k;
+          values[r] = upg_finish_row(*refs[r].matrix, side[r] - back * side_step[r], values[r], acts);
+        }
+      }
       if (lane == 0) out(warp + (first_item + k) * kWarps, values);
     }
   }
 }
 
-}  // namespace pdvm::fused
-
-#include "cuda/pdvm_upg.cuh"
-
-namespace pdvm::fused {
 
 // Items [0, n_items) of this CTA: rows_of(i, refs) names the kRows rows of item i (item
 // i + kWarps's rows a fixed step after item i's), out(i, values) runs in lane 0.
@@ -190,18 +219,7 @@ __device__ __forceinline__ void matvec_items(int format, int n_items, int n_chun
                                              Out&& out) {
   dispatch_format(format, [&](auto tag) {
     constexpr int kF = decltype(tag)::value;
-    if constexpr (kF == kFmtUpg) {
-      const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-      for (int i = warp; i < n_items; i += kWarps) {
-        RowRef refs[kRows];
-        rows_of(i, refs);
-        float values[kRows];
-        warp_dot_upg<kRows>(refs, n_chunks, acts, values);
-        if (lane == 0) out(i, values);
-      }
-    } else {
-      warp_stream_items<kF, kRows>(n_items, n_chunks, acts, rows_of, out);
-    }
+    warp_stream_items<kF, kRows>(n_items, n_chunks, acts, rows_of, out);
   });
   __syncthreads();
 }

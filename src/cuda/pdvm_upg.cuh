@@ -1,4 +1,5 @@
-// UPG rows in the PDVM warp matvec (included by pdvm_matvec.cuh, whose Acts/RowRef it uses).
+// UPG rows in the PDVM matvec (included by pdvm_matvec.cuh, whose Acts it uses; the streaming
+// loop, warp_stream_items, calls these per 32-group and per finished row).
 //
 // Codes are repacked at load as consecutive nibbles (nibble i of a 32-bit word = element i of 8),
 // so the low 16 bits of a word are four ready byte_perm selectors. The row's 16-entry int8 table
@@ -37,59 +38,18 @@ __device__ __forceinline__ float upg_chunk_value(uint4 w, uint4 table, int c, co
   return static_cast<float>(sum) * acts.scale[c];
 }
 
-// warp_dot for kFmtUpg rows: out[r] valid in every lane.
-template <int kRows>
-__device__ __forceinline__ void warp_dot_upg(const RowRef (&rows)[kRows], int n_chunks, const Acts& acts,
-                                             float (&out)[kRows]) {
-  constexpr int kUnroll = kLoadsPerLane / kRows;
-  const int lane = threadIdx.x & 31;
-  const uint8_t* side[kRows];
-  uint4 table[kRows];
-  int block_shift[kRows];
-  float acc[kRows];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    side[r] = upg_side(*rows[r].matrix, rows[r].row);
-    table[r] = __ldg(reinterpret_cast<const uint4*>(side[r]));
-    block_shift[r] = rows[r].matrix->block_shift;
-    acc[r] = 0.0f;
+// Row sum -> row value: times the row scale, plus the row's outliers against the f32
+// activations (warp-collective; valid in every lane).
+__device__ __forceinline__ float upg_finish_row(const DevMatrix& m, const uint8_t* side, float sum, const Acts& acts) {
+  float value = sum * __ldg(reinterpret_cast<const float*>(side + kUpgRowScale));
+  const int2 range = upg_outliers(side);
+  if (range.y > range.x) {  // warp-uniform
+    float extra = 0.0f;
+    for (int j = range.x + (threadIdx.x & 31); j < range.y; j += 32)
+      extra += __half2float(m.outlier_val[j]) * acts.x[__ldg(m.outlier_col + j)];
+    value += warp_sum(extra);
   }
-  for (int c0 = lane; c0 < n_chunks; c0 += 32 * kUnroll) {
-    uint4 w[kRows][kUnroll];
-    float block_scale[kRows][kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int c = c0 + 32 * u;
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const bool in = c < n_chunks;
-        w[r][u] = in ? load_stream(rows[r].data + c * 16) : make_uint4(0, 0, 0, 0);
-        const auto* scales = reinterpret_cast<const int8_t*>(side[r] + kUpgBlockScales);
-        block_scale[r][u] = in ? static_cast<float>(__ldg(scales + (c >> block_shift[r]))) : 0.0f;
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int c = c0 + 32 * u;
-      if (c < n_chunks) {
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) acc[r] += upg_chunk_value(w[r][u], table[r], c, acts) * block_scale[r][u];
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    float value = warp_sum(acc[r]) * __ldg(reinterpret_cast<const float*>(side[r] + kUpgRowScale));
-    const int2 range = upg_outliers(side[r]);
-    if (range.y > range.x) {  // warp-uniform
-      const DevMatrix& m = *rows[r].matrix;
-      float extra = 0.0f;
-      for (int j = range.x + lane; j < range.y; j += 32)
-        extra += __half2float(m.outlier_val[j]) * acts.x[__ldg(m.outlier_col + j)];
-      value += warp_sum(extra);
-    }
-    out[r] = value;
-  }
+  return value;
 }
 
 }  // namespace pdvm::fused
