@@ -213,11 +213,11 @@ class FastCpuBackend final : public Backend {
       for (size_t i = 0; i < weights.size(); ++i) matmul(*weights[i], x, *outs[i]);
       return;
     }
-    if (is_upg_type(type) && !gemm) {
-      for (size_t i = 0; i < weights.size(); ++i) upg_matvec(*weights[i], x, *outs[i]);
-      return;
-    }
-    const DotMethod method = gemm ? DotMethod::kDequantFma : preferred_method(type, method_override_);
+    const bool upg = is_upg_type(type);
+    // UPG's row kernel takes the activation in 16-bit blocks.
+    const DotMethod method = gemm  ? DotMethod::kDequantFma
+                             : upg ? DotMethod::kInt16
+                                   : preferred_method(type, method_override_);
     if (gemm) {  // the GEMM reads x only
       activation_.k = k;
       activation_.n_tokens = n_tokens;
@@ -234,7 +234,7 @@ class FastCpuBackend final : public Backend {
       MatmulTask& task = tasks[i];
       task.type = type;
       task.method = method;
-      if (is_upg_type(type)) {
+      if (upg) {
         task.upg = static_cast<const UpgMatrix*>(w.data);
       } else {
         task.w = static_cast<const uint8_t*>(w.data);
@@ -249,22 +249,12 @@ class FastCpuBackend final : public Backend {
     // Enough chunks per thread to even out a core that another process slows down; whole
     // row tiles for the GEMM.
     const int64_t grain = (std::max<int64_t>(4, n_rows / (static_cast<int64_t>(pool_.size()) * 8)) + 3) / 4 * 4;
-    const auto kernel = gemm ? gemm_rows : matmul_rows;
+    const auto kernel = gemm ? gemm_rows : upg ? upg_matmul_task_rows : matmul_rows;
     pool_.parallel_for(n_rows, grain, [&](int64_t begin, int64_t end) {
       for (size_t i = 0; i < weights.size(); ++i) {  // the parts of [begin, end) in each matrix
         const int64_t lo = std::max(begin, first_row[i]), hi = std::min(end, first_row[i + 1]);
         if (lo < hi) kernel(tasks[i], lo - first_row[i], hi - first_row[i]);
       }
-    });
-  }
-
-  void upg_matvec(const Tensor& w, const Tensor& x, Tensor& out) {
-    const int64_t n_rows = w.n_rows();
-    prepare_activation(f32_data(x), x.ne[0], x.n_rows(), DotMethod::kInt16, activation_);
-    const auto& m = *static_cast<const UpgMatrix*>(w.data);
-    const int64_t upg_grain = std::max<int64_t>(4, n_rows / (static_cast<int64_t>(pool_.size()) * 8));
-    pool_.parallel_for(n_rows, upg_grain, [&](int64_t begin, int64_t end) {
-      upg_matmul_rows(m, activation_, f32_data(out), n_rows, begin, end);
     });
   }
 

@@ -12,6 +12,9 @@ namespace pdvm::cpu {
 // of `act`, which must be prepared with DotMethod::kInt16 (or kInt8).
 void upg_matmul_rows(const UpgMatrix& m, const PreparedActivation& act, float* out, int64_t out_stride,
                      int64_t row_begin, int64_t row_end);
+// The same for a MatmulTask whose `upg` is set and whose activation is prepared as above: the
+// decode kernel of the backend's pool jobs.
+void upg_matmul_task_rows(const MatmulTask& task, int64_t row_begin, int64_t row_end);
 // upg_dequantize_row (bit for bit) with SIMD table lookups, for the prefill GEMM.
 void upg_dequantize_row_fast(const UpgMatrix& m, int64_t row, float* dst);
 

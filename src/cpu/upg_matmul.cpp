@@ -11,6 +11,8 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 
+#include <cstring>
+
 #include "cpu/fast_half.h"
 #include "cpu/upg_kernels.h"
 #include "pdvm/error.h"
@@ -20,11 +22,11 @@ namespace pdvm::cpu {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
-constexpr size_t kUpgI16Lanes = 32;
-#else
+// int16 lanes per vector: at most 16, on AVX-512 too. A 512-bit vector needs a lane-crossing
+// combine of the two 16-byte shuffle results, and on Zen 4 its multiply-adds cost two 256-bit
+// slots anyway; after 256-bit multiply-adds a group is 8 int32 lanes, so its convert and FMA run
+// at half width (the block formats' lesson, docs/perf-notes.md).
 constexpr size_t kUpgI16Lanes = 16;
-#endif
 constexpr size_t kUpgMaxVecs = 32;
 
 // The 32 table values of one 4-bit group as int16 vectors of d16 (32 / Lanes(d16) of them),
@@ -44,9 +46,7 @@ HWY_INLINE void LookupGroup4(D16 d16, const int8_t* lut, const uint8_t* group, h
   const auto codes = hn::LoadU(d8, group);
   const auto lo = hn::TableLookupBytes(table, hn::BitCast(di8, hn::And(codes, hn::Set(d8, 15))));
   const auto hi = hn::TableLookupBytes(table, hn::BitCast(di8, hn::ShiftRight<4>(codes)));
-  if constexpr (hn::MaxLanes(d16) == 32) {
-    w[0] = hn::PromoteTo(d16, hn::Combine(hn::Rebind<int8_t, D16>(), hi, lo));
-  } else if constexpr (hn::MaxLanes(d16) == 16) {
+  if constexpr (hn::MaxLanes(d16) == 16) {
     w[0] = hn::PromoteTo(d16, lo);
     w[1] = hn::PromoteTo(d16, hi);
   } else {
@@ -90,52 +90,74 @@ HWY_INLINE void WidenGroup(D16 d16, const int8_t* values, hn::VFromD<D16>* w) {
   for (size_t i = 0, v = 0; i < 32; i += n, ++v) w[v] = hn::PromoteTo(d16, hn::LoadU(d8, values + i));
 }
 
-template <int kTokens>
+// One group of 32 weights (w) against kTokens tokens (x of token t at xq + t * x_stride): the
+// integer dot times the group's activation scale (act_scale[t * scale_stride]), into acc[t].
+template <int kTokens, class D16, class DF>
+HWY_INLINE void GroupDot(D16 d16, DF df, const hn::VFromD<D16>* w, const int16_t* xq, int64_t x_stride,
+                         const float* act_scale, int64_t scale_stride, hn::VFromD<DF>* acc) {
+  const hn::Repartition<int32_t, D16> d32;
+  const size_t n = hn::Lanes(d16);
+  for (int t = 0; t < kTokens; ++t) {
+    const int16_t* x = xq + t * x_stride;
+    auto sum0 = hn::Zero(d32);
+    auto sum1 = hn::Zero(d32);
+    for (size_t v = 0; v < 32 / n; ++v) sum0 = hn::ReorderWidenMulAccumulate(d32, w[v], hn::LoadU(d16, x + v * n), sum0, sum1);
+    acc[t] = hn::MulAdd(hn::ConvertTo(df, hn::Add(sum0, sum1)), hn::Set(df, act_scale[t * scale_stride]), acc[t]);
+  }
+}
+
+// One row of kBits codes against kTokens tokens. Per block, its groups' activation-scaled dots
+// are summed, then times the block scale (one int8 -> f32 conversion per block, not per group);
+// blocks alternate between two accumulators so that consecutive blocks do not wait on each
+// other's FMA latency. One horizontal sum per row and token.
+template <int kBits, int kTokens>
 HWY_INLINE void UpgRow(const UpgMatrix& m, int64_t row, const PreparedActivation& act, int64_t t0, float* out,
                        int64_t out_stride) {
   const hn::CappedTag<int16_t, kUpgI16Lanes> d16;
-  const hn::Repartition<int32_t, decltype(d16)> d32;
-  const hn::Rebind<float, decltype(d32)> df;
-  const size_t n = hn::Lanes(d16);
-  const size_t vecs = 32 / n;
-  const int64_t groups = m.k / kUpgGroup, group_bytes = kUpgGroup * m.bits / 8;
-  const int64_t groups_per_block = m.block / kUpgGroup;
-  // Locals, since the int8 stores below may alias anything reached through m or act.
-  const int bits = m.bits;
-  const int16_t* act_q = act.q.data();
-  const float* act_scale = act.q_scale.data();
+  const hn::Rebind<float, hn::Repartition<int32_t, decltype(d16)>> df;
+  constexpr int64_t kGroupBytes = kUpgGroup * kBits / 8;
+  // Locals, since the int8 stores of the 3-bit path may alias anything reached through m or act.
+  const int64_t k = m.k, groups = k / kUpgGroup, groups_per_block = m.block / kUpgGroup;
+  const int64_t blocks = k / m.block;
+  const int16_t* xq = act.q.data() + t0 * k;
+  const float* act_scale = act.q_scale.data() + t0 * groups;
   const uint8_t* codes = m.codes + row * m.code_row_bytes();
-  const int8_t* bscale = m.bscale + row * (m.k / m.block);
-  // 16 table entries even for 3-bit rows, so the 128-bit table load stays in bounds.
-  HWY_ALIGN int8_t lut[16] = {};
-  for (int64_t l = 0; l < m.levels(); ++l) lut[l] = m.lut[row * m.levels() + l];
+  const int8_t* bscale = m.bscale + row * blocks;
+  // A 4-bit row's table is read in place; a 3-bit row's 8 entries are padded to 16 bytes.
+  HWY_ALIGN int8_t padded_lut[16] = {};
+  const int8_t* lut = m.lut + row * m.levels();
+  if constexpr (kBits == 3) {
+    std::memcpy(padded_lut, lut, 8);
+    lut = padded_lut;
+  }
   HWY_ALIGN int8_t values[32];
   hn::Vec<decltype(d16)> w[kUpgMaxVecs];
-  hn::Vec<decltype(df)> acc[kTokens];
-  for (int t = 0; t < kTokens; ++t) acc[t] = hn::Zero(df);
-  for (int64_t g = 0; g < groups; ++g) {
-    if (bits == 4) {
-      LookupGroup4(d16, lut, codes + g * group_bytes, w);
-    } else {
-      LookupGroup3(lut, codes + g * group_bytes, values);
-      WidenGroup(d16, values, w);
-    }
-    const float block_scale = static_cast<float>(bscale[g / groups_per_block]);
-    for (int t = 0; t < kTokens; ++t) {
-      const int64_t tb = (t0 + t) * groups + g;
-      const int16_t* xq = act_q + tb * kUpgGroup;
-      auto sum0 = hn::Zero(d32);
-      auto sum1 = hn::Zero(d32);
-      for (size_t v = 0; v < vecs; ++v) {
-        sum0 = hn::ReorderWidenMulAccumulate(d32, w[v], hn::LoadU(d16, xq + v * n), sum0, sum1);
+  hn::Vec<decltype(df)> acc0[kTokens], acc1[kTokens], block_acc[kTokens];
+  for (int t = 0; t < kTokens; ++t) acc0[t] = acc1[t] = hn::Zero(df);
+  auto block_step = [&](int64_t b, hn::Vec<decltype(df)>* acc) HWY_ATTR {
+    for (int t = 0; t < kTokens; ++t) block_acc[t] = hn::Zero(df);
+    for (int64_t g = b * groups_per_block; g < (b + 1) * groups_per_block; ++g) {
+      if constexpr (kBits == 4) {
+        LookupGroup4(d16, lut, codes + g * kGroupBytes, w);
+      } else {
+        LookupGroup3(lut, codes + g * kGroupBytes, values);
+        WidenGroup(d16, values, w);
       }
-      acc[t] = hn::MulAdd(hn::ConvertTo(df, hn::Add(sum0, sum1)), hn::Set(df, block_scale * act_scale[tb]), acc[t]);
+      GroupDot<kTokens>(d16, df, w, xq + g * kUpgGroup, k, act_scale + g, groups, block_acc);
     }
+    const auto block_scale = hn::Set(df, static_cast<float>(bscale[b]));
+    for (int t = 0; t < kTokens; ++t) acc[t] = hn::MulAdd(block_acc[t], block_scale, acc[t]);
+  };
+  int64_t b = 0;
+  for (; b + 2 <= blocks; b += 2) {
+    block_step(b, acc0);
+    block_step(b + 1, acc1);
   }
+  if (b < blocks) block_step(b, acc0);
   for (int t = 0; t < kTokens; ++t) {
-    float sum = m.rscale[row] * hn::GetLane(hn::SumOfLanes(df, acc[t]));
+    float sum = m.rscale[row] * hn::GetLane(hn::SumOfLanes(df, hn::Add(acc0[t], acc1[t])));
     if (m.nnz > 0) {
-      const float* x = act.x + (t0 + t) * m.k;
+      const float* x = act.x + (t0 + t) * k;
       for (int64_t i = m.sp_rowptr[row]; i < m.sp_rowptr[row + 1]; ++i) {
         sum += half_bits_to_float(m.sp_val[i]) * x[m.outlier_column(i)];
       }
@@ -174,19 +196,29 @@ void UpgDequantizeRow(const UpgMatrix& m, int64_t row, float* dst) {
   for (int64_t i = m.sp_rowptr[row]; i < m.sp_rowptr[row + 1]; ++i) dst[m.outlier_column(i)] += half_bits_to_float(m.sp_val[i]);
 }
 
-void UpgMatmulRows(const UpgMatrix& m, const PreparedActivation& act, float* out, int64_t out_stride,
-                   int64_t row_begin, int64_t row_end) {
+template <int kBits>
+void UpgRows(const UpgMatrix& m, const PreparedActivation& act, float* out, int64_t out_stride, int64_t row_begin,
+             int64_t row_end) {
   const int64_t n_tokens = act.n_tokens;
   for (int64_t j = row_begin; j < row_end; ++j) {
     float* row_out = out + j;
     int64_t t0 = 0;
-    for (; t0 + 4 <= n_tokens; t0 += 4) UpgRow<4>(m, j, act, t0, row_out, out_stride);
+    for (; t0 + 4 <= n_tokens; t0 += 4) UpgRow<kBits, 4>(m, j, act, t0, row_out, out_stride);
     switch (n_tokens - t0) {
-      case 3: UpgRow<3>(m, j, act, t0, row_out, out_stride); break;
-      case 2: UpgRow<2>(m, j, act, t0, row_out, out_stride); break;
-      case 1: UpgRow<1>(m, j, act, t0, row_out, out_stride); break;
+      case 3: UpgRow<kBits, 3>(m, j, act, t0, row_out, out_stride); break;
+      case 2: UpgRow<kBits, 2>(m, j, act, t0, row_out, out_stride); break;
+      case 1: UpgRow<kBits, 1>(m, j, act, t0, row_out, out_stride); break;
       default: break;
     }
+  }
+}
+
+void UpgMatmulRows(const UpgMatrix& m, const PreparedActivation& act, float* out, int64_t out_stride,
+                   int64_t row_begin, int64_t row_end) {
+  if (m.bits == 4) {
+    UpgRows<4>(m, act, out, out_stride, row_begin, row_end);
+  } else {
+    UpgRows<3>(m, act, out, out_stride, row_begin, row_end);
   }
 }
 
@@ -209,6 +241,10 @@ void upg_matmul_rows(const UpgMatrix& m, const PreparedActivation& act, float* o
                      int64_t row_begin, int64_t row_end) {
   PDVM_CHECK(act.k == m.k && !act.q.empty());
   HWY_DYNAMIC_DISPATCH(UpgMatmulRows)(m, act, out, out_stride, row_begin, row_end);
+}
+
+void upg_matmul_task_rows(const MatmulTask& task, int64_t row_begin, int64_t row_end) {
+  upg_matmul_rows(*task.upg, *task.act, task.out, task.out_stride, row_begin, row_end);
 }
 
 }  // namespace pdvm::cpu

@@ -16,10 +16,10 @@ namespace pdvm::cpu {
 namespace {
 
 TEST(UpgCpuKernel, MatchesReferenceDecompressorOnEveryTarget) {
-  std::uniform_int_distribution<int> groups(1, 24), rows(1, 40), tokens(1, 7), coin(0, 1);
+  std::uniform_int_distribution<int> groups(1, 24), rows(1, 40), tokens(1, 7), coin(0, 1), block_log2(5, 7);
   for (int trial = 0; trial < 12; ++trial) {
     const int bits = coin(test::rng()) ? 4 : 3;
-    const int64_t block = coin(test::rng()) ? 32 : 64;
+    const int64_t block = int64_t{1} << block_log2(test::rng());
     const int64_t k = block * groups(test::rng()), n = rows(test::rng()), n_tokens = tokens(test::rng());
     const double outliers = coin(test::rng()) ? 0.02 : 0.0;
     SCOPED_TRACE("bits " + std::to_string(bits) + " block " + std::to_string(block) + " k " + std::to_string(k) +
