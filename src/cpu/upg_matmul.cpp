@@ -60,6 +60,24 @@ HWY_INLINE void LookupGroup4(D16 d16, const int8_t* lut, const uint8_t* group, h
 #endif
 }
 
+// Evaluated per target (this file is compiled once per HWY_TARGET).
+#define PDVM_UPG_WORD_TABLE (HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL)
+#if PDVM_UPG_WORD_TABLE
+// AVX-512: the row's table widened once to 16 int16 lanes (`table`), then one 16-bit lane
+// permute (vpermw, which Highway 1.0 does not wrap) per 16 codes, indexed by the zero-extended
+// code bytes: the widening of each looked-up byte and the shuffle's mask work go away.
+template <class D16>
+HWY_INLINE void LookupGroup4Words(D16 d16, hn::VFromD<D16> table, const uint8_t* group, hn::VFromD<D16>* w) {
+  static_assert(hn::MaxLanes(d16) == 16, "one 256-bit vector per 16 codes");
+  const hn::RebindToUnsigned<D16> du16;
+  const auto codes = hn::PromoteTo(du16, hn::LoadU(hn::Rebind<uint8_t, D16>(), group));
+  const auto lo = hn::BitCast(d16, hn::And(codes, hn::Set(du16, 15)));
+  const auto hi = hn::BitCast(d16, hn::ShiftRight<4>(codes));
+  w[0] = hn::VFromD<D16>{_mm256_permutexvar_epi16(lo.raw, table.raw)};
+  w[1] = hn::VFromD<D16>{_mm256_permutexvar_epi16(hi.raw, table.raw)};
+}
+#endif
+
 // The 32 table values of one 4-bit group as int8, in element order.
 HWY_INLINE void LookupValues4(const int8_t* lut, const uint8_t* group, int8_t* values) {
 #if HWY_TARGET == HWY_SCALAR
@@ -130,6 +148,9 @@ HWY_INLINE void UpgRow(const UpgMatrix& m, int64_t row, const PreparedActivation
     std::memcpy(padded_lut, lut, 8);
     lut = padded_lut;
   }
+#if PDVM_UPG_WORD_TABLE
+  const auto word_table = hn::PromoteTo(d16, hn::LoadU(hn::Rebind<int8_t, decltype(d16)>(), lut));
+#endif
   HWY_ALIGN int8_t values[32];
   hn::Vec<decltype(d16)> w[kUpgMaxVecs];
   hn::Vec<decltype(df)> acc0[kTokens], acc1[kTokens], block_acc[kTokens];
@@ -138,7 +159,11 @@ HWY_INLINE void UpgRow(const UpgMatrix& m, int64_t row, const PreparedActivation
     for (int t = 0; t < kTokens; ++t) block_acc[t] = hn::Zero(df);
     for (int64_t g = b * groups_per_block; g < (b + 1) * groups_per_block; ++g) {
       if constexpr (kBits == 4) {
+#if PDVM_UPG_WORD_TABLE
+        LookupGroup4Words(d16, word_table, codes + g * kGroupBytes, w);
+#else
         LookupGroup4(d16, lut, codes + g * kGroupBytes, w);
+#endif
       } else {
         LookupGroup3(lut, codes + g * kGroupBytes, values);
         WidenGroup(d16, values, w);
