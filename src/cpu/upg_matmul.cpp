@@ -76,6 +76,25 @@ HWY_INLINE void LookupGroup4Words(D16 d16, hn::VFromD<D16> table, const uint8_t*
   w[0] = hn::VFromD<D16>{_mm256_permutexvar_epi16(lo.raw, table.raw)};
   w[1] = hn::VFromD<D16>{_mm256_permutexvar_epi16(hi.raw, table.raw)};
 }
+
+// The same for a 3-bit group (layout in docs/upg.md): element e = 8j + i takes two bits from
+// byte i at bit 2j, and its third bit is bit e of the 4 bytes that follow, i.e. a lane mask.
+template <class D16>
+HWY_INLINE void LookupGroup3Words(D16 d16, hn::VFromD<D16> table, const uint8_t* group, hn::VFromD<D16>* w) {
+  static_assert(hn::MaxLanes(d16) == 16, "one 256-bit vector per 16 codes");
+  const hn::RebindToUnsigned<D16> du16;
+  const hn::Half<decltype(du16)> dh;
+  const auto pairs = hn::PromoteTo(dh, hn::LoadU(hn::Rebind<uint8_t, decltype(dh)>(), group));
+  const auto both = hn::Combine(du16, pairs, pairs);  // byte i in lanes i and 8 + i
+  const auto first_shift = hn::ShiftLeft<1>(hn::ShiftRight<3>(hn::Iota(du16, 0)));  // 2j: 0 or 2
+  const auto four = hn::Set(du16, 4);
+  for (size_t half = 0; half < 2; ++half) {
+    const auto shift = hn::Add(first_shift, hn::Set(du16, static_cast<uint16_t>(4 * half)));
+    const auto low = hn::And(both >> shift, hn::Set(du16, 3));
+    const auto code = hn::Or(low, hn::IfThenElseZero(hn::LoadMaskBits(du16, group + 8 + 2 * half), four));
+    w[half] = hn::VFromD<D16>{_mm256_permutexvar_epi16(hn::BitCast(d16, code).raw, table.raw)};
+  }
+}
 #endif
 
 // The 32 table values of one 4-bit group as int8, in element order.
@@ -150,8 +169,9 @@ HWY_INLINE void UpgRow(const UpgMatrix& m, int64_t row, const PreparedActivation
   }
 #if PDVM_UPG_WORD_TABLE
   const auto word_table = hn::PromoteTo(d16, hn::LoadU(hn::Rebind<int8_t, decltype(d16)>(), lut));
-#endif
+#else
   HWY_ALIGN int8_t values[32];
+#endif
   hn::Vec<decltype(d16)> w[kUpgMaxVecs];
   hn::Vec<decltype(df)> acc0[kTokens], acc1[kTokens], block_acc[kTokens];
   for (int t = 0; t < kTokens; ++t) acc0[t] = acc1[t] = hn::Zero(df);
@@ -165,8 +185,12 @@ HWY_INLINE void UpgRow(const UpgMatrix& m, int64_t row, const PreparedActivation
         LookupGroup4(d16, lut, codes + g * kGroupBytes, w);
 #endif
       } else {
+#if PDVM_UPG_WORD_TABLE
+        LookupGroup3Words(d16, word_table, codes + g * kGroupBytes, w);
+#else
         LookupGroup3(lut, codes + g * kGroupBytes, values);
         WidenGroup(d16, values, w);
+#endif
       }
       GroupDot<kTokens>(d16, df, w, xq + g * kUpgGroup, k, act_scale + g, groups, block_acc);
     }
