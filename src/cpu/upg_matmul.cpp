@@ -228,6 +228,25 @@ void UpgDequantizeRow(const UpgMatrix& m, int64_t row, float* dst) {
   HWY_ALIGN int8_t lut[16] = {};
   for (int64_t l = 0; l < m.levels(); ++l) lut[l] = m.lut[row * m.levels() + l];
   const auto rscale = hn::Set(df, m.rscale[row]);
+#if PDVM_UPG_WORD_TABLE
+  // The decode kernel's in-register lookups, 16 values per int16 vector (16 f32 lanes here).
+  const hn::CappedTag<int16_t, 16> d16;
+  static_assert(hn::MaxLanes(df) == 16, "AVX-512: one f32 vector per 16 values");
+  const auto word_table = hn::PromoteTo(d16, hn::LoadU(hn::Rebind<int8_t, decltype(d16)>(), lut));
+  hn::Vec<decltype(d16)> w[2];
+  for (int64_t g = 0; g < groups; ++g) {
+    if (m.bits == 4) {
+      LookupGroup4Words(d16, word_table, codes + g * group_bytes, w);
+    } else {
+      LookupGroup3Words(d16, word_table, codes + g * group_bytes, w);
+    }
+    const auto block_scale = hn::Set(df, static_cast<float>(bscale[g / groups_per_block]));
+    for (size_t v = 0; v < 2; ++v) {
+      const auto product = hn::Mul(hn::ConvertTo(df, hn::PromoteTo(hn::RebindToSigned<decltype(df)>(), w[v])), block_scale);
+      hn::StoreU(hn::Mul(product, rscale), df, dst + g * kUpgGroup + 16 * v);
+    }
+  }
+#else
   HWY_ALIGN int8_t values[32];
   for (int64_t g = 0; g < groups; ++g) {
     if (m.bits == 4) {
@@ -241,6 +260,7 @@ void UpgDequantizeRow(const UpgMatrix& m, int64_t row, float* dst) {
       hn::StoreU(hn::Mul(product, rscale), df, dst + g * kUpgGroup + i);
     }
   }
+#endif
   if (m.nnz == 0) return;
   for (int64_t i = m.sp_rowptr[row]; i < m.sp_rowptr[row + 1]; ++i) dst[m.outlier_column(i)] += half_bits_to_float(m.sp_val[i]);
 }
