@@ -1,11 +1,15 @@
 // The fast CPU backend's matmul kernels against the reference dequantization and plain
 // double-precision loops, on fresh random inputs of awkward sizes.
+// Iterate the targets the kernels are compiled for, not Highway's default set (which has SVE).
+#include "cpu/fast_simd_targets.h"  // must precede the Highway headers
 #include <gtest/gtest.h>
 #include <hwy/targets.h>
 
 #include <cmath>
 #include <cstring>
+#include <iostream>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "cpu/fast_kernels.h"
@@ -170,6 +174,20 @@ TEST(ThreadPool, CoversEveryItemOnceAcrossManyJobs) {
     });
     for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "item " << i << " of job " << job;
   }
+}
+
+// The "on every target" tests loop over these; listing them makes a run show what it covered
+// (scripts/test-aarch64.sh greps the line). An ARM build must at least carry NEON.
+TEST(SimdDispatch, PicksTheBestCompiledTargetThisMachineRuns) {
+  const std::vector<int64_t> targets = hwy::SupportedAndGeneratedTargets();
+  ASSERT_FALSE(targets.empty());
+  std::string names;
+  for (int64_t target : targets) names += std::string(" ") + hwy::TargetName(target);
+  std::cout << "SIMD targets tested:" << names << "\n";
+  EXPECT_STREQ(simd_target_name(), hwy::TargetName(targets.front()));
+#if HWY_ARCH_ARM_A64
+  EXPECT_NE(names.find(" NEON"), std::string::npos) << names;
+#endif
 }
 
 TEST(ReadBandwidthProbe, XorReduceMatchesScalarOnEveryTarget) {

@@ -2,6 +2,8 @@
 // row decoder feeding the prefill GEMM in src/cpu/fast_gemm.cpp) on every SIMD target against
 // the reference decompressor and a double-precision dot, on random shapes, bit widths, block
 // sizes, outliers and token counts.
+// Iterate the targets the kernels are compiled for, not Highway's default set (which has SVE).
+#include "cpu/fast_simd_targets.h"  // must precede the Highway headers
 #include <gtest/gtest.h>
 #include <hwy/targets.h>
 
