@@ -17,16 +17,6 @@
 namespace pdvm {
 namespace {
 
-float relative_difference(std::span<const float> a, std::span<const float> b) {
-  EXPECT_EQ(a.size(), b.size());
-  float diff = 0.0f, scale = 0.0f;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    diff = std::max(diff, std::abs(a[i] - b[i]));
-    scale = std::max(scale, std::abs(b[i]));
-  }
-  return diff / scale;
-}
-
 std::vector<float> copy(std::span<const float> v) { return {v.begin(), v.end()}; }
 
 class TensorParallelCudaTest : public ::testing::Test {
@@ -73,7 +63,7 @@ TEST_F(TensorParallelCudaTest, NcclGroupOfOneReproducesTheUnsplitModel) {
   ASSERT_EQ(nccl.communicator_name(), "nccl");
   const auto prompt = test::random_tokens(40, spec_.n_vocab);  // two batch chunks
   const auto want = copy(plain.prefill_all(prompt));
-  EXPECT_LE(relative_difference(nccl.prefill_all(prompt), want), 1e-6f) << type_name(spec_.weight_type);
+  EXPECT_LE(test::relative_difference(nccl.prefill_all(prompt), want), 1e-6f) << type_name(spec_.weight_type);
   plain.reset();
   nccl.reset();
   // Decode steps replay a CUDA graph that holds the NCCL all-reduces.
@@ -96,7 +86,7 @@ TEST_F(TensorParallelCudaTest, ShardedKernelsOnOneGpuMatchTheUnsplitModel) {
     Session split(options(tp, "in-process", std::vector<int>(static_cast<size_t>(tp), 0)));
     // Prefill GEMMs and attention run on tensor cores with 16-bit inputs, so the split's other
     // summation order shows: 4.5e-4 and 4.9e-4 measured on H100 at tp 2 and 4.
-    EXPECT_LE(relative_difference(split.prefill_all(prompt), want_prompt), 2e-3f)
+    EXPECT_LE(test::relative_difference(split.prefill_all(prompt), want_prompt), 2e-3f)
         << "tp " << tp << ", " << type_name(spec_.weight_type);
     split.reset();
     EXPECT_EQ(split.generate_greedy(start, 32), want_tokens) << "tp " << tp;
@@ -117,7 +107,7 @@ TEST_F(TensorParallelCudaTest, NcclOverSeveralGpusMatchesTheUnsplitModel) {
     if (tp > n_gpus) break;
     Session split(options(tp, "auto"));
     ASSERT_EQ(split.communicator_name(), "nccl");
-    EXPECT_LE(relative_difference(split.prefill_all(prompt), want_prompt), 2e-3f) << "tp " << tp;
+    EXPECT_LE(test::relative_difference(split.prefill_all(prompt), want_prompt), 2e-3f) << "tp " << tp;
     split.reset();
     EXPECT_EQ(split.generate_greedy(start, 64), want_tokens) << "tp " << tp;
     std::printf("nccl, %d ranks: %d all-reduces of %d floats per token take %.1f us\n", tp, 2 * spec_.n_layer,

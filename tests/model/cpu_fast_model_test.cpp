@@ -18,15 +18,6 @@ namespace {
 // range (8-bit activations drift 6-9%, see docs/perf-notes.md).
 constexpr float kLogitTolerance = 5e-3f;
 
-float relative_difference(std::span<const float> a, std::span<const float> b) {
-  float diff = 0.0f, scale = 0.0f;
-  for (size_t i = 0; i < b.size(); ++i) {
-    diff = std::max(diff, std::abs(a[i] - b[i]));
-    scale = std::max(scale, std::abs(b[i]));
-  }
-  return diff / scale;
-}
-
 SessionOptions options(const std::string& backend) {
   SessionOptions o;
   o.model_path = test::default_model_path();
@@ -49,7 +40,7 @@ TEST(CpuFastModel, PromptLogitsMatchReference) {
   const auto ref_logits = reference.prefill_all(prompt);
   const size_t vocab = static_cast<size_t>(fast.n_vocab());
   for (size_t t = 0; t < prompt.size(); ++t) {
-    const float diff = relative_difference({fast_logits.data() + t * vocab, vocab},
+    const float diff = test::relative_difference({fast_logits.data() + t * vocab, vocab},
                                            {ref_logits.data() + t * vocab, vocab});
     std::fprintf(stderr, "token %zu: max|fast-ref|/max|ref| = %.4g\n", t, diff);
     EXPECT_LE(diff, kLogitTolerance) << "token " << t;

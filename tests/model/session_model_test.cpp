@@ -13,15 +13,6 @@
 namespace pdvm {
 namespace {
 
-float relative_difference(std::span<const float> a, std::span<const float> b) {
-  float diff = 0.0f, scale = 0.0f;
-  for (size_t i = 0; i < b.size(); ++i) {
-    diff = std::max(diff, std::abs(a[i] - b[i]));
-    scale = std::max(scale, std::abs(b[i]));
-  }
-  return diff / scale;
-}
-
 SessionOptions default_options() {
   SessionOptions o;
   o.model_path = test::default_model_path();
@@ -39,7 +30,7 @@ TEST(SessionModel, PrefillEqualsDecodeSteps) {
   const std::vector<float> all(batch_logits.begin(), batch_logits.end());
   for (size_t t = 0; t < tokens.size(); ++t) {
     const auto logits = stepwise.decode(tokens[t]);
-    EXPECT_LE(relative_difference(logits, {all.data() + t * vocab, static_cast<size_t>(vocab)}), 1e-5f)
+    EXPECT_LE(test::relative_difference(logits, {all.data() + t * vocab, static_cast<size_t>(vocab)}), 1e-5f)
         << "token " << t;
   }
 }
@@ -62,7 +53,7 @@ TEST(SessionModel, TruncateThenContinueMatchesAFreshRun) {
   const std::vector<float> reused(tail_logits.begin(), tail_logits.end());
 
   Session fresh(default_options());
-  EXPECT_LE(relative_difference(reused, fresh.prefill(full)), 1e-5f);
+  EXPECT_LE(test::relative_difference(reused, fresh.prefill(full)), 1e-5f);
   EXPECT_EQ(session.n_past(), 12);
 }
 

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
@@ -43,6 +45,16 @@ std::vector<float> random_floats(size_t n, float stddev) {
   std::vector<float> out(n);
   for (float& v : out) v = dist(rng());
   return out;
+}
+
+float relative_difference(std::span<const float> a, std::span<const float> b) {
+  EXPECT_EQ(a.size(), b.size());
+  float diff = 0.0f, scale = 0.0f;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    diff = std::max(diff, std::abs(a[i] - b[i]));
+    scale = std::max(scale, std::abs(b[i]));
+  }
+  return diff / scale;
 }
 
 }  // namespace pdvm::test

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -20,5 +21,8 @@ bool require_default_model();
 // A generator seeded freshly per run (printed so a failure can be replayed with PDVM_TEST_SEED).
 std::mt19937_64& rng();
 std::vector<float> random_floats(size_t n, float stddev = 1.0f);
+
+// max |a - b| / max |b|; a size mismatch is a test failure.
+float relative_difference(std::span<const float> a, std::span<const float> b);
 
 }  // namespace pdvm::test

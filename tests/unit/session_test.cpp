@@ -13,20 +13,6 @@
 namespace pdvm {
 namespace {
 
-float max_abs(std::span<const float> v) {
-  float m = 0.0f;
-  for (float x : v) m = std::max(m, std::abs(x));
-  return m;
-}
-
-// max |a - b| / max |b|
-float relative_difference(std::span<const float> a, std::span<const float> b) {
-  EXPECT_EQ(a.size(), b.size());
-  float diff = 0.0f;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) diff = std::max(diff, std::abs(a[i] - b[i]));
-  return diff / max_abs(b);
-}
-
 std::vector<float> copy(std::span<const float> logits) { return {logits.begin(), logits.end()}; }
 
 class SessionTest : public ::testing::Test {
@@ -58,7 +44,7 @@ TEST_F(SessionTest, PrefillEqualsOneDecodeStepPerToken) {
   for (size_t t = 0; t < tokens.size(); ++t) {
     const auto logits = stepwise.decode(tokens[t]);
     const std::span<const float> expected(all.data() + t * spec_.n_vocab, spec_.n_vocab);
-    EXPECT_LE(relative_difference(logits, expected), 1e-5f) << "token " << t;
+    EXPECT_LE(test::relative_difference(logits, expected), 1e-5f) << "token " << t;
   }
   EXPECT_EQ(stepwise.n_past(), 20);
   EXPECT_EQ(batched.n_past(), 20);
@@ -69,7 +55,7 @@ TEST_F(SessionTest, PrefillReturnsTheLastRowOfPrefillAll) {
   Session a(options()), b(options());
   const auto last = copy(a.prefill(tokens));
   const auto all = b.prefill_all(tokens);
-  EXPECT_EQ(relative_difference(last, all.subspan(8 * spec_.n_vocab)), 0.0f);
+  EXPECT_EQ(test::relative_difference(last, all.subspan(8 * spec_.n_vocab)), 0.0f);
 }
 
 TEST_F(SessionTest, ChunkedPrefillMatchesOneBatch) {
@@ -77,10 +63,10 @@ TEST_F(SessionTest, ChunkedPrefillMatchesOneBatch) {
   Session whole(options());
   Session chunked(options(64, 5));
   const auto expected = copy(whole.prefill_all(tokens));
-  EXPECT_LE(relative_difference(chunked.prefill_all(tokens), expected), 1e-5f);
+  EXPECT_LE(test::relative_difference(chunked.prefill_all(tokens), expected), 1e-5f);
   chunked.reset();
   whole.reset();
-  EXPECT_LE(relative_difference(chunked.prefill(tokens), copy(whole.prefill(tokens))), 1e-5f);
+  EXPECT_LE(test::relative_difference(chunked.prefill(tokens), copy(whole.prefill(tokens))), 1e-5f);
 }
 
 TEST_F(SessionTest, TruncateReusesThePrefix) {
@@ -98,11 +84,11 @@ TEST_F(SessionTest, TruncateReusesThePrefix) {
   reused.prefill(first_tail);
   reused.truncate(static_cast<int64_t>(prefix.size()));
   EXPECT_EQ(reused.n_past(), 11);
-  EXPECT_LE(relative_difference(reused.prefill(second_tail), expected), 1e-5f);
+  EXPECT_LE(test::relative_difference(reused.prefill(second_tail), expected), 1e-5f);
 
   reused.reset();
   EXPECT_EQ(reused.n_past(), 0);
-  EXPECT_LE(relative_difference(reused.prefill(full), expected), 1e-5f);
+  EXPECT_LE(test::relative_difference(reused.prefill(full), expected), 1e-5f);
   EXPECT_THROW(reused.truncate(17), Error);
 }
 
@@ -142,7 +128,7 @@ TEST_F(SessionTest, HalfPrecisionCacheStaysCloseToF32) {
   Session f32_session(exact), f16_session(half);
   const auto expected = copy(f32_session.prefill_all(tokens));
   const auto rounded = f16_session.prefill_all(tokens);
-  const float difference = relative_difference(rounded, expected);
+  const float difference = test::relative_difference(rounded, expected);
   EXPECT_GT(difference, 0.0f);  // the cache really holds halves
   EXPECT_LT(difference, 5e-3f);
 }

@@ -19,17 +19,6 @@
 namespace pdvm {
 namespace {
 
-// max |a - b| / max |b|
-float relative_difference(std::span<const float> a, std::span<const float> b) {
-  EXPECT_EQ(a.size(), b.size());
-  float diff = 0.0f, scale = 0.0f;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
-    diff = std::max(diff, std::abs(a[i] - b[i]));
-    scale = std::max(scale, std::abs(b[i]));
-  }
-  return diff / scale;
-}
-
 std::vector<float> copy(std::span<const float> v) { return {v.begin(), v.end()}; }
 
 struct Family {
@@ -102,17 +91,17 @@ TEST_P(TensorParallelTest, LogitsMatchOneRank) {
   // 20 prompt tokens in chunks of 16 (the batch path), then single decode steps.
   const auto prompt = test::random_tokens(20, spec_.n_vocab);
   const auto expected = copy(whole.prefill_all(prompt));
-  EXPECT_LE(relative_difference(split.prefill_all(prompt), expected), c.tolerance);
+  EXPECT_LE(test::relative_difference(split.prefill_all(prompt), expected), c.tolerance);
   for (int32_t token : test::random_tokens(6, spec_.n_vocab)) {
     const auto want = copy(whole.decode(token));
-    EXPECT_LE(relative_difference(split.decode(token), want), c.tolerance) << "at position " << split.n_past();
+    EXPECT_LE(test::relative_difference(split.decode(token), want), c.tolerance) << "at position " << split.n_past();
   }
   // A shared prefix kept on every rank's cache.
   whole.truncate(9);
   split.truncate(9);
   const int32_t token = test::random_tokens(1, spec_.n_vocab)[0];
   const auto want = copy(whole.decode(token));
-  EXPECT_LE(relative_difference(split.decode(token), want), c.tolerance) << "after truncate";
+  EXPECT_LE(test::relative_difference(split.decode(token), want), c.tolerance) << "after truncate";
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, TensorParallelTest,
