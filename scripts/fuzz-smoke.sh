@@ -17,7 +17,7 @@ fi
 
 cmake -S . -B "$build_dir" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang -DPDVM_CUDA=OFF \
   -DPDVM_FUZZ=ON -DPDVM_BUILD_TESTS=OFF -DPDVM_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-targets=(gguf_fuzz tokenizer_fuzz chat_template_fuzz openai_request_fuzz cli_fuzz)
+targets=(gguf_fuzz tokenizer_fuzz chat_template_fuzz openai_request_fuzz cli_fuzz http_request_fuzz)
 cmake --build "$build_dir" -j"$(nproc)" --target "${targets[@]}" gguf_fuzz_corpus
 
 mkdir -p "$build_dir/artifacts"
