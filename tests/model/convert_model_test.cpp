@@ -14,12 +14,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<float> dequantized(const GgufTensor& t) {
-  std::vector<float> out(static_cast<size_t>(t.n_elems()));
-  dequantize_row(t.type, t.data, out.data(), t.n_elems());
-  return out;
-}
-
 TEST(ConvertDefaultModel, F16ThenQ8_0StaysWithinTypeErrorBounds) {
   if (!test::require_default_model()) GTEST_SKIP() << "default model not present";
   const fs::path dir = fs::temp_directory_path() / ("pdvm_convert_model_" + std::to_string(getpid()));
@@ -34,10 +28,10 @@ TEST(ConvertDefaultModel, F16ThenQ8_0StaysWithinTypeErrorBounds) {
   ASSERT_EQ(q8.tensors().size(), original.tensors().size());
   for (const GgufTensor& source : original.tensors()) {
     SCOPED_TRACE(source.name);
-    const std::vector<float> x = dequantized(source);
-    const std::vector<float> via_f16 = dequantized(f16.tensor_required(source.name));
+    const std::vector<float> x = test::dequantized(source);
+    const std::vector<float> via_f16 = test::dequantized(f16.tensor_required(source.name));
     const GgufTensor& final_tensor = q8.tensor_required(source.name);
-    const std::vector<float> y = dequantized(final_tensor);
+    const std::vector<float> y = test::dequantized(final_tensor);
     ASSERT_EQ(final_tensor.type, source.shape.size() == 1 ? TensorType::kF32 : TensorType::kQ8_0);
     for (size_t block = 0; block < x.size() / 32; ++block) {
       double amax = 0;

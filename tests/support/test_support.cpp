@@ -1,5 +1,8 @@
 #include "test_support.h"
 
+#include "pdvm/gguf.h"
+#include "pdvm/tensor_type.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -44,6 +47,12 @@ std::vector<float> random_floats(size_t n, float stddev) {
   std::normal_distribution<float> dist(0.0f, stddev);
   std::vector<float> out(n);
   for (float& v : out) v = dist(rng());
+  return out;
+}
+
+std::vector<float> dequantized(const GgufTensor& t) {
+  std::vector<float> out(static_cast<size_t>(t.n_elems()));
+  dequantize_row(t.type, t.data, out.data(), t.n_elems());
   return out;
 }
 

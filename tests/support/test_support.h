@@ -8,6 +8,10 @@
 #include <string>
 #include <vector>
 
+namespace pdvm {
+struct GgufTensor;
+}
+
 namespace pdvm::test {
 
 std::filesystem::path source_dir();
@@ -21,6 +25,9 @@ bool require_default_model();
 // A generator seeded freshly per run (printed so a failure can be replayed with PDVM_TEST_SEED).
 std::mt19937_64& rng();
 std::vector<float> random_floats(size_t n, float stddev = 1.0f);
+
+// A tensor's values as floats (the reference dequantization of its type).
+std::vector<float> dequantized(const GgufTensor& t);
 
 // max |a - b| / max |b|; a size mismatch is a test failure.
 float relative_difference(std::span<const float> a, std::span<const float> b);

@@ -16,12 +16,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<float> dequantized(const GgufTensor& t) {
-  std::vector<float> out(static_cast<size_t>(t.n_elems()));
-  dequantize_row(t.type, t.data, out.data(), t.n_elems());
-  return out;
-}
-
 class ConvertTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -53,7 +47,7 @@ TEST_F(ConvertTest, EveryTargetTypeMatchesTheReferenceRoundTrip) {
       EXPECT_EQ(converted.shape, source.shape);
       EXPECT_EQ(converted.type, source.shape.size() == 1 ? TensorType::kF32 : target) << source.name;
       // Independent of convert's row loop: quantize the whole tensor at once, then compare bytes.
-      const std::vector<float> values = dequantized(source);
+      const std::vector<float> values = test::dequantized(source);
       std::vector<uint8_t> expected(static_cast<size_t>(type_bytes(converted.type, source.n_elems())));
       quantize_row(converted.type, values.data(), expected.data(), source.n_elems());
       ASSERT_EQ(std::vector<uint8_t>(converted.data, converted.data + converted.n_bytes), expected) << source.name;
