@@ -72,10 +72,17 @@ void add_model_flags(CLI::App& app, ModelFlags& flags) {
                  fmt::format("compute backend: {} (default: {})", fmt::join(names, ", "), default_backend_name()));
   app.add_option("-t,--threads", flags.threads, "CPU threads (default: all cores)")->check(integer_in(0, kMaxThreads));
   app.add_option("--kv-type", flags.kv_type, "KV cache type: f32, f16 or q8_0 (default: the backend's, f16 on cpu)");
-  app.add_option("--gpu-mode", flags.gpu_mode, "unfused, or PDVM fused decode: layer or token (CUDA builds)")
-      ->check(CLI::IsMember({"unfused", "layer", "token"}))
-      ->capture_default_str();
+  add_gpu_mode_flags(app, flags.gpu_mode, flags.fused_prompts);
   add_tensor_parallel_flags(app, flags.tensor_parallel, flags.communicator);
+}
+
+void add_gpu_mode_flags(CLI::App& app, std::string& gpu_mode, std::string& fused_prompts) {
+  app.add_option("--gpu-mode", gpu_mode, "auto: on cuda the fastest fused mode that supports the model (token, else layer, else unfused; a notice says why); unfused; or PDVM fused decode: layer or token")
+      ->check(CLI::IsMember({"auto", "unfused", "layer", "token"}))
+      ->capture_default_str();
+  app.add_option("--fused-prompts", fused_prompts, "with a fused --gpu-mode: batched (prompts through the backend's batched prefill, which loads a second, unfused copy of the weights when it fits) or stepwise (one copy; prompts one fused step per token)")
+      ->check(CLI::IsMember({"batched", "stepwise"}))
+      ->capture_default_str();
 }
 
 void add_tensor_parallel_flags(CLI::App& app, int& tensor_parallel, std::string& communicator) {
@@ -92,6 +99,7 @@ void add_tensor_parallel_flags(CLI::App& app, int& tensor_parallel, std::string&
 void apply_backend_flags(const ModelFlags& flags, SessionOptions& options) {
   options.backend_options.n_threads = flags.threads;
   options.gpu_mode = flags.gpu_mode;
+  options.fused_batched_prompts = flags.fused_prompts == "batched";
   options.tensor_parallel = flags.tensor_parallel;
   options.communicator = flags.communicator;
   auto bar = std::make_shared<ProgressBar>("loading");

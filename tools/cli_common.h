@@ -30,22 +30,25 @@ std::string read_text_file(const std::string& path, std::string_view what);
 // "auto" (the GPU when usable, else the CPU) when registered, else "cpu".
 std::string default_backend_name();
 
-// Adds -m/--model, --ctx, --backend, -t/--threads, --kv-type, --gpu-mode, --tp and --tp-comm.
+// Adds -m/--model, --ctx, --backend, -t/--threads, --kv-type, --gpu-mode, --fused-prompts, --tp and --tp-comm.
 struct ModelFlags {
   std::string model;
   int64_t n_ctx = 0;
   std::string backend;
   int threads = 0;      // CPU backends; 0 = all cores
   std::string kv_type;  // empty: the backend's default (f16 on the fast backends)
-  std::string gpu_mode = "unfused";
+  std::string gpu_mode = "auto";
+  std::string fused_prompts = "batched";
   int tensor_parallel = 1;
   std::string communicator = "auto";
 };
 void add_model_flags(CLI::App& app, ModelFlags& flags);
 // Adds --tp and --tp-comm (also used by commands with their own model flags, e.g. bench).
 void add_tensor_parallel_flags(CLI::App& app, int& tensor_parallel, std::string& communicator);
-// Copies --threads, --kv-type, --gpu-mode, --tp and --tp-comm into `options`; Error(kInvalidArgument) for a bad --kv-type.
+// Copies --threads, --kv-type, --gpu-mode, --fused-prompts, --tp and --tp-comm into `options`; Error(kInvalidArgument) for a bad --kv-type.
 void apply_backend_flags(const ModelFlags& flags, SessionOptions& options);
+// Adds --gpu-mode (default auto) and --fused-prompts (default batched).
+void add_gpu_mode_flags(CLI::App& app, std::string& gpu_mode, std::string& fused_prompts);
 
 // Adds --temp, --top-k, --top-p, --min-p, --repeat-penalty, --repeat-last-n, --seed.
 struct SamplingFlags {

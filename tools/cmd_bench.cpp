@@ -32,7 +32,8 @@ struct BenchArgs {
   int repetitions = 3;
   int64_t n_ctx = 0;
   std::string kv_type;
-  std::string gpu_mode = "unfused";
+  std::string gpu_mode = "auto";
+  std::string fused_prompts = "batched";
   bool json = false;
   bool kernels = false;
   bool probe = true;
@@ -117,6 +118,7 @@ int run_bench_command(const BenchArgs& args) {
       options.backend_options.n_threads = args.threads;
       options.n_ctx = args.n_ctx;
       options.gpu_mode = args.gpu_mode;
+      options.fused_batched_prompts = args.fused_prompts == "batched";
       options.tensor_parallel = tp;
       options.communicator = args.communicator;
       if (!args.kv_type.empty()) {
@@ -134,6 +136,12 @@ int run_bench_command(const BenchArgs& args) {
       config.n_gen = args.n_gen;
       config.repetitions = args.repetitions;
       config.n_threads = args.threads > 0 ? args.threads : static_cast<int>(std::thread::hardware_concurrency());
+      if (!args.json && session.backend().name() == "cuda") {
+        std::printf("gpu mode: %s%s\n", session.gpu_mode().c_str(),
+                    session.gpu_mode() == "unfused"      ? ""
+                    : session.fused_batched_prompts() ? " (prompts batched on the unfused backend)"
+                                                         : " (prompts one fused step per token)");
+      }
       reports.push_back(run_bench(session, std::filesystem::path(model).filename().string(), config, bandwidth));
       std::printf("%s\n", args.json ? bench_json(reports.back()).c_str() : bench_table_row(reports.back()).c_str());
       std::fflush(stdout);
@@ -162,9 +170,7 @@ PDVM_REGISTER_COMMAND("bench", "throughput of models: prompt processing and gene
                         app.add_option("-c,--ctx", args->n_ctx, "context size (0: model default, max 4096)")
                             ->check(integer_in(0, std::numeric_limits<int64_t>::max()));
                         app.add_option("--kv-type", args->kv_type, "KV cache type (f32, f16, q8_0)");
-                        app.add_option("--gpu-mode", args->gpu_mode, "unfused, layer or token (PDVM fused decode)")
-                            ->check(CLI::IsMember({"unfused", "layer", "token"}))
-                            ->capture_default_str();
+                        add_gpu_mode_flags(app, args->gpu_mode, args->fused_prompts);
                         app.add_option("--tp", args->tensor_parallel,
                                        "tensor parallelism: ranks to split the model over; a list (1,2,4) "
                                        "benchmarks each and prints the scaling")

@@ -49,7 +49,8 @@ struct LogitsArgs {
   std::string out;
   std::string backend = "cpu";
   std::string greedy_out;
-  std::string gpu_mode = "unfused";
+  std::string gpu_mode = "auto";
+  std::string fused_prompts = "batched";
   int greedy = 0;
   int64_t n_ctx = 0;
   int threads = 0;
@@ -65,6 +66,7 @@ int run_logits(const LogitsArgs& args) {
   options.backend_options.n_threads = args.threads;
   options.n_ctx = args.n_ctx;
   options.gpu_mode = args.gpu_mode;
+  options.fused_batched_prompts = args.fused_prompts == "batched";
   Session session(options);
   const int64_t vocab = session.n_vocab();
   std::optional<Tokenizer> tokenizer;
@@ -120,8 +122,7 @@ PDVM_REGISTER_COMMAND("logits", "Run tokens through a model and save the logits 
                         app.add_option("--out", args->out,
                                        "Write the prompt's logits, shape (n_tokens, n_vocab)");
                         app.add_option("--backend", args->backend, "Backend: " + backend_names());
-                        app.add_option("--gpu-mode", args->gpu_mode, "unfused, layer or token (PDVM fused decode)")
-                            ->check(CLI::IsMember({"unfused", "layer", "token"}));
+                        add_gpu_mode_flags(app, args->gpu_mode, args->fused_prompts);
                         app.add_option("--greedy", args->greedy,
                                        "Continue greedily for N tokens and print their ids")
                             ->check(integer_in(0, std::numeric_limits<int32_t>::max()));

@@ -10,6 +10,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace pdvm {
 
@@ -24,6 +25,11 @@ class DecodeAccelerator {
   virtual void last_logits(std::span<float> out) = 0;
   // Device kernels launched so far, where counted (see Backend::kernel_launches).
   virtual std::optional<uint64_t> kernel_launches() const { return std::nullopt; }
+  // The accelerator's KV cache as a backend cache holds it (prompts run batched on the backend):
+  // positions [first, first + count) of `layer` as f16 rows of n_head_kv * head_dim values, in
+  // host memory or device memory of the accelerator's GPU.
+  virtual void write_kv(int layer, int64_t first, int64_t count, const void* k_rows, const void* v_rows) = 0;
+  virtual void read_kv(int layer, int64_t first, int64_t count, void* k_rows, void* v_rows) = 0;
 };
 
 // Returns an accelerator for `mode`, or throws Error(kUnsupported) saying why it cannot run
@@ -32,6 +38,12 @@ using DecodeAcceleratorFactory =
     std::function<std::unique_ptr<DecodeAccelerator>(const GgufFile& file, int64_t n_ctx, std::string_view mode)>;
 
 void register_decode_accelerator(DecodeAcceleratorFactory factory);
+
+// The --gpu-mode values to try, in order, for `requested` on a backend named `backend`:
+// "auto" (the default) gives the fastest path that supports the model on a CUDA backend
+// (token, then layer, then unfused) and "unfused" elsewhere; "layer" or "token" that mode,
+// then unfused; "unfused" itself. Error(kInvalidArgument) for unknown modes.
+std::vector<std::string> gpu_mode_candidates(std::string_view requested, std::string_view backend);
 
 // "unfused" returns nullptr. Other modes need a registered accelerator: Error(kUnsupported)
 // when none is linked in or it rejects the model, Error(kInvalidArgument) for unknown modes.

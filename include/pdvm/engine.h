@@ -29,10 +29,17 @@ struct SessionOptions {
   int64_t n_ctx = 0;                      // 0: min(model context_length, 4096)
   std::optional<TensorType> kv_type;      // default: the backend's default_kv_type()
   int max_batch = 512;                    // prefill runs in chunks of at most this many tokens
-  // "unfused": every token through the backend ops. "layer" / "token": every token (prompt
-  // included) through the PDVM fused decoder (one launch per layer / per token), which keeps
-  // the weights and an f16 KV cache on the GPU (the backend loads neither); needs a CUDA build.
-  std::string gpu_mode = "unfused";
+  // "unfused": every token through the backend ops. "layer" / "token": decode steps through
+  // the PDVM fused decoder (one launch per layer / per token), which keeps its own repacked
+  // weights and f16 KV cache on the GPU; needs a CUDA build. "auto": on the cuda backend the
+  // fastest of token, layer, unfused that supports the model (a notice names the reason for
+  // each fallback); elsewhere unfused. gpu_mode() tells which one runs.
+  std::string gpu_mode = "auto";
+  // With a fused mode: prompts (batches of more than one token) run batched through the
+  // backend's prefill, which loads the unfused weights besides the fused decoder's copy and
+  // shares the KV rows with it. Done only when the backend has the memory for that second
+  // copy (else a notice, and prompts run one fused step per token, as with false: one copy).
+  bool fused_batched_prompts = true;
   LoadProgress load_progress;             // optional, called while the weights load
   // Tensor parallelism (docs/multi-gpu.md): the model split over this many ranks, each with its
   // own backend, shard of the weights and share of the KV cache. 1: no split.
@@ -61,6 +68,10 @@ class Session {
   int64_t n_vocab() const { return config().n_vocab; }
   TensorType kv_type() const { return cache_->type(); }
   int tensor_parallel() const;
+  // The --gpu-mode in effect: "unfused", "layer" or "token".
+  const std::string& gpu_mode() const { return gpu_mode_; }
+  // Whether prompts run batched on the backend while decode steps run fused.
+  bool fused_batched_prompts() const { return accelerator_ && model_; }
   std::string communicator_name() const;  // empty when the model is not split
 
   // Seconds one decoded token spends in collectives (two all-reduces of n_embd floats per
@@ -96,15 +107,27 @@ class Session {
   void run(std::span<const int32_t> tokens, LogitsMode mode, std::vector<float>* all_logits);
   // model forward on every rank (decode: the single-token workspaces, else the batch ones).
   void forward(bool decode, std::span<const int32_t> tokens, LogitsMode mode);
+  // Fused decoding with batched prompts: creates the accelerator for the first mode of
+  // `modes` that takes the model; then whether the backend copy fits (loads it if so).
+  void open_accelerator(const std::vector<std::string>& modes, int64_t n_ctx);
+  bool backend_copy_fits(const KvCacheShape& shape, int batch) const;
+  // Copies the KV rows the accelerator (to_accelerator) or the backend lacks from the other.
+  void sync_kv(bool to_accelerator);
 
   std::unique_ptr<GgufFile> file_;
   std::unique_ptr<Backend> backend_;
   LlamaConfig config_;
-  std::unique_ptr<LlamaModel> model_;  // null with an accelerator (it holds the weights)
+  std::string gpu_mode_ = "unfused";
+  // Null with an accelerator unless prompts run batched (fused_batched_prompts()).
+  std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<TensorParallelPeers> tp_;  // the communicators and ranks >= 1, when split
   std::unique_ptr<DecodeAccelerator> accelerator_;  // --gpu-mode layer|token
   bool accelerator_has_logits_ = false;
+  // With batched prompts: positions whose K/V the backend's and the accelerator's caches hold
+  // (the larger is n_past; the other catches up before its next use).
+  int64_t backend_kv_ = 0;
+  int64_t accelerator_kv_ = 0;
   ForwardWorkspace batch_ws_;   // prefill chunks
   ForwardWorkspace decode_ws_;  // single tokens (recorded by graph-capable backends)
   ForwardWorkspace* last_ws_ = nullptr;  // holds the logits of the most recent call

@@ -14,6 +14,13 @@
 // of its 6-bit scales, 5 bits per weight), Q6_K (as int8 with a scale per 16), UPG4 and UPG3
 // (codes as nibbles, table lookups by byte_perm). Anything else is rejected with
 // Error(kUnsupported) naming the tensor, so the engine can fall back to the unfused path.
+//
+// Activations: F16/BF16 matrices multiply float activations. Quantized matrices multiply int8
+// activations (per-32 blocks, dp4a; ~1.5e-2 relative on the logits, as llama.cpp's quantized
+// matvec) for speed, except in models with a Q4_1, Q4_K or Q6_K matrix (real checkpoints such
+// as the default SmolLM2 Q4_1, where int8 activations moved the logits up to 0.115 relative and
+// broke greedy agreement): there every quantized matrix but UPG multiplies float activations
+// (float_activations()), at the cost of more instructions per weight.
 #pragma once
 
 #include <cstdint>
@@ -113,6 +120,16 @@ class FusedDecoder {
   std::vector<int> generate(int token, int position, int n_tokens, FusedMode mode);
   // Like generate, but returns the device time in milliseconds (CUDA events) of the n tokens.
   double time_generate(int token, int position, int n_tokens, FusedMode mode);
+
+  // ---- KV cache exchange (prompts run batched on a backend) ----------------------------
+  // Positions [first, first + count) of `layer`'s keys and values, as rows of n_head_kv *
+  // head_dim f16 values (a backend cache's layout; row i is position first + i), in host
+  // memory or device memory of this GPU.
+  void write_kv(int layer, int first, int count, const void* k_rows, const void* v_rows);
+  void read_kv(int layer, int first, int count, void* k_rows, void* v_rows) const;
+
+  // Whether matrices of quantized types multiply float activations (see FusedDecoder(model)).
+  bool float_activations() const;
 
   // The reason `model` cannot run fused, or empty when it can.
   static std::string unsupported_reason(const FusedModelView& model);

@@ -62,6 +62,13 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda"; }
 
+  std::optional<uint64_t> available_memory() const override {
+    PDVM_CUDA_CHECK(cudaSetDevice(ctx_.device));
+    size_t free_bytes = 0, total_bytes = 0;
+    PDVM_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return free_bytes;
+  }
+
   Tensor alloc(TensorType type, std::array<int64_t, 4> ne) override {
     activate();
     Tensor t;

@@ -23,6 +23,12 @@ class FusedAccelerator final : public DecodeAccelerator {
   }
   int32_t last_argmax() override { return last_; }
   std::optional<uint64_t> kernel_launches() const override { return decoder_.kernel_launches(); }
+  void write_kv(int layer, int64_t first, int64_t count, const void* k_rows, const void* v_rows) override {
+    decoder_.write_kv(layer, checked_position(first), checked_position(count), k_rows, v_rows);
+  }
+  void read_kv(int layer, int64_t first, int64_t count, void* k_rows, void* v_rows) override {
+    decoder_.read_kv(layer, checked_position(first), checked_position(count), k_rows, v_rows);
+  }
   void last_logits(std::span<float> out) override {
     const std::vector<float> logits = decoder_.logits();
     PDVM_CHECK(out.size() == logits.size());
@@ -34,6 +40,11 @@ class FusedAccelerator final : public DecodeAccelerator {
     if (n_ctx <= 0 || n_ctx > std::numeric_limits<int>::max() / 2)
       throw_error(ErrorKind::kInvalidArgument, "fused decode: context " + std::to_string(n_ctx) + " out of range");
     return static_cast<int>(n_ctx);
+  }
+
+  static int checked_position(int64_t position) {
+    PDVM_CHECK(position >= 0 && position <= std::numeric_limits<int>::max());
+    return static_cast<int>(position);
   }
 
   FusedDecoder decoder_;

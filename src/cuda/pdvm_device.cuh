@@ -23,6 +23,13 @@ constexpr int kQuantBlock = 32;
 // kFmtUpg: UPG4/UPG3 codes as consecutive nibbles with a per-row side stream (pdvm_upg.cuh).
 enum Format : int { kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3, kFmtQ4_1 = 4, kFmtQ8_16 = 5, kFmtUpg = 6 };
 
+// Flag on a quantized format (not UPG) in DevMatrix::format: the matrix multiplies the float
+// activations instead of int8 blocks (set per model by FusedDecoder, see pdvm_fused.h). The
+// weight layout is the base format's; is_quantized_format() is false for flagged formats, so no
+// int8 blocks are built for them.
+constexpr int kFloatActs = 16;
+__host__ __device__ constexpr int base_format(int format) { return format & ~kFloatActs; }
+
 __host__ __device__ constexpr int weights_per_chunk(int format) {
   return format == kFmtQ8_0 || format == kFmtQ8_16 ? 16
          : format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtUpg ? 32
@@ -196,8 +203,9 @@ __device__ __forceinline__ int2 upg_outliers(const uint8_t* side) {
 }
 
 // Element `i` of row `row`, for the embedding lookup.
-template <int kFormat>
+template <int kFlaggedFormat>
 __device__ __forceinline__ float matrix_element(const DevMatrix& m, int row, int i) {
+  constexpr int kFormat = base_format(kFlaggedFormat);
   const uint8_t* r = m.data + static_cast<int64_t>(row) * m.row_bytes;
   if constexpr (kFormat == kFmtUpg) {
     // In the format's order: the exact int8 product, then the row scale, then the outlier.
@@ -245,6 +253,10 @@ __device__ __forceinline__ void dispatch_format(int format, Fn&& fn) {
     case kFmtQ4_0: fn(FormatTag<kFmtQ4_0>{}); break;
     case kFmtQ4_1: fn(FormatTag<kFmtQ4_1>{}); break;
     case kFmtUpg: fn(FormatTag<kFmtUpg>{}); break;
+    case kFmtQ8_0 | kFloatActs: fn(FormatTag<kFmtQ8_0 | kFloatActs>{}); break;
+    case kFmtQ4_0 | kFloatActs: fn(FormatTag<kFmtQ4_0 | kFloatActs>{}); break;
+    case kFmtQ4_1 | kFloatActs: fn(FormatTag<kFmtQ4_1 | kFloatActs>{}); break;
+    case kFmtQ8_16 | kFloatActs: fn(FormatTag<kFmtQ8_16 | kFloatActs>{}); break;
     default: fn(FormatTag<kFmtQ8_16>{}); break;
   }
 }

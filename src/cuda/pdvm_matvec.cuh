@@ -52,10 +52,53 @@ __device__ __forceinline__ int dp4a_unsigned(uint32_t a, int b, int c) {
 
 namespace pdvm::fused {
 
+// Chunk c of a quantized format against float activations x (kFloatActs): a float sum of
+// weight times activation per block, then the block scale (and, for Q4_1, min x block sum).
+template <int kBase>
+__device__ __forceinline__ float float_chunk_value(uint4 w, float2 ws, int c, const float* x) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+  float sum = 0.0f;
+  if constexpr (kBase == kFmtQ8_0 || kBase == kFmtQ8_16) {
+    const float4* x4 = reinterpret_cast<const float4*>(x + c * 16);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float4 a = x4[j];
+      const uint32_t q = words[j];
+      sum = fmaf(static_cast<float>(static_cast<int8_t>(q)), a.x, sum);
+      sum = fmaf(static_cast<float>(static_cast<int8_t>(q >> 8)), a.y, sum);
+      sum = fmaf(static_cast<float>(static_cast<int8_t>(q >> 16)), a.z, sum);
+      sum = fmaf(static_cast<float>(static_cast<int8_t>(q >> 24)), a.w, sum);
+    }
+    return sum * ws.x;
+  } else {
+    // Word j holds elements 4j..4j+3 (low nibbles) and 16+4j..16+4j+3 (high nibbles).
+    const float4* x4 = reinterpret_cast<const float4*>(x + c * 32);
+    float x_sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float4 lo = x4[j], hi = x4[j + 4];
+      const uint32_t q = words[j];
+      sum = fmaf(static_cast<float>(q & 15), lo.x, sum);
+      sum = fmaf(static_cast<float>((q >> 8) & 15), lo.y, sum);
+      sum = fmaf(static_cast<float>((q >> 16) & 15), lo.z, sum);
+      sum = fmaf(static_cast<float>((q >> 24) & 15), lo.w, sum);
+      sum = fmaf(static_cast<float>((q >> 4) & 15), hi.x, sum);
+      sum = fmaf(static_cast<float>((q >> 12) & 15), hi.y, sum);
+      sum = fmaf(static_cast<float>((q >> 20) & 15), hi.z, sum);
+      sum = fmaf(static_cast<float>(q >> 28), hi.w, sum);
+      x_sum += (lo.x + lo.y) + (lo.z + lo.w) + (hi.x + hi.y) + (hi.z + hi.w);
+    }
+    if constexpr (kBase == kFmtQ4_0) return ws.x * fmaf(-8.0f, x_sum, sum);
+    return fmaf(ws.x, sum, ws.y * x_sum);
+  }
+}
+
 // Chunk c (16 bytes `w`; block scale ws.x and, for Q4_1, min ws.y) against the activations.
 template <int kFormat>
 __device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Acts& acts) {
-  if constexpr (kFormat == kFmtF16) {
+  if constexpr (kFormat != base_format(kFormat)) {
+    return float_chunk_value<base_format(kFormat)>(w, ws, c, acts.x);
+  } else if constexpr (kFormat == kFmtF16) {
     return dot8_f16(w, acts.x + c * 8);
   } else if constexpr (kFormat == kFmtBF16) {
     return dot8_bf16(w, acts.x + c * 8);
@@ -102,6 +145,7 @@ template <int kFormat, int kRows, class RowsOf, class Out>
 __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, const Acts& acts, RowsOf&& rows_of,
                                                   Out&& out) {
   constexpr int kColumns = kLoadsPerLane / kRows;
+  constexpr int kBase = base_format(kFormat);  // the weight layout (kFloatActs aside)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (warp >= n_items) return;
   const int columns_per_item = (n_chunks + 31) / 32;
@@ -142,10 +186,10 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
         if constexpr (kFormat == kFmtUpg) {
           const auto* block_scales = reinterpret_cast<const int8_t*>(refs[r].side + kUpgBlockScales);
           ws[r][u] = make_float2(in ? static_cast<float>(__ldg(block_scales + (c >> block_shift[r]))) : 0.0f, 0.0f);
-        } else if constexpr (kFormat == kFmtQ4_1) {
+        } else if constexpr (kBase == kFmtQ4_1) {
           ws[r][u] = in ? __half22float2(__ldg(reinterpret_cast<const __half2*>(refs[r].scales) + c)) : make_float2(0, 0);
-        } else if constexpr (is_quantized_format(kFormat)) {
-          ws[r][u] = make_float2(in ? __half2float(__ldg(refs[r].scales + c / chunks_per_scale(kFormat))) : 0.0f, 0.0f);
+        } else if constexpr (is_quantized_format(kBase)) {
+          ws[r][u] = make_float2(in ? __half2float(__ldg(refs[r].scales + c / chunks_per_scale(kBase))) : 0.0f, 0.0f);
         } else {
           ws[r][u] = make_float2(1.0f, 0.0f);
         }

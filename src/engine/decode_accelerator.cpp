@@ -17,12 +17,23 @@ void register_decode_accelerator(DecodeAcceleratorFactory factory) {
   registered_factory() = std::move(factory);
 }
 
+std::vector<std::string> gpu_mode_candidates(std::string_view requested, std::string_view backend) {
+  if (requested == "auto") {
+    if (backend == "cuda") return {"token", "layer", "unfused"};
+    return {"unfused"};
+  }
+  if (requested == "layer" || requested == "token") return {std::string(requested), "unfused"};
+  if (requested == "unfused") return {"unfused"};
+  throw_error(ErrorKind::kInvalidArgument,
+              "unknown --gpu-mode '" + std::string(requested) + "' (auto, unfused, layer or token)");
+}
+
 std::unique_ptr<DecodeAccelerator> create_decode_accelerator(const GgufFile& file, int64_t n_ctx,
                                                              std::string_view mode) {
   if (mode == "unfused") return nullptr;
   if (mode != "layer" && mode != "token")
     throw_error(ErrorKind::kInvalidArgument,
-                "unknown --gpu-mode '" + std::string(mode) + "' (unfused, layer or token)");
+                "unknown --gpu-mode '" + std::string(mode) + "' (auto, unfused, layer or token)");
   if (!registered_factory())
     throw_error(ErrorKind::kUnsupported, "--gpu-mode " + std::string(mode) + " needs a build with CUDA");
   return registered_factory()(file, n_ctx, mode);

@@ -54,7 +54,7 @@ Session::Session(const SessionOptions& options) {
   }
   const int tp = options.tensor_parallel;
   if (tp < 1) throw_error(ErrorKind::kInvalidArgument, "--tp must be at least 1, got " + std::to_string(tp));
-  if (tp > 1 && options.gpu_mode != "unfused") {
+  if (tp > 1 && options.gpu_mode != "unfused" && options.gpu_mode != "auto") {
     throw_error(ErrorKind::kUnsupported, "--gpu-mode " + options.gpu_mode + " does not support --tp " +
                                              std::to_string(tp) + " yet (use --gpu-mode unfused)");
   }
@@ -65,23 +65,40 @@ Session::Session(const SessionOptions& options) {
   KvCacheShape shape;
   shape.n_layer = config_.n_layer;
   shape.n_ctx = options.n_ctx > 0 ? options.n_ctx : std::min(config_.n_ctx_train, kDefaultContext);
-  try {
-    accelerator_ = create_decode_accelerator(*file_, shape.n_ctx, options.gpu_mode);
-  } catch (const Error& e) {
-    if (e.kind() != ErrorKind::kUnsupported) throw;
-    // The fused decoder cannot run this model (type, shape, build): the unfused path can.
-    std::fprintf(stderr, "pdvm: notice: --gpu-mode %s unavailable (%s); using the unfused path\n",
-                 options.gpu_mode.c_str(), e.what());
+  const int batch = static_cast<int>(std::min<int64_t>(options.max_batch, shape.n_ctx));
+  std::vector<std::string> modes = gpu_mode_candidates(options.gpu_mode, backend_->name());
+  if (tp > 1) modes = {"unfused"};  // the fused decoder runs on one GPU
+  if (options.gpu_mode == "auto" && options.kv_type && *options.kv_type != TensorType::kF16 && modes.size() > 1) {
+    std::fprintf(stderr, "pdvm: notice: --kv-type %s needs the unfused path (the fused modes keep an f16 cache)\n",
+                 std::string(type_name(*options.kv_type)).c_str());
+    modes = {"unfused"};
   }
+  open_accelerator(modes, shape.n_ctx);
   if (accelerator_) {
-    // Every token, prompt included, runs on the accelerator, which holds the only copy of the
-    // weights and the KV cache (f16); the session keeps just the positions.
+    // The fused decoder keeps an f16 KV cache; a backend cache that shares rows with it too.
     if (options.kv_type && *options.kv_type != TensorType::kF16)
       throw_error(ErrorKind::kInvalidArgument, "--kv-type " + std::string(type_name(*options.kv_type)) +
-                                                   ": --gpu-mode " + options.gpu_mode + " keeps an f16 KV cache");
+                                                   ": --gpu-mode " + gpu_mode_ + " keeps an f16 KV cache");
     shape.type = TensorType::kF16;
-    shape.n_layer = 0;
     shape.row_width = int64_t{config_.n_head_kv} * config_.head_dim;
+    if (options.fused_batched_prompts && backend_copy_fits(shape, batch)) {
+      try {
+        model_ = std::make_unique<LlamaModel>(*file_, *backend_, options.load_progress, TensorSplit{});
+        cache_ = std::make_unique<KvCache>(*backend_, shape);
+        batch_ws_ = model_->make_workspace(batch);
+        return;
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::kResource) throw;
+        std::fprintf(stderr, "pdvm: notice: --gpu-mode %s: prompts run one token at a time (%s)\n",
+                     gpu_mode_.c_str(), e.what());
+        batch_ws_ = {};
+        cache_.reset();
+        model_.reset();
+      }
+    }
+    // Every token, prompt included, runs on the accelerator, which holds the only copy of the
+    // weights and the KV cache; the session keeps just the positions.
+    shape.n_layer = 0;
     cache_ = std::make_unique<KvCache>(*backend_, shape);
     return;
   }
@@ -102,7 +119,6 @@ Session::Session(const SessionOptions& options) {
   shape.row_width = model_->kv_row_width();
   shape.type = options.kv_type.value_or(backend_->default_kv_type());
   cache_ = std::make_unique<KvCache>(*backend_, shape);
-  const int batch = static_cast<int>(std::min<int64_t>(options.max_batch, shape.n_ctx));
   batch_ws_ = model_->make_workspace(batch);
   decode_ws_ = model_->make_workspace(1);
   for (int rank = 1; rank < tp; ++rank) {
@@ -118,6 +134,70 @@ Session::Session(const SessionOptions& options) {
 
 Session::~Session() = default;
 
+void Session::open_accelerator(const std::vector<std::string>& modes, int64_t n_ctx) {
+  std::string failed, why;  // the first mode that could not run, for one notice
+  for (const std::string& mode : modes) {
+    if (mode != "unfused") {
+      try {
+        accelerator_ = create_decode_accelerator(*file_, n_ctx, mode);
+      } catch (const Error& e) {
+        if (e.kind() != ErrorKind::kUnsupported) throw;
+        if (failed.empty()) {
+          failed = mode;
+          why = e.what();
+        }
+        continue;
+      }
+    }
+    gpu_mode_ = mode;
+    break;
+  }
+  if (!failed.empty()) {
+    // The fused decoder cannot run this model (type, shape, build): a slower path can.
+    std::fprintf(stderr, "pdvm: notice: --gpu-mode %s unavailable (%s); using %s\n", failed.c_str(), why.c_str(),
+                 gpu_mode_ == "unfused" ? "the unfused path" : ("--gpu-mode " + gpu_mode_).c_str());
+  }
+}
+
+bool Session::backend_copy_fits(const KvCacheShape& shape, int batch) const {
+  const std::optional<uint64_t> available = backend_->available_memory();
+  if (!available) return true;  // unknown: the loads report a shortage as kResource
+  uint64_t weights = 0;
+  for (const GgufTensor& t : file_->tensors()) weights += t.n_bytes;
+  const uint64_t kv = 2 * static_cast<uint64_t>(config_.n_layer) * shape.n_ctx * shape.row_width * 2;
+  // Batch activations and logits, with room for scratch buffers and repacking.
+  const uint64_t activations = static_cast<uint64_t>(batch) *
+                               (config_.n_vocab + 8 * int64_t{config_.n_embd} + 3 * int64_t{config_.n_ff}) * 4;
+  const uint64_t needed = (weights + kv + activations) / 10 * 11 + (uint64_t{256} << 20);
+  if (needed <= *available) return true;
+  std::fprintf(stderr,
+               "pdvm: notice: --gpu-mode %s: prompts run one token at a time (batched prompts need a second copy "
+               "of the weights: ~%llu MiB, %llu MiB free)\n",
+               gpu_mode_.c_str(), static_cast<unsigned long long>(needed >> 20),
+               static_cast<unsigned long long>(*available >> 20));
+  return false;
+}
+
+void Session::sync_kv(bool to_accelerator) {
+  int64_t& behind = to_accelerator ? accelerator_kv_ : backend_kv_;
+  const int64_t n = cache_->n_past() - behind;
+  if (n <= 0) return;
+  backend_->synchronize();
+  for (int layer = 0; layer < config_.n_layer; ++layer) {
+    Tensor& k = cache_->keys(layer);
+    Tensor& v = cache_->values(layer);
+    PDVM_CHECK(k.type == TensorType::kF16 && k.layout == 0 && v.type == TensorType::kF16 && v.layout == 0);
+    void* k_rows = row_view(k, behind, n).data;
+    void* v_rows = row_view(v, behind, n).data;
+    if (to_accelerator) {
+      accelerator_->write_kv(layer, behind, n, k_rows, v_rows);
+    } else {
+      accelerator_->read_kv(layer, behind, n, k_rows, v_rows);
+    }
+  }
+  behind = cache_->n_past();
+}
+
 std::optional<uint64_t> Session::kernel_launches() const {
   const std::optional<uint64_t> backend = backend_->kernel_launches();
   if (!accelerator_) return backend;
@@ -132,16 +212,23 @@ void Session::run(std::span<const int32_t> tokens, LogitsMode mode, std::vector<
   cache_->check_room(static_cast<int64_t>(tokens.size()));
   const size_t vocab = static_cast<size_t>(n_vocab());
   if (all_logits) all_logits->assign(tokens.size() * vocab, 0.0f);
-  if (accelerator_) {
+  if (accelerator_ && (!model_ || tokens.size() == 1)) {
+    if (model_) sync_kv(true);
     for (size_t i = 0; i < tokens.size(); ++i) {
       accelerator_->decode(tokens[i], cache_->n_past());
       cache_->advance(1);
       if (all_logits) accelerator_->last_logits({all_logits->data() + i * vocab, vocab});
     }
+    accelerator_kv_ = cache_->n_past();
     accelerator_has_logits_ = true;
     return;
   }
   model_->check_tokens(tokens);
+  if (accelerator_) {
+    // A batched prompt on the backend; the accelerator takes its K/V rows before its next step.
+    sync_kv(false);
+    accelerator_has_logits_ = false;
+  }
   if (tokens.size() == 1 && mode == LogitsMode::kLast) {
     forward(true, tokens, mode);
     last_ws_ = &decode_ws_;
@@ -158,6 +245,7 @@ void Session::run(std::span<const int32_t> tokens, LogitsMode mode, std::vector<
   }
   last_ws_ = &batch_ws_;
   if (mode == LogitsMode::kAll) last_row_ = static_cast<int64_t>((tokens.size() - 1) % chunk);
+  backend_kv_ = cache_->n_past();
 }
 
 void Session::forward(bool decode, std::span<const int32_t> tokens, LogitsMode mode) {
@@ -245,6 +333,7 @@ std::vector<int32_t> Session::generate_greedy(std::span<const int32_t> prompt, i
 
 void Session::reset() {
   cache_->reset();
+  backend_kv_ = accelerator_kv_ = 0;
   if (tp_) {
     for (PeerRank& peer : tp_->peers()) peer.cache->reset();
   }
@@ -254,6 +343,8 @@ void Session::reset() {
 
 void Session::truncate(int64_t n_keep) {
   cache_->truncate(n_keep);
+  backend_kv_ = std::min(backend_kv_, cache_->n_past());
+  accelerator_kv_ = std::min(accelerator_kv_, cache_->n_past());
   if (tp_) {
     for (PeerRank& peer : tp_->peers()) peer.cache->truncate(n_keep);
   }

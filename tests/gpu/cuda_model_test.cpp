@@ -56,6 +56,7 @@ Session open(const std::filesystem::path& path, const std::string& backend, Tens
   options.n_ctx = 256;
   options.kv_type = kv_type;
   options.max_batch = 64;
+  options.gpu_mode = "unfused";  // the CUDA backend's own ops
   return Session(options);
 }
 
@@ -158,6 +159,7 @@ TEST(CudaModel, DefaultModelGreedyOutputMatchesTheReference) {
   options.model_path = default_model_path();
   options.n_ctx = 512;
   options.kv_type = TensorType::kF32;  // the reference's cache type: compare the kernels only
+  options.gpu_mode = "unfused";
   options.backend = "cpu-ref";
   Session ref(options);
   options.backend = "cuda";

@@ -1,8 +1,9 @@
 // The PDVM fused decoder on the real default model (SmolLM2-135M Q4_1) through the engine
-// Session: 128 greedy steps in layer and token mode (identical to each other), against the
-// unfused CUDA backend and the CPU backend (identical tokens up to near-ties, logits within
-// tolerance along the way; the fused run also teacher-forced through the unfused backend for
-// all 128 steps). PDVM_MODEL points the test at the model on the GPU machine.
+// Session: 128 greedy steps in the default mode (token, prompts batched on the backend), layer
+// mode and token mode with stepwise prompts, against the unfused CUDA backend and the CPU
+// backend: identical tokens for all 128 steps, logits within tolerance along the way, and the
+// fused run teacher-forced through the unfused backend agreeing on every argmax. PDVM_MODEL
+// points the test at the model on the GPU machine.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -20,22 +21,21 @@ namespace pdvm::test {
 namespace {
 
 constexpr int kSteps = 128;
-// Q4_1 matrices multiply int8-quantized activations (per-32 blocks) in the fused kernels, fp32
-// ones in the unfused paths. On this real model that costs far more than on random ones (H100,
-// teacher-forced over 128 steps: worst relative L2 logits error 0.115, vs 1-2e-2 for synthesized
-// Q4 models); tokens may then differ only where the two best logits are nearly tied (widest
-// gap measured: 0.024 x RMS).
-constexpr double kLogitsTolerance = 0.15;
+// A model with Q4_1 matrices multiplies float activations in the fused kernels (pdvm_fused.h):
+// with int8 ones its logits were up to 0.115 relative off and greedy parted at step 2. Float
+// activations leave summation order and f16 KV rounding (unfused cuda vs cpu: 2.5e-3).
+constexpr double kLogitsTolerance = 1e-2;
 constexpr double kNearTieFraction = 0.1;  // of the logits' RMS
-constexpr int kMinArgmaxAgreement = 120;  // of 128 teacher-forced steps (measured: 126)
+constexpr int kMinArgmaxAgreement = kSteps;
 
 struct GreedyRun {
   std::vector<int32_t> tokens;
   std::vector<std::vector<float>> logits;  // the logits each token was chosen from
 };
 
-Session open_session(const std::string& backend, const std::string& gpu_mode) {
+Session open_session(const std::string& backend, const std::string& gpu_mode, bool batched_prompts = true) {
   SessionOptions options;
+  options.fused_batched_prompts = batched_prompts;
   options.model_path = default_model_path();
   options.backend = backend;
   options.n_ctx = 512;
@@ -117,7 +117,7 @@ TEST(FusedDefaultModel, GreedyMatchesUnfusedCudaAndCpu) {
   Session cpu = open_session("cpu", "unfused");
   const std::vector<int32_t> prompt = prompt_of(cpu);
   const GreedyRun cpu_run = greedy(cpu, prompt);
-  GreedyRun unfused_run, layer_run, token_run;
+  GreedyRun unfused_run, layer_run, default_run, stepwise_run;
   {
     Session s = open_session("cuda", "unfused");
     unfused_run = greedy(s, prompt);
@@ -127,17 +127,26 @@ TEST(FusedDefaultModel, GreedyMatchesUnfusedCudaAndCpu) {
     layer_run = greedy(s, prompt);
   }
   {
-    Session s = open_session("cuda", "token");
-    token_run = greedy(s, prompt);
+    Session s = open_session("cuda", "auto");
+    EXPECT_EQ(s.gpu_mode(), "token");
+    EXPECT_TRUE(s.fused_batched_prompts());
+    default_run = greedy(s, prompt);
+  }
+  {
+    Session s = open_session("cuda", "token", false);
+    stepwise_run = greedy(s, prompt);
   }
   // The two fused modes compute the same sums in the same order.
-  EXPECT_EQ(token_run.tokens, layer_run.tokens);
-  EXPECT_EQ(token_run.logits, layer_run.logits);
+  EXPECT_EQ(default_run.tokens, layer_run.tokens);
+  EXPECT_EQ(default_run.logits, layer_run.logits);
   expect_same_greedy(unfused_run, cpu_run, "cuda unfused vs cpu");
-  expect_same_greedy(layer_run, unfused_run, "fused layer vs cuda unfused");
-  expect_same_greedy(layer_run, cpu_run, "fused layer vs cpu");
+  expect_same_greedy(default_run, unfused_run, "fused token vs cuda unfused");
+  expect_same_greedy(default_run, cpu_run, "fused token vs cpu");
+  expect_same_greedy(stepwise_run, cpu_run, "fused token, stepwise prompt, vs cpu");
+  EXPECT_EQ(default_run.tokens, cpu_run.tokens);
+  EXPECT_EQ(stepwise_run.tokens, cpu_run.tokens);
   Session unfused = open_session("cuda", "unfused");
-  expect_follows(layer_run, unfused, prompt, "fused layer vs cuda unfused");
+  expect_follows(default_run, unfused, prompt, "fused token vs cuda unfused");
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
-// --gpu-mode layer|token holds one copy of the weights on the GPU: the fused decoder's repacked
-// matrices, not the unfused backend's besides. Device memory a Session takes (cudaMemGetInfo
-// before and after) is compared between the unfused and the fused session of one synthesized
-// f16 model, whose prompt logits still agree (prefill runs through the fused decoder).
+// --gpu-mode layer|token with stepwise prompts holds one copy of the weights on the GPU: the
+// fused decoder's repacked matrices, not the unfused backend's besides; with batched prompts
+// (the default where they fit) it holds both. Device memory a Session takes (cudaMemGetInfo
+// before and after) is compared between the unfused and the fused sessions of one synthesized
+// f16 model, whose prompt logits still agree.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -25,7 +26,7 @@ uint64_t free_device_bytes() {
   return free;
 }
 
-TEST(FusedSessionMemory, FusedModeHoldsOneCopyOfTheWeights) {
+TEST(FusedSessionMemory, StepwisePromptsHoldOneCopyOfTheWeights) {
   PDVM_CUDA_BACKEND_OR_SKIP(probe);
   probe.reset();
   // ~280 MB of f16 weights: large against the sessions' other allocations.
@@ -46,28 +47,34 @@ TEST(FusedSessionMemory, FusedModeHoldsOneCopyOfTheWeights) {
   std::vector<int32_t> prompt(12);
   for (int32_t& t : prompt) t = pick(rng());
 
-  auto measure = [&](const std::string& mode, std::vector<float>& logits, uint64_t& weight_bytes) {
+  auto measure = [&](const std::string& mode, bool batched, std::vector<float>& logits, uint64_t& weight_bytes) {
     SessionOptions options;
     options.model_path = path;
     options.backend = "cuda";
     options.n_ctx = 256;
     options.kv_type = TensorType::kF16;
     options.gpu_mode = mode;
+    options.fused_batched_prompts = batched;
     const uint64_t before = free_device_bytes();
     Session session(options);
+    EXPECT_EQ(session.fused_batched_prompts(), mode != "unfused" && batched);
     const std::span<const float> l = session.prefill(prompt);
     logits.assign(l.begin(), l.end());
     weight_bytes = 0;
     for (const GgufTensor& t : session.gguf().tensors()) weight_bytes += t.n_bytes;
     return before - free_device_bytes();
   };
-  std::vector<float> unfused_logits, fused_logits;
+  std::vector<float> unfused_logits, fused_logits, batched_logits;
   uint64_t weight_bytes = 0;
-  const uint64_t unfused = measure("unfused", unfused_logits, weight_bytes);
-  const uint64_t fused = measure("layer", fused_logits, weight_bytes);
+  const uint64_t unfused = measure("unfused", false, unfused_logits, weight_bytes);
+  const uint64_t fused = measure("layer", false, fused_logits, weight_bytes);
+  const uint64_t both = measure("layer", true, batched_logits, weight_bytes);
   std::filesystem::remove(path);
-  std::printf("  device memory: unfused session %.1f MiB, fused session %.1f MiB, weights %.1f MiB\n",
-              unfused / 1048576.0, fused / 1048576.0, weight_bytes / 1048576.0);
+  std::printf("  device memory: unfused session %.1f MiB, fused session %.1f MiB (stepwise prompts), %.1f MiB "
+              "(batched prompts), weights %.1f MiB\n",
+              unfused / 1048576.0, fused / 1048576.0, both / 1048576.0, weight_bytes / 1048576.0);
+  EXPECT_GE(both, fused + weight_bytes) << "batched prompts load the backend's copy too";
+  EXPECT_LT(relative_error(batched_logits, unfused_logits), 1e-6);
   EXPECT_GE(unfused, weight_bytes);
   EXPECT_GE(fused, weight_bytes * 9 / 10);  // the fused decoder's copy (the embedding may shrink)
   EXPECT_LT(fused, unfused + weight_bytes / 4) << "a second copy of the weights";

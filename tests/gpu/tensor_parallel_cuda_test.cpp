@@ -47,6 +47,7 @@ class TensorParallelCudaTest : public ::testing::Test {
     o.n_ctx = 128;
     o.max_batch = 32;
     o.kv_type = TensorType::kF32;
+    o.gpu_mode = "unfused";
     o.tensor_parallel = tp;
     o.communicator = communicator;
     o.tp_devices = std::move(devices);

@@ -80,6 +80,7 @@ TEST(UpgCuda, ConvertedModelDecodesLikeTheReference) {
     o.backend = backend;
     o.n_ctx = 64;
     o.kv_type = TensorType::kF32;
+    o.gpu_mode = "unfused";
     return std::make_unique<Session>(o);
   };
   const std::vector<int32_t> prompt = {1, 11, 4, 8};
