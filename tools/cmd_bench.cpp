@@ -36,6 +36,7 @@ struct BenchArgs {
   std::string fused_prompts = "batched";
   bool json = false;
   bool kernels = false;
+  std::vector<std::string> kernel_types{"f16", "bf16", "q8_0", "q4_0", "q4_1"};
   bool probe = true;
   std::vector<int> tensor_parallel{1};
   std::string communicator = "auto";
@@ -68,17 +69,19 @@ int run_kernels(const BenchArgs& args) {
                                                            {5120, 5120}, {5120, 13824}, {13824, 5120}};
   const double bandwidth = measure_bandwidth(args, "cuda");
   if (!args.json) std::printf("%-6s %7s %7s %9s %9s %8s %7s\n", "type", "k", "rows", "MB", "us", "GB/s", "% bw");
-  for (TensorType type : {TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1}) {
+  for (const std::string& name : args.kernel_types) {
+    const auto type = type_from_name(name);
+    if (!type) throw_error(ErrorKind::kInvalidArgument, "--kernel-types: unknown type '" + name + "'");
     for (auto [k, rows] : shapes) {
-      const MatvecTiming t = time_cuda_matvec(args.device, type, k, rows);
+      const MatvecTiming t = time_cuda_matvec(args.device, *type, k, rows);
       const double pct = bandwidth > 0 ? 100.0 * t.gb_per_s / bandwidth : 0.0;
       if (args.json)
         std::printf("{\"kernel\":\"matvec\",\"type\":\"%s\",\"k\":%lld,\"rows\":%lld,\"bytes\":%llu,\"us\":%.3f,"
                     "\"gb_per_s\":%.1f,\"pct_of_read_bandwidth\":%.1f}\n",
-                    std::string(type_name(type)).c_str(), static_cast<long long>(k), static_cast<long long>(rows),
+                    name.c_str(), static_cast<long long>(k), static_cast<long long>(rows),
                     static_cast<unsigned long long>(t.bytes), t.microseconds, t.gb_per_s, pct);
       else
-        std::printf("%-6s %7lld %7lld %9.2f %9.2f %8.1f %7.1f\n", std::string(type_name(type)).c_str(),
+        std::printf("%-6s %7lld %7lld %9.2f %9.2f %8.1f %7.1f\n", name.c_str(),
                     static_cast<long long>(k), static_cast<long long>(rows), t.bytes / 1e6, t.microseconds,
                     t.gb_per_s, pct);
     }
@@ -181,6 +184,9 @@ PDVM_REGISTER_COMMAND("bench", "throughput of models: prompt processing and gene
                             ->capture_default_str();
                         app.add_flag("--json", args->json, "one JSON object per line");
                         app.add_flag("--kernels", args->kernels, "time the CUDA decode matvec kernels alone");
+                        app.add_option("--kernel-types", args->kernel_types, "weight types --kernels times")
+                            ->delimiter(',')
+                            ->capture_default_str();
                         app.add_flag("!--no-probe", args->probe, "skip the read-bandwidth probe (GPU or CPU)");
                         return [args] { return run_bench_command(*args); };
                       });

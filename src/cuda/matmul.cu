@@ -244,6 +244,7 @@ void configure_matvec(const CudaContext& ctx) {
 
 void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x, int n_tokens) {
   PDVM_CHECK(count >= 1 && count <= kMaxMatvecBatch);
+  if (streaming_matvec(ctx, views, outs, count, x, n_tokens)) return;
   const WeightView& w = views[0];
   dispatch_format(w.format, [&](auto f) {
     using Format = decltype(f);

@@ -20,6 +20,11 @@ void matvec(CudaContext& ctx, const WeightView& w, const float* x, float* out, i
 // launch (Q/K/V, gate/up).
 constexpr int kMaxMatvecBatch = 3;
 void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x, int n_tokens);
+// ---- streaming_matvec.cu ----------------------------------------------------------------
+// The same for one token on a persistent grid (dense rows without padding, Q8_0, Q4_0); false
+// when the format or shape is not one it takes (matvec() then runs its own kernels).
+bool streaming_matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x,
+                      int n_tokens);
 // Batched: dequantize to F16 (unless already dense F16) and multiply on the tensor cores.
 void gemm(CudaContext& ctx, const WeightView& w, const float* x, float* out, int n_tokens);
 // Rows of w as F16 into out (n_rows x k, dense).

@@ -26,6 +26,9 @@ std::vector<Case> cases() {
     out.push_back({type, 2080, 301});
   }
   for (TensorType type : {TensorType::kF32, TensorType::kF16, TensorType::kBF16}) out.push_back({type, 13, 5});
+  // More rows than the streaming matvec's persistent grid has warps (several rows per warp),
+  // rows of 33 Q4_0 chunks (a second column with one chunk, batches crossing rows).
+  for (TensorType type : {TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_0}) out.push_back({type, 1056, 9001});
   for (TensorType type : {TensorType::kQ4_K, TensorType::kQ6_K}) {
     out.push_back({type, 768, 37});
     out.push_back({type, 2816, 129});
@@ -73,6 +76,39 @@ TEST(CudaMatmul, MatchesReferenceForEveryFormat) {
       const double rel = n_tokens > 8 ? 4e-3 : (c.type == TensorType::kQ5_0 ? 1e-3 : 2e-5);
       expect_matmul_close(w, int8_activations(c.type, n_tokens) ? int8_rounded(x) : x, got, c.k, c.n_rows, n_tokens,
                           rel, what);
+    }
+  }
+}
+
+// Products of one input inside a recorded sequence are launched together (Q/K/V): matrices of
+// different row counts sharing x, replayed from the graph with fresh x.
+TEST(CudaMatmul, BatchedMatvecsMatchReference) {
+  PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  const int64_t k = 1056;
+  const int64_t rows[3] = {301, 77, 4500};
+  for (TensorType type : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
+                          TensorType::kQ4_1}) {
+    std::vector<std::vector<float>> w;
+    std::vector<Tensor> weights, outs;
+    for (int64_t n : rows) {
+      const std::vector<uint8_t> bytes = random_weight_bytes(type, k, n);
+      w.push_back(dequantize_rows(type, bytes, k, n));
+      weights.push_back(backend->load_weight(type, {k, n, 1, 1}, bytes.data()));
+      outs.push_back(alloc_poisoned(*backend, TensorType::kF32, {n, 1, 1, 1}));
+    }
+    Tensor xt = backend->alloc(TensorType::kF32, {k, 1, 1, 1});
+    const std::string key = std::string("batched matvec ") + std::string(type_name(type));
+    for (int call = 0; call < 3; ++call) {  // direct run, capture, replay
+      const std::vector<float> x = random_floats(static_cast<size_t>(k));
+      backend->write(xt, x.data(), x.size() * sizeof(float));
+      backend->run_recorded(key, [&] {
+        for (int m = 0; m < 3; ++m) backend->matmul(weights[m], xt, outs[m]);
+      });
+      for (int m = 0; m < 3; ++m) {
+        const std::vector<float> got = download<float>(*backend, outs[m]);
+        expect_matmul_close(w[m], int8_activations(type, 1) ? int8_rounded(x) : x, got, k, rows[m], 1, 2e-5,
+                            key + " call " + std::to_string(call) + " matrix " + std::to_string(m));
+      }
     }
   }
 }

@@ -1,0 +1,300 @@
+// One-token decode matvec on a persistent grid (dense F32/F16/BF16 rows, Q8_0, Q4_0).
+//
+// The matvec of matmul.cu gives each warp two rows for one pass and ends, so a 13B row of
+// Q4_0 (160 16-byte chunks) filled 5 of a lane's 8 load slots and every block paid its start
+// and tail. Here each warp takes rows round-robin over the whole grid (neighbouring warps read
+// neighbouring rows) and walks their 32-chunk columns in batches of kLoads that run across row
+// boundaries, so every load slot carries weights. Weights are never written by a kernel, so a
+// warp issues its first batch before the programmatic-launch wait: the loads overlap the end of
+// the previous kernel. Q8_0/Q4_0 blocks quantize x to int8 in shared memory themselves after
+// the wait (the arithmetic of quantize_x_kernel), which saves that kernel's launch.
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+
+#include "cuda/launch.cuh"
+#include "cuda/ops.cuh"
+
+namespace pdvm::cuda {
+namespace {
+
+constexpr int kStreamWarps = 16;
+constexpr int kStreamThreads = kStreamWarps * 32;
+constexpr int kBlocksPerSm = 2;
+constexpr int kLoads = 8;  // 16-byte chunks in flight per lane
+
+// The matrices of one launch share x, format and row length; rows are numbered across them.
+struct StreamBatch {
+  const uint8_t* q[kMaxMatvecBatch];
+  const __half* scales[kMaxMatvecBatch];
+  float* out[kMaxMatvecBatch];
+  int64_t first_row[kMaxMatvecBatch + 1];
+  int count;
+  int64_t q_row_bytes;
+  int64_t blocks_per_row;
+  int n_chunks;
+  int columns;  // 32-chunk columns per row
+};
+
+template <WeightFormat kFormat>
+constexpr bool kQuantizedX = kFormat == WeightFormat::kQ8_0 || kFormat == WeightFormat::kQ4_0;
+
+// Elements per 16-byte chunk.
+template <WeightFormat kFormat>
+constexpr int kChunkElems = kFormat == WeightFormat::kF32 ? 4 : kFormat == WeightFormat::kQ8_0 ? 16
+                            : kFormat == WeightFormat::kQ4_0 ? 32 : 8;
+
+// Where the int8 copy of x lives in shared memory. Q4_0 chunk c needs x block c's two halves:
+// they are kept in two arrays so that a warp's 16-byte reads of consecutive chunks are
+// consecutive (one array with 32-byte steps between lanes would conflict in banks). Q8_0 chunk
+// c is the 16 bytes at 16 c. Per block: (d, d * sum of its int8 values).
+template <WeightFormat kFormat>
+struct SharedX {
+  int4* low;   // Q4_0: first halves; Q8_0: all of x
+  int4* high;  // Q4_0: second halves
+  float2* ds;
+  __device__ SharedX(uint8_t* base, int64_t k) {
+    low = reinterpret_cast<int4*>(base);
+    high = reinterpret_cast<int4*>(base + k / 2);
+    ds = reinterpret_cast<float2*>(base + k);
+  }
+};
+
+// Per 32-block d = max |x| / 127 and q = round(x / d), as quantize_x_kernel computes them;
+// eight lanes per block, four values each.
+template <WeightFormat kFormat>
+__device__ void quantize_x_to_shared(const float* __restrict__ x, int64_t k, const SharedX<kFormat>& xs) {
+  constexpr int kLanesPerBlock = 8, kBlocksPerPass = kStreamThreads / kLanesPerBlock;
+  const int n_blocks = static_cast<int>(k / 32), part = threadIdx.x % kLanesPerBlock;
+  for (int b0 = 0; b0 < n_blocks; b0 += kBlocksPerPass) {
+    const int b = b0 + static_cast<int>(threadIdx.x) / kLanesPerBlock;
+    const bool valid = b < n_blocks;
+    const float4 v = valid ? *reinterpret_cast<const float4*>(x + b * 32 + part * 4) : make_float4(0, 0, 0, 0);
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+    for (int offset = kLanesPerBlock / 2; offset > 0; offset /= 2)
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+    const float d = amax / 127.0f;
+    const int q0 = d > 0.0f ? __float2int_rn(v.x / d) : 0, q1 = d > 0.0f ? __float2int_rn(v.y / d) : 0;
+    const int q2 = d > 0.0f ? __float2int_rn(v.z / d) : 0, q3 = d > 0.0f ? __float2int_rn(v.w / d) : 0;
+    int sum = q0 + q1 + q2 + q3;
+#pragma unroll
+    for (int offset = kLanesPerBlock / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (valid) {
+      const char4 packed = make_char4(static_cast<signed char>(q0), static_cast<signed char>(q1),
+                                      static_cast<signed char>(q2), static_cast<signed char>(q3));
+      char4* dst;
+      if constexpr (kFormat == WeightFormat::kQ4_0)
+        dst = reinterpret_cast<char4*>(part < 4 ? xs.low + b : xs.high + b) + part % 4;
+      else
+        dst = reinterpret_cast<char4*>(xs.low + 2 * b) + part;
+      *dst = packed;
+      if (part == 0) xs.ds[b] = make_float2(d, d * static_cast<float>(sum));
+    }
+  }
+}
+
+// Unsigned bytes of a times signed bytes of b, plus c.
+__device__ __forceinline__ int dp4a_unsigned(uint32_t a, int b, int c) {
+  int d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+// acc += chunk c of a row (16 bytes w, block scale ws) times x.
+template <WeightFormat kFormat>
+__device__ __forceinline__ float accumulate_chunk(uint4 w, float ws, int c, const float4* __restrict__ x,
+                                                  const SharedX<kFormat>& xs, float acc) {
+  if constexpr (kFormat == WeightFormat::kF32) {
+    return dot4(make_float4(__uint_as_float(w.x), __uint_as_float(w.y), __uint_as_float(w.z), __uint_as_float(w.w)),
+                __ldg(x + c), acc);
+  } else if constexpr (kFormat == WeightFormat::kF16 || kFormat == WeightFormat::kBF16) {
+    using Format = std::conditional_t<kFormat == WeightFormat::kF16, F16Format, BF16Format>;
+    acc = dot4(Format::unpack(w.x, w.y), __ldg(x + 2 * c), acc);
+    return dot4(Format::unpack(w.z, w.w), __ldg(x + 2 * c + 1), acc);
+  } else if constexpr (kFormat == WeightFormat::kQ8_0) {
+    const int4 a = xs.low[c];
+    int s = __dp4a(static_cast<int>(w.x), a.x, 0);
+    s = __dp4a(static_cast<int>(w.y), a.y, s);
+    s = __dp4a(static_cast<int>(w.z), a.z, s);
+    s = __dp4a(static_cast<int>(w.w), a.w, s);
+    return fmaf(ws * xs.ds[c / 2].x, static_cast<float>(s), acc);
+  } else {
+    // Byte i holds elements i (low nibble) and i + 16 (high nibble, nibble n - 8). The high
+    // nibbles are multiplied in place (16 x their value, unsigned): one shift per chunk instead
+    // of one per word, and the integer sum is exact either way.
+    const int4 lo = xs.low[c], hi = xs.high[c];
+    constexpr uint32_t kLow = 0x0f0f0f0fu, kHigh = 0xf0f0f0f0u;
+    int s = dp4a_unsigned(w.x & kLow, lo.x, 0);
+    s = dp4a_unsigned(w.y & kLow, lo.y, s);
+    s = dp4a_unsigned(w.z & kLow, lo.z, s);
+    s = dp4a_unsigned(w.w & kLow, lo.w, s);
+    int s16 = dp4a_unsigned(w.x & kHigh, hi.x, 0);
+    s16 = dp4a_unsigned(w.y & kHigh, hi.y, s16);
+    s16 = dp4a_unsigned(w.z & kHigh, hi.z, s16);
+    s16 = dp4a_unsigned(w.w & kHigh, hi.w, s16);
+    const float2 ds = xs.ds[c];
+    return fmaf(ws, fmaf(ds.x, static_cast<float>(s + (s16 >> 4)), -8.0f * ds.y), acc);
+  }
+}
+
+// A row's position in the launch: which matrix, and its row there.
+struct RowPlace {
+  int m;
+  int row;
+};
+__device__ __forceinline__ RowPlace place_of(const StreamBatch& b, int row) {
+  int m = 0;
+  while (m + 1 < b.count && row >= b.first_row[m + 1]) ++m;
+  return {m, row - static_cast<int>(b.first_row[m])};
+}
+
+template <WeightFormat kFormat>
+__global__ void __launch_bounds__(kStreamThreads, kBlocksPerSm)
+    streaming_matvec_kernel(const __grid_constant__ StreamBatch b, const float* __restrict__ x) {
+  extern __shared__ int4 shared_words[];
+  const int lane = threadIdx.x % 32;
+  // 32-bit counters (the host checks rows x columns fits): 64-bit ones spilled registers.
+  const int n_warps = static_cast<int>(gridDim.x) * kStreamWarps;
+  const int first_item = static_cast<int>(blockIdx.x) * kStreamWarps + static_cast<int>(threadIdx.x / 32);
+  const int total_rows = static_cast<int>(b.first_row[b.count]);
+  const int items = first_item < total_rows ? (total_rows - first_item + n_warps - 1) / n_warps : 0;
+  const int steps = items * b.columns;  // (row, column) pairs of this warp
+
+  // Load cursor: the next column to load and its row's streams.
+  int load_row = first_item;
+  int load_column = 0;
+  const uint4* q_row = nullptr;
+  const __half* scale_row = nullptr;
+  auto seek = [&](int row) {
+    const RowPlace p = place_of(b, row);
+    q_row = reinterpret_cast<const uint4*>(b.q[p.m] + static_cast<int64_t>(p.row) * b.q_row_bytes);
+    if constexpr (kQuantizedX<kFormat>) scale_row = b.scales[p.m] + static_cast<int64_t>(p.row) * b.blocks_per_row;
+  };
+  if (items > 0) seek(load_row);
+
+  uint4 w[kLoads];
+  // Block scales of the batch, two per register (as floats, 64 registers did not suffice).
+  __half2 ws[kLoads / 2];
+  auto load_batch = [&](int done) {
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      const int c = load_column * 32 + lane;
+      const bool live = done + u < steps;
+      const bool in = live && c < b.n_chunks;
+      w[u] = in ? __ldcs(q_row + c) : make_uint4(0, 0, 0, 0);
+      if constexpr (kQuantizedX<kFormat>) {
+        const __half scale = in ? __ldg(scale_row + (kFormat == WeightFormat::kQ4_0 ? c : c / 2)) : __half{};
+        if (u % 2 == 0)
+          ws[u / 2].x = scale;
+        else
+          ws[u / 2].y = scale;
+      }
+      if (live && ++load_column == b.columns) {
+        load_column = 0;
+        load_row += n_warps;
+        if (load_row < total_rows) seek(load_row);
+      }
+    }
+  };
+  load_batch(0);  // weights only: allowed before the wait
+  pdl_begin();
+
+  const int64_t k = static_cast<int64_t>(b.n_chunks) * kChunkElems<kFormat>;
+  SharedX<kFormat> xs(reinterpret_cast<uint8_t*>(shared_words), k);
+  if constexpr (kQuantizedX<kFormat>) {
+    quantize_x_to_shared<kFormat>(x, k, xs);
+    __syncthreads();
+  }
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+
+  int acc_row = first_item;
+  int acc_column = 0;
+  float acc = 0.0f;
+  for (int done = 0; done < steps; done += kLoads) {
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      if (done + u < steps) {
+        const int c = acc_column * 32 + lane;
+        if (c < b.n_chunks) {
+          const float scale = kQuantizedX<kFormat> ? __half2float(u % 2 == 0 ? ws[u / 2].x : ws[u / 2].y) : 0.0f;
+          acc = accumulate_chunk<kFormat>(w[u], scale, c, x4, xs, acc);
+        }
+        if (++acc_column == b.columns) {
+#pragma unroll
+          for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
+          if (lane == 0) {
+            const RowPlace p = place_of(b, acc_row);
+            b.out[p.m][p.row] = acc;
+          }
+          acc = 0.0f;
+          acc_column = 0;
+          acc_row += n_warps;
+        }
+      }
+    }
+    if (done + kLoads < steps) load_batch(done + kLoads);
+  }
+}
+
+bool streaming_enabled() {
+  // PDVM_CUDA_STREAM_MATVEC=0 keeps matmul.cu's matvec for every shape (A/B timing).
+  const char* env = std::getenv("PDVM_CUDA_STREAM_MATVEC");
+  return !(env && std::string(env) == "0");
+}
+
+int grid_blocks_per_sm() {
+  // PDVM_CUDA_STREAM_BLOCKS=1 gives the grid one block (16 warps) per SM (A/B timing).
+  const char* env = std::getenv("PDVM_CUDA_STREAM_BLOCKS");
+  return env && std::string(env) == "1" ? 1 : kBlocksPerSm;
+}
+
+}  // namespace
+
+bool streaming_matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x,
+                      int n_tokens) {
+  static const bool enabled = streaming_enabled();
+  static const int blocks_per_sm = grid_blocks_per_sm();
+  const WeightView& w = views[0];
+  const bool format_ok = w.format == WeightFormat::kF32 || w.format == WeightFormat::kF16 ||
+                         w.format == WeightFormat::kBF16 || w.format == WeightFormat::kQ8_0 ||
+                         w.format == WeightFormat::kQ4_0;
+  if (!enabled || n_tokens != 1 || !format_ok) return false;
+  // Dense rows padded past k read x out of bounds: matmul.cu stages those in shared memory.
+  if (w.n_chunks * chunk_elems(w.format) != w.k) return false;
+  const int64_t smem = (w.format == WeightFormat::kQ8_0 || w.format == WeightFormat::kQ4_0) ? w.k + w.k / 32 * 8 : 0;
+  if (smem > 48 * 1024) return false;  // default dynamic limit; longer rows keep the old kernel
+  StreamBatch batch{};
+  batch.count = count;
+  batch.q_row_bytes = w.q_row_bytes;
+  batch.blocks_per_row = w.blocks_per_row;
+  batch.n_chunks = static_cast<int>(w.n_chunks);
+  batch.columns = static_cast<int>((w.n_chunks + 31) / 32);
+  for (int m = 0; m < count; ++m) {
+    PDVM_CHECK(views[m].format == w.format && views[m].k == w.k && views[m].q_row_bytes == w.q_row_bytes &&
+               views[m].blocks_per_row == w.blocks_per_row);
+    batch.q[m] = views[m].q;
+    batch.scales[m] = reinterpret_cast<const __half*>(views[m].scales);
+    batch.out[m] = outs[m];
+    batch.first_row[m + 1] = batch.first_row[m] + views[m].n_rows;
+  }
+  const int64_t rows = batch.first_row[count];
+  if (rows * batch.columns > (int64_t{1} << 30)) return false;  // the kernel counts in 32 bits
+  const int64_t blocks = std::min<int64_t>(int64_t{ctx.sm_count} * blocks_per_sm, (rows + kStreamWarps - 1) / kStreamWarps);
+  auto start = [&](auto kernel) {
+    launch(ctx, "streaming_matvec_kernel", kernel, dim3(static_cast<unsigned>(blocks)), dim3(kStreamThreads),
+           static_cast<size_t>(smem), batch, x);
+  };
+  switch (w.format) {
+    case WeightFormat::kF32: start(streaming_matvec_kernel<WeightFormat::kF32>); break;
+    case WeightFormat::kF16: start(streaming_matvec_kernel<WeightFormat::kF16>); break;
+    case WeightFormat::kBF16: start(streaming_matvec_kernel<WeightFormat::kBF16>); break;
+    case WeightFormat::kQ8_0: start(streaming_matvec_kernel<WeightFormat::kQ8_0>); break;
+    case WeightFormat::kQ4_0: start(streaming_matvec_kernel<WeightFormat::kQ4_0>); break;
+    default: return false;
+  }
+  return true;
+}
+
+}  // namespace pdvm::cuda
