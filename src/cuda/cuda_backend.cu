@@ -5,7 +5,8 @@
 //
 // Some ops are held back and launched by the next op, which may join them in one launch:
 // matvecs of the same input (Q/K/V, gate/up; inside recorded sequences), a residual add and
-// the RMSNorm of its result, and the RoPE of Q and of K. Every op, write(), read(),
+// the RMSNorm of its result, the RoPE of Q and of K, and a SwiGLU and the product of its
+// output (Q8_0/Q4_0 down projection of one token). Every op, write(), read(),
 // synchronize() and run_recorded() first launches whatever is held back and cannot join it.
 #include <cstdlib>
 #include <string>
@@ -219,10 +220,14 @@ class CudaBackend final : public Backend {
   }
 
   void matmul(const Tensor& w, const Tensor& x, Tensor& out) override {
+    // A held SwiGLU whose output is this product's input joins it (the down projection).
+    const PendingSwiglu swiglu = pending_swiglu_.out == f32(x) ? pending_swiglu_ : PendingSwiglu{};
+    if (swiglu.out) pending_swiglu_ = {};
     flush_add_and_rope();
     expect_type(x, TensorType::kF32, "matmul", "x");
     expect_type(out, TensorType::kF32, "matmul", "out");
     if (is_upg_type(w.type)) {
+      if (swiglu.out) launch_swiglu(swiglu);
       flush_pending();
       const auto& upg = *static_cast<const cuda::UpgDeviceMatrix*>(w.data);
       PDVM_CHECK(x.ne[0] == upg.k && out.ne[0] == upg.n && out.ne[1] == x.ne[1]);
@@ -231,6 +236,13 @@ class CudaBackend final : public Backend {
     const cuda::WeightView view = cuda::weight_view(w);
     PDVM_CHECK(x.ne[0] == view.k && out.ne[0] == view.n_rows && out.ne[1] == x.ne[1]);
     const int n_tokens = static_cast<int>(x.ne[1]);
+    if (swiglu.out) {
+      flush_pending();
+      if (n_tokens == 1 && swiglu.n == view.k &&
+          cuda::streaming_swiglu_matvec(ctx_, view, f32(out), swiglu.gate, swiglu.up, swiglu.out))
+        return;
+      launch_swiglu(swiglu);
+    }
     if (n_tokens > kMaxMatvecTokens) {
       flush_pending();
       cuda::gemm(ctx_, view, f32(x), f32(out), n_tokens);
@@ -313,7 +325,9 @@ class CudaBackend final : public Backend {
     expect_type(up, TensorType::kF32, "swiglu", "up");
     expect_type(out, TensorType::kF32, "swiglu", "out");
     PDVM_CHECK(up.n_elems() == gate.n_elems() && out.n_elems() >= gate.n_elems());
-    cuda::swiglu(ctx_, f32(gate), f32(up), f32(out), gate.n_elems());
+    const PendingSwiglu swiglu{f32(gate), f32(up), f32(out), gate.n_elems()};
+    if (!fuse_ops_) return launch_swiglu(swiglu);
+    pending_swiglu_ = swiglu;
   }
 
   void add(const Tensor& a, const Tensor& b, Tensor& out) override {
@@ -354,6 +368,7 @@ class CudaBackend final : public Backend {
       pending_.count = 0;
       pending_add_ = {};
       pending_rope_ = {};
+      pending_swiglu_ = {};
       throw;
     }
     in_recorded_ops_ = false;
@@ -373,7 +388,15 @@ class CudaBackend final : public Backend {
     const float* freq_factors = nullptr;
   };
 
+  struct PendingSwiglu {
+    const float* gate = nullptr;
+    const float* up = nullptr;
+    float* out = nullptr;
+    int64_t n = 0;
+  };
+
   void launch_add(const PendingAdd& add) { cuda::add(ctx_, add.a, add.b, add.out, add.n); }
+  void launch_swiglu(const PendingSwiglu& swiglu) { cuda::swiglu(ctx_, swiglu.gate, swiglu.up, swiglu.out, swiglu.n); }
   void launch_rope(const PendingRope& rope) {
     cuda::rope(ctx_, rope.target, {}, rope.positions, rope.n_tokens, rope.head_dim, rope.n_rot, rope.freq_base,
                rope.freq_factors);
@@ -389,6 +412,11 @@ class CudaBackend final : public Backend {
       const PendingRope rope = pending_rope_;
       pending_rope_ = {};
       launch_rope(rope);
+    }
+    if (pending_swiglu_.out) {
+      const PendingSwiglu swiglu = pending_swiglu_;
+      pending_swiglu_ = {};
+      launch_swiglu(swiglu);
     }
   }
 
@@ -414,6 +442,7 @@ class CudaBackend final : public Backend {
   Pending pending_;
   PendingAdd pending_add_;
   PendingRope pending_rope_;
+  PendingSwiglu pending_swiglu_;
   bool in_recorded_ops_ = false;
   // PDVM_CUDA_FUSE=0 launches every op alone (for A/B timing).
   bool fuse_ops_ = [] {

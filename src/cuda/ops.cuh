@@ -25,6 +25,11 @@ void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int c
 // when the format or shape is not one it takes (matvec() then runs its own kernels).
 bool streaming_matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x,
                       int n_tokens);
+// One token's out = w * swiglu(gate, up) in one launch (Q8_0 and Q4_0 weights, which quantize
+// x in the kernel anyway); hidden receives swiglu(gate, up) as swiglu() would write it. False
+// when w is not one it takes.
+bool streaming_swiglu_matvec(CudaContext& ctx, const WeightView& w, float* out, const float* gate, const float* up,
+                             float* hidden);
 // Batched: dequantize to F16 (unless already dense F16) and multiply on the tensor cores.
 void gemm(CudaContext& ctx, const WeightView& w, const float* x, float* out, int n_tokens);
 // Rows of w as F16 into out (n_rows x k, dense).

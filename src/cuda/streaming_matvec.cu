@@ -61,16 +61,34 @@ struct SharedX {
   }
 };
 
+// x of a launch: a vector, or SwiGLU of two (x = silu(gate) * up, the arithmetic of
+// swiglu_kernel), which block 0 also writes to `hidden` so the op's output still exists.
+struct XInput {
+  const float* x;
+  const float* up;
+  float* hidden;
+};
+
+__device__ __forceinline__ float4 silu_times(float4 g, float4 u) {
+  return make_float4(g.x / (1.0f + expf(-g.x)) * u.x, g.y / (1.0f + expf(-g.y)) * u.y,
+                     g.z / (1.0f + expf(-g.z)) * u.z, g.w / (1.0f + expf(-g.w)) * u.w);
+}
+
 // Per 32-block d = max |x| / 127 and q = round(x / d), as quantize_x_kernel computes them;
 // eight lanes per block, four values each.
 template <WeightFormat kFormat>
-__device__ void quantize_x_to_shared(const float* __restrict__ x, int64_t k, const SharedX<kFormat>& xs) {
+__device__ void quantize_x_to_shared(const XInput& in, int64_t k, const SharedX<kFormat>& xs) {
   constexpr int kLanesPerBlock = 8, kBlocksPerPass = kStreamThreads / kLanesPerBlock;
   const int n_blocks = static_cast<int>(k / 32), part = threadIdx.x % kLanesPerBlock;
   for (int b0 = 0; b0 < n_blocks; b0 += kBlocksPerPass) {
     const int b = b0 + static_cast<int>(threadIdx.x) / kLanesPerBlock;
     const bool valid = b < n_blocks;
-    const float4 v = valid ? *reinterpret_cast<const float4*>(x + b * 32 + part * 4) : make_float4(0, 0, 0, 0);
+    const int e = b * 32 + part * 4;
+    float4 v = valid ? *reinterpret_cast<const float4*>(in.x + e) : make_float4(0, 0, 0, 0);
+    if (in.up && valid) {
+      v = silu_times(v, *reinterpret_cast<const float4*>(in.up + e));
+      if (blockIdx.x == 0) *reinterpret_cast<float4*>(in.hidden + e) = v;
+    }
     float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
 #pragma unroll
     for (int offset = kLanesPerBlock / 2; offset > 0; offset /= 2)
@@ -152,7 +170,7 @@ __device__ __forceinline__ RowPlace place_of(const StreamBatch& b, int row) {
 
 template <WeightFormat kFormat>
 __global__ void __launch_bounds__(kStreamThreads, kBlocksPerSm)
-    streaming_matvec_kernel(const __grid_constant__ StreamBatch b, const float* __restrict__ x) {
+    streaming_matvec_kernel(const __grid_constant__ StreamBatch b, const XInput in) {
   extern __shared__ int4 shared_words[];
   const int lane = threadIdx.x % 32;
   // 32-bit counters (the host checks rows x columns fits): 64-bit ones spilled registers.
@@ -204,10 +222,10 @@ __global__ void __launch_bounds__(kStreamThreads, kBlocksPerSm)
   const int64_t k = static_cast<int64_t>(b.n_chunks) * kChunkElems<kFormat>;
   SharedX<kFormat> xs(reinterpret_cast<uint8_t*>(shared_words), k);
   if constexpr (kQuantizedX<kFormat>) {
-    quantize_x_to_shared<kFormat>(x, k, xs);
+    quantize_x_to_shared<kFormat>(in, k, xs);
     __syncthreads();
   }
-  const float4* x4 = reinterpret_cast<const float4*>(x);
+  const float4* x4 = reinterpret_cast<const float4*>(in.x);
 
   int acc_row = first_item;
   int acc_column = 0;
@@ -250,20 +268,17 @@ int grid_blocks_per_sm() {
   return env && std::string(env) == "1" ? 1 : kBlocksPerSm;
 }
 
-}  // namespace
-
-bool streaming_matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x,
-                      int n_tokens) {
+bool launch_streaming(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const XInput& in) {
   static const bool enabled = streaming_enabled();
   static const int blocks_per_sm = grid_blocks_per_sm();
   const WeightView& w = views[0];
-  const bool format_ok = w.format == WeightFormat::kF32 || w.format == WeightFormat::kF16 ||
-                         w.format == WeightFormat::kBF16 || w.format == WeightFormat::kQ8_0 ||
-                         w.format == WeightFormat::kQ4_0;
-  if (!enabled || n_tokens != 1 || !format_ok) return false;
+  const bool quantized = w.format == WeightFormat::kQ8_0 || w.format == WeightFormat::kQ4_0;
+  const bool format_ok = quantized || w.format == WeightFormat::kF32 || w.format == WeightFormat::kF16 ||
+                         w.format == WeightFormat::kBF16;
+  if (!enabled || !format_ok || (in.up && !quantized)) return false;
   // Dense rows padded past k read x out of bounds: matmul.cu stages those in shared memory.
   if (w.n_chunks * chunk_elems(w.format) != w.k) return false;
-  const int64_t smem = (w.format == WeightFormat::kQ8_0 || w.format == WeightFormat::kQ4_0) ? w.k + w.k / 32 * 8 : 0;
+  const int64_t smem = quantized ? w.k + w.k / 32 * 8 : 0;
   if (smem > 48 * 1024) return false;  // default dynamic limit; longer rows keep the old kernel
   StreamBatch batch{};
   batch.count = count;
@@ -284,7 +299,7 @@ bool streaming_matvec(CudaContext& ctx, const WeightView* views, float* const* o
   const int64_t blocks = std::min<int64_t>(int64_t{ctx.sm_count} * blocks_per_sm, (rows + kStreamWarps - 1) / kStreamWarps);
   auto start = [&](auto kernel) {
     launch(ctx, "streaming_matvec_kernel", kernel, dim3(static_cast<unsigned>(blocks)), dim3(kStreamThreads),
-           static_cast<size_t>(smem), batch, x);
+           static_cast<size_t>(smem), batch, in);
   };
   switch (w.format) {
     case WeightFormat::kF32: start(streaming_matvec_kernel<WeightFormat::kF32>); break;
@@ -295,6 +310,18 @@ bool streaming_matvec(CudaContext& ctx, const WeightView* views, float* const* o
     default: return false;
   }
   return true;
+}
+
+}  // namespace
+
+bool streaming_matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x,
+                      int n_tokens) {
+  return n_tokens == 1 && launch_streaming(ctx, views, outs, count, XInput{x, nullptr, nullptr});
+}
+
+bool streaming_swiglu_matvec(CudaContext& ctx, const WeightView& w, float* out, const float* gate, const float* up,
+                             float* hidden) {
+  return launch_streaming(ctx, &w, &out, 1, XInput{gate, up, hidden});
 }
 
 }  // namespace pdvm::cuda

@@ -327,6 +327,50 @@ TEST(CudaOps, RecordedSequenceReplaysWithNewInputs) {
   }
 }
 
+// A SwiGLU followed by a product of its output (the down projection) may run as one launch:
+// the product and the SwiGLU output must be those of the separate ops, in and out of a
+// recorded sequence, for types that join (Q8_0, Q4_0) and types that do not.
+TEST(CudaOps, SwigluThenMatmulMatchesTheSeparateOps) {
+  PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  const int64_t k = 1376, n = 333;
+  for (TensorType type : {TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kF16}) {
+    const std::vector<uint8_t> bytes = random_weight_bytes(type, k, n);
+    const std::vector<float> w = dequantize_rows(type, bytes, k, n);
+    const Tensor weight = backend->load_weight(type, {k, n, 1, 1}, bytes.data());
+    Tensor gate = backend->alloc(TensorType::kF32, {k, 1, 1, 1}), up = backend->alloc(TensorType::kF32, {k, 1, 1, 1});
+    Tensor hidden = alloc_poisoned(*backend, TensorType::kF32, {k, 1, 1, 1});
+    Tensor out = alloc_poisoned(*backend, TensorType::kF32, {n, 1, 1, 1});
+    for (int step = 0; step < 4; ++step) {  // eager, then recorded: direct run, capture, replay
+      const std::vector<float> g = random_floats(static_cast<size_t>(k), 3.0f), u = random_floats(static_cast<size_t>(k));
+      backend->write(gate, g.data(), g.size() * 4);
+      backend->write(up, u.data(), u.size() * 4);
+      auto ops = [&] {
+        backend->swiglu(gate, up, hidden);
+        backend->matmul(weight, hidden, out);
+      };
+      if (step == 0)
+        ops();
+      else
+        backend->run_recorded("swiglu then matmul " + std::string(type_name(type)), ops);
+      const std::vector<float> h = download<float>(*backend, hidden);
+      for (int64_t i = 0; i < k; ++i) {
+        const double want = g[i] / (1.0 + std::exp(-double(g[i]))) * u[i];
+        ASSERT_NEAR(h[i], want, 1e-5 * std::fabs(want) + 1e-6) << type_name(type) << " step " << step << " " << i;
+      }
+      const std::vector<float> x_used = int8_activations(type, 1) ? int8_rounded(h) : h;
+      const std::vector<float> got = download<float>(*backend, out);
+      for (int64_t j = 0; j < n; ++j) {
+        double want = 0.0, magnitude = 0.0;
+        for (int64_t i = 0; i < k; ++i) {
+          want += double(w[j * k + i]) * x_used[i];
+          magnitude += std::fabs(double(w[j * k + i]) * x_used[i]);
+        }
+        ASSERT_NEAR(got[j], want, 2e-5 * magnitude + 1e-6) << type_name(type) << " step " << step << " row " << j;
+      }
+    }
+  }
+}
+
 TEST(CudaBandwidth, ProbeReportsAPlausibleRate) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const ReadBandwidth bw = measure_cuda_read_bandwidth(0, uint64_t{256} << 20, 3);
