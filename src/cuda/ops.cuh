@@ -21,8 +21,8 @@ void matvec(CudaContext& ctx, const WeightView& w, const float* x, float* out, i
 constexpr int kMaxMatvecBatch = 3;
 void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x, int n_tokens);
 // ---- streaming_matvec.cu ----------------------------------------------------------------
-// The same for one token on a persistent grid (dense rows without padding, Q8_0, Q4_0); false
-// when the format or shape is not one it takes (matvec() then runs its own kernels).
+// The same for one token of Q8_0 or Q4_0 weights on a persistent grid; false when the format
+// or shape is not one it takes (matvec() then runs its own kernels).
 bool streaming_matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x,
                       int n_tokens);
 // One token's out = w * swiglu(gate, up) in one launch (Q8_0 and Q4_0 weights, which quantize

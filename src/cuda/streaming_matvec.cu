@@ -1,17 +1,22 @@
-// One-token decode matvec on a persistent grid (dense F32/F16/BF16 rows, Q8_0, Q4_0).
+// One-token decode matvec of Q8_0 and Q4_0 weights on a persistent grid.
 //
 // The matvec of matmul.cu gives each warp two rows for one pass and ends, so a 13B row of
 // Q4_0 (160 16-byte chunks) filled 5 of a lane's 8 load slots and every block paid its start
-// and tail. Here each warp takes rows round-robin over the whole grid (neighbouring warps read
-// neighbouring rows) and walks their 32-chunk columns in batches of kLoads that run across row
-// boundaries, so every load slot carries weights. Weights are never written by a kernel, so a
-// warp issues its first batch before the programmatic-launch wait: the loads overlap the end of
-// the previous kernel. Q8_0/Q4_0 blocks quantize x to int8 in shared memory themselves after
-// the wait (the arithmetic of quantize_x_kernel), which saves that kernel's launch.
+// and tail; it also needs a separate kernel to quantize x. Here each warp takes rows
+// round-robin over the whole grid (neighbouring warps read neighbouring rows) and walks their
+// 32-chunk columns in batches of kLoads that run across row boundaries, so every load slot
+// carries weights. Weights are never written by a kernel, so a warp issues its first batch
+// before the programmatic-launch wait: the loads overlap the end of the previous kernel. Each
+// block quantizes x to int8 in shared memory itself after the wait (the arithmetic of
+// quantize_x_kernel), which saves that kernel's launch.
+//
+// Dense (F16/BF16/F32) rows measured slower this way than with matmul.cu's two-row split-k
+// kernel (13B shapes 2025-2525 GB/s against 2594-2897: a row is a warp's unit of work, so with
+// few rows per warp the load is uneven, and x is read once per row instead of once per pair),
+// so they stay there (docs/perf-notes.md, session 3).
 #include <algorithm>
 #include <cstdlib>
 #include <string>
-#include <type_traits>
 
 #include "cuda/launch.cuh"
 #include "cuda/ops.cuh"
@@ -37,13 +42,9 @@ struct StreamBatch {
   int columns;  // 32-chunk columns per row
 };
 
-template <WeightFormat kFormat>
-constexpr bool kQuantizedX = kFormat == WeightFormat::kQ8_0 || kFormat == WeightFormat::kQ4_0;
-
 // Elements per 16-byte chunk.
 template <WeightFormat kFormat>
-constexpr int kChunkElems = kFormat == WeightFormat::kF32 ? 4 : kFormat == WeightFormat::kQ8_0 ? 16
-                            : kFormat == WeightFormat::kQ4_0 ? 32 : 8;
+constexpr int kChunkElems = kFormat == WeightFormat::kQ8_0 ? 16 : 32;
 
 // Where the int8 copy of x lives in shared memory. Q4_0 chunk c needs x block c's two halves:
 // they are kept in two arrays so that a warp's 16-byte reads of consecutive chunks are
@@ -122,16 +123,8 @@ __device__ __forceinline__ int dp4a_unsigned(uint32_t a, int b, int c) {
 
 // acc += chunk c of a row (16 bytes w, block scale ws) times x.
 template <WeightFormat kFormat>
-__device__ __forceinline__ float accumulate_chunk(uint4 w, float ws, int c, const float4* __restrict__ x,
-                                                  const SharedX<kFormat>& xs, float acc) {
-  if constexpr (kFormat == WeightFormat::kF32) {
-    return dot4(make_float4(__uint_as_float(w.x), __uint_as_float(w.y), __uint_as_float(w.z), __uint_as_float(w.w)),
-                __ldg(x + c), acc);
-  } else if constexpr (kFormat == WeightFormat::kF16 || kFormat == WeightFormat::kBF16) {
-    using Format = std::conditional_t<kFormat == WeightFormat::kF16, F16Format, BF16Format>;
-    acc = dot4(Format::unpack(w.x, w.y), __ldg(x + 2 * c), acc);
-    return dot4(Format::unpack(w.z, w.w), __ldg(x + 2 * c + 1), acc);
-  } else if constexpr (kFormat == WeightFormat::kQ8_0) {
+__device__ __forceinline__ float accumulate_chunk(uint4 w, float ws, int c, const SharedX<kFormat>& xs, float acc) {
+  if constexpr (kFormat == WeightFormat::kQ8_0) {
     const int4 a = xs.low[c];
     int s = __dp4a(static_cast<int>(w.x), a.x, 0);
     s = __dp4a(static_cast<int>(w.y), a.y, s);
@@ -188,7 +181,7 @@ __global__ void __launch_bounds__(kStreamThreads, kBlocksPerSm)
   auto seek = [&](int row) {
     const RowPlace p = place_of(b, row);
     q_row = reinterpret_cast<const uint4*>(b.q[p.m] + static_cast<int64_t>(p.row) * b.q_row_bytes);
-    if constexpr (kQuantizedX<kFormat>) scale_row = b.scales[p.m] + static_cast<int64_t>(p.row) * b.blocks_per_row;
+    scale_row = b.scales[p.m] + static_cast<int64_t>(p.row) * b.blocks_per_row;
   };
   if (items > 0) seek(load_row);
 
@@ -202,13 +195,11 @@ __global__ void __launch_bounds__(kStreamThreads, kBlocksPerSm)
       const bool live = done + u < steps;
       const bool in = live && c < b.n_chunks;
       w[u] = in ? __ldcs(q_row + c) : make_uint4(0, 0, 0, 0);
-      if constexpr (kQuantizedX<kFormat>) {
-        const __half scale = in ? __ldg(scale_row + (kFormat == WeightFormat::kQ4_0 ? c : c / 2)) : __half{};
-        if (u % 2 == 0)
-          ws[u / 2].x = scale;
-        else
-          ws[u / 2].y = scale;
-      }
+      const __half scale = in ? __ldg(scale_row + (kFormat == WeightFormat::kQ4_0 ? c : c / 2)) : __half{};
+      if (u % 2 == 0)
+        ws[u / 2].x = scale;
+      else
+        ws[u / 2].y = scale;
       if (live && ++load_column == b.columns) {
         load_column = 0;
         load_row += n_warps;
@@ -221,11 +212,8 @@ __global__ void __launch_bounds__(kStreamThreads, kBlocksPerSm)
 
   const int64_t k = static_cast<int64_t>(b.n_chunks) * kChunkElems<kFormat>;
   SharedX<kFormat> xs(reinterpret_cast<uint8_t*>(shared_words), k);
-  if constexpr (kQuantizedX<kFormat>) {
-    quantize_x_to_shared<kFormat>(in, k, xs);
-    __syncthreads();
-  }
-  const float4* x4 = reinterpret_cast<const float4*>(in.x);
+  quantize_x_to_shared<kFormat>(in, k, xs);
+  __syncthreads();
 
   int acc_row = first_item;
   int acc_column = 0;
@@ -236,8 +224,8 @@ __global__ void __launch_bounds__(kStreamThreads, kBlocksPerSm)
       if (done + u < steps) {
         const int c = acc_column * 32 + lane;
         if (c < b.n_chunks) {
-          const float scale = kQuantizedX<kFormat> ? __half2float(u % 2 == 0 ? ws[u / 2].x : ws[u / 2].y) : 0.0f;
-          acc = accumulate_chunk<kFormat>(w[u], scale, c, x4, xs, acc);
+          const float scale = __half2float(u % 2 == 0 ? ws[u / 2].x : ws[u / 2].y);
+          acc = accumulate_chunk<kFormat>(w[u], scale, c, xs, acc);
         }
         if (++acc_column == b.columns) {
 #pragma unroll
@@ -262,23 +250,11 @@ bool streaming_enabled() {
   return !(env && std::string(env) == "0");
 }
 
-int grid_blocks_per_sm() {
-  // PDVM_CUDA_STREAM_BLOCKS=1 gives the grid one block (16 warps) per SM (A/B timing).
-  const char* env = std::getenv("PDVM_CUDA_STREAM_BLOCKS");
-  return env && std::string(env) == "1" ? 1 : kBlocksPerSm;
-}
-
 bool launch_streaming(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const XInput& in) {
   static const bool enabled = streaming_enabled();
-  static const int blocks_per_sm = grid_blocks_per_sm();
   const WeightView& w = views[0];
-  const bool quantized = w.format == WeightFormat::kQ8_0 || w.format == WeightFormat::kQ4_0;
-  const bool format_ok = quantized || w.format == WeightFormat::kF32 || w.format == WeightFormat::kF16 ||
-                         w.format == WeightFormat::kBF16;
-  if (!enabled || !format_ok || (in.up && !quantized)) return false;
-  // Dense rows padded past k read x out of bounds: matmul.cu stages those in shared memory.
-  if (w.n_chunks * chunk_elems(w.format) != w.k) return false;
-  const int64_t smem = quantized ? w.k + w.k / 32 * 8 : 0;
+  if (!enabled || (w.format != WeightFormat::kQ8_0 && w.format != WeightFormat::kQ4_0)) return false;
+  const int64_t smem = w.k + w.k / 32 * 8;  // int8 x, then (d, d * sum) per 32-block
   if (smem > 48 * 1024) return false;  // default dynamic limit; longer rows keep the old kernel
   StreamBatch batch{};
   batch.count = count;
@@ -296,19 +272,16 @@ bool launch_streaming(CudaContext& ctx, const WeightView* views, float* const* o
   }
   const int64_t rows = batch.first_row[count];
   if (rows * batch.columns > (int64_t{1} << 30)) return false;  // the kernel counts in 32 bits
-  const int64_t blocks = std::min<int64_t>(int64_t{ctx.sm_count} * blocks_per_sm, (rows + kStreamWarps - 1) / kStreamWarps);
+  const int64_t blocks =
+      std::min<int64_t>(int64_t{ctx.sm_count} * kBlocksPerSm, (rows + kStreamWarps - 1) / kStreamWarps);
   auto start = [&](auto kernel) {
     launch(ctx, "streaming_matvec_kernel", kernel, dim3(static_cast<unsigned>(blocks)), dim3(kStreamThreads),
            static_cast<size_t>(smem), batch, in);
   };
-  switch (w.format) {
-    case WeightFormat::kF32: start(streaming_matvec_kernel<WeightFormat::kF32>); break;
-    case WeightFormat::kF16: start(streaming_matvec_kernel<WeightFormat::kF16>); break;
-    case WeightFormat::kBF16: start(streaming_matvec_kernel<WeightFormat::kBF16>); break;
-    case WeightFormat::kQ8_0: start(streaming_matvec_kernel<WeightFormat::kQ8_0>); break;
-    case WeightFormat::kQ4_0: start(streaming_matvec_kernel<WeightFormat::kQ4_0>); break;
-    default: return false;
-  }
+  if (w.format == WeightFormat::kQ8_0)
+    start(streaming_matvec_kernel<WeightFormat::kQ8_0>);
+  else
+    start(streaming_matvec_kernel<WeightFormat::kQ4_0>);
   return true;
 }
 
