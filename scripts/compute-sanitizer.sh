@@ -81,9 +81,11 @@ case $set_name in
   default-model)
     export PDVM_MODEL=${5:?default-model needs the model path}
     [ -f "$PDVM_MODEL" ] || { echo "no model at $PDVM_MODEL" >&2; exit 2; }
+    # No racecheck of the unfused test: on this model it reports hazards inside cuBLAS's own
+    # GEMM kernels (nvjet_*), which pdvm cannot change (docs/testing.md); the fused test's
+    # racecheck covers pdvm's kernels on the model.
     check memcheck_unfused memcheck gpu_cuda_model_test 'CudaModel.DefaultModelGreedyOutputMatchesTheReference' &
     check memcheck_fused memcheck gpu_pdvm_default_model_test '*' &
-    check racecheck_unfused racecheck gpu_cuda_model_test 'CudaModel.DefaultModelGreedyOutputMatchesTheReference' &
     check racecheck_fused racecheck gpu_pdvm_default_model_test '*' &
     ;;
   *)
