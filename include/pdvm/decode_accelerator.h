@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "pdvm/fused_activations.h"
+
 namespace pdvm {
 
 class GgufFile;

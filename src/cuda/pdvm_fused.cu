@@ -9,6 +9,7 @@
 #include "cuda/graph_count.cuh"
 #include "cuda/pdvm_kernel.cuh"
 #include "cuda/pdvm_repack.h"
+#include "pdvm/fused_activations.h"
 #include "pdvm/error.h"
 #include "pdvm/pdvm_fused.h"
 #include "pdvm/upg_matrix.h"
@@ -78,9 +79,7 @@ std::string check_config(const FusedConfig& c) {
 // exact greedy agreement with the unfused path to int8 activations (logits up to 0.115 relative
 // off on the default model); such models multiply float activations in every quantized matrix.
 bool wants_float_activations(const FusedModelView& model) {
-  auto exact_type = [](const FusedWeightView& w) {
-    return w.type == TensorType::kQ4_1 || w.type == TensorType::kQ4_K || w.type == TensorType::kQ6_K;
-  };
+  auto exact_type = [](const FusedWeightView& w) { return fused_float_activation_type(w.type); };
   for (const FusedLayerView& l : model.layers) {
     for (const FusedWeightView* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down})
       if (exact_type(*w)) return true;
@@ -387,7 +386,7 @@ std::unique_ptr<FusedDecoder> FusedDecoder::synthesize(const FusedConfig& config
   std::unique_ptr<FusedDecoder> decoder(new FusedDecoder());
   Impl& m = *decoder->impl_;
   m.init_state(config);
-  m.float_activations = type == TensorType::kQ4_1 || type == TensorType::kQ4_K || type == TensorType::kQ6_K;
+  m.float_activations = fused_float_activation_type(type);
   const FusedConfig& c = config;
   const int nq = c.n_head * c.head_dim, nkv = c.n_head_kv * c.head_dim;
   uint64_t tensor = seed * 1000003;

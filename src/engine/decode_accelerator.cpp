@@ -17,6 +17,10 @@ void register_decode_accelerator(DecodeAcceleratorFactory factory) {
   registered_factory() = std::move(factory);
 }
 
+bool fused_float_activation_type(TensorType type) {
+  return type == TensorType::kQ4_1 || type == TensorType::kQ4_K || type == TensorType::kQ6_K;
+}
+
 std::vector<std::string> gpu_mode_candidates(std::string_view requested, std::string_view backend) {
   if (requested == "auto") {
     if (backend == "cuda") return {"token", "layer", "unfused"};

@@ -41,6 +41,20 @@ BackendOptions rank_backend_options(const SessionOptions& options, int device) {
   return o;
 }
 
+// Why the fused decoder would run `file` slower than the unfused path, or empty.
+std::string slower_fused_reason(const GgufFile& file) {
+  uint64_t bytes = 0;
+  std::string float_type;
+  for (const GgufTensor& t : file.tensors()) {
+    bytes += t.n_bytes;
+    if (float_type.empty() && fused_float_activation_type(t.type)) float_type = type_name(t.type);
+  }
+  if (float_type.empty() || bytes <= kFusedFloatActivationLimitBytes) return {};
+  return "its " + float_type + " weights multiply float activations in the fused kernels, slower than unfused above " +
+         std::to_string(kFusedFloatActivationLimitBytes >> 20) + " MiB of weights (" + std::to_string(bytes >> 20) +
+         " MiB)";
+}
+
 }  // namespace
 
 Session::Session(const SessionOptions& options) {
@@ -68,6 +82,13 @@ Session::Session(const SessionOptions& options) {
   const int batch = static_cast<int>(std::min<int64_t>(options.max_batch, shape.n_ctx));
   std::vector<std::string> modes = gpu_mode_candidates(options.gpu_mode, backend_->name());
   if (tp > 1) modes = {"unfused"};  // the fused decoder runs on one GPU
+  if (options.gpu_mode == "auto" && modes.size() > 1) {
+    if (std::string why = slower_fused_reason(*file_); !why.empty()) {
+      std::fprintf(stderr, "pdvm: notice: --gpu-mode auto: using the unfused path (%s; --gpu-mode token forces it)\n",
+                   why.c_str());
+      modes = {"unfused"};
+    }
+  }
   if (options.gpu_mode == "auto" && options.kv_type && *options.kv_type != TensorType::kF16 && modes.size() > 1) {
     std::fprintf(stderr, "pdvm: notice: --kv-type %s needs the unfused path (the fused modes keep an f16 cache)\n",
                  std::string(type_name(*options.kv_type)).c_str());

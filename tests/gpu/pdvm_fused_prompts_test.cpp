@@ -14,6 +14,7 @@
 
 #include "cuda_test_util.h"
 #include "model/synth_model.h"
+#include "pdvm/decode_accelerator.h"
 #include "pdvm/engine.h"
 #include "pdvm_reference.h"
 
@@ -22,9 +23,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path synth_file(const std::string& shape_name, TensorType type, int64_t context = 0) {
+fs::path synth_file(const std::string& shape_name, TensorType type, int64_t n_layer = 0) {
   synth::LlamaShape shape = synth::shape_by_name(shape_name);
-  if (context > 0) shape.context_length = context;
+  if (n_layer > 0) shape.n_layer = n_layer;
   const fs::path path = fs::temp_directory_path() / ("pdvm_prompts_" + std::to_string(getpid()) + "_" + shape_name +
                                                      "_" + std::string(type_name(type)) + ".gguf");
   synth::write_model(synth::plan_model(shape, type, rng()()), path, 8);
@@ -155,6 +156,25 @@ TEST(FusedPrompts, DefaultModeFallsBackWithOneNotice) {
   EXPECT_EQ(std::count(notices.begin(), notices.end(), '\n'), 1) << notices;
   EXPECT_NE(notices.find("--gpu-mode token unavailable"), std::string::npos) << notices;
   EXPECT_NE(notices.find("q5_0"), std::string::npos) << notices;
+  fs::remove(path);
+}
+
+// Models with float-activation types beyond kFusedFloatActivationLimitBytes decode faster
+// unfused: the default takes that path with one notice; --gpu-mode token still runs fused.
+TEST(FusedPrompts, DefaultModeKeepsLargeFloatActivationModelsUnfused) {
+  PDVM_CUDA_BACKEND_OR_SKIP(probe);
+  probe.reset();
+  const fs::path path = synth_file("smollm2-135m", TensorType::kQ4_1, 60);  // ~155 MiB
+  ASSERT_GT(fs::file_size(path), kFusedFloatActivationLimitBytes);
+  testing::internal::CaptureStderr();
+  {
+    Session automatic(options_for(path, "auto", 128));
+    EXPECT_EQ(automatic.gpu_mode(), "unfused");
+  }
+  const std::string notices = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(std::count(notices.begin(), notices.end(), '\n'), 1) << notices;
+  EXPECT_NE(notices.find("q4_1 weights multiply float activations"), std::string::npos) << notices;
+  EXPECT_EQ(Session(options_for(path, "token", 128)).gpu_mode(), "token");
   fs::remove(path);
 }
 

@@ -35,6 +35,13 @@ TEST(GpuMode, ExplicitModesFallBackOnlyToUnfused) {
   }
 }
 
+TEST(GpuMode, FloatActivationTypesAreTheRealCheckpointQuants) {
+  for (TensorType t : {TensorType::kQ4_1, TensorType::kQ4_K, TensorType::kQ6_K})
+    EXPECT_TRUE(fused_float_activation_type(t)) << type_name(t);
+  for (TensorType t : {TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kUpg4})
+    EXPECT_FALSE(fused_float_activation_type(t)) << type_name(t);
+}
+
 TEST(GpuMode, UnknownModeNamesTheChoices) {
   try {
     gpu_mode_candidates("warp", "cuda");
