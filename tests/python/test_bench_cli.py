@@ -6,15 +6,15 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from gguf import GGUFReader
 
+from default_model import MODEL, require_default_model
+
 ROOT = Path(__file__).resolve().parents[2]
 PDVM = os.environ.get("PDVM_BIN", str(ROOT / "build" / "pdvm"))
-MODEL = Path(os.environ.get("PDVM_MODEL", ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
 def run(*args):
@@ -22,11 +22,7 @@ def run(*args):
 
 
 def main():
-    if not MODEL.exists():
-        if os.environ.get("PDVM_REQUIRE_MODEL"):
-            sys.exit(f"default model missing at {MODEL}")
-        print("skipped: no default model")
-        return
+    require_default_model()
     base = ["-m", str(MODEL), "--backend", "cpu", "-t", "2", "-p", "16", "-n", "8", "-r", "2"]
     result = run(*base, "--json")
     assert result.returncode == 0, result.stderr

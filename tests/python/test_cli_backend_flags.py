@@ -7,13 +7,13 @@
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from default_model import MODEL, require_default_model
+
 ROOT = Path(__file__).resolve().parents[2]
 PDVM = os.environ.get("PDVM_BIN", str(ROOT / "build" / "pdvm"))
-MODEL = Path(os.environ.get("PDVM_MODEL", ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 PROMPT = "The three primary colors are"
 # Measured on this text (2 windows of 256): KL 1.3e-3 nats/token, top-1 99.6 % for q8_0 (f16: 1e-6).
 MAX_Q8_KL = 0.01
@@ -46,11 +46,7 @@ def check_q8_cache_against_reference():
 
 
 def main():
-    if not MODEL.exists():
-        if os.environ.get("PDVM_REQUIRE_MODEL"):
-            sys.exit(f"default model missing at {MODEL}")
-        print("skipped: no default model")
-        return
+    require_default_model()
     reference = run("--backend", "cpu-ref")
     assert reference.returncode == 0, reference.stderr
     for kv_type in ("f32", "f16"):

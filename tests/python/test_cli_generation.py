@@ -18,10 +18,11 @@ import jinja2.sandbox
 import numpy as np
 from pdvm_ref import LlamaReference
 
+from default_model import MODEL, require_default_model
+
 ROOT = Path(__file__).resolve().parents[2]
 PDVM = os.environ.get("PDVM_BIN", str(ROOT / "build" / "pdvm"))
 BUILD = Path(os.environ.get("PDVM_BINARY_DIR", ROOT / "build"))
-MODEL = Path(os.environ.get("PDVM_MODEL", ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 GREEDY = ["--temp", "0"]
 failures = []
 
@@ -257,12 +258,7 @@ def test_errors():
 
 
 def main():
-    if not MODEL.exists():
-        if os.environ.get("PDVM_REQUIRE_MODEL"):
-            print(f"FAIL default model missing at {MODEL} (run scripts/setup.sh)")
-            return 1
-        print(f"SKIP default model missing at {MODEL}")
-        return 0
+    require_default_model()
     tests = [v for k, v in sorted(globals().items()) if k.startswith("test_")]
     for test in tests:
         print("RUN", test.__name__, flush=True)

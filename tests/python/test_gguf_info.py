@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter
 
+from default_model import MODEL, require_default_model
+
 ROOT = Path(__file__).resolve().parents[2]
 PDVM = os.environ.get("PDVM_BIN", str(ROOT / "build" / "pdvm"))
-MODEL = Path(os.environ.get("PDVM_MODEL", ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 TESTDATA = Path(os.environ.get("PDVM_TESTDATA", ROOT.parent / "shared" / "testdata"))
 VOCABS = ["ggml-vocab-gpt-2.gguf", "ggml-vocab-llama-spm.gguf", "ggml-vocab-starcoder.gguf"]
 # Indexed by GGUFValueType id, as `pdvm info` names them.
@@ -146,6 +147,7 @@ def main():
     print(f"seed {seed} (set PDVM_TEST_SEED to replay)")
     rng = random.Random(seed)
     check = Checker()
+    require_default_model()
     real = [MODEL] + [TESTDATA / "tokenizer" / v for v in VOCABS]
     missing = [str(p) for p in real if not p.exists()]
     if missing:

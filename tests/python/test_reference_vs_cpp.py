@@ -2,15 +2,12 @@
 # ctest-label: model
 """C++ CPU reference vs the numpy reference on the default model: logits of three prompts and
 64 greedy steps each (tokens must agree; logits within 1e-4 of the largest)."""
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import model_compare
+from default_model import MODEL, require_default_model
 
-MODEL = Path(os.environ.get("PDVM_MODEL", Path(__file__).resolve().parents[2] /
-                            "models/SmolLM2-135M-Instruct.Q4_1.gguf"))
 # Token ids of fixed prompts (SmolLM2 vocabulary): "The capital of France is", a chat turn
 # asking for it, and "def fib(n):\n    if n <= 1:\n".
 PROMPTS = [
@@ -22,12 +19,7 @@ GREEDY_STEPS = 64
 
 
 def main():
-    if not MODEL.exists():
-        if os.environ.get("PDVM_REQUIRE_MODEL"):
-            print(f"missing default model {MODEL}")
-            return 1
-        print(f"skipped: no default model at {MODEL}")
-        return 0
+    require_default_model()
     reference = model_compare.pdvm_ref.LlamaReference(str(MODEL))
     failed = False
     for prompt in PROMPTS:

@@ -16,9 +16,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from default_model import MODEL, require_default_model
+
 ROOT = Path(__file__).resolve().parents[2]
 PDVM = os.environ.get("PDVM_BIN", str(ROOT / "build" / "pdvm"))
-MODEL = Path(os.environ.get("PDVM_MODEL", ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 CTX = 512
 MAX_BODY = 65536
 WORDS = ("the river old city history of science my favorite recipe is a small dog ran across green "
@@ -314,12 +315,7 @@ def test_startup_errors():
 
 
 def main():
-    if not MODEL.exists():
-        if os.environ.get("PDVM_REQUIRE_MODEL"):
-            print(f"FAIL default model missing at {MODEL} (run scripts/setup.sh)")
-            return 1
-        print(f"SKIP default model missing at {MODEL}")
-        return 0
+    require_default_model()
     if subprocess.run([PDVM, "serve", "--help"], capture_output=True).returncode != 0:
         print("SKIP pdvm was built without `serve` (cpp-httplib missing)")
         return 0

@@ -14,9 +14,10 @@ import threading
 import urllib.request
 from pathlib import Path
 
+from default_model import MODEL, require_default_model
+
 ROOT = Path(__file__).resolve().parents[2]
 PDVM = os.environ.get("PDVM_BIN", str(ROOT / "build" / "pdvm"))
-MODEL = Path(os.environ.get("PDVM_MODEL", ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 WORDS = "the river old city history of science a small dog ran across green field music ocean story".split()
 failures = []
 
@@ -92,12 +93,7 @@ def test_serve(prompt, expected):
 
 
 def main():
-    if not MODEL.exists():
-        if os.environ.get("PDVM_REQUIRE_MODEL"):
-            print(f"FAIL: default model {MODEL} missing")
-            return 1
-        print(f"SKIP: default model {MODEL} missing")
-        return 0
+    require_default_model()
     rng = random.Random(int.from_bytes(os.urandom(4), "little"))
     prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))).capitalize()
     print(f"prompt: {prompt!r}")
