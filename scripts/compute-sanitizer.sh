@@ -8,6 +8,7 @@
 #   long           whole tests the quick set cuts short: the unfused synthesized-model test and
 #                  racecheck of the fused GqaQ4/GqaUpg4 models, the tensor-parallel tests under
 #                  both tools, memcheck of the fused session's memory test
+#   kernels        the unfused backend's op and matmul tests (every kernel, in all their shapes)
 #   default-model  the tests that need the default model, at MODEL (a GGUF path)
 # BIN_DIR holds gpu_* test binaries (built with -DPDVM_CUDA=ON) and the shared libraries they
 # need (libfmt, libpcre2-8, libhwy); see docs/testing.md.
@@ -78,6 +79,18 @@ case $set_name in
     check racecheck_tp racecheck gpu_tensor_parallel_cuda_test '*' &
     check memcheck_memory memcheck gpu_pdvm_session_memory_test '*' &
     ;;
+  kernels)
+    # The bandwidth probe's rate check fails under racecheck's slowdown, not a finding.
+    lane_memcheck() {
+      check memcheck_kernels memcheck gpu_cuda_matmul_test '*'
+      check memcheck_kernels memcheck gpu_cuda_ops_test '*'
+    }
+    lane_racecheck() {
+      check racecheck_kernels racecheck gpu_cuda_matmul_test '*'
+      check racecheck_kernels racecheck gpu_cuda_ops_test '-CudaBandwidth.*'
+    }
+    lane_memcheck & lane_racecheck &
+    ;;
   default-model)
     export PDVM_MODEL=${5:?default-model needs the model path}
     [ -f "$PDVM_MODEL" ] || { echo "no model at $PDVM_MODEL" >&2; exit 2; }
@@ -89,7 +102,7 @@ case $set_name in
     check racecheck_fused racecheck gpu_pdvm_default_model_test '*' &
     ;;
   *)
-    echo "unknown set '$set_name' (quick, long, default-model)" >&2
+    echo "unknown set '$set_name' (quick, long, kernels, default-model)" >&2
     exit 2
     ;;
 esac
