@@ -4,6 +4,7 @@
 // per rank) or in one process over host memory (any backend, e.g. one CPU backend per rank).
 #pragma once
 
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
@@ -24,6 +25,14 @@ class Communicator {
   // Replaces x (F32, memory of `backend`, this rank's backend) by the element-wise sum of x
   // over all ranks. Every rank ends with the same bits.
   virtual void all_reduce_sum(Backend& backend, Tensor& x) = 0;
+
+  // The same for code that owns its device memory and stream without a Backend (the fused
+  // decoder): `n` floats at `device_data`, enqueued on `stream` (a cudaStream_t). Recordable
+  // groups only; the others throw Error(kUnsupported).
+  virtual void all_reduce_sum_on_stream(float* device_data, size_t n, void* stream);
+  // The same over host memory, for groups that are not recordable (the caller copies its
+  // device data out and back); the others throw Error(kUnsupported).
+  virtual void all_reduce_sum_host(float* data, size_t n);
 
   // Whether all_reduce_sum may be called inside Backend::run_recorded (it only enqueues device
   // work, as NCCL does); host-side collectives must run every time instead.

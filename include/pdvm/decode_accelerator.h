@@ -34,10 +34,17 @@ class DecodeAccelerator {
   virtual void read_kv(int layer, int64_t first, int64_t count, void* k_rows, void* v_rows) = 0;
 };
 
+// Tensor parallelism (--tp): rank r runs on GPU devices[r] and the ranks all-reduce through the
+// registered communicator group `communicator`. No communicator: one GPU, no group.
+struct AcceleratorSplit {
+  std::vector<int> devices;
+  std::string communicator;
+};
+
 // Returns an accelerator for `mode`, or throws Error(kUnsupported) saying why it cannot run
 // this model (the caller may then fall back to the unfused path).
-using DecodeAcceleratorFactory =
-    std::function<std::unique_ptr<DecodeAccelerator>(const GgufFile& file, int64_t n_ctx, std::string_view mode)>;
+using DecodeAcceleratorFactory = std::function<std::unique_ptr<DecodeAccelerator>(
+    const GgufFile& file, int64_t n_ctx, std::string_view mode, const AcceleratorSplit& split)>;
 
 void register_decode_accelerator(DecodeAcceleratorFactory factory);
 
@@ -50,7 +57,8 @@ std::vector<std::string> gpu_mode_candidates(std::string_view requested, std::st
 // "unfused" returns nullptr. Other modes need a registered accelerator: Error(kUnsupported)
 // when none is linked in or it rejects the model, Error(kInvalidArgument) for unknown modes.
 std::unique_ptr<DecodeAccelerator> create_decode_accelerator(const GgufFile& file, int64_t n_ctx,
-                                                             std::string_view mode);
+                                                             std::string_view mode,
+                                                             const AcceleratorSplit& split = {});
 
 struct DecodeAcceleratorRegistrar {
   explicit DecodeAcceleratorRegistrar(DecodeAcceleratorFactory factory) {

@@ -74,8 +74,11 @@ class Session {
   bool fused_batched_prompts() const { return accelerator_ && model_; }
   std::string communicator_name() const;  // empty when the model is not split
 
+  // Whether a fused decoder (--gpu-mode layer|token) runs the tokens.
+  bool uses_accelerator() const { return accelerator_ != nullptr; }
   // Seconds one decoded token spends in collectives (two all-reduces of n_embd floats per
-  // layer), timed alone over `tokens` tokens' worth; 0 without a communicator.
+  // layer), timed alone over `tokens` tokens' worth; 0 without a communicator and on the
+  // fused path (its all-reduces are nodes of its token graphs).
   double time_token_all_reduces(int tokens);
   // Device kernels launched so far by the backend and the accelerator; nullopt when neither
   // counts (host backends).
@@ -109,7 +112,7 @@ class Session {
   void forward(bool decode, std::span<const int32_t> tokens, LogitsMode mode);
   // Fused decoding with batched prompts: creates the accelerator for the first mode of
   // `modes` that takes the model; then whether the backend copy fits (loads it if so).
-  void open_accelerator(const std::vector<std::string>& modes, int64_t n_ctx);
+  void open_accelerator(const std::vector<std::string>& modes, int64_t n_ctx, const AcceleratorSplit& split);
   bool backend_copy_fits(const KvCacheShape& shape, int batch) const;
   // Copies the KV rows the accelerator (to_accelerator) or the backend lacks from the other.
   void sync_kv(bool to_accelerator);
@@ -123,6 +126,8 @@ class Session {
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<TensorParallelPeers> tp_;  // the communicators and ranks >= 1, when split
   std::unique_ptr<DecodeAccelerator> accelerator_;  // --gpu-mode layer|token
+  int split_ranks_ = 1;                 // --tp, on the accelerator or the unfused ranks
+  std::string split_communicator_;      // their group's name, empty for one rank without one
   bool accelerator_has_logits_ = false;
   // With batched prompts: positions whose K/V the backend's and the accelerator's caches hold
   // (the larger is n_past; the other catches up before its next use).

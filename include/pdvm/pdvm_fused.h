@@ -32,6 +32,7 @@
 
 namespace pdvm {
 
+class Communicator;
 class GgufFile;
 struct UpgMatrix;
 
@@ -105,6 +106,11 @@ class FusedDecoder {
   int grid_size() const;
   // Kernels launched so far (a layer-mode token counts its graph's kernels: one per layer).
   uint64_t kernel_launches() const;
+
+  // Makes this decoder rank `rank` of a tensor-parallel group (FusedTensorParallel, built from
+  // a shard of the model): each layer runs as two launches with x all-reduced through
+  // `communicator` after each, in a CUDA graph when it is recordable. Before the first token.
+  void set_tensor_parallel(int rank, Communicator* communicator);
 
   // ---- layer-level API (hidden state of n_embd floats kept on the device) ----------------
   void set_hidden(const std::vector<float>& values);

@@ -9,7 +9,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -85,6 +87,40 @@ struct Clique {
   std::vector<ncclComm_t> comms;
   std::vector<std::atomic<bool>> aborted;  // set from any rank's thread (abort())
 
+  // Returns once every rank has enqueued its copy of the current collective. Without it a rank
+  // that enqueued an all-reduce may block in a CUDA call (a kernel's first, lazy load or a
+  // cudaMalloc, which wait on their device while holding driver locks) whose device waits for
+  // a peer that in turn needs that lock before it can enqueue its side: 2 GPUs hung in prefill.
+  void all_enqueued() {
+    std::unique_lock lock(mutex);
+    if (broken) throw_abandoned();
+    const uint64_t round = generation;
+    if (++arrived == static_cast<int>(comms.size())) {
+      arrived = 0;
+      ++generation;
+      released.notify_all();
+      return;
+    }
+    released.wait(lock, [&] { return generation != round || broken; });
+    if (generation == round) throw_abandoned();
+  }
+
+  void break_barrier() {
+    std::lock_guard lock(mutex);
+    broken = true;
+    released.notify_all();
+  }
+
+  [[noreturn]] static void throw_abandoned() {
+    throw_error(ErrorKind::kInternal, "tensor parallel: NCCL communicator aborted after another rank failed");
+  }
+
+  std::mutex mutex;
+  std::condition_variable released;
+  int arrived = 0;
+  uint64_t generation = 0;
+  bool broken = false;
+
   ~Clique() {
     const NcclLibrary& lib = nccl();
     lib.group_start();
@@ -108,21 +144,25 @@ class NcclCommunicator final : public Communicator {
   bool recordable() const override { return true; }
 
   void abort() override {
+    clique_->break_barrier();
     if (!clique_->aborted[rank_].exchange(true)) nccl().comm_abort(clique_->comms[rank_]);
   }
 
   void all_reduce_sum(Backend& backend, Tensor& x) override {
     PDVM_CHECK(x.type == TensorType::kF32);
-    if (clique_->aborted[rank_]) {
-      throw_error(ErrorKind::kInternal, "tensor parallel: NCCL communicator aborted after another rank failed");
-    }
     void* stream = backend.device_queue();
     if (!stream) {
       throw_error(ErrorKind::kInvalidArgument, "nccl: the " + backend.name() + " backend has no device stream");
     }
-    check(nccl().all_reduce(x.data, x.data, static_cast<size_t>(x.n_elems()), ncclFloat32, ncclSum,
-                            clique_->comms[rank_], static_cast<cudaStream_t>(stream)),
+    all_reduce_sum_on_stream(static_cast<float*>(x.data), static_cast<size_t>(x.n_elems()), stream);
+  }
+
+  void all_reduce_sum_on_stream(float* data, size_t n, void* stream) override {
+    if (clique_->aborted[rank_]) Clique::throw_abandoned();
+    check(nccl().all_reduce(data, data, n, ncclFloat32, ncclSum, clique_->comms[rank_],
+                            static_cast<cudaStream_t>(stream)),
           "ncclAllReduce");
+    clique_->all_enqueued();
   }
 
  private:

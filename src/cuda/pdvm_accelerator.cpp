@@ -1,61 +1,80 @@
-// Registers the PDVM fused decoder as the Session's decode accelerator (--gpu-mode layer|token).
+// Registers the PDVM fused decoder as the Session's decode accelerator (--gpu-mode layer|token),
+// split over several GPUs with --tp (FusedTensorParallel, layer mode).
 #include <algorithm>
 #include <limits>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "pdvm/decode_accelerator.h"
 #include "pdvm/error.h"
 #include "pdvm/gguf.h"
 #include "pdvm/pdvm_fused.h"
+#include "pdvm/pdvm_fused_tp.h"
 
 namespace pdvm {
 namespace {
 
+int checked_position(int64_t position) {
+  PDVM_CHECK(position >= 0 && position <= std::numeric_limits<int>::max());
+  return static_cast<int>(position);
+}
+
+// Decoder: FusedDecoder or FusedTensorParallel.
+template <class Decoder>
 class FusedAccelerator final : public DecodeAccelerator {
+  static constexpr bool kSplit = std::is_same_v<Decoder, FusedTensorParallel>;
+
  public:
-  FusedAccelerator(const GgufFile& file, int64_t n_ctx, FusedMode mode)
-      : decoder_(fused_view_from_gguf(file, checked_context(n_ctx))), mode_(mode) {}
+  FusedAccelerator(std::unique_ptr<Decoder> decoder, FusedMode mode) : decoder_(std::move(decoder)), mode_(mode) {}
 
   void decode(int32_t token, int64_t position) override {
-    last_ = decoder_.execute_model(token, static_cast<int>(position), mode_);
+    last_ = decoder_->execute_model(token, static_cast<int>(position), mode_);
   }
   int32_t last_argmax() override { return last_; }
-  std::optional<uint64_t> kernel_launches() const override { return decoder_.kernel_launches(); }
+  std::optional<uint64_t> kernel_launches() const override { return decoder_->kernel_launches(); }
+  // The Session shares K/V rows (batched prompts) with an unsplit decoder only.
   void write_kv(int layer, int64_t first, int64_t count, const void* k_rows, const void* v_rows) override {
-    decoder_.write_kv(layer, checked_position(first), checked_position(count), k_rows, v_rows);
+    if constexpr (kSplit) throw_error(ErrorKind::kUnsupported, "fused tensor parallel: no shared KV rows");
+    else decoder_->write_kv(layer, checked_position(first), checked_position(count), k_rows, v_rows);
   }
   void read_kv(int layer, int64_t first, int64_t count, void* k_rows, void* v_rows) override {
-    decoder_.read_kv(layer, checked_position(first), checked_position(count), k_rows, v_rows);
+    if constexpr (kSplit) throw_error(ErrorKind::kUnsupported, "fused tensor parallel: no shared KV rows");
+    else decoder_->read_kv(layer, checked_position(first), checked_position(count), k_rows, v_rows);
   }
   void last_logits(std::span<float> out) override {
-    const std::vector<float> logits = decoder_.logits();
+    const std::vector<float> logits = decoder_->logits();
     PDVM_CHECK(out.size() == logits.size());
     std::copy(logits.begin(), logits.end(), out.begin());
   }
 
  private:
-  static int checked_context(int64_t n_ctx) {
-    if (n_ctx <= 0 || n_ctx > std::numeric_limits<int>::max() / 2)
-      throw_error(ErrorKind::kInvalidArgument, "fused decode: context " + std::to_string(n_ctx) + " out of range");
-    return static_cast<int>(n_ctx);
-  }
-
-  static int checked_position(int64_t position) {
-    PDVM_CHECK(position >= 0 && position <= std::numeric_limits<int>::max());
-    return static_cast<int>(position);
-  }
-
-  FusedDecoder decoder_;
+  std::unique_ptr<Decoder> decoder_;
   FusedMode mode_;
   int32_t last_ = -1;
 };
 
-const DecodeAcceleratorRegistrar kRegistrar([](const GgufFile& file, int64_t n_ctx, std::string_view mode) {
-  return std::unique_ptr<DecodeAccelerator>(
-      new FusedAccelerator(file, n_ctx, mode == "token" ? FusedMode::kToken : FusedMode::kLayer));
-});
+int checked_context(int64_t n_ctx) {
+  if (n_ctx <= 0 || n_ctx > std::numeric_limits<int>::max() / 2)
+    throw_error(ErrorKind::kInvalidArgument, "fused decode: context " + std::to_string(n_ctx) + " out of range");
+  return static_cast<int>(n_ctx);
+}
+
+std::unique_ptr<DecodeAccelerator> make_accelerator(const GgufFile& file, int64_t n_ctx, std::string_view mode,
+                                                    const AcceleratorSplit& split) {
+  const FusedMode fused_mode = mode == "token" ? FusedMode::kToken : FusedMode::kLayer;
+  if (!split.communicator.empty() && fused_mode == FusedMode::kToken)
+    throw_error(ErrorKind::kUnsupported, "--gpu-mode token runs a token in one launch, leaving no point for the "
+                                         "all-reduces of --tp (--gpu-mode layer splits each layer in two)");
+  const FusedModelView view = fused_view_from_gguf(file, checked_context(n_ctx));
+  if (split.communicator.empty())
+    return std::make_unique<FusedAccelerator<FusedDecoder>>(std::make_unique<FusedDecoder>(view), fused_mode);
+  return std::make_unique<FusedAccelerator<FusedTensorParallel>>(
+      std::make_unique<FusedTensorParallel>(view, split.devices, split.communicator), fused_mode);
+}
+
+const DecodeAcceleratorRegistrar kRegistrar(make_accelerator);
 
 }  // namespace
 }  // namespace pdvm

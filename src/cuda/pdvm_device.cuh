@@ -112,6 +112,11 @@ struct Params {
   unsigned* model_counters;  // [kModelCounters]
   unsigned* model_epoch;
   DevStep* step;
+
+  // Tensor parallelism (layer halves, see kFlagAttnHalf): 0 on rank 0 (and without TP), where the
+  // O and down projections add into x; 1 on the other ranks, where they replace x by this rank's
+  // partial sums, so an in-place all-reduce of x leaves every rank with x + all partials.
+  int partial_output;
 };
 
 __host__ __device__ inline int layer_counter_stride(int n_head_kv) { return kLayerCounters + n_head_kv; }

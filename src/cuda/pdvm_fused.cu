@@ -9,6 +9,7 @@
 #include "cuda/graph_count.cuh"
 #include "cuda/pdvm_kernel.cuh"
 #include "cuda/pdvm_repack.h"
+#include "pdvm/communicator.h"
 #include "pdvm/fused_activations.h"
 #include "pdvm/error.h"
 #include "pdvm/pdvm_fused.h"
@@ -106,8 +107,11 @@ struct FusedDecoder::Impl {
   uint64_t kernel_launches = 0;
   FusedFootprint footprint;
   bool float_activations = false;
+  Communicator* communicator = nullptr;  // tensor parallelism: x all-reduced between layer halves
+  std::vector<float> host_x;             // a non-recordable communicator's host copy of x
 
   ~Impl() {
+    cudaSetDevice(device);
     if (layer_graph) cudaGraphExecDestroy(layer_graph);
     for (void* p : allocations) cudaFree(p);
     if (stream) cudaStreamDestroy(stream);
@@ -244,13 +248,49 @@ struct FusedDecoder::Impl {
                                               std::to_string(config.n_ctx));
   }
 
+  void activate() const { PDVM_CUDA_CHECK(cudaSetDevice(device)); }
+
+  // A token as 2 launches per layer with x all-reduced after each, then the head alone.
+  // In a graph (NCCL) the launches are plain; run eagerly (host all-reduce, several ranks may
+  // share a GPU) they are cooperative, so a launch never waits for CTAs that cannot be resident.
+  void enqueue_split_token(bool eager) {
+    for (int l = 0; l < config.n_layer; ++l) {
+      for (int half : {fused::kFlagAttnHalf, fused::kFlagMlpHalf}) {
+        const int flags = half | (l == 0 && half == fused::kFlagAttnHalf ? fused::kFlagEmbed : 0);
+        fused::launch_fused(params, grid, l, l + 1, flags, eager, stream);
+        all_reduce_x(eager);
+      }
+    }
+    fused::launch_fused(params, grid, config.n_layer, config.n_layer, fused::kFlagHead, eager, stream);
+  }
+
+  void all_reduce_x(bool eager) {
+    if (!eager) return communicator->all_reduce_sum_on_stream(params.x, static_cast<size_t>(config.n_embd), stream);
+    host_x.resize(static_cast<size_t>(config.n_embd));
+    copy_to_host(host_x.data(), params.x, host_x.size() * sizeof(float));
+    communicator->all_reduce_sum_host(host_x.data(), host_x.size());
+    copy_to_device(params.x, host_x.data(), host_x.size() * sizeof(float));
+  }
+
+  bool records_graph() const { return !communicator || communicator->recordable(); }
+
   void record_layer_graph() {
+    if (communicator) {
+      // NCCL connects the ranks on the first all-reduce: let that happen outside the capture (on
+      // x, which the token's embedding overwrites).
+      communicator->all_reduce_sum_on_stream(params.x, static_cast<size_t>(config.n_embd), stream);
+      PDVM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    }
     cudaGraph_t graph;
     PDVM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    for (int l = 0; l < config.n_layer; ++l) {
-      int flags = l == 0 ? fused::kFlagEmbed : fused::kFlagPdl;
-      if (l == config.n_layer - 1) flags |= fused::kFlagHead;
-      fused::launch_fused(params, grid, l, l + 1, flags, false, stream);
+    if (communicator) {
+      enqueue_split_token(false);
+    } else {
+      for (int l = 0; l < config.n_layer; ++l) {
+        int flags = l == 0 ? fused::kFlagEmbed : fused::kFlagPdl;
+        if (l == config.n_layer - 1) flags |= fused::kFlagHead;
+        fused::launch_fused(params, grid, l, l + 1, flags, false, stream);
+      }
     }
     PDVM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
     layer_graph_kernels = cuda::kernel_node_count(graph);
@@ -259,7 +299,13 @@ struct FusedDecoder::Impl {
   }
 
   void run_token(FusedMode mode) {
-    if (mode == FusedMode::kLayer) {
+    if (communicator && mode == FusedMode::kToken)
+      throw_error(ErrorKind::kUnsupported, "fused decode: token mode (one launch per token) cannot all-reduce "
+                                           "between layers; tensor parallelism runs in layer mode");
+    if (!records_graph()) {
+      enqueue_split_token(true);
+      kernel_launches += 2 * config.n_layer + 1;
+    } else if (mode == FusedMode::kLayer) {
       if (!layer_graph) record_layer_graph();
       PDVM_CUDA_CHECK(cudaGraphLaunch(layer_graph, stream));
       kernel_launches += layer_graph_kernels;
@@ -270,6 +316,9 @@ struct FusedDecoder::Impl {
   }
 
   void copy_to_host(void* dst, const void* src, size_t bytes) {
+    // Wait first: a copy to pageable memory that waits on a stream blocks other threads' CUDA
+    // calls, and with NCCL this stream may wait on a tensor-parallel peer's next launch.
+    PDVM_CUDA_CHECK(cudaStreamSynchronize(stream));
     PDVM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream));
     PDVM_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
@@ -456,8 +505,17 @@ std::vector<float> FusedDecoder::hidden() const {
   return out;
 }
 
+void FusedDecoder::set_tensor_parallel(int rank, Communicator* communicator) {
+  Impl& m = *impl_;
+  PDVM_CHECK(communicator && rank == communicator->rank() && !m.layer_graph && m.kernel_launches == 0);
+  m.communicator = communicator;
+  m.params.partial_output = rank > 0;
+}
+
 void FusedDecoder::execute_layer(int layer, int position) {
   Impl& m = *impl_;
+  if (m.communicator)
+    throw_error(ErrorKind::kUnsupported, "fused decode: a single layer cannot run tensor-parallel");
   if (layer < 0 || layer >= m.config.n_layer)
     throw_error(ErrorKind::kOutOfRange, "fused decode: layer " + std::to_string(layer) + " out of range");
   m.check_position(position, 1);
@@ -472,6 +530,7 @@ int FusedDecoder::execute_model(int token, int position, FusedMode mode) {
 }
 
 std::vector<float> FusedDecoder::logits() const {
+  impl_->activate();
   std::vector<float> out(impl_->config.n_vocab);
   impl_->copy_to_host(out.data(), impl_->params.logits, out.size() * sizeof(float));
   return out;
@@ -482,6 +541,7 @@ std::vector<int> FusedDecoder::generate(int token, int position, int n_tokens, F
   if (token < 0 || token >= m.config.n_vocab)
     throw_error(ErrorKind::kOutOfRange, "fused decode: token " + std::to_string(token) + " out of range");
   m.check_position(position, n_tokens);
+  m.activate();
   m.write_step(position, token);
   for (int i = 0; i < n_tokens; ++i) m.run_token(mode);
   return m.read_history(n_tokens);
@@ -490,7 +550,8 @@ std::vector<int> FusedDecoder::generate(int token, int position, int n_tokens, F
 double FusedDecoder::time_generate(int token, int position, int n_tokens, FusedMode mode) {
   Impl& m = *impl_;
   m.check_position(position, n_tokens);
-  if (mode == FusedMode::kLayer && !m.layer_graph) m.record_layer_graph();
+  m.activate();
+  if (mode == FusedMode::kLayer && !m.layer_graph && m.records_graph()) m.record_layer_graph();
   m.write_step(position, token);
   cudaEvent_t start, stop;
   PDVM_CUDA_CHECK(cudaEventCreate(&start));

@@ -455,9 +455,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   const unsigned grid = gridDim.x;
   int begin, end;
 
+  const bool attention_half = !(flags & kFlagMlpHalf), mlp_half = !(flags & kFlagAttnHalf);
+
   // Weights never depend on activations: start pulling the first phase's before any wait.
-  cta_share((p.layers[layer_begin].qk.rows + p.layers[layer_begin].v.rows) / 2, begin, end);
-  prefetch_qkv(p.layers[layer_begin], begin, end);
+  if (layer_begin < layer_end && attention_half) {
+    cta_share((p.layers[layer_begin].qk.rows + p.layers[layer_begin].v.rows) / 2, begin, end);
+    prefetch_qkv(p.layers[layer_begin], begin, end);
+  }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (flags & kFlagPdl) {
     asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -479,28 +483,31 @@ __global__ void __launch_bounds__(kThreads, 1)
     unsigned* ctr = p.layer_counters + layer * stride;
     const unsigned epoch = __ldcg(p.layer_epochs + layer);
     const unsigned all_ctas = (epoch + 1) * grid;
+    auto add_to_x = [&](int row, float v) { __stcg(p.x + row, p.partial_output ? v : __ldcg(p.x + row) + v); };
 
-    // QKV in RoPE pairs, K/V appended to the cache.
-    cta_share((L.qk.rows + L.v.rows) / 2, begin, end);
-    if (wait_counter) {
-      prefetch_qkv(L, begin, end);
-      prefetch_attention(p, layer, pos);
-      cta_wait(wait_counter, wait_target);
+    if (attention_half) {
+      // QKV in RoPE pairs, K/V appended to the cache.
+      cta_share((L.qk.rows + L.v.rows) / 2, begin, end);
+      if (wait_counter) {
+        prefetch_qkv(L, begin, end);
+        prefetch_attention(p, layer, pos);
+        cta_wait(wait_counter, wait_target);
+      }
+      rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
+      phase_qkv(p, L, layer, pos, begin, end, prepare_acts(sm, L.qk.format, p.n_embd, L.v.format));
+      if (threadIdx.x == 0) signal_release(ctr + kCtrQkv);
+
+      cta_share(L.wo.rows, begin, end);
+      prefetch_rows(L.wo, begin, end, kPrefetchBytes);
+      cta_wait(ctr + kCtrQkv, all_ctas);
+      phase_attention(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn, sm.xs,
+                      sm.flag);
+      cta_wait(ctr + kCtrAttn, (epoch + 1) * p.n_head_kv);
+      copy_to_smem(p.attn_out, p.n_head * p.head_dim, sm.xs);
+      matvec_rows(L.wo, begin, end, prepare_acts(sm, L.wo.format, p.n_head * p.head_dim), add_to_x);
+      if (threadIdx.x == 0) signal_release(ctr + kCtrO);
     }
-    rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
-    phase_qkv(p, L, layer, pos, begin, end, prepare_acts(sm, L.qk.format, p.n_embd, L.v.format));
-    if (threadIdx.x == 0) signal_release(ctr + kCtrQkv);
-
-    cta_share(L.wo.rows, begin, end);
-    prefetch_rows(L.wo, begin, end, kPrefetchBytes);
-    cta_wait(ctr + kCtrQkv, all_ctas);
-    phase_attention(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn, sm.xs,
-                    sm.flag);
-    cta_wait(ctr + kCtrAttn, (epoch + 1) * p.n_head_kv);
-    copy_to_smem(p.attn_out, p.n_head * p.head_dim, sm.xs);
-    matvec_rows(L.wo, begin, end, prepare_acts(sm, L.wo.format, p.n_head * p.head_dim),
-                [&](int row, float v) { __stcg(p.x + row, __ldcg(p.x + row) + v); });
-    if (threadIdx.x == 0) signal_release(ctr + kCtrO);
+    if (!mlp_half) continue;
 
     cta_share(p.n_ff, begin, end);
     prefetch_rows(L.gate, begin, end, kPrefetchBytes / 2);
@@ -520,8 +527,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     prefetch_rows(L.down, begin, end, kPrefetchBytes);
     cta_wait(ctr + kCtrUp, all_ctas);
     copy_to_smem(p.h, p.n_ff, sm.xs);
-    matvec_rows(L.down, begin, end, prepare_acts(sm, L.down.format, p.n_ff),
-                [&](int row, float v) { __stcg(p.x + row, __ldcg(p.x + row) + v); });
+    matvec_rows(L.down, begin, end, prepare_acts(sm, L.down.format, p.n_ff), add_to_x);
     if (threadIdx.x == 0 && signal_is_last(ctr + kCtrDown, all_ctas)) p.layer_epochs[layer] = epoch + 1;
     wait_counter = ctr + kCtrDown;
     wait_target = all_ctas;

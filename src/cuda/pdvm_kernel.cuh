@@ -13,6 +13,10 @@ enum LaunchFlags : int {
   kFlagEmbed = 1,  // look up the input token's embedding into x first
   kFlagHead = 2,   // finish with the final norm, LM head and argmax
   kFlagPdl = 4,    // launched as a programmatic dependent of the previous kernel
+  // Tensor parallelism: only one half of each layer, so that the host can all-reduce x between
+  // the halves. Attention half: norm, QKV, attention, O projection; MLP half: norm, gate/up, down.
+  kFlagAttnHalf = 8,
+  kFlagMlpHalf = 16,
 };
 
 // Dynamic shared memory the kernel needs for this model shape.
@@ -20,7 +24,8 @@ size_t fused_smem_bytes(const Params& p);
 // Largest co-resident grid (one CTA per SM when the shape fits) for fused_smem_bytes(p).
 int fused_max_grid(const Params& p, int device);
 
-// Runs layers [layer_begin, layer_end) of one token with `grid` CTAs.
+// Runs layers [layer_begin, layer_end) of one token with `grid` CTAs (none, with kFlagHead: the
+// head alone).
 void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int flags, bool cooperative,
                   cudaStream_t stream);
 

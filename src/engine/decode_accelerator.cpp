@@ -33,14 +33,14 @@ std::vector<std::string> gpu_mode_candidates(std::string_view requested, std::st
 }
 
 std::unique_ptr<DecodeAccelerator> create_decode_accelerator(const GgufFile& file, int64_t n_ctx,
-                                                             std::string_view mode) {
+                                                             std::string_view mode, const AcceleratorSplit& split) {
   if (mode == "unfused") return nullptr;
   if (mode != "layer" && mode != "token")
     throw_error(ErrorKind::kInvalidArgument,
                 "unknown --gpu-mode '" + std::string(mode) + "' (auto, unfused, layer or token)");
   if (!registered_factory())
     throw_error(ErrorKind::kUnsupported, "--gpu-mode " + std::string(mode) + " needs a build with CUDA");
-  return registered_factory()(file, n_ctx, mode);
+  return registered_factory()(file, n_ctx, mode, split);
 }
 
 }  // namespace pdvm

@@ -77,11 +77,17 @@ class InProcessCommunicator final : public Communicator {
 
   void all_reduce_sum(Backend& backend, Tensor& x) override {
     PDVM_CHECK(x.type == TensorType::kF32);
-    const int64_t n = x.n_elems();
-    staging_.resize(static_cast<size_t>(n));
-    sum_.resize(static_cast<size_t>(n));
-    backend.read(x, staging_.data(), static_cast<uint64_t>(n) * sizeof(float));
-    shared_->inputs[rank_] = staging_.data();
+    const uint64_t bytes = static_cast<uint64_t>(x.n_elems()) * sizeof(float);
+    staging_.resize(static_cast<size_t>(x.n_elems()));
+    backend.read(x, staging_.data(), bytes);
+    all_reduce_sum_host(staging_.data(), staging_.size());
+    backend.write(x, staging_.data(), bytes);
+  }
+
+  void all_reduce_sum_host(float* data, size_t count) override {
+    const int64_t n = static_cast<int64_t>(count);
+    sum_.resize(count);
+    shared_->inputs[rank_] = data;
     shared_->counts[rank_] = n;
     shared_->rendezvous.arrive_and_wait();
     for (int r = 0; r < size(); ++r) {
@@ -92,9 +98,9 @@ class InProcessCommunicator final : public Communicator {
       const float* in = shared_->inputs[r];
       for (int64_t i = 0; i < n; ++i) sum_[i] += in[i];
     }
-    // Nobody may refill its staging buffer before every rank has read it.
+    // Nobody may overwrite its input before every rank has read it.
     shared_->rendezvous.arrive_and_wait();
-    backend.write(x, sum_.data(), static_cast<uint64_t>(n) * sizeof(float));
+    std::copy(sum_.begin(), sum_.end(), data);
   }
 
  private:
@@ -114,6 +120,14 @@ std::vector<std::unique_ptr<Communicator>> make_in_process_group(const std::vect
 }
 
 }  // namespace
+
+void Communicator::all_reduce_sum_on_stream(float*, size_t, void*) {
+  throw_error(ErrorKind::kUnsupported, "the " + name() + " communicator cannot all-reduce on a device stream");
+}
+
+void Communicator::all_reduce_sum_host(float*, size_t) {
+  throw_error(ErrorKind::kUnsupported, "the " + name() + " communicator cannot all-reduce host memory");
+}
 
 void register_communicator_group(std::string name, CommunicatorGroupFactory factory) {
   PDVM_CHECK_MSG(!registry().contains(name), "communicator group '" + name + "' registered twice");

@@ -68,10 +68,6 @@ Session::Session(const SessionOptions& options) {
   }
   const int tp = options.tensor_parallel;
   if (tp < 1) throw_error(ErrorKind::kInvalidArgument, "--tp must be at least 1, got " + std::to_string(tp));
-  if (tp > 1 && options.gpu_mode != "unfused" && options.gpu_mode != "auto") {
-    throw_error(ErrorKind::kUnsupported, "--gpu-mode " + options.gpu_mode + " does not support --tp " +
-                                             std::to_string(tp) + " yet (use --gpu-mode unfused)");
-  }
   const std::vector<int> devices = rank_devices(options);
   file_ = std::make_unique<GgufFile>(GgufFile::open(options.model_path));
   backend_ = create_backend(options.backend, rank_backend_options(options, devices[0]));
@@ -80,8 +76,18 @@ Session::Session(const SessionOptions& options) {
   shape.n_layer = config_.n_layer;
   shape.n_ctx = options.n_ctx > 0 ? options.n_ctx : std::min(config_.n_ctx_train, kDefaultContext);
   const int batch = static_cast<int>(std::min<int64_t>(options.max_batch, shape.n_ctx));
+  std::string communicator = options.communicator;
+  if (communicator == "auto") communicator = tp == 1 ? "" : backend_->name() == "cuda" ? "nccl" : "in-process";
+  if (communicator == "nccl" && backend_->device_queue() == nullptr) {
+    throw_error(ErrorKind::kInvalidArgument, "the nccl communicator needs a GPU backend, not " + backend_->name() +
+                                                 " (use --tp-comm in-process)");
+  }
+  split_ranks_ = tp;
+  split_communicator_ = communicator;
   std::vector<std::string> modes = gpu_mode_candidates(options.gpu_mode, backend_->name());
-  if (tp > 1) modes = {"unfused"};  // the fused decoder runs on one GPU
+  // Split (or any group), the fused decoder runs only when asked for (--gpu-mode layer): its
+  // prompts go one token at a time, while the unfused split runs them batched.
+  if (!communicator.empty() && options.gpu_mode == "auto") modes = {"unfused"};
   if (options.gpu_mode == "auto" && modes.size() > 1) {
     if (std::string why = slower_fused_reason(*file_); !why.empty()) {
       std::fprintf(stderr, "pdvm: notice: --gpu-mode auto: using the unfused path (%s; --gpu-mode token forces it)\n",
@@ -94,7 +100,7 @@ Session::Session(const SessionOptions& options) {
                  std::string(type_name(*options.kv_type)).c_str());
     modes = {"unfused"};
   }
-  open_accelerator(modes, shape.n_ctx);
+  open_accelerator(modes, shape.n_ctx, {devices, communicator});
   if (accelerator_) {
     // The fused decoder keeps an f16 KV cache; a backend cache that shares rows with it too.
     if (options.kv_type && *options.kv_type != TensorType::kF16)
@@ -102,7 +108,8 @@ Session::Session(const SessionOptions& options) {
                                                    ": --gpu-mode " + gpu_mode_ + " keeps an f16 KV cache");
     shape.type = TensorType::kF16;
     shape.row_width = int64_t{config_.n_head_kv} * config_.head_dim;
-    if (options.fused_batched_prompts && backend_copy_fits(shape, batch)) {
+    // Batched prompts share K/V rows with one fused decoder, not with a split one.
+    if (options.fused_batched_prompts && communicator.empty() && backend_copy_fits(shape, batch)) {
       try {
         model_ = std::make_unique<LlamaModel>(*file_, *backend_, options.load_progress, TensorSplit{});
         cache_ = std::make_unique<KvCache>(*backend_, shape);
@@ -124,12 +131,6 @@ Session::Session(const SessionOptions& options) {
     return;
   }
   LlamaModel::check_split(*file_, config_, tp);  // before the ranks and their threads start
-  std::string communicator = options.communicator;
-  if (communicator == "auto") communicator = tp == 1 ? "" : backend_->name() == "cuda" ? "nccl" : "in-process";
-  if (communicator == "nccl" && backend_->device_queue() == nullptr) {
-    throw_error(ErrorKind::kInvalidArgument, "the nccl communicator needs a GPU backend, not " + backend_->name() +
-                                                 " (use --tp-comm in-process)");
-  }
   if (!communicator.empty()) {
     tp_ = std::make_unique<TensorParallelPeers>(create_communicator_group(communicator, devices));
   }
@@ -155,12 +156,12 @@ Session::Session(const SessionOptions& options) {
 
 Session::~Session() = default;
 
-void Session::open_accelerator(const std::vector<std::string>& modes, int64_t n_ctx) {
+void Session::open_accelerator(const std::vector<std::string>& modes, int64_t n_ctx, const AcceleratorSplit& split) {
   std::string failed, why;  // the first mode that could not run, for one notice
   for (const std::string& mode : modes) {
     if (mode != "unfused") {
       try {
-        accelerator_ = create_decode_accelerator(*file_, n_ctx, mode);
+        accelerator_ = create_decode_accelerator(*file_, n_ctx, mode, split);
       } catch (const Error& e) {
         if (e.kind() != ErrorKind::kUnsupported) throw;
         if (failed.empty()) {
@@ -278,26 +279,35 @@ void Session::forward(bool decode, std::span<const int32_t> tokens, LogitsMode m
            });
 }
 
-int Session::tensor_parallel() const { return tp_ ? tp_->n_ranks() : 1; }
+int Session::tensor_parallel() const { return split_ranks_; }
 
-std::string Session::communicator_name() const { return tp_ ? tp_->communicator(0).name() : std::string(); }
+std::string Session::communicator_name() const { return split_communicator_; }
 
 double Session::time_token_all_reduces(int tokens) {
   if (!tp_) return 0.0;
   PDVM_CHECK(tokens > 0);
   const int per_token = 2 * config().n_layer;
-  auto reduce = [&](int rank, Backend& backend, ForwardWorkspace& ws, int n_calls) {
+  // A recordable group replays the token's all-reduces as one graph, as a decode step does:
+  // launched one by one from the host they would mostly time NCCL's host-side enqueue.
+  auto reduce = [&](int rank, Backend& backend, ForwardWorkspace& ws, int n_tokens) {
+    Communicator& comm = tp_->communicator(rank);
     Tensor x = row_view(ws.x_norm, 0, 1);
-    for (int i = 0; i < n_calls; ++i) tp_->communicator(rank).all_reduce_sum(backend, x);
+    auto token = [&] {
+      for (int i = 0; i < per_token; ++i) comm.all_reduce_sum(backend, x);
+    };
+    for (int t = 0; t < n_tokens; ++t) {
+      if (comm.recordable()) backend.run_recorded("tp-token-all-reduces", token);
+      else token();
+    }
     backend.synchronize();
   };
-  auto round = [&](int n_calls) {
-    tp_->run([&] { reduce(0, *backend_, decode_ws_, n_calls); },
-             [&](PeerRank& peer) { reduce(peer.rank, *peer.backend, peer.decode_ws, n_calls); });
+  auto round = [&](int n_tokens) {
+    tp_->run([&] { reduce(0, *backend_, decode_ws_, n_tokens); },
+             [&](PeerRank& peer) { reduce(peer.rank, *peer.backend, peer.decode_ws, n_tokens); });
   };
-  round(per_token);  // warm-up: connections, buffers
+  round(2);  // warm-up: connections, buffers, the recording
   const auto start = std::chrono::steady_clock::now();
-  round(per_token * tokens);
+  round(tokens);
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / tokens;
 }
 

@@ -1,0 +1,112 @@
+// Tensor-parallel PDVM fused decode speed (issue #9) on synthesized weights of real shapes:
+// the unsplit fused decoder (layer and token mode), then FusedTensorParallel over NCCL with 1
+// rank (the layers split in two launches with the all-reduces in the graph: the cost of the
+// split itself) and with 2, 4, 8 ranks, as many as there are GPUs. tg64 from position 0,
+// median of 3; speed-up and scaling efficiency against the unsplit layer mode.
+//   pdvm_fused_tp_gpu_bench [shape:type ...]   (shape: 8b = llama-3-8b, 13b = llama-2-13b)
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "cuda/check.cuh"
+#include "pdvm/error.h"
+#include "pdvm/pdvm_fused.h"
+#include "pdvm/pdvm_fused_tp.h"
+
+namespace {
+
+constexpr int kTokens = 64;
+
+pdvm::FusedConfig shape_config(const std::string& shape) {
+  pdvm::FusedConfig c;
+  c.n_ctx = 1024;
+  if (shape == "8b") {  // llama-3-8b
+    c.n_layer = 32;
+    c.n_embd = 4096;
+    c.n_head = 32;
+    c.n_head_kv = 8;
+    c.n_ff = 14336;
+    c.n_vocab = 128256;
+    c.rope_base = 500000.0f;
+  } else if (shape == "13b") {  // llama-2-13b
+    c.n_layer = 40;
+    c.n_embd = 5120;
+    c.n_head = 40;
+    c.n_head_kv = 40;
+    c.n_ff = 13824;
+    c.n_vocab = 32000;
+  } else {
+    pdvm::throw_error(pdvm::ErrorKind::kInvalidArgument, "unknown shape '" + shape + "' (8b or 13b)");
+  }
+  c.head_dim = c.n_embd / c.n_head;
+  c.n_rot = c.head_dim;
+  return c;
+}
+
+// Median ms per token of kTokens greedy tokens (after a warm-up that records the graph).
+double ms_per_token(const std::function<double(int)>& time_tokens) {
+  time_tokens(8);
+  std::vector<double> runs;
+  for (int r = 0; r < 3; ++r) runs.push_back(time_tokens(kTokens) / kTokens);
+  std::sort(runs.begin(), runs.end());
+  return runs[1];
+}
+
+void report(const std::string& label, double ms, double base_ms, int ranks) {
+  const double speedup = base_ms / ms;
+  std::printf("%-28s %8.1f tok/s %7.3f ms/tok  speed-up %5.2fx  efficiency %5.1f %%\n", label.c_str(), 1000.0 / ms, ms,
+              speedup, 100.0 * speedup / ranks);
+  std::fflush(stdout);
+}
+
+void run_case(const std::string& spec, int n_gpus) {
+  const size_t colon = spec.find(':');
+  const std::string shape = spec.substr(0, colon);
+  const std::string type_text = colon == std::string::npos ? "f16" : spec.substr(colon + 1);
+  const auto type = pdvm::type_from_name(type_text);
+  if (!type) pdvm::throw_error(pdvm::ErrorKind::kInvalidArgument, "unknown type '" + type_text + "'");
+  const pdvm::FusedConfig config = shape_config(shape);
+  const std::string name = shape + " " + type_text;
+  double base = 0;
+  {
+    PDVM_CUDA_CHECK(cudaSetDevice(0));
+    auto whole = pdvm::FusedDecoder::synthesize(config, *type, 1234);
+    base = ms_per_token([&](int n) { return whole->time_generate(1, 0, n, pdvm::FusedMode::kLayer); });
+    report(name + " layer", base, base, 1);
+    const double token = ms_per_token([&](int n) { return whole->time_generate(1, 0, n, pdvm::FusedMode::kToken); });
+    report(name + " token", token, base, 1);
+  }
+  for (int tp : {1, 2, 4, 8}) {
+    if (tp > n_gpus) break;
+    std::vector<int> devices(static_cast<size_t>(tp));
+    for (int r = 0; r < tp; ++r) devices[r] = r;
+    auto split = pdvm::FusedTensorParallel::synthesize(config, *type, 1234, devices, "nccl");
+    const double ms = ms_per_token([&](int n) { return split->time_generate(1, 0, n, pdvm::FusedMode::kLayer); });
+    report(name + " layer tp" + std::to_string(tp) + " nccl", ms, base, tp);
+    // Ranks agree on the tokens (checked by generate) and repeat them.
+    const std::vector<int> ids = split->generate(1, 0, 32, pdvm::FusedMode::kLayer);
+    if (split->generate(1, 0, 32, pdvm::FusedMode::kLayer) != ids)
+      pdvm::throw_error(pdvm::ErrorKind::kInternal, name + " tp" + std::to_string(tp) + ": greedy tokens differ between runs");
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    int n_gpus = 0;
+    PDVM_CUDA_CHECK(cudaGetDeviceCount(&n_gpus));
+    std::printf("%d GPU(s)\n", n_gpus);
+    std::vector<std::string> specs(argv + 1, argv + argc);
+    if (specs.empty()) specs = {"13b:f16", "8b:q8_0"};
+    for (const std::string& spec : specs) run_case(spec, n_gpus);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "pdvm_fused_tp_gpu_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

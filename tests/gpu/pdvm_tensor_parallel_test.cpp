@@ -1,0 +1,181 @@
+// The PDVM fused decoder split over ranks (FusedTensorParallel, --gpu-mode layer --tp N): every
+// rank runs each layer as two fused launches with the residual stream all-reduced between them.
+// Against the unsplit fused decoder on the same random GGUF model: logits per step within the
+// fused tests' float tolerance and the same greedy tokens, at tp 2 and 4 on one GPU (in-process
+// group: host all-reduce), through a one-rank NCCL group (the all-reduces inside the token's
+// CUDA graph) and, with 2+ GPUs, NCCL at tp 2 (and 4) with one GPU per rank.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "pdvm/cuda_backend.h"
+#include "pdvm/engine.h"
+#include "pdvm/error.h"
+#include "pdvm/gguf.h"
+#include "pdvm/pdvm_fused.h"
+#include "pdvm/pdvm_fused_tp.h"
+#include "pdvm_reference.h"
+#include "random_llama.h"
+
+namespace pdvm {
+namespace {
+
+constexpr int kSteps = 24;
+constexpr int kGreedy = 64;
+
+class FusedTensorParallelTest : public ::testing::TestWithParam<TensorType> {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) {
+      if (std::getenv("PDVM_REQUIRE_GPU")) ADD_FAILURE() << "no CUDA device but PDVM_REQUIRE_GPU is set";
+      GTEST_SKIP() << "no CUDA device";
+    }
+    // GQA with heads, KV heads and FFN columns divisible by 4; O and down split into whole
+    // 32-element blocks at 4 ranks.
+    config_.n_layer = 3;
+    config_.n_embd = 256;
+    config_.n_head = 8;
+    config_.n_head_kv = 4;
+    config_.head_dim = 32;
+    config_.n_ff = 768;
+    config_.n_vocab = 1000;
+    config_.n_ctx = 128;
+    config_.n_rot = 32;
+    ref_ = std::make_unique<test::RefModel>(config_, GetParam(), /*tied=*/false);
+    image_ = test::write_gguf(*ref_).write_to_memory();
+    file_ = std::make_unique<GgufFile>(GgufFile::parse(image_));
+    view_ = fused_view_from_gguf(*file_, config_.n_ctx);
+    FusedDecoder whole(view_);
+    start_ = test::random_tokens(1, config_.n_vocab)[0];
+    int token = start_;
+    for (int pos = 0; pos < kSteps; ++pos) {
+      token = whole.execute_model(token, pos, FusedMode::kLayer);
+      want_logits_.push_back(whole.logits());
+    }
+    want_tokens_ = whole.generate(start_, 0, kGreedy, FusedMode::kLayer);
+  }
+
+  // Step by step against the unsplit logits (each step fed the unsplit model's token), then
+  // greedy decoding with the tokens fed back on the devices.
+  void expect_matches_unsplit(FusedTensorParallel& split, double tolerance) {
+    const std::string what = std::to_string(split.n_ranks()) + " ranks, " + split.communicator_name() + ", " +
+                             std::string(type_name(GetParam()));
+    int token = start_;
+    double worst = 0;
+    for (int pos = 0; pos < kSteps; ++pos) {
+      const int next = split.execute_model(token, pos, FusedMode::kLayer);
+      const double error = test::relative_error(split.logits(), want_logits_[pos]);
+      worst = std::max(worst, error);
+      ASSERT_LT(error, tolerance) << what << ", position " << pos;
+      token = std::max_element(want_logits_[pos].begin(), want_logits_[pos].end()) - want_logits_[pos].begin();
+      EXPECT_EQ(next, token) << what << ", position " << pos;
+    }
+    EXPECT_EQ(split.generate(start_, 0, kGreedy, FusedMode::kLayer), want_tokens_) << what;
+    std::printf("  %s: worst relative logits error %.2e over %d steps\n", what.c_str(), worst, kSteps);
+  }
+
+  FusedConfig config_;
+  std::unique_ptr<test::RefModel> ref_;
+  std::vector<uint8_t> image_;
+  std::unique_ptr<GgufFile> file_;
+  FusedModelView view_;
+  int start_ = 0;
+  std::vector<std::vector<float>> want_logits_;
+  std::vector<int> want_tokens_;
+};
+
+// The split changes only the order of the O and down projections' sums (fp32).
+constexpr double kTolerance = 1e-4;
+
+TEST_P(FusedTensorParallelTest, InProcessRanksOnOneGpuMatchTheUnsplitDecoder) {
+  for (int tp : {2, 4}) {
+    FusedTensorParallel split(view_, std::vector<int>(static_cast<size_t>(tp), 0), "in-process");
+    expect_matches_unsplit(split, kTolerance);
+  }
+}
+
+TEST_P(FusedTensorParallelTest, NcclGroupOfOneRunsTheSplitLayersInTheGraph) {
+  FusedTensorParallel split(view_, {0}, "nccl");
+  expect_matches_unsplit(split, kTolerance);
+  // 2 fused launches per layer and the head, plus whatever NCCL puts in the graph for one rank.
+  const uint64_t before = split.kernel_launches();
+  split.generate(start_, 0, 4, FusedMode::kLayer);
+  EXPECT_GE(split.kernel_launches() - before, 4u * (2 * config_.n_layer + 1));
+  EXPECT_LE(split.kernel_launches() - before, 4u * (4 * config_.n_layer + 1));
+  try {
+    split.generate(start_, 0, 1, FusedMode::kToken);
+    ADD_FAILURE() << "token mode ran split";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported) << e.what();
+  }
+}
+
+TEST_P(FusedTensorParallelTest, NcclOverSeveralGpusMatchesTheUnsplitDecoder) {
+  const int n_gpus = cuda_device_count();
+  if (n_gpus < 2) GTEST_SKIP() << "needs 2 GPUs, found " << n_gpus;
+  for (int tp : {2, 4}) {
+    if (tp > n_gpus) break;
+    std::vector<int> devices(static_cast<size_t>(tp));
+    for (int r = 0; r < tp; ++r) devices[r] = r;
+    FusedTensorParallel split(view_, devices, "nccl");
+    expect_matches_unsplit(split, kTolerance);
+  }
+}
+
+TEST_P(FusedTensorParallelTest, IndivisibleSplitsAreRefused) {
+  for (int tp : {3, 16}) {
+    try {
+      FusedTensorParallel split(view_, std::vector<int>(static_cast<size_t>(tp), 0), "in-process");
+      ADD_FAILURE() << "tp " << tp << " accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kUnsupported) << e.what();
+      EXPECT_NE(std::string(e.what()).find("cannot be split over " + std::to_string(tp)), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, FusedTensorParallelTest, ::testing::Values(TensorType::kF16, TensorType::kQ8_0),
+                         [](const auto& param_info) { return std::string(type_name(param_info.param)); });
+
+// The Session glue: --gpu-mode layer with --tp 2 (two in-process ranks on GPU 0) decodes the
+// same greedy tokens as --gpu-mode layer alone; token mode with --tp falls back to unfused.
+TEST(FusedTensorParallelSession, LayerModeSplitsTheFusedDecoder) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  test::RandomLlama spec;
+  spec.n_layer = 2;
+  spec.n_embd = 256;
+  spec.n_head = 8;
+  spec.n_head_kv = 4;
+  spec.n_ff = 512;
+  spec.n_vocab = 800;
+  spec.weight_type = TensorType::kF16;
+  const auto path = test::write_random_llama(spec, "fused_tensor_parallel_session.gguf");
+  auto options = [&](const std::string& mode, int tp) {
+    SessionOptions o;
+    o.model_path = path;
+    o.backend = "cuda";
+    o.n_ctx = 96;
+    o.gpu_mode = mode;
+    o.tensor_parallel = tp;
+    if (tp > 1) {
+      o.communicator = "in-process";
+      o.tp_devices = std::vector<int>(static_cast<size_t>(tp), 0);
+    }
+    return o;
+  };
+  const auto prompt = test::random_tokens(6, spec.n_vocab);
+  Session whole(options("layer", 1));
+  Session split(options("layer", 2));
+  ASSERT_TRUE(split.uses_accelerator());
+  EXPECT_EQ(split.tensor_parallel(), 2);
+  EXPECT_EQ(split.communicator_name(), "in-process");
+  EXPECT_EQ(split.generate_greedy(prompt, 32), whole.generate_greedy(prompt, 32));
+  Session token_mode(options("token", 2));
+  EXPECT_FALSE(token_mode.uses_accelerator());
+  EXPECT_EQ(token_mode.tensor_parallel(), 2);
+  std::filesystem::remove(path);
+}
+
+}  // namespace
+}  // namespace pdvm
