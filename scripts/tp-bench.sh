@@ -1,8 +1,9 @@
 #!/bin/bash
 # Issue 9's benchmark on a machine with several GPUs: tg128 tokens/s, scaling efficiency and
 # all-reduce time per token of tensor-parallel decode over NCCL, for the llama-2-13b (F16) and
-# llama-3-8b (Q8_0) shapes at tp 1, 2, 4, 8 (as many as the machine has GPUs), plus the GPU
-# tests of the tensor-parallel path. Models are synthesized once under $MODELS.
+# llama-3-8b (Q8_0) shapes at tp 1, 2, 4, 8 (as many as the machine has GPUs), on the unfused
+# path (pdvm bench) and the fused PDVM path (pdvm_fused_tp_gpu_bench, weights synthesized on
+# the devices), plus the GPU tests of both. Unfused models are synthesized once under $MODELS.
 #
 #   scripts/tp-bench.sh [BUILD_DIR]        (default: build; needs a CUDA build)
 #
@@ -28,6 +29,8 @@ done
 echo "GPUs: $n_gpus, tensor-parallel sizes: $sizes"
 
 PDVM_REQUIRE_GPU=1 "$BUILD/tests/gpu_tensor_parallel_cuda_test"
+PDVM_REQUIRE_GPU=1 "$BUILD/tests/gpu_pdvm_tensor_parallel_test"
+"$BUILD/bench/pdvm_fused_tp_gpu_bench" 13b:f16 13b:q8_0 8b:f16 8b:q8_0
 
 for spec in llama-2-13b:f16 llama-3-8b:q8_0; do
   shape=${spec%:*} type=${spec#*:}

@@ -1,15 +1,38 @@
 // Entry point of the `pdvm` CLI: dispatches to the registered sub-commands and turns every
 // error into a one-line message and a non-zero exit code.
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <memory>
+#include <string_view>
 
 #include "command.h"
 #include "format/mapped_file.h"
 #include "pdvm/error.h"
 
+namespace {
+
+// Whether a --tp value other than 1 is given ("--tp 2", "--tp=2", bench's "--tp 1,2").
+bool splits_over_ranks(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    std::string_view value;
+    if (arg == "--tp" && i + 1 < argc) value = argv[i + 1];
+    else if (arg.starts_with("--tp=")) value = arg.substr(5);
+    else continue;
+    if (value.find_first_not_of("1, ") != std::string_view::npos) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   pdvm::install_mapped_file_fault_handler();
+  // CUDA loads kernels lazily by default, and loading one may wait for its device to idle:
+  // with NCCL that device can be waiting for a peer GPU whose rank is itself stuck loading,
+  // which hung 2-GPU prefill. Load every kernel when CUDA starts instead (unless set).
+  if (splits_over_ranks(argc, argv)) setenv("CUDA_MODULE_LOADING", "EAGER", 0);
   CLI::App app{"pdvm: fast LLaMA-family inference from GGUF files"};
   std::function<int()> action;
   pdvm::cli::build_app(app, action);

@@ -118,13 +118,16 @@ class Session {
   void sync_kv(bool to_accelerator);
 
   std::unique_ptr<GgufFile> file_;
+  // The communicators and ranks >= 1, when split. Destroyed after rank 0's backend: NCCL
+  // communicators must outlive the CUDA graphs that hold their all-reduces (a 2-GPU session
+  // hung at exit the other way round).
+  std::unique_ptr<TensorParallelPeers> tp_;
   std::unique_ptr<Backend> backend_;
   LlamaConfig config_;
   std::string gpu_mode_ = "unfused";
   // Null with an accelerator unless prompts run batched (fused_batched_prompts()).
   std::unique_ptr<LlamaModel> model_;
   std::unique_ptr<KvCache> cache_;
-  std::unique_ptr<TensorParallelPeers> tp_;  // the communicators and ranks >= 1, when split
   std::unique_ptr<DecodeAccelerator> accelerator_;  // --gpu-mode layer|token
   int split_ranks_ = 1;                 // --tp, on the accelerator or the unfused ranks
   std::string split_communicator_;      // their group's name, empty for one rank without one

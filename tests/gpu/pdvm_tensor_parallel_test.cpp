@@ -6,6 +6,7 @@
 // CUDA graph) and, with 2+ GPUs, NCCL at tp 2 (and 4) with one GPU per rank.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 
 #include "pdvm/cuda_backend.h"
@@ -22,6 +23,12 @@ namespace {
 
 constexpr int kSteps = 24;
 constexpr int kGreedy = 64;
+
+double rms(const std::vector<float>& v) {
+  double ss = 0;
+  for (float x : v) ss += double{x} * x;
+  return std::sqrt(ss / static_cast<double>(v.size()));
+}
 
 class FusedTensorParallelTest : public ::testing::TestWithParam<TensorType> {
  protected:
@@ -57,7 +64,12 @@ class FusedTensorParallelTest : public ::testing::TestWithParam<TensorType> {
 
   // Step by step against the unsplit logits (each step fed the unsplit model's token), then
   // greedy decoding with the tokens fed back on the devices.
-  void expect_matches_unsplit(FusedTensorParallel& split, double tolerance) {
+  void expect_matches_unsplit(FusedTensorParallel& split) {
+    // F16: the split changes only the order of the O and down projections' fp32 sums (2.6e-5
+    // measured). Q8_0 multiplies int8-quantized activations, and an x that moved by that
+    // much rounds some of them the other way: 1.1e-2 measured, within the fused tests' 5e-2.
+    const bool quantized = GetParam() != TensorType::kF16;
+    const double tolerance = quantized ? 5e-2 : 1e-4;
     const std::string what = std::to_string(split.n_ranks()) + " ranks, " + split.communicator_name() + ", " +
                              std::string(type_name(GetParam()));
     int token = start_;
@@ -67,10 +79,19 @@ class FusedTensorParallelTest : public ::testing::TestWithParam<TensorType> {
       const double error = test::relative_error(split.logits(), want_logits_[pos]);
       worst = std::max(worst, error);
       ASSERT_LT(error, tolerance) << what << ", position " << pos;
-      token = std::max_element(want_logits_[pos].begin(), want_logits_[pos].end()) - want_logits_[pos].begin();
-      EXPECT_EQ(next, token) << what << ", position " << pos;
+      const std::vector<float>& want = want_logits_[pos];
+      token = static_cast<int>(std::max_element(want.begin(), want.end()) - want.begin());
+      // Quantized: the split's token may be another one only at a near-tie (as in the fused
+      // tests against the reference).
+      if (quantized) {
+        EXPECT_GE(want[next], want[token] - 4 * tolerance * rms(want)) << what << ", position " << pos;
+      } else {
+        EXPECT_EQ(next, token) << what << ", position " << pos;
+      }
     }
-    EXPECT_EQ(split.generate(start_, 0, kGreedy, FusedMode::kLayer), want_tokens_) << what;
+    if (!quantized) {
+      EXPECT_EQ(split.generate(start_, 0, kGreedy, FusedMode::kLayer), want_tokens_) << what;
+    }
     std::printf("  %s: worst relative logits error %.2e over %d steps\n", what.c_str(), worst, kSteps);
   }
 
@@ -84,19 +105,16 @@ class FusedTensorParallelTest : public ::testing::TestWithParam<TensorType> {
   std::vector<int> want_tokens_;
 };
 
-// The split changes only the order of the O and down projections' sums (fp32).
-constexpr double kTolerance = 1e-4;
-
 TEST_P(FusedTensorParallelTest, InProcessRanksOnOneGpuMatchTheUnsplitDecoder) {
   for (int tp : {2, 4}) {
     FusedTensorParallel split(view_, std::vector<int>(static_cast<size_t>(tp), 0), "in-process");
-    expect_matches_unsplit(split, kTolerance);
+    expect_matches_unsplit(split);
   }
 }
 
 TEST_P(FusedTensorParallelTest, NcclGroupOfOneRunsTheSplitLayersInTheGraph) {
   FusedTensorParallel split(view_, {0}, "nccl");
-  expect_matches_unsplit(split, kTolerance);
+  expect_matches_unsplit(split);
   // 2 fused launches per layer and the head, plus whatever NCCL puts in the graph for one rank.
   const uint64_t before = split.kernel_launches();
   split.generate(start_, 0, 4, FusedMode::kLayer);
@@ -118,7 +136,15 @@ TEST_P(FusedTensorParallelTest, NcclOverSeveralGpusMatchesTheUnsplitDecoder) {
     std::vector<int> devices(static_cast<size_t>(tp));
     for (int r = 0; r < tp; ++r) devices[r] = r;
     FusedTensorParallel split(view_, devices, "nccl");
-    expect_matches_unsplit(split, kTolerance);
+    expect_matches_unsplit(split);
+    // Two ranks sum the same two partials in either order: bit-identical to the in-process
+    // group on one GPU, so the greedy tokens must agree whatever the type.
+    if (tp == 2) {
+      FusedTensorParallel one_gpu(view_, {0, 0}, "in-process");
+      EXPECT_EQ(split.generate(start_, 0, kGreedy, FusedMode::kLayer),
+                one_gpu.generate(start_, 0, kGreedy, FusedMode::kLayer));
+      EXPECT_EQ(split.logits(), one_gpu.logits());
+    }
   }
 }
 
