@@ -33,7 +33,9 @@ struct SessionOptions {
   // the PDVM fused decoder (one launch per layer / per token), which keeps its own repacked
   // weights and f16 KV cache on the GPU; needs a CUDA build. "auto": on the cuda backend the
   // fastest of token, layer, unfused that supports the model (a notice names the reason for
-  // each fallback); elsewhere unfused. gpu_mode() tells which one runs.
+  // each fallback); elsewhere unfused. gpu_mode() tells which one runs. Split over ranks (or
+  // with a communicator), "auto" runs unfused and "layer" splits the fused decoder too
+  // (FusedTensorParallel, prompts one step per token); "token" falls back to unfused.
   std::string gpu_mode = "auto";
   // With a fused mode: prompts (batches of more than one token) run batched through the
   // backend's prefill, which loads the unfused weights besides the fused decoder's copy and
@@ -74,8 +76,6 @@ class Session {
   bool fused_batched_prompts() const { return accelerator_ && model_; }
   std::string communicator_name() const;  // empty when the model is not split
 
-  // Whether a fused decoder (--gpu-mode layer|token) runs the tokens.
-  bool uses_accelerator() const { return accelerator_ != nullptr; }
   // Seconds one decoded token spends in collectives (two all-reduces of n_embd floats per
   // layer), timed alone over `tokens` tokens' worth; 0 without a communicator and on the
   // fused path (its all-reduces are nodes of its token graphs).

@@ -160,7 +160,7 @@ BenchReport run_bench(Session& session, const std::string& model_name, const Ben
     if (read_bandwidth_gb_per_s > 0.0) r.tg_pct_of_bandwidth = 100.0 * r.tg_gb_per_s / read_bandwidth_gb_per_s;
   }
   // The fused path's all-reduces sit inside its token graphs: not timed alone (no row).
-  if (!r.communicator.empty() && !session.uses_accelerator()) {
+  if (!r.communicator.empty() && session.gpu_mode() == "unfused") {
     r.all_reduces_per_token = 2 * c.n_layer;
     r.all_reduce_bytes_per_token = static_cast<uint64_t>(r.all_reduces_per_token) * c.n_embd * sizeof(float);
     r.all_reduce_ms_per_token = 1e3 * session.time_token_all_reduces(std::max(config.n_gen, 16));

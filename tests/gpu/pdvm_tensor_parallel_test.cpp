@@ -183,6 +183,7 @@ TEST(FusedTensorParallelSession, LayerModeSplitsTheFusedDecoder) {
     o.backend = "cuda";
     o.n_ctx = 96;
     o.gpu_mode = mode;
+    o.fused_batched_prompts = false;  // prompts through the fused steps, as the split runs them
     o.tensor_parallel = tp;
     if (tp > 1) {
       o.communicator = "in-process";
@@ -193,12 +194,12 @@ TEST(FusedTensorParallelSession, LayerModeSplitsTheFusedDecoder) {
   const auto prompt = test::random_tokens(6, spec.n_vocab);
   Session whole(options("layer", 1));
   Session split(options("layer", 2));
-  ASSERT_TRUE(split.uses_accelerator());
+  ASSERT_EQ(split.gpu_mode(), "layer");
   EXPECT_EQ(split.tensor_parallel(), 2);
   EXPECT_EQ(split.communicator_name(), "in-process");
   EXPECT_EQ(split.generate_greedy(prompt, 32), whole.generate_greedy(prompt, 32));
   Session token_mode(options("token", 2));
-  EXPECT_FALSE(token_mode.uses_accelerator());
+  EXPECT_EQ(token_mode.gpu_mode(), "unfused");
   EXPECT_EQ(token_mode.tensor_parallel(), 2);
   std::filesystem::remove(path);
 }
