@@ -96,7 +96,9 @@ Session::Session(const SessionOptions& options) {
     }
   }
   if (options.gpu_mode == "auto" && options.kv_type && *options.kv_type != TensorType::kF16 && modes.size() > 1) {
-    std::fprintf(stderr, "pdvm: notice: --kv-type %s needs the unfused path (the fused modes keep an f16 cache)\n",
+    std::fprintf(stderr,
+                 "pdvm: notice: --gpu-mode auto: using the unfused path (--kv-type %s: the fused modes keep an f16 "
+                 "cache)\n",
                  std::string(type_name(*options.kv_type)).c_str());
     modes = {"unfused"};
   }
