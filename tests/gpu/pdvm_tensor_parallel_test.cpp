@@ -164,6 +164,75 @@ TEST_P(FusedTensorParallelTest, IndivisibleSplitsAreRefused) {
 INSTANTIATE_TEST_SUITE_P(Types, FusedTensorParallelTest, ::testing::Values(TensorType::kF16, TensorType::kQ8_0),
                          [](const auto& param_info) { return std::string(type_name(param_info.param)); });
 
+std::vector<float> dequantized(const FusedWeightView& w) {
+  std::vector<float> out(static_cast<size_t>(w.rows * w.cols));
+  dequantize_row(w.type, w.data, out.data(), w.rows * w.cols);
+  return out;
+}
+
+// Elements [col_begin, col_begin + cols) of rows [row_begin, row_begin + rows) of `w`.
+std::vector<float> block_of(const FusedWeightView& w, int64_t row_begin, int64_t rows, int64_t col_begin, int64_t cols) {
+  const std::vector<float> all = dequantized(w);
+  std::vector<float> out;
+  for (int64_t r = row_begin; r < row_begin + rows; ++r) {
+    const auto first = all.begin() + r * w.cols + col_begin;
+    out.insert(out.end(), first, first + cols);
+  }
+  return out;
+}
+
+// The shards' weights are the right parts of the GGUF tensors (host only: runs without a GPU).
+TEST(FusedTensorParallelShard, EachRankGetsItsHeadsAndFfnColumns) {
+  FusedConfig c;
+  c.n_layer = 2;
+  c.n_embd = 256;
+  c.n_head = 8;
+  c.n_head_kv = 4;
+  c.head_dim = 32;
+  c.n_ff = 512;
+  c.n_vocab = 300;
+  c.n_ctx = 64;
+  c.n_rot = 32;
+  const test::RefModel ref(c, TensorType::kQ8_0, /*tied=*/false);
+  const std::vector<uint8_t> image = test::write_gguf(ref).write_to_memory();
+  const GgufFile file = GgufFile::parse(image);
+  const FusedModelView whole = fused_view_from_gguf(file, c.n_ctx);
+  for (int n : {2, 4}) {
+    for (int r = 0; r < n; ++r) {
+      std::vector<std::vector<uint8_t>> storage;
+      const FusedModelView part = FusedTensorParallel::shard(whole, r, n, storage);
+      EXPECT_EQ(part.config.n_head, c.n_head / n);
+      EXPECT_EQ(part.config.n_head_kv, c.n_head_kv / n);
+      EXPECT_EQ(part.config.n_ff, c.n_ff / n);
+      EXPECT_EQ(part.config.n_embd, c.n_embd);
+      EXPECT_EQ(part.token_embd.data, whole.token_embd.data);
+      EXPECT_EQ(part.output.data, whole.output.data);
+      for (int l = 0; l < c.n_layer; ++l) {
+        const FusedLayerView& p = part.layers[l];
+        const FusedLayerView& w = whole.layers[l];
+        EXPECT_EQ(p.attn_norm.data, w.attn_norm.data);
+        for (auto [got, all] : {std::pair{&p.wq, &w.wq}, {&p.wk, &w.wk}, {&p.wv, &w.wv}, {&p.gate, &w.gate},
+                                {&p.up, &w.up}}) {
+          const int64_t rows = all->rows / n;
+          EXPECT_EQ(dequantized(*got), block_of(*all, r * rows, rows, 0, all->cols)) << all->name << " rank " << r;
+        }
+        for (auto [got, all] : {std::pair{&p.wo, &w.wo}, {&p.down, &w.down}}) {
+          const int64_t cols = all->cols / n;
+          EXPECT_EQ(got->rows, all->rows);
+          EXPECT_EQ(dequantized(*got), block_of(*all, 0, all->rows, r * cols, cols)) << all->name << " rank " << r;
+        }
+      }
+    }
+  }
+  std::vector<std::vector<uint8_t>> storage;
+  try {
+    FusedTensorParallel::shard(whole, 0, 16, storage);  // 8 heads over 16 ranks
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported) << e.what();
+  }
+}
+
 // The Session glue: --gpu-mode layer with --tp 2 (two in-process ranks on GPU 0) decodes the
 // same greedy tokens as --gpu-mode layer alone; token mode with --tp falls back to unfused.
 TEST(FusedTensorParallelSession, LayerModeSplitsTheFusedDecoder) {
