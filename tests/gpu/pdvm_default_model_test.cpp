@@ -23,8 +23,12 @@ namespace {
 constexpr int kSteps = 128;
 // A model with Q4_1 matrices multiplies float activations in the fused kernels (pdvm_fused.h):
 // with int8 ones its logits were up to 0.115 relative off and greedy parted at step 2. Float
-// activations leave summation order and f16 KV rounding (unfused cuda vs cpu: 2.5e-3).
-constexpr double kLogitsTolerance = 1e-2;
+// activations leave summation order and f16 KV rounding (fused stepwise vs cpu: 2.3e-3 on the
+// H100). Logits from the unfused CUDA backend (and a batched prompt's, which it computes) carry
+// its int8 activations in the Q8_0 LM head: 3.3e-2 vs cpu measured, within the int8 tolerance
+// of the fused tests.
+constexpr double kFusedLogitsTolerance = 1e-2;
+constexpr double kUnfusedCudaLogitsTolerance = 5e-2;
 constexpr double kNearTieFraction = 0.1;  // of the logits' RMS
 constexpr int kMinArgmaxAgreement = kSteps;
 
@@ -68,7 +72,7 @@ double rms(const std::vector<float>& v) {
 
 // `got` follows `want` token for token; where they part, `want` must have rated got's token
 // within a near-tie of its own choice. Logits agree within tolerance up to that step.
-void expect_same_greedy(const GreedyRun& got, const GreedyRun& want, const std::string& what) {
+void expect_same_greedy(const GreedyRun& got, const GreedyRun& want, const std::string& what, double tolerance) {
   int same = 0;
   double worst = 0;
   while (same < kSteps && got.tokens[same] == want.tokens[same]) {
@@ -78,7 +82,7 @@ void expect_same_greedy(const GreedyRun& got, const GreedyRun& want, const std::
   if (same < kSteps) worst = std::max(worst, relative_error(got.logits[same], want.logits[same]));
   std::printf("  %s: %d of %d greedy tokens identical, worst relative logits error %.2e\n", what.c_str(), same,
               kSteps, worst);
-  EXPECT_LT(worst, kLogitsTolerance) << what;
+  EXPECT_LT(worst, tolerance) << what;
   if (same == kSteps) return;
   const std::vector<float>& l = want.logits[same];
   const double gap = l[want.tokens[same]] - l[got.tokens[same]];
@@ -89,7 +93,7 @@ void expect_same_greedy(const GreedyRun& got, const GreedyRun& want, const std::
 // All 128 steps of a fused run against `reference` fed the same tokens (teacher forcing): the
 // logits within tolerance at every step and each fused token the reference's argmax or a near-tie.
 void expect_follows(const GreedyRun& fused, Session& reference, const std::vector<int32_t>& prompt,
-                    const std::string& what) {
+                    const std::string& what, double tolerance) {
   std::span<const float> logits = reference.prefill(prompt);
   int argmax_agrees = 0;
   double worst = 0, widest_gap = 0;
@@ -97,7 +101,7 @@ void expect_follows(const GreedyRun& fused, Session& reference, const std::vecto
     const std::vector<float> want(logits.begin(), logits.end());
     const double err = relative_error(fused.logits[step], want);
     worst = std::max(worst, err);
-    EXPECT_LT(err, kLogitsTolerance) << what << " step " << step;
+    EXPECT_LT(err, tolerance) << what << " step " << step;
     const float best = *std::max_element(want.begin(), want.end());
     const double gap = best - want[fused.tokens[step]];
     widest_gap = std::max(widest_gap, gap / rms(want));
@@ -139,14 +143,14 @@ TEST(FusedDefaultModel, GreedyMatchesUnfusedCudaAndCpu) {
   // The two fused modes compute the same sums in the same order.
   EXPECT_EQ(default_run.tokens, layer_run.tokens);
   EXPECT_EQ(default_run.logits, layer_run.logits);
-  expect_same_greedy(unfused_run, cpu_run, "cuda unfused vs cpu");
-  expect_same_greedy(default_run, unfused_run, "fused token vs cuda unfused");
-  expect_same_greedy(default_run, cpu_run, "fused token vs cpu");
-  expect_same_greedy(stepwise_run, cpu_run, "fused token, stepwise prompt, vs cpu");
+  expect_same_greedy(unfused_run, cpu_run, "cuda unfused vs cpu", kUnfusedCudaLogitsTolerance);
+  expect_same_greedy(default_run, unfused_run, "fused token vs cuda unfused", kUnfusedCudaLogitsTolerance);
+  expect_same_greedy(default_run, cpu_run, "fused token (batched prompt) vs cpu", kUnfusedCudaLogitsTolerance);
+  expect_same_greedy(stepwise_run, cpu_run, "fused token, stepwise prompt, vs cpu", kFusedLogitsTolerance);
   EXPECT_EQ(default_run.tokens, cpu_run.tokens);
   EXPECT_EQ(stepwise_run.tokens, cpu_run.tokens);
   Session unfused = open_session("cuda", "unfused");
-  expect_follows(default_run, unfused, prompt, "fused token vs cuda unfused");
+  expect_follows(default_run, unfused, prompt, "fused token vs cuda unfused", kUnfusedCudaLogitsTolerance);
 }
 
 }  // namespace

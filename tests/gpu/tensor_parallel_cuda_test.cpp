@@ -136,10 +136,12 @@ TEST_F(TensorParallelCudaTest, NcclNeedsOneGpuPerRank) {
     EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument) << e.what();
     EXPECT_NE(std::string(e.what()).find("one GPU per rank"), std::string::npos) << e.what();
   }
+  // Rank 1 on the first GPU number past the visible ones: the device check, whatever the head
+  // count (a rank count past the GPUs can first fail the heads' divisibility).
   const int n_gpus = cuda_device_count();
   try {
-    Session session(options(n_gpus + 1, "nccl"));
-    ADD_FAILURE() << "more NCCL ranks than GPUs were accepted";
+    Session session(options(2, "nccl", {0, n_gpus}));
+    ADD_FAILURE() << "a rank on a GPU that is not visible was accepted";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kDevice) << e.what();
     EXPECT_NE(std::string(e.what()).find("GPU(s) are visible"), std::string::npos) << e.what();
