@@ -1,6 +1,6 @@
 // Batch-1 decode speed of the PDVM fused kernels on synthesized (device-generated) weights of
 // real model shapes, as tokens/s, ms per layer and % of the read bandwidth measured in the same
-// run. Usage: pdvm_fused_gpu_bench [shape:type[:start_position] ...]   (shape: 1b | 13b)
+// run. Usage: pdvm_fused_gpu_bench [shape:type[:start_position] ...]   (shape: 1b | 8b | 13b)
 // PDVM_BENCH_MODE=layer|token restricts the modes.
 #include <cuda_runtime.h>
 
@@ -12,37 +12,11 @@
 #include <vector>
 
 #include "cuda/check.cuh"
+#include "fused_shapes.h"
 #include "pdvm/error.h"
 #include "pdvm/pdvm_fused.h"
 
 namespace {
-
-pdvm::FusedConfig shape_config(const std::string& shape) {
-  pdvm::FusedConfig c;
-  c.n_ctx = 4608;
-  if (shape == "1b") {  // llama-3.2-1b
-    c.n_layer = 16;
-    c.n_embd = 2048;
-    c.n_head = 32;
-    c.n_head_kv = 8;
-    c.head_dim = 64;
-    c.n_ff = 8192;
-    c.n_vocab = 128256;
-    c.rope_base = 500000.0f;
-  } else if (shape == "13b") {  // llama-2-13b
-    c.n_layer = 40;
-    c.n_embd = 5120;
-    c.n_head = 40;
-    c.n_head_kv = 40;
-    c.head_dim = 128;
-    c.n_ff = 13824;
-    c.n_vocab = 32000;
-  } else {
-    pdvm::throw_error(pdvm::ErrorKind::kInvalidArgument, "unknown shape '" + shape + "' (1b or 13b)");
-  }
-  c.n_rot = c.head_dim;
-  return c;
-}
 
 void run_case(const std::string& spec, double bandwidth) {
   const size_t first = spec.find(':');
@@ -52,7 +26,7 @@ void run_case(const std::string& spec, double bandwidth) {
   const int start = second == std::string::npos ? 0 : std::atoi(spec.c_str() + second + 1);
   const auto type = pdvm::type_from_name(type_text);
   if (!type) pdvm::throw_error(pdvm::ErrorKind::kInvalidArgument, "unknown type '" + type_text + "'");
-  const pdvm::FusedConfig config = shape_config(shape);
+  const pdvm::FusedConfig config = pdvm::bench::fused_shape_config(shape, 4608);
   auto decoder = pdvm::FusedDecoder::synthesize(config, *type, 1234);
   const pdvm::FusedFootprint fp = decoder->footprint();
   const int n_tokens = 128;

@@ -3,7 +3,7 @@
 // rank (the layers split in two launches with the all-reduces in the graph: the cost of the
 // split itself) and with 2, 4, 8 ranks, as many as there are GPUs. tg64 from position 0,
 // median of 3; speed-up and scaling efficiency against the unsplit layer mode.
-//   pdvm_fused_tp_gpu_bench [shape:type ...]   (shape: 8b = llama-3-8b, 13b = llama-2-13b)
+//   pdvm_fused_tp_gpu_bench [shape:type ...]   (shape: 1b, 8b or 13b: bench/fused_shapes.h)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cuda/check.cuh"
+#include "fused_shapes.h"
 #include "pdvm/error.h"
 #include "pdvm/pdvm_fused.h"
 #include "pdvm/pdvm_fused_tp.h"
@@ -20,32 +21,6 @@
 namespace {
 
 constexpr int kTokens = 64;
-
-pdvm::FusedConfig shape_config(const std::string& shape) {
-  pdvm::FusedConfig c;
-  c.n_ctx = 1024;
-  if (shape == "8b") {  // llama-3-8b
-    c.n_layer = 32;
-    c.n_embd = 4096;
-    c.n_head = 32;
-    c.n_head_kv = 8;
-    c.n_ff = 14336;
-    c.n_vocab = 128256;
-    c.rope_base = 500000.0f;
-  } else if (shape == "13b") {  // llama-2-13b
-    c.n_layer = 40;
-    c.n_embd = 5120;
-    c.n_head = 40;
-    c.n_head_kv = 40;
-    c.n_ff = 13824;
-    c.n_vocab = 32000;
-  } else {
-    pdvm::throw_error(pdvm::ErrorKind::kInvalidArgument, "unknown shape '" + shape + "' (8b or 13b)");
-  }
-  c.head_dim = c.n_embd / c.n_head;
-  c.n_rot = c.head_dim;
-  return c;
-}
 
 // Median ms per token of kTokens greedy tokens (after a warm-up that records the graph).
 double ms_per_token(const std::function<double(int)>& time_tokens) {
@@ -69,7 +44,7 @@ void run_case(const std::string& spec, int n_gpus) {
   const std::string type_text = colon == std::string::npos ? "f16" : spec.substr(colon + 1);
   const auto type = pdvm::type_from_name(type_text);
   if (!type) pdvm::throw_error(pdvm::ErrorKind::kInvalidArgument, "unknown type '" + type_text + "'");
-  const pdvm::FusedConfig config = shape_config(shape);
+  const pdvm::FusedConfig config = pdvm::bench::fused_shape_config(shape, 1024);
   const std::string name = shape + " " + type_text;
   double base = 0;
   {
