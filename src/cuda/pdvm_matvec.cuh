@@ -7,6 +7,7 @@
 // (A per-warp cp.async shared-memory ring measured slower: docs/perf-notes.md.)
 #pragma once
 
+#include "cuda/int8_dot.cuh"
 #include "cuda/pdvm_device.cuh"
 
 namespace pdvm::fused {
@@ -37,14 +38,7 @@ __device__ __forceinline__ RowRef row_ref(const DevMatrix& m, int row) {
                 m.side ? upg_side(m, row) : nullptr, &m};
 }
 
-__device__ __forceinline__ int dp4a(uint32_t a, int b, int c) { return __dp4a(static_cast<int>(a), b, c); }
-
-// Unsigned bytes of a times signed bytes of b, plus c.
-__device__ __forceinline__ int dp4a_unsigned(uint32_t a, int b, int c) {
-  int d;
-  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
+using int8_dot::dp4a;
 
 }  // namespace pdvm::fused
 
@@ -104,27 +98,11 @@ __device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Ac
     return dot8_bf16(w, acts.x + c * 8);
   } else if constexpr (kFormat == kFmtQ8_0 || kFormat == kFmtQ8_16) {
     const int4 a = *reinterpret_cast<const int4*>(acts.q + c * 16);
-    int sum = dp4a(w.x, a.x, 0);
-    sum = dp4a(w.y, a.y, sum);
-    sum = dp4a(w.z, a.z, sum);
-    sum = dp4a(w.w, a.w, sum);
-    return static_cast<float>(sum) * ws.x * acts.scale[c >> 1];
+    return static_cast<float>(int8_dot::q8_chunk_dot(w, a)) * ws.x * acts.scale[c >> 1];
   } else {
-    // Byte i of a Q4_0/Q4_1 block holds element i (low nibble) and i + 16 (high nibble). The
-    // high nibbles are multiplied in place (16 x their value, unsigned), which saves a shift
-    // per word; the exact integer sums make the result identical.
     const int4 lo = *reinterpret_cast<const int4*>(acts.q + c * 32);
     const int4 hi = *reinterpret_cast<const int4*>(acts.q + c * 32 + 16);
-    constexpr uint32_t kLow = 0x0f0f0f0fu, kHigh = 0xf0f0f0f0u;
-    int sum = dp4a_unsigned(w.x & kLow, lo.x, 0);
-    sum = dp4a_unsigned(w.y & kLow, lo.y, sum);
-    sum = dp4a_unsigned(w.z & kLow, lo.z, sum);
-    sum = dp4a_unsigned(w.w & kLow, lo.w, sum);
-    int sum16 = dp4a_unsigned(w.x & kHigh, hi.x, 0);
-    sum16 = dp4a_unsigned(w.y & kHigh, hi.y, sum16);
-    sum16 = dp4a_unsigned(w.z & kHigh, hi.z, sum16);
-    sum16 = dp4a_unsigned(w.w & kHigh, hi.w, sum16);
-    sum += sum16 >> 4;
+    int sum = int8_dot::q4_chunk_dot(w, lo, hi);
     if constexpr (kFormat == kFmtQ4_0) {
       sum -= 8 * acts.sum[c];
       return static_cast<float>(sum) * ws.x * acts.scale[c];

@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "cuda/int8_dot.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/ops.cuh"
 
@@ -114,39 +115,17 @@ __device__ void quantize_x_to_shared(const XInput& in, int64_t k, const SharedX<
   }
 }
 
-// Unsigned bytes of a times signed bytes of b, plus c.
-__device__ __forceinline__ int dp4a_unsigned(uint32_t a, int b, int c) {
-  int d;
-  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-
 // acc += chunk c of a row (16 bytes w, block scale ws) times x.
 template <WeightFormat kFormat>
 __device__ __forceinline__ float accumulate_chunk(uint4 w, float ws, int c, const SharedX<kFormat>& xs, float acc) {
   if constexpr (kFormat == WeightFormat::kQ8_0) {
-    const int4 a = xs.low[c];
-    int s = __dp4a(static_cast<int>(w.x), a.x, 0);
-    s = __dp4a(static_cast<int>(w.y), a.y, s);
-    s = __dp4a(static_cast<int>(w.z), a.z, s);
-    s = __dp4a(static_cast<int>(w.w), a.w, s);
-    return fmaf(ws * xs.ds[c / 2].x, static_cast<float>(s), acc);
+    const int sum = int8_dot::q8_chunk_dot(w, xs.low[c]);
+    return fmaf(ws * xs.ds[c / 2].x, static_cast<float>(sum), acc);
   } else {
-    // Byte i holds elements i (low nibble) and i + 16 (high nibble, nibble n - 8). The high
-    // nibbles are multiplied in place (16 x their value, unsigned): one shift per chunk instead
-    // of one per word, and the integer sum is exact either way.
-    const int4 lo = xs.low[c], hi = xs.high[c];
-    constexpr uint32_t kLow = 0x0f0f0f0fu, kHigh = 0xf0f0f0f0u;
-    int s = dp4a_unsigned(w.x & kLow, lo.x, 0);
-    s = dp4a_unsigned(w.y & kLow, lo.y, s);
-    s = dp4a_unsigned(w.z & kLow, lo.z, s);
-    s = dp4a_unsigned(w.w & kLow, lo.w, s);
-    int s16 = dp4a_unsigned(w.x & kHigh, hi.x, 0);
-    s16 = dp4a_unsigned(w.y & kHigh, hi.y, s16);
-    s16 = dp4a_unsigned(w.z & kHigh, hi.z, s16);
-    s16 = dp4a_unsigned(w.w & kHigh, hi.w, s16);
+    // Byte i holds elements i (low nibble) and i + 16 (high nibble), each nibble n - 8.
+    const int s = int8_dot::q4_chunk_dot(w, xs.low[c], xs.high[c]);
     const float2 ds = xs.ds[c];
-    return fmaf(ws, fmaf(ds.x, static_cast<float>(s + (s16 >> 4)), -8.0f * ds.y), acc);
+    return fmaf(ws, fmaf(ds.x, static_cast<float>(s), -8.0f * ds.y), acc);
   }
 }
 
