@@ -112,6 +112,7 @@ class GgufFile {
   std::string get_string_required(std::string_view key) const;
 
   const std::vector<GgufTensor>& tensors() const;
+  uint64_t tensor_data_bytes() const;  // all tensors' data together
   const GgufTensor* find_tensor(std::string_view name) const;
   const GgufTensor& tensor_required(std::string_view name) const;  // Error(kFileFormat) naming it
 

@@ -43,13 +43,12 @@ BackendOptions rank_backend_options(const SessionOptions& options, int device) {
 
 // Why the fused decoder would run `file` slower than the unfused path, or empty.
 std::string slower_fused_reason(const GgufFile& file) {
-  uint64_t bytes = 0;
-  std::string float_type;
-  for (const GgufTensor& t : file.tensors()) {
-    bytes += t.n_bytes;
-    if (float_type.empty() && fused_float_activation_type(t.type)) float_type = type_name(t.type);
-  }
-  if (float_type.empty() || bytes <= kFusedFloatActivationLimitBytes) return {};
+  const uint64_t bytes = file.tensor_data_bytes();
+  const auto& tensors = file.tensors();
+  const auto float_tensor = std::find_if(tensors.begin(), tensors.end(),
+                                         [](const GgufTensor& t) { return fused_float_activation_type(t.type); });
+  if (float_tensor == tensors.end() || bytes <= kFusedFloatActivationLimitBytes) return {};
+  const std::string float_type(type_name(float_tensor->type));
   return "its " + float_type + " weights multiply float activations in the fused kernels, slower than unfused above " +
          std::to_string(kFusedFloatActivationLimitBytes >> 20) + " MiB of weights (" + std::to_string(bytes >> 20) +
          " MiB)";
@@ -186,8 +185,7 @@ void Session::open_accelerator(const std::vector<std::string>& modes, int64_t n_
 bool Session::backend_copy_fits(const KvCacheShape& shape, int batch) const {
   const std::optional<uint64_t> available = backend_->available_memory();
   if (!available) return true;  // unknown: the loads report a shortage as kResource
-  uint64_t weights = 0;
-  for (const GgufTensor& t : file_->tensors()) weights += t.n_bytes;
+  const uint64_t weights = file_->tensor_data_bytes();
   const uint64_t kv = 2 * static_cast<uint64_t>(config_.n_layer) * shape.n_ctx * shape.row_width * 2;
   // Batch activations and logits, with room for scratch buffers and repacking.
   const uint64_t activations = static_cast<uint64_t>(batch) *

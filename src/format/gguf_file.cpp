@@ -228,6 +228,12 @@ std::string GgufFile::get_string_required(std::string_view key) const {
 
 const std::vector<GgufTensor>& GgufFile::tensors() const { return impl_->tensors; }
 
+uint64_t GgufFile::tensor_data_bytes() const {
+  uint64_t total = 0;
+  for (const GgufTensor& t : impl_->tensors) total += t.n_bytes;
+  return total;
+}
+
 const GgufTensor* GgufFile::find_tensor(std::string_view name) const {
   const auto it = impl_->tensor_index.find(name);
   return it == impl_->tensor_index.end() ? nullptr : &impl_->tensors[it->second];

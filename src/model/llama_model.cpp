@@ -157,8 +157,8 @@ LlamaModel::LlamaModel(const GgufFile& file, Backend& backend, const LoadProgres
   n_head_local_ = c.n_head / n_ranks;
   n_head_kv_local_ = c.n_head_kv / n_ranks;
   n_ff_local_ = c.n_ff / n_ranks;
-  uint64_t total_bytes = 0, done_bytes = 0;
-  for (const GgufTensor& t : file.tensors()) total_bytes += t.n_bytes;
+  const uint64_t total_bytes = file.tensor_data_bytes();
+  uint64_t done_bytes = 0;
   auto load_weight = [&](const std::string& name, const std::vector<int64_t>& expected, const Slice& slice = {}) {
     Tensor weight = load(file, backend, name, expected, slice);
     if (progress) {
