@@ -117,6 +117,9 @@ struct Params {
   // O and down projections add into x; 1 on the other ranks, where they replace x by this rank's
   // partial sums, so an in-place all-reduce of x leaves every rank with x + all partials.
   int partial_output;
+  // Read on the host only: set with the kFloatActs formats, it makes launch_fused run the kernel
+  // instances built for float activations.
+  int float_activations;
 };
 
 __host__ __device__ inline int layer_counter_stride(int n_head_kv) { return kLayerCounters + n_head_kv; }
@@ -249,20 +252,21 @@ struct FormatTag {
   static constexpr int value = kFormat;
 };
 
-template <class Fn>
+// The formats one kernel instance handles: its quantized matrices (UPG aside) all multiply int8
+// activations or all float ones (kFloatActs), as FusedDecoder flags them per model. Each instance
+// compiles only its own kind's matvec loops: with both kinds in one kernel, the float loops'
+// register demand made the int8 ones spill (docs/perf-notes.md, session 3, fused-spills).
+template <bool kFloatActivations, class Fn>
 __device__ __forceinline__ void dispatch_format(int format, Fn&& fn) {
+  constexpr int kActs = kFloatActivations ? kFloatActs : 0;
   switch (format) {
     case kFmtF16: fn(FormatTag<kFmtF16>{}); break;
     case kFmtBF16: fn(FormatTag<kFmtBF16>{}); break;
-    case kFmtQ8_0: fn(FormatTag<kFmtQ8_0>{}); break;
-    case kFmtQ4_0: fn(FormatTag<kFmtQ4_0>{}); break;
-    case kFmtQ4_1: fn(FormatTag<kFmtQ4_1>{}); break;
+    case kFmtQ8_0 | kActs: fn(FormatTag<kFmtQ8_0 | kActs>{}); break;
+    case kFmtQ4_0 | kActs: fn(FormatTag<kFmtQ4_0 | kActs>{}); break;
+    case kFmtQ4_1 | kActs: fn(FormatTag<kFmtQ4_1 | kActs>{}); break;
     case kFmtUpg: fn(FormatTag<kFmtUpg>{}); break;
-    case kFmtQ8_0 | kFloatActs: fn(FormatTag<kFmtQ8_0 | kFloatActs>{}); break;
-    case kFmtQ4_0 | kFloatActs: fn(FormatTag<kFmtQ4_0 | kFloatActs>{}); break;
-    case kFmtQ4_1 | kFloatActs: fn(FormatTag<kFmtQ4_1 | kFloatActs>{}); break;
-    case kFmtQ8_16 | kFloatActs: fn(FormatTag<kFmtQ8_16 | kFloatActs>{}); break;
-    default: fn(FormatTag<kFmtQ8_16>{}); break;
+    default: fn(FormatTag<kFmtQ8_16 | kActs>{}); break;
   }
 }
 

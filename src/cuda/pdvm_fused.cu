@@ -106,7 +106,6 @@ struct FusedDecoder::Impl {
   int layer_graph_kernels = 0;
   uint64_t kernel_launches = 0;
   FusedFootprint footprint;
-  bool float_activations = false;
   Communicator* communicator = nullptr;  // tensor parallelism: x all-reduced between layer halves
   std::vector<float> host_x;             // a non-recordable communicator's host copy of x
 
@@ -391,7 +390,7 @@ FusedDecoder::FusedDecoder(const FusedModelView& model) : FusedDecoder() {
     throw_error(ErrorKind::kUnsupported, "fused decode: " + why);
   Impl& m = *impl_;
   m.init_state(model.config);
-  m.float_activations = wants_float_activations(model);
+  m.params.float_activations = wants_float_activations(model);
   for (const FusedLayerView& l : model.layers) {
     DevLayer d{};
     d.attn_norm = m.upload(to_floats(l.attn_norm));
@@ -405,7 +404,7 @@ FusedDecoder::FusedDecoder(const FusedModelView& model) : FusedDecoder() {
     d.gate = m.upload(l.gate);
     d.up = m.upload(l.up);
     d.down = m.upload(l.down);
-    if (m.float_activations) {
+    if (m.params.float_activations) {
       for (DevMatrix* w : {&d.qk, &d.v, &d.wo, &d.gate, &d.up, &d.down}) use_float_activations(*w);
     }
     m.layers.push_back(d);
@@ -419,7 +418,7 @@ FusedDecoder::FusedDecoder(const FusedModelView& model) : FusedDecoder() {
   } else {
     m.params.output = m.params.token_embd;
   }
-  if (m.float_activations) {
+  if (m.params.float_activations) {
     use_float_activations(m.params.token_embd);
     use_float_activations(m.params.output);
   }
@@ -435,7 +434,7 @@ std::unique_ptr<FusedDecoder> FusedDecoder::synthesize(const FusedConfig& config
   std::unique_ptr<FusedDecoder> decoder(new FusedDecoder());
   Impl& m = *decoder->impl_;
   m.init_state(config);
-  m.float_activations = fused_float_activation_type(type);
+  m.params.float_activations = fused_float_activation_type(type);
   const FusedConfig& c = config;
   const int nq = c.n_head * c.head_dim, nkv = c.n_head_kv * c.head_dim;
   uint64_t tensor = seed * 1000003;
@@ -459,13 +458,13 @@ std::unique_ptr<FusedDecoder> FusedDecoder::synthesize(const FusedConfig& config
     d.gate = matrix(c.n_ff, c.n_embd);
     d.up = matrix(c.n_ff, c.n_embd);
     d.down = matrix(c.n_embd, c.n_ff);
-    if (m.float_activations) {
+    if (m.params.float_activations) {
       for (DevMatrix* w : {&d.qk, &d.v, &d.wo, &d.gate, &d.up, &d.down}) use_float_activations(*w);
     }
     m.layers.push_back(d);
   }
   m.params.output = m.params.token_embd = matrix(c.n_vocab, c.n_embd);
-  if (m.float_activations) {
+  if (m.params.float_activations) {
     use_float_activations(m.params.token_embd);
     use_float_activations(m.params.output);
   }
@@ -480,7 +479,7 @@ const FusedConfig& FusedDecoder::config() const { return impl_->config; }
 FusedFootprint FusedDecoder::footprint() const { return impl_->footprint; }
 int FusedDecoder::grid_size() const { return impl_->grid; }
 uint64_t FusedDecoder::kernel_launches() const { return impl_->kernel_launches; }
-bool FusedDecoder::float_activations() const { return impl_->float_activations; }
+bool FusedDecoder::float_activations() const { return impl_->params.float_activations != 0; }
 
 void FusedDecoder::write_kv(int layer, int first, int count, const void* k_rows, const void* v_rows) {
   impl_->copy_kv(layer, first, count, impl_->params.k_cache, k_rows, true);

@@ -6,6 +6,12 @@
 // the last chunk to arrive -> O-projection + residual -> RMSNorm + gate/up + SiLU*mul -> down +
 // residual. Counters grow monotonically: phase targets are (epoch + 1) * arrivals, where the
 // layer's epoch is bumped by the last CTA to finish its down projection.
+//
+// The kernel is compiled per activation kind (int8 or float, see kFloatActs) and per layer part
+// (whole layers, or one half of each for tensor parallelism), and launch_fused picks the instance:
+// the kernel sits at the 128-register cap, and every code path compiled into one instance shares
+// its register allocation (docs/perf-notes.md: the float-activation and TP paths made the int8
+// path spill).
 #include <algorithm>
 #include <cfloat>
 #include <climits>
@@ -138,18 +144,19 @@ __device__ void store_qkv_pair(const Params& p, int layer, int pos, int row, flo
 }
 
 // The CTA's share [begin, end) of the RoPE pairs of [Wq; Wk; Wv]: pairs of qk, then of v.
+template <bool kFloatActivations>
 __device__ void phase_qkv(const Params& p, const DevLayer& L, int layer, int pos, int begin, int end,
                           const Acts& acts) {
   const int qk_pairs = L.qk.rows / 2;
   const int qk_end = min(end, qk_pairs), v_begin = max(begin, qk_pairs);
-  matvec_items<2>(
+  matvec_items<kFloatActivations, 2>(
       L.qk.format, max(qk_end - begin, 0), L.qk.row_bytes / 16, acts,
       [&](int i, RowRef(&refs)[2]) {
         refs[0] = row_ref(L.qk, 2 * (begin + i));
         refs[1] = row_ref(L.qk, 2 * (begin + i) + 1);
       },
       [&](int i, const float(&v)[2]) { store_qkv_pair(p, layer, pos, 2 * (begin + i), v[0], v[1]); });
-  matvec_items<2>(
+  matvec_items<kFloatActivations, 2>(
       L.v.format, max(end - v_begin, 0), L.v.row_bytes / 16, acts,
       [&](int i, RowRef(&refs)[2]) {
         refs[0] = row_ref(L.v, 2 * (v_begin + i - qk_pairs));
@@ -376,17 +383,18 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
 }
 
 // One row per item: rows [begin, end) of m; out(row, value).
-template <class Out>
+template <bool kFloatActivations, class Out>
 __device__ __forceinline__ void matvec_rows(const DevMatrix& m, int begin, int end, const Acts& acts, Out&& out) {
-  matvec_items<1>(
+  matvec_items<kFloatActivations, 1>(
       m.format, end - begin, m.row_bytes / 16, acts, [&](int i, RowRef(&refs)[1]) { refs[0] = row_ref(m, begin + i); },
       [&](int i, const float(&v)[1]) { out(begin + i, v[0]); });
 }
 
+template <bool kFloatActivations>
 __device__ void phase_embed(const Params& p, int token) {
   int begin, end;
   cta_share(p.n_embd, begin, end);
-  dispatch_format(p.token_embd.format, [&](auto tag) {
+  dispatch_format<kFloatActivations>(p.token_embd.format, [&](auto tag) {
     constexpr int kF = decltype(tag)::value;
     for (int i = begin + threadIdx.x; i < end; i += kThreads) __stcg(p.x + i, matrix_element<kF>(p.token_embd, token, i));
   });
@@ -395,6 +403,7 @@ __device__ void phase_embed(const Params& p, int token) {
 
 // Final norm, LM head rows of this CTA, argmax (ties: lowest index). The last CTA to arrive
 // reduces the per-CTA winners in CTA order and advances the token state.
+template <bool kFloatActivations>
 __device__ void phase_head(const Params& p, unsigned model_epoch, const Smem& sm) {
   rms_norm_to_smem(p.x, p.output_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
   const Acts acts = prepare_acts(sm, p.output.format, p.n_embd);
@@ -403,7 +412,7 @@ __device__ void phase_head(const Params& p, unsigned model_epoch, const Smem& sm
   int best_index = INT_MAX;
   int begin, end;
   cta_share(p.output.rows, begin, end);
-  matvec_rows(p.output, begin, end, acts, [&](int row, float v) {
+  matvec_rows<kFloatActivations>(p.output, begin, end, acts, [&](int row, float v) {
     __stcg(p.logits + row, v);
     if (v > best || (v == best && row < best_index)) {
       best = v;
@@ -447,6 +456,12 @@ __device__ void phase_head(const Params& p, unsigned model_epoch, const Smem& sm
   __syncthreads();
 }
 
+// Which phases of a layer one kernel instance runs: tensor parallelism launches each layer as its
+// attention half (norm, QKV, attention, O projection) and its MLP half (norm, gate/up, down), with
+// x all-reduced between them; the head runs in a whole-layer launch of its own there.
+enum class LayerPart { kWhole, kAttentionHalf, kMlpHalf };
+
+template <bool kFloatActivations, LayerPart kPart>
 __global__ void __launch_bounds__(kThreads, 1)
     fused_decode_kernel(const __grid_constant__ Params p, int layer_begin, int layer_end, int flags) {
   extern __shared__ float4 smem_raw[];
@@ -455,10 +470,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const unsigned grid = gridDim.x;
   int begin, end;
 
-  const bool attention_half = !(flags & kFlagMlpHalf), mlp_half = !(flags & kFlagAttnHalf);
+  constexpr bool kAttentionPart = kPart != LayerPart::kMlpHalf, kMlpPart = kPart != LayerPart::kAttentionHalf;
+  constexpr bool kWhole = kPart == LayerPart::kWhole;
 
   // Weights never depend on activations: start pulling the first phase's before any wait.
-  if (layer_begin < layer_end && attention_half) {
+  if (kAttentionPart && layer_begin < layer_end) {
     cta_share((p.layers[layer_begin].qk.rows + p.layers[layer_begin].v.rows) / 2, begin, end);
     prefetch_qkv(p.layers[layer_begin], begin, end);
   }
@@ -472,8 +488,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const unsigned model_epoch = (flags & (kFlagEmbed | kFlagHead)) ? __ldcg(p.model_epoch) : 0u;
   const unsigned* wait_counter = nullptr;
   unsigned wait_target = 0;
-  if (flags & kFlagEmbed) {
-    phase_embed(p, __ldcg(&p.step->token));
+  if (kAttentionPart && (flags & kFlagEmbed)) {
+    phase_embed<kFloatActivations>(p, __ldcg(&p.step->token));
     if (threadIdx.x == 0) signal_release(p.model_counters + kCtrEmbed);
     wait_counter = p.model_counters + kCtrEmbed;
     wait_target = (model_epoch + 1) * grid;
@@ -483,9 +499,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     unsigned* ctr = p.layer_counters + layer * stride;
     const unsigned epoch = __ldcg(p.layer_epochs + layer);
     const unsigned all_ctas = (epoch + 1) * grid;
-    auto add_to_x = [&](int row, float v) { __stcg(p.x + row, p.partial_output ? v : __ldcg(p.x + row) + v); };
+    // Partial sums (tensor-parallel ranks > 0) only ever come from layer halves.
+    auto add_to_x = [&](int row, float v) {
+      __stcg(p.x + row, !kWhole && p.partial_output ? v : __ldcg(p.x + row) + v);
+    };
 
-    if (attention_half) {
+    if constexpr (kAttentionPart) {
       // QKV in RoPE pairs, K/V appended to the cache.
       cta_share((L.qk.rows + L.v.rows) / 2, begin, end);
       if (wait_counter) {
@@ -494,7 +513,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         cta_wait(wait_counter, wait_target);
       }
       rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
-      phase_qkv(p, L, layer, pos, begin, end, prepare_acts(sm, L.qk.format, p.n_embd, L.v.format));
+      phase_qkv<kFloatActivations>(p, L, layer, pos, begin, end, prepare_acts(sm, L.qk.format, p.n_embd, L.v.format));
       if (threadIdx.x == 0) signal_release(ctr + kCtrQkv);
 
       cta_share(L.wo.rows, begin, end);
@@ -504,17 +523,17 @@ __global__ void __launch_bounds__(kThreads, 1)
                       sm.flag);
       cta_wait(ctr + kCtrAttn, (epoch + 1) * p.n_head_kv);
       copy_to_smem(p.attn_out, p.n_head * p.head_dim, sm.xs);
-      matvec_rows(L.wo, begin, end, prepare_acts(sm, L.wo.format, p.n_head * p.head_dim), add_to_x);
+      matvec_rows<kFloatActivations>(L.wo, begin, end, prepare_acts(sm, L.wo.format, p.n_head * p.head_dim), add_to_x);
       if (threadIdx.x == 0) signal_release(ctr + kCtrO);
     }
-    if (!mlp_half) continue;
+    if constexpr (!kMlpPart) continue;
 
     cta_share(p.n_ff, begin, end);
     prefetch_rows(L.gate, begin, end, kPrefetchBytes / 2);
     prefetch_rows(L.up, begin, end, kPrefetchBytes / 2);
     cta_wait(ctr + kCtrO, all_ctas);
     rms_norm_to_smem(p.x, L.ffn_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
-    matvec_items<2>(
+    matvec_items<kFloatActivations, 2>(
         L.gate.format, end - begin, L.gate.row_bytes / 16, prepare_acts(sm, L.gate.format, p.n_embd),
         [&](int i, RowRef(&refs)[2]) {
           refs[0] = row_ref(L.gate, begin + i);
@@ -527,18 +546,42 @@ __global__ void __launch_bounds__(kThreads, 1)
     prefetch_rows(L.down, begin, end, kPrefetchBytes);
     cta_wait(ctr + kCtrUp, all_ctas);
     copy_to_smem(p.h, p.n_ff, sm.xs);
-    matvec_rows(L.down, begin, end, prepare_acts(sm, L.down.format, p.n_ff), add_to_x);
+    matvec_rows<kFloatActivations>(L.down, begin, end, prepare_acts(sm, L.down.format, p.n_ff), add_to_x);
     if (threadIdx.x == 0 && signal_is_last(ctr + kCtrDown, all_ctas)) p.layer_epochs[layer] = epoch + 1;
     wait_counter = ctr + kCtrDown;
     wait_target = all_ctas;
   }
-  if (flags & kFlagHead) {
+  if (kWhole && (flags & kFlagHead)) {
     cta_share(p.output.rows, begin, end);
     prefetch_rows(p.output, begin, end, kPrefetchBytes);
     if (wait_counter) cta_wait(wait_counter, wait_target);
-    phase_head(p, model_epoch, sm);
+    phase_head<kFloatActivations>(p, model_epoch, sm);
   }
 }
+
+using FusedKernel = void (*)(Params, int, int, int);
+
+template <bool kFloatActivations>
+FusedKernel kernel_for_part(int flags) {
+  if (flags & kFlagAttnHalf) return fused_decode_kernel<kFloatActivations, LayerPart::kAttentionHalf>;
+  if (flags & kFlagMlpHalf) return fused_decode_kernel<kFloatActivations, LayerPart::kMlpHalf>;
+  return fused_decode_kernel<kFloatActivations, LayerPart::kWhole>;
+}
+
+// The instance for a launch: the model's activation kind, the layer part its flags ask for. A
+// half never runs the head, the MLP half never the embedding (its instance leaves them out).
+FusedKernel fused_kernel(const Params& p, int flags) {
+  const bool half = flags & (kFlagAttnHalf | kFlagMlpHalf);
+  PDVM_CHECK(!half || !(flags & kFlagHead));
+  PDVM_CHECK(!(flags & kFlagMlpHalf) || !(flags & (kFlagEmbed | kFlagAttnHalf)));
+  return p.float_activations ? kernel_for_part<true>(flags) : kernel_for_part<false>(flags);
+}
+
+constexpr FusedKernel kAllInstances[] = {
+    fused_decode_kernel<false, LayerPart::kWhole>,        fused_decode_kernel<false, LayerPart::kAttentionHalf>,
+    fused_decode_kernel<false, LayerPart::kMlpHalf>,      fused_decode_kernel<true, LayerPart::kWhole>,
+    fused_decode_kernel<true, LayerPart::kAttentionHalf>, fused_decode_kernel<true, LayerPart::kMlpHalf>,
+};
 
 }  // namespace
 
@@ -557,9 +600,14 @@ int fused_max_grid(const Params& p, int device) {
     throw_error(ErrorKind::kUnsupported, "fused decode: needs " + std::to_string(smem) +
                                              " bytes of shared memory per block, the device has " +
                                              std::to_string(smem_optin));
-  PDVM_CUDA_CHECK(cudaFuncSetAttribute(fused_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin));
-  int per_sm = 0;
-  PDVM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_decode_kernel, kThreads, smem));
+  // Every instance, so that the grid fits whichever a launch picks.
+  int per_sm = INT_MAX;
+  for (FusedKernel kernel : kAllInstances) {
+    PDVM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin));
+    int instance_per_sm = 0;
+    PDVM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&instance_per_sm, kernel, kThreads, smem));
+    per_sm = std::min(per_sm, instance_per_sm);
+  }
   int sms = 0;
   PDVM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   if (per_sm < 1)
@@ -570,6 +618,8 @@ int fused_max_grid(const Params& p, int device) {
 
 void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int flags, bool cooperative,
                   cudaStream_t stream) {
+  // The whole-layer instances add into x: partial sums come only from tensor-parallel halves.
+  PDVM_CHECK(!p.partial_output || layer_begin == layer_end || (flags & (kFlagAttnHalf | kFlagMlpHalf)));
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(grid);
   config.blockDim = dim3(kThreads);
@@ -589,7 +639,7 @@ void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int
   }
   config.attrs = attributes;
   config.numAttrs = n_attributes;
-  PDVM_CUDA_CHECK(cudaLaunchKernelEx(&config, fused_decode_kernel, p, layer_begin, layer_end, flags));
+  PDVM_CUDA_CHECK(cudaLaunchKernelEx(&config, fused_kernel(p, flags), p, layer_begin, layer_end, flags));
   PDVM_CUDA_CHECK_LAUNCH("fused_decode_kernel");
 }
 
