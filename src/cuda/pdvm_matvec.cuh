@@ -15,6 +15,17 @@ namespace pdvm::fused {
 // 16-byte chunks in flight per lane per batch (12 for the quantized formats measured slower).
 constexpr int kLoadsPerLane = 8;
 
+// Chunks per lane per batch for kFormat: Q4_0/Q4_1 row pairs (QKV, gate/up) against float
+// activations take half the slots. Their chunks (8 nibble conversions and 8 activations per
+// word) hold more registers than the int8 ones, and with 8 slots the whole-layer float-activation
+// kernel instance spilled (ptxas: 40 bytes stored / 504 loaded; none with 4). The batching does
+// not change any sum (see warp_stream_items).
+template <int kFormat, int kRows>
+constexpr int loads_per_lane() {
+  const bool float_q4 = (kFormat & kFloatActs) && weights_per_chunk(base_format(kFormat)) == 32;
+  return float_q4 && kRows == 2 ? kLoadsPerLane / 2 : kLoadsPerLane;
+}
+
 // Activations in shared memory: floats for f16/bf16 weights, int8 blocks for quantized ones.
 struct Acts {
   const float* x;
@@ -114,7 +125,7 @@ __device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Ac
 
 // The CTA's items [0, n_items) go to the warps round-robin (neighbouring warps read
 // neighbouring rows). A warp walks the chunk columns of its items (column j: chunks 32 j + lane
-// of each of the item's kRows rows) in batches of kLoadsPerLane / kRows columns that run across
+// of each of the item's kRows rows) in batches of loads_per_lane / kRows columns that run across
 // item boundaries, so every load slot carries weights even where a row is shorter than a batch
 // or its length is not a multiple of one. Each lane accumulates its chunks of a row in column
 // order and the warp reduces with shuffles, so a row's sum does not depend on the batching;
@@ -122,7 +133,7 @@ __device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Ac
 template <int kFormat, int kRows, class RowsOf, class Out>
 __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, const Acts& acts, RowsOf&& rows_of,
                                                   Out&& out) {
-  constexpr int kColumns = kLoadsPerLane / kRows;
+  constexpr int kColumns = loads_per_lane<kFormat, kRows>() / kRows;
   constexpr int kBase = base_format(kFormat);  // the weight layout (kFloatActs aside)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (warp >= n_items) return;
