@@ -34,6 +34,17 @@ class Communicator {
   // device data out and back); the others throw Error(kUnsupported).
   virtual void all_reduce_sum_host(float* data, size_t n);
 
+  // In-kernel collectives (NCCL's device API, docs/multi-gpu.md "In-kernel all-reduce"): a
+  // symmetric window of `window_bytes` (zeroed) that every rank's kernels may load and store, and
+  // a device communicator with `lsa_barriers` barriers. `dev_comm` is a device pointer to an
+  // ncclDevComm, `window` an ncclWindow_t. Collective: every rank calls it from its own thread
+  // with the same sizes; both live as long as the group. Other groups throw Error(kUnsupported).
+  struct DeviceCollectives {
+    const void* dev_comm = nullptr;
+    void* window = nullptr;
+  };
+  virtual DeviceCollectives device_collectives(size_t window_bytes, int lsa_barriers);
+
   // Whether all_reduce_sum may be called inside Backend::run_recorded (it only enqueues device
   // work, as NCCL does); host-side collectives must run every time instead.
   virtual bool recordable() const = 0;

@@ -82,6 +82,12 @@ double measure_read_bandwidth_gbps(uint64_t bytes);
 
 enum class FusedMode { kLayer, kToken };
 
+// How the ranks of a tensor-parallel decoder all-reduce the residual stream (docs/multi-gpu.md).
+enum class FusedAllReduce {
+  kBetweenLaunches,  // each layer as two launches, the communicator's all-reduce after each
+  kInKernel,         // one launch per layer: the kernel all-reduces through NCCL's device API
+};
+
 // Per-phase bookkeeping of one device run, for benchmarks.
 struct FusedFootprint {
   uint64_t weight_bytes = 0;         // every byte of every matrix a token streams
@@ -108,9 +114,13 @@ class FusedDecoder {
   uint64_t kernel_launches() const;
 
   // Makes this decoder rank `rank` of a tensor-parallel group (FusedTensorParallel, built from
-  // a shard of the model): each layer runs as two launches with x all-reduced through
-  // `communicator` after each, in a CUDA graph when it is recordable. Before the first token.
-  void set_tensor_parallel(int rank, Communicator* communicator);
+  // a shard of the model). kBetweenLaunches: each layer runs as two launches with x all-reduced
+  // through `communicator` after each, in a CUDA graph when it is recordable. kInKernel: one
+  // launch per layer (or per token) as without TP, the kernel all-reducing x through the
+  // communicator's device_collectives() (NCCL only; collective: every rank calls this at once,
+  // and all ranks need the same grid). Before the first token.
+  void set_tensor_parallel(int rank, Communicator* communicator,
+                           FusedAllReduce all_reduce = FusedAllReduce::kBetweenLaunches);
 
   // ---- layer-level API (hidden state of n_embd floats kept on the device) ----------------
   void set_hidden(const std::vector<float>& values);

@@ -4,7 +4,9 @@
 // thread per rank. Every rank runs each layer as two fused launches with the residual stream
 // all-reduced after each (NCCL inside the token's CUDA graph, one GPU per rank; or the
 // in-process group through host memory, where ranks may share a GPU), then the head, so all
-// ranks produce the same greedy token and feed it back on their own device.
+// ranks produce the same greedy token and feed it back on their own device. With
+// FusedAllReduce::kInKernel (NCCL only) each layer is one launch per rank instead: the kernel
+// all-reduces x itself through NCCL's device API.
 #pragma once
 
 #include <cstdint>
@@ -20,23 +22,27 @@ namespace pdvm {
 class FusedTensorParallel {
  public:
   // Rank r on GPU devices[r]; `communicator`: a registered group ("nccl", "in-process").
-  // Throws Error(kUnsupported) when the model cannot be split that way or run fused.
-  FusedTensorParallel(const FusedModelView& model, const std::vector<int>& devices, std::string_view communicator);
+  // Throws Error(kUnsupported) when the model cannot be split that way or run fused, or the
+  // group cannot all-reduce that way.
+  FusedTensorParallel(const FusedModelView& model, const std::vector<int>& devices, std::string_view communicator,
+                      FusedAllReduce all_reduce = FusedAllReduce::kBetweenLaunches);
   // Random weights on every rank (benchmarks): the replicated tensors are the same on all ranks.
   static std::unique_ptr<FusedTensorParallel> synthesize(const FusedConfig& config, TensorType type, uint64_t seed,
                                                          const std::vector<int>& devices,
-                                                         std::string_view communicator);
+                                                         std::string_view communicator,
+                                                         FusedAllReduce all_reduce = FusedAllReduce::kBetweenLaunches);
   ~FusedTensorParallel();
   FusedTensorParallel(const FusedTensorParallel&) = delete;
   FusedTensorParallel& operator=(const FusedTensorParallel&) = delete;
 
   int n_ranks() const;
   std::string communicator_name() const;
+  FusedAllReduce all_reduce() const;
   const FusedConfig& config() const;  // of the whole model
   FusedFootprint footprint() const;   // of all ranks together
   uint64_t kernel_launches() const;   // all ranks, NCCL kernels included
 
-  // As FusedDecoder's (layer mode only); logits are rank 0's. generate checks that every rank
+  // As FusedDecoder's (layer mode only, unless kInKernel); logits are rank 0's. generate checks that every rank
   // produced the same tokens.
   int execute_model(int token, int position, FusedMode mode);
   std::vector<float> logits() const;

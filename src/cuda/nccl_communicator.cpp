@@ -4,8 +4,10 @@
 //
 // libnccl is opened when a group is first created rather than linked: a pdvm binary then still
 // starts (and runs everything but --tp over NCCL) on machines without NCCL installed.
+#include <cuda_runtime.h>
 #include <dlfcn.h>
 #include <nccl.h>
+#include <nccl_device.h>
 
 #include <algorithm>
 #include <atomic>
@@ -13,8 +15,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "cuda/check.cuh"
 #include "pdvm/communicator.h"
 #include "pdvm/cuda_backend.h"
 #include "pdvm/error.h"
@@ -32,6 +36,13 @@ struct NcclLibrary {
   decltype(&ncclGroupStart) group_start = nullptr;
   decltype(&ncclGroupEnd) group_end = nullptr;
   decltype(&ncclAllReduce) all_reduce = nullptr;
+  // NCCL >= 2.28's device API (in-kernel collectives); null where libnccl is older.
+  decltype(&ncclMemAlloc) mem_alloc = nullptr;
+  decltype(&ncclMemFree) mem_free = nullptr;
+  decltype(&ncclCommWindowRegister) window_register = nullptr;
+  decltype(&ncclCommWindowDeregister) window_deregister = nullptr;
+  decltype(&ncclDevCommCreate) dev_comm_create = nullptr;
+  decltype(&ncclDevCommDestroy) dev_comm_destroy = nullptr;
 };
 
 template <typename Function>
@@ -63,6 +74,15 @@ NcclLibrary open_nccl() {
   resolve(handle, "ncclGroupStart", lib.group_start);
   resolve(handle, "ncclGroupEnd", lib.group_end);
   resolve(handle, "ncclAllReduce", lib.all_reduce);
+  auto optional = [&](const char* symbol, auto& out) {
+    out = reinterpret_cast<std::remove_reference_t<decltype(out)>>(dlsym(handle, symbol));
+  };
+  optional("ncclMemAlloc", lib.mem_alloc);
+  optional("ncclMemFree", lib.mem_free);
+  optional("ncclCommWindowRegister", lib.window_register);
+  optional("ncclCommWindowDeregister", lib.window_deregister);
+  optional("ncclDevCommCreate", lib.dev_comm_create);
+  optional("ncclDevCommDestroy", lib.dev_comm_destroy);
   return lib;
 }
 
@@ -81,11 +101,24 @@ void check(ncclResult_t result, const char* call) {
 // The communicators of one group; finalized together from one thread (in an NCCL group) when
 // the last rank lets go, since finalizing is collective.
 struct Clique {
-  explicit Clique(std::vector<ncclComm_t> communicators)
-      : comms(std::move(communicators)), aborted(comms.size()) {}
+  Clique(std::vector<ncclComm_t> communicators, std::vector<int> rank_devices)
+      : comms(std::move(communicators)), devices(std::move(rank_devices)), aborted(comms.size()), device_api(comms.size()) {}
+
+  // A rank's in-kernel collectives (device_collectives()).
+  struct DeviceApi {
+    void* buffer = nullptr;  // ncclMemAlloc'd, registered as a symmetric window
+    ncclWindow_t window = nullptr;
+    ncclDevComm dev_comm{};
+    ncclDevComm* dev_comm_on_device = nullptr;  // a copy the kernels take by pointer
+    bool created = false;
+    size_t window_bytes = 0;
+    int lsa_barriers = 0;
+  };
 
   std::vector<ncclComm_t> comms;
+  std::vector<int> devices;
   std::vector<std::atomic<bool>> aborted;  // set from any rank's thread (abort())
+  std::vector<DeviceApi> device_api;        // each rank's entry written by its own thread only
 
   // Returns once every rank has enqueued its copy of the current collective. Without it a rank
   // that enqueued an all-reduce may block in a CUDA call (a kernel's first, lazy load or a
@@ -115,6 +148,24 @@ struct Clique {
     throw_error(ErrorKind::kInternal, "tensor parallel: NCCL communicator aborted after another rank failed");
   }
 
+  // Windows and device communicators go before their communicators (collective, so grouped).
+  void release_device_api(const NcclLibrary& lib) {
+    lib.group_start();
+    for (size_t r = 0; r < comms.size(); ++r) {
+      DeviceApi& d = device_api[r];
+      if (aborted[r]) continue;
+      if (d.created) lib.dev_comm_destroy(comms[r], &d.dev_comm);
+      if (d.window) lib.window_deregister(comms[r], d.window);
+    }
+    lib.group_end();
+    for (size_t r = 0; r < comms.size(); ++r) {
+      DeviceApi& d = device_api[r];
+      cudaSetDevice(devices[r]);
+      if (d.dev_comm_on_device) cudaFree(d.dev_comm_on_device);
+      if (d.buffer) lib.mem_free(d.buffer);
+    }
+  }
+
   std::mutex mutex;
   std::condition_variable released;
   int arrived = 0;
@@ -123,6 +174,7 @@ struct Clique {
 
   ~Clique() {
     const NcclLibrary& lib = nccl();
+    release_device_api(lib);
     lib.group_start();
     for (size_t r = 0; r < comms.size(); ++r) {
       if (!aborted[r]) lib.comm_finalize(comms[r]);
@@ -165,7 +217,54 @@ class NcclCommunicator final : public Communicator {
     clique_->all_enqueued();
   }
 
+  DeviceCollectives device_collectives(size_t window_bytes, int lsa_barriers) override {
+    const NcclLibrary& lib = nccl();
+    // The kernels inline the device API of the headers they were built with (ncclDevComm's
+    // layout, the barrier protocol): an older library may lay them out otherwise.
+    if (!lib.mem_alloc || !lib.window_register || !lib.dev_comm_create || version() < NCCL_VERSION_CODE) {
+      throw_error(ErrorKind::kUnsupported, "nccl: in-kernel all-reduce needs libnccl " +
+                                               std::to_string(NCCL_VERSION_CODE) + " (the headers it was built with) or newer, found " +
+                                               std::to_string(version()));
+    }
+    Clique::DeviceApi& d = clique_->device_api[rank_];
+    PDVM_CHECK_MSG(!d.buffer, "nccl: device collectives requested twice");
+    d.window_bytes = window_bytes;
+    d.lsa_barriers = lsa_barriers;
+    clique_->all_enqueued();  // every rank's sizes are written
+    for (const Clique::DeviceApi& other : clique_->device_api) {
+      if (other.window_bytes != window_bytes || other.lsa_barriers != lsa_barriers) {
+        throw_error(ErrorKind::kInvalidArgument, "nccl: the ranks asked for different device collectives (" +
+                                                     std::to_string(window_bytes) + " bytes, " + std::to_string(lsa_barriers) +
+                                                     " barriers on rank " + std::to_string(rank_) + ")");
+      }
+    }
+    PDVM_CUDA_CHECK(cudaSetDevice(clique_->devices[rank_]));
+    const size_t bytes = (window_bytes + NCCL_WIN_REQUIRED_ALIGNMENT - 1) / NCCL_WIN_REQUIRED_ALIGNMENT * NCCL_WIN_REQUIRED_ALIGNMENT;
+    check(lib.mem_alloc(&d.buffer, bytes), "ncclMemAlloc");
+    PDVM_CUDA_CHECK(cudaMemset(d.buffer, 0, bytes));
+    check(lib.window_register(clique_->comms[rank_], d.buffer, bytes, &d.window, NCCL_WIN_COLL_SYMMETRIC),
+          "ncclCommWindowRegister");
+    ncclDevCommRequirements requirements{};
+    requirements.lsaBarrierCount = lsa_barriers;
+    check(lib.dev_comm_create(clique_->comms[rank_], &requirements, &d.dev_comm), "ncclDevCommCreate");
+    d.created = true;
+    if (d.dev_comm.lsaSize != size()) {
+      throw_error(ErrorKind::kUnsupported, "nccl: only " + std::to_string(d.dev_comm.lsaSize) + " of " +
+                                               std::to_string(size()) +
+                                               " ranks can load/store each other's memory; in-kernel all-reduce needs all");
+    }
+    PDVM_CUDA_CHECK(cudaMalloc(&d.dev_comm_on_device, sizeof(ncclDevComm)));
+    PDVM_CUDA_CHECK(cudaMemcpy(d.dev_comm_on_device, &d.dev_comm, sizeof(ncclDevComm), cudaMemcpyHostToDevice));
+    return {d.dev_comm_on_device, d.window};
+  }
+
  private:
+  static int version() {
+    int v = 0;
+    nccl().get_version(&v);
+    return v;
+  }
+
   std::shared_ptr<Clique> clique_;
   const int rank_;
 };
@@ -188,7 +287,7 @@ std::vector<std::unique_ptr<Communicator>> make_nccl_group(const std::vector<int
   }
   std::vector<ncclComm_t> comms(devices.size());
   check(lib.comm_init_all(comms.data(), n_ranks, devices.data()), "ncclCommInitAll");
-  auto clique = std::make_shared<Clique>(std::move(comms));
+  auto clique = std::make_shared<Clique>(std::move(comms), devices);
   std::vector<std::unique_ptr<Communicator>> group;
   for (int r = 0; r < n_ranks; ++r) group.push_back(std::make_unique<NcclCommunicator>(clique, r));
   return group;

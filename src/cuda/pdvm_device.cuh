@@ -10,6 +10,9 @@
 
 #include "cuda/pdvm_upg_layout.h"
 
+struct ncclDevComm;        // nccl_device.h, for the in-kernel all-reduce
+struct ncclWindow_vidmem;  // nccl.h's ncclWindow_t
+
 namespace pdvm::fused {
 
 constexpr int kThreads = 512;
@@ -120,6 +123,11 @@ struct Params {
   // Read on the host only: set with the kFloatActs formats, it makes launch_fused run the kernel
   // instances built for float activations.
   int float_activations;
+  // In-kernel all-reduce (kFlagDeviceAllReduce, NCCL's device API): the partials go through a
+  // symmetric window of [2 slots][ranks][n_embd] floats; CTA b meets CTA b of the other ranks at
+  // LSA barrier b (the grids are equal), after the O and after the down projection.
+  const ncclDevComm* tp_comm;
+  ncclWindow_vidmem* tp_window;
 };
 
 __host__ __device__ inline int layer_counter_stride(int n_head_kv) { return kLayerCounters + n_head_kv; }

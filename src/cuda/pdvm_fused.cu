@@ -107,6 +107,7 @@ struct FusedDecoder::Impl {
   uint64_t kernel_launches = 0;
   FusedFootprint footprint;
   Communicator* communicator = nullptr;  // tensor parallelism: x all-reduced between layer halves
+  bool in_kernel_all_reduce = false;     // ... or inside the kernel (FusedAllReduce::kInKernel)
   std::vector<float> host_x;             // a non-recordable communicator's host copy of x
 
   ~Impl() {
@@ -272,9 +273,12 @@ struct FusedDecoder::Impl {
   }
 
   bool records_graph() const { return !communicator || communicator->recordable(); }
+  // Tensor parallelism through the host's all-reduce: two launches per layer.
+  bool splits_layers() const { return communicator && !in_kernel_all_reduce; }
+  int all_reduce_flag() const { return in_kernel_all_reduce ? fused::kFlagDeviceAllReduce : 0; }
 
   void record_layer_graph() {
-    if (communicator) {
+    if (splits_layers()) {
       // NCCL connects the ranks on the first all-reduce: let that happen outside the capture (on
       // x, which the token's embedding overwrites).
       communicator->all_reduce_sum_on_stream(params.x, static_cast<size_t>(config.n_embd), stream);
@@ -282,11 +286,11 @@ struct FusedDecoder::Impl {
     }
     cudaGraph_t graph;
     PDVM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    if (communicator) {
+    if (splits_layers()) {
       enqueue_split_token(false);
     } else {
       for (int l = 0; l < config.n_layer; ++l) {
-        int flags = l == 0 ? fused::kFlagEmbed : fused::kFlagPdl;
+        int flags = (l == 0 ? fused::kFlagEmbed : fused::kFlagPdl) | all_reduce_flag();
         if (l == config.n_layer - 1) flags |= fused::kFlagHead;
         fused::launch_fused(params, grid, l, l + 1, flags, false, stream);
       }
@@ -298,7 +302,7 @@ struct FusedDecoder::Impl {
   }
 
   void run_token(FusedMode mode) {
-    if (communicator && mode == FusedMode::kToken)
+    if (splits_layers() && mode == FusedMode::kToken)
       throw_error(ErrorKind::kUnsupported, "fused decode: token mode (one launch per token) cannot all-reduce "
                                            "between layers; tensor parallelism runs in layer mode");
     if (!records_graph()) {
@@ -309,7 +313,8 @@ struct FusedDecoder::Impl {
       PDVM_CUDA_CHECK(cudaGraphLaunch(layer_graph, stream));
       kernel_launches += layer_graph_kernels;
     } else {
-      fused::launch_fused(params, grid, 0, config.n_layer, fused::kFlagEmbed | fused::kFlagHead, true, stream);
+      fused::launch_fused(params, grid, 0, config.n_layer, fused::kFlagEmbed | fused::kFlagHead | all_reduce_flag(), true,
+                          stream);
       ++kernel_launches;
     }
   }
@@ -504,11 +509,20 @@ std::vector<float> FusedDecoder::hidden() const {
   return out;
 }
 
-void FusedDecoder::set_tensor_parallel(int rank, Communicator* communicator) {
+void FusedDecoder::set_tensor_parallel(int rank, Communicator* communicator, FusedAllReduce all_reduce) {
   Impl& m = *impl_;
   PDVM_CHECK(communicator && rank == communicator->rank() && !m.layer_graph && m.kernel_launches == 0);
   m.communicator = communicator;
   m.params.partial_output = rank > 0;
+  if (all_reduce == FusedAllReduce::kInKernel) {
+    m.activate();
+    // Two slots of every rank's partial x; one LSA barrier per CTA (CTA b meets CTA b).
+    const size_t window_bytes = 2 * static_cast<size_t>(communicator->size()) * m.config.n_embd * sizeof(float);
+    const Communicator::DeviceCollectives collectives = communicator->device_collectives(window_bytes, m.grid);
+    m.params.tp_comm = static_cast<const ncclDevComm*>(collectives.dev_comm);
+    m.params.tp_window = static_cast<ncclWindow_vidmem*>(collectives.window);
+    m.in_kernel_all_reduce = true;
+  }
 }
 
 void FusedDecoder::execute_layer(int layer, int position) {

@@ -61,13 +61,16 @@ bool has_upg_weight(const FusedModelView& model) {
 struct FusedTensorParallel::Impl {
   FusedConfig config;
   std::vector<int> devices;
+  FusedAllReduce all_reduce = FusedAllReduce::kBetweenLaunches;
   std::unique_ptr<TensorParallelPeers> group;       // the communicators and the peers' threads
   std::vector<std::unique_ptr<FusedDecoder>> ranks;  // destroyed before the group
 
-  void start(const FusedConfig& whole, const std::vector<int>& rank_devices, std::string_view communicator) {
+  void start(const FusedConfig& whole, const std::vector<int>& rank_devices, std::string_view communicator,
+             FusedAllReduce how) {
     if (rank_devices.empty()) refuse("no ranks");
     config = whole;
     devices = rank_devices;
+    all_reduce = how;
     group = std::make_unique<TensorParallelPeers>(create_communicator_group(communicator, devices));
     for (int r = 1; r < static_cast<int>(devices.size()); ++r) group->peers().emplace_back().rank = r;
     ranks.resize(devices.size());
@@ -81,7 +84,7 @@ struct FusedTensorParallel::Impl {
   void make_rank(int rank, const std::function<std::unique_ptr<FusedDecoder>()>& make) {
     PDVM_CUDA_CHECK(cudaSetDevice(devices[rank]));
     ranks[rank] = make();
-    ranks[rank]->set_tensor_parallel(rank, &group->communicator(rank));
+    ranks[rank]->set_tensor_parallel(rank, &group->communicator(rank), all_reduce);
   }
 };
 
@@ -128,11 +131,11 @@ FusedModelView FusedTensorParallel::shard(const FusedModelView& model, int rank,
 FusedTensorParallel::FusedTensorParallel() : impl_(std::make_unique<Impl>()) {}
 
 FusedTensorParallel::FusedTensorParallel(const FusedModelView& model, const std::vector<int>& devices,
-                                         std::string_view communicator)
+                                         std::string_view communicator, FusedAllReduce all_reduce)
     : FusedTensorParallel() {
   const int n_ranks = static_cast<int>(devices.size());
   shard_config(model.config, n_ranks);  // before any rank starts
-  impl_->start(model.config, devices, communicator);
+  impl_->start(model.config, devices, communicator, all_reduce);
   impl_->each([&](int rank) {
     std::vector<std::vector<uint8_t>> storage;
     const FusedModelView part = shard(model, rank, n_ranks, storage);
@@ -142,10 +145,11 @@ FusedTensorParallel::FusedTensorParallel(const FusedModelView& model, const std:
 
 std::unique_ptr<FusedTensorParallel> FusedTensorParallel::synthesize(const FusedConfig& config, TensorType type,
                                                                      uint64_t seed, const std::vector<int>& devices,
-                                                                     std::string_view communicator) {
+                                                                     std::string_view communicator,
+                                                                     FusedAllReduce all_reduce) {
   const FusedConfig part = shard_config(config, static_cast<int>(devices.size()));
   std::unique_ptr<FusedTensorParallel> tp(new FusedTensorParallel());
-  tp->impl_->start(config, devices, communicator);
+  tp->impl_->start(config, devices, communicator, all_reduce);
   // One seed for all: the replicated tensors (embedding, norms, head) come out the same.
   tp->impl_->each([&](int rank) { tp->impl_->make_rank(rank, [&] { return FusedDecoder::synthesize(part, type, seed); }); });
   return tp;
@@ -155,6 +159,7 @@ FusedTensorParallel::~FusedTensorParallel() = default;
 
 int FusedTensorParallel::n_ranks() const { return static_cast<int>(impl_->ranks.size()); }
 std::string FusedTensorParallel::communicator_name() const { return impl_->group->communicator(0).name(); }
+FusedAllReduce FusedTensorParallel::all_reduce() const { return impl_->all_reduce; }
 const FusedConfig& FusedTensorParallel::config() const { return impl_->config; }
 
 FusedFootprint FusedTensorParallel::footprint() const {

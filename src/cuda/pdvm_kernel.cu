@@ -8,10 +8,14 @@
 // layer's epoch is bumped by the last CTA to finish its down projection.
 //
 // The kernel is compiled per activation kind (int8 or float, see kFloatActs) and per layer part
-// (whole layers, or one half of each for tensor parallelism), and launch_fused picks the instance:
+// (whole layers; one half of each, or whole layers with the in-kernel all-reduce, for tensor
+// parallelism), and launch_fused picks the instance:
 // the kernel sits at the 128-register cap, and every code path compiled into one instance shares
 // its register allocation (docs/perf-notes.md: the float-activation and TP paths made the int8
 // path spill).
+
+#include <nccl_device.h>
+
 #include <algorithm>
 #include <cfloat>
 #include <climits>
@@ -456,10 +460,52 @@ __device__ void phase_head(const Params& p, unsigned model_epoch, const Smem& sm
   __syncthreads();
 }
 
+// ---- in-kernel all-reduce (kFlagDeviceAllReduce) ------------------------------------------
+
+// Bytes into the window of `rank`'s partial in `slot` (0: after O, 1: after down). Two slots, so
+// a rank that ran ahead into the next phase never overwrites a partial a peer has yet to read:
+// CTA b reuses a slot only after the barrier b in between, which the peer's CTA b passes only
+// after its reads.
+__device__ __forceinline__ size_t tp_window_offset(const Params& p, int slot, int rank) {
+  return (static_cast<size_t>(slot) * p.tp_comm->lsaSize + rank) * p.n_embd * sizeof(float);
+}
+
+// Where this rank's partial of `slot` goes: its own part of its window.
+__device__ __forceinline__ float* tp_own_partial(const Params& p, int slot) {
+  return static_cast<float*>(ncclGetLocalPointer(p.tp_window, tp_window_offset(p, slot, p.tp_comm->lsaRank)));
+}
+
+// The CTA's rows [begin, end) of this rank's partial (in its own window) are stored into every
+// peer's window; LSA barrier b with CTA b of every rank (release/acquire over NVLink); then x's
+// rows = the sum of all ranks' partials in rank order, so every rank gets the same bits. Inlined:
+// a call's ABI (registers saved around it) doubled the kernel's spills (ptxas, perf-notes).
+__device__ __forceinline__ void tp_all_reduce_rows(const Params& p, int slot, int begin, int end) {
+  const ncclDevComm& comm = *p.tp_comm;
+  const int rank = comm.lsaRank, n_ranks = comm.lsaSize;
+  __syncthreads();
+  const size_t own_offset = tp_window_offset(p, slot, rank);
+  const float* own = static_cast<const float*>(ncclGetLocalPointer(p.tp_window, own_offset));
+  for (int peer = 0; peer < n_ranks; ++peer) {
+    if (peer == rank) continue;
+    float* remote = static_cast<float*>(ncclGetLsaPointer(p.tp_window, own_offset, peer));
+    for (int row = begin + static_cast<int>(threadIdx.x); row < end; row += kThreads) remote[row] = __ldcg(own + row);
+  }
+  ncclCoopCta cta;
+  ncclLsaBarrierSession<ncclCoopCta> barrier(cta, comm, ncclTeamTagLsa(), blockIdx.x);
+  barrier.sync(cta, ::cuda::memory_order_acq_rel);
+  const float* partials = static_cast<const float*>(ncclGetLocalPointer(p.tp_window, tp_window_offset(p, slot, 0)));
+  for (int row = begin + static_cast<int>(threadIdx.x); row < end; row += kThreads) {
+    float sum = __ldcg(partials + row);
+    for (int r = 1; r < n_ranks; ++r) sum += __ldcg(partials + static_cast<size_t>(r) * p.n_embd + row);
+    __stcg(p.x + row, sum);
+  }
+}  // the barrier's destructor ends with __syncthreads()
+
 // Which phases of a layer one kernel instance runs: tensor parallelism launches each layer as its
 // attention half (norm, QKV, attention, O projection) and its MLP half (norm, gate/up, down), with
-// x all-reduced between them; the head runs in a whole-layer launch of its own there.
-enum class LayerPart { kWhole, kAttentionHalf, kMlpHalf };
+// x all-reduced between them, and the head in a whole-layer launch of its own; or, with the
+// in-kernel all-reduce, whole layers that all-reduce x after the O and the down projection.
+enum class LayerPart { kWhole, kAttentionHalf, kMlpHalf, kWholeAllReduce };
 
 template <bool kFloatActivations, LayerPart kPart>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -471,7 +517,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   int begin, end;
 
   constexpr bool kAttentionPart = kPart != LayerPart::kMlpHalf, kMlpPart = kPart != LayerPart::kAttentionHalf;
-  constexpr bool kWhole = kPart == LayerPart::kWhole;
+  constexpr bool kAllReduce = kPart == LayerPart::kWholeAllReduce;
+  constexpr bool kHeadPart = kPart == LayerPart::kWhole || kAllReduce;
 
   // Weights never depend on activations: start pulling the first phase's before any wait.
   if (kAttentionPart && layer_begin < layer_end) {
@@ -499,9 +546,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     unsigned* ctr = p.layer_counters + layer * stride;
     const unsigned epoch = __ldcg(p.layer_epochs + layer);
     const unsigned all_ctas = (epoch + 1) * grid;
-    // Partial sums (tensor-parallel ranks > 0) only ever come from layer halves.
-    auto add_to_x = [&](int row, float v) {
-      __stcg(p.x + row, !kWhole && p.partial_output ? v : __ldcg(p.x + row) + v);
+    // O and down rows: x + partial on rank 0 (and without TP), the partial alone on the other
+    // tensor-parallel ranks (only layer halves and all-reduce instances see those); into x, or
+    // with the in-kernel all-reduce into this rank's part of window slot `slot`.
+    auto add_to_x_via = [&](int slot) {
+      return [&p, slot](int row, float v) {
+        float* out = kAllReduce ? tp_own_partial(p, slot) : p.x;
+        __stcg(out + row, kPart != LayerPart::kWhole && p.partial_output ? v : __ldcg(p.x + row) + v);
+      };
     };
 
     if constexpr (kAttentionPart) {
@@ -523,7 +575,9 @@ __global__ void __launch_bounds__(kThreads, 1)
                       sm.flag);
       cta_wait(ctr + kCtrAttn, (epoch + 1) * p.n_head_kv);
       copy_to_smem(p.attn_out, p.n_head * p.head_dim, sm.xs);
-      matvec_rows<kFloatActivations>(L.wo, begin, end, prepare_acts(sm, L.wo.format, p.n_head * p.head_dim), add_to_x);
+      matvec_rows<kFloatActivations>(L.wo, begin, end, prepare_acts(sm, L.wo.format, p.n_head * p.head_dim),
+                                     add_to_x_via(0));
+      if constexpr (kAllReduce) tp_all_reduce_rows(p, 0, begin, end);
       if (threadIdx.x == 0) signal_release(ctr + kCtrO);
     }
     if constexpr (!kMlpPart) continue;
@@ -546,12 +600,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     prefetch_rows(L.down, begin, end, kPrefetchBytes);
     cta_wait(ctr + kCtrUp, all_ctas);
     copy_to_smem(p.h, p.n_ff, sm.xs);
-    matvec_rows<kFloatActivations>(L.down, begin, end, prepare_acts(sm, L.down.format, p.n_ff), add_to_x);
+    matvec_rows<kFloatActivations>(L.down, begin, end, prepare_acts(sm, L.down.format, p.n_ff), add_to_x_via(1));
+    if constexpr (kAllReduce) tp_all_reduce_rows(p, 1, begin, end);
     if (threadIdx.x == 0 && signal_is_last(ctr + kCtrDown, all_ctas)) p.layer_epochs[layer] = epoch + 1;
     wait_counter = ctr + kCtrDown;
     wait_target = all_ctas;
   }
-  if (kWhole && (flags & kFlagHead)) {
+  if (kHeadPart && (flags & kFlagHead)) {
     cta_share(p.output.rows, begin, end);
     prefetch_rows(p.output, begin, end, kPrefetchBytes);
     if (wait_counter) cta_wait(wait_counter, wait_target);
@@ -565,14 +620,17 @@ template <bool kFloatActivations>
 FusedKernel kernel_for_part(int flags) {
   if (flags & kFlagAttnHalf) return fused_decode_kernel<kFloatActivations, LayerPart::kAttentionHalf>;
   if (flags & kFlagMlpHalf) return fused_decode_kernel<kFloatActivations, LayerPart::kMlpHalf>;
+  if (flags & kFlagDeviceAllReduce) return fused_decode_kernel<kFloatActivations, LayerPart::kWholeAllReduce>;
   return fused_decode_kernel<kFloatActivations, LayerPart::kWhole>;
 }
 
 // The instance for a launch: the model's activation kind, the layer part its flags ask for. A
-// half never runs the head, the MLP half never the embedding (its instance leaves them out).
+// half never runs the head, the MLP half never the embedding (its instance leaves them out); the
+// in-kernel all-reduce runs whole layers only, with a device communicator.
 FusedKernel fused_kernel(const Params& p, int flags) {
   const bool half = flags & (kFlagAttnHalf | kFlagMlpHalf);
   PDVM_CHECK(!half || !(flags & kFlagHead));
+  PDVM_CHECK(!(flags & kFlagDeviceAllReduce) || (!half && p.tp_comm && p.tp_window));
   PDVM_CHECK(!(flags & kFlagMlpHalf) || !(flags & (kFlagEmbed | kFlagAttnHalf)));
   return p.float_activations ? kernel_for_part<true>(flags) : kernel_for_part<false>(flags);
 }
@@ -581,6 +639,7 @@ constexpr FusedKernel kAllInstances[] = {
     fused_decode_kernel<false, LayerPart::kWhole>,        fused_decode_kernel<false, LayerPart::kAttentionHalf>,
     fused_decode_kernel<false, LayerPart::kMlpHalf>,      fused_decode_kernel<true, LayerPart::kWhole>,
     fused_decode_kernel<true, LayerPart::kAttentionHalf>, fused_decode_kernel<true, LayerPart::kMlpHalf>,
+    fused_decode_kernel<false, LayerPart::kWholeAllReduce>, fused_decode_kernel<true, LayerPart::kWholeAllReduce>,
 };
 
 }  // namespace
@@ -618,8 +677,10 @@ int fused_max_grid(const Params& p, int device) {
 
 void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int flags, bool cooperative,
                   cudaStream_t stream) {
-  // The whole-layer instances add into x: partial sums come only from tensor-parallel halves.
-  PDVM_CHECK(!p.partial_output || layer_begin == layer_end || (flags & (kFlagAttnHalf | kFlagMlpHalf)));
+  // The whole-layer instances add into x: partial sums come only from tensor-parallel halves and
+  // the in-kernel all-reduce.
+  PDVM_CHECK(!p.partial_output || layer_begin == layer_end ||
+             (flags & (kFlagAttnHalf | kFlagMlpHalf | kFlagDeviceAllReduce)));
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(grid);
   config.blockDim = dim3(kThreads);

@@ -17,6 +17,9 @@ enum LaunchFlags : int {
   // the halves. Attention half: norm, QKV, attention, O projection; MLP half: norm, gate/up, down.
   kFlagAttnHalf = 8,
   kFlagMlpHalf = 16,
+  // Tensor parallelism in one launch per layer: the kernel all-reduces x itself after the O and
+  // the down projection (Params::tp_comm, tp_window).
+  kFlagDeviceAllReduce = 32,
 };
 
 // Dynamic shared memory the kernel needs for this model shape.

@@ -129,6 +129,10 @@ void Communicator::all_reduce_sum_host(float*, size_t) {
   throw_error(ErrorKind::kUnsupported, "the " + name() + " communicator cannot all-reduce host memory");
 }
 
+Communicator::DeviceCollectives Communicator::device_collectives(size_t, int) {
+  throw_error(ErrorKind::kUnsupported, "the " + name() + " communicator has no in-kernel collectives (use nccl)");
+}
+
 void register_communicator_group(std::string name, CommunicatorGroupFactory factory) {
   PDVM_CHECK_MSG(!registry().contains(name), "communicator group '" + name + "' registered twice");
   registry().emplace(std::move(name), std::move(factory));
