@@ -1,8 +1,10 @@
 // Tensor-parallel PDVM fused decode speed (issue #9) on synthesized weights of real shapes:
 // the unsplit fused decoder (layer and token mode), then FusedTensorParallel over NCCL with 1
 // rank (the layers split in two launches with the all-reduces in the graph: the cost of the
-// split itself) and with 2, 4, 8 ranks, as many as there are GPUs. tg64 from position 0,
-// median of 3; speed-up and scaling efficiency against the unsplit layer mode.
+// split itself) and with 2, 4, 8 ranks, as many as there are GPUs; then the same rank counts
+// with the all-reduce inside the kernel (NCCL's device API: one launch per layer, "in-kernel",
+// and one per token, "in-kernel token"). tg64 from position 0, median of 3; speed-up and
+// scaling efficiency against the unsplit layer mode.
 //   pdvm_fused_tp_gpu_bench [shape:type ...]   (shape: 1b, 8b or 13b: bench/fused_shapes.h)
 #include <cuda_runtime.h>
 
@@ -55,17 +57,25 @@ void run_case(const std::string& spec, int n_gpus) {
     const double token = ms_per_token([&](int n) { return whole->time_generate(1, 0, n, pdvm::FusedMode::kToken); });
     report(name + " token", token, base, 1);
   }
-  for (int tp : {1, 2, 4, 8}) {
-    if (tp > n_gpus) break;
-    std::vector<int> devices(static_cast<size_t>(tp));
-    for (int r = 0; r < tp; ++r) devices[r] = r;
-    auto split = pdvm::FusedTensorParallel::synthesize(config, *type, 1234, devices, "nccl");
-    const double ms = ms_per_token([&](int n) { return split->time_generate(1, 0, n, pdvm::FusedMode::kLayer); });
-    report(name + " layer tp" + std::to_string(tp) + " nccl", ms, base, tp);
-    // Ranks agree on the tokens (checked by generate) and repeat them.
-    const std::vector<int> ids = split->generate(1, 0, 32, pdvm::FusedMode::kLayer);
-    if (split->generate(1, 0, 32, pdvm::FusedMode::kLayer) != ids)
-      pdvm::throw_error(pdvm::ErrorKind::kInternal, name + " tp" + std::to_string(tp) + ": greedy tokens differ between runs");
+  for (auto all_reduce : {pdvm::FusedAllReduce::kBetweenLaunches, pdvm::FusedAllReduce::kInKernel}) {
+    const bool in_kernel = all_reduce == pdvm::FusedAllReduce::kInKernel;
+    for (int tp : {1, 2, 4, 8}) {
+      if (tp > n_gpus) break;
+      std::vector<int> devices(static_cast<size_t>(tp));
+      for (int r = 0; r < tp; ++r) devices[r] = r;
+      auto split = pdvm::FusedTensorParallel::synthesize(config, *type, 1234, devices, "nccl", all_reduce);
+      const std::string label = name + " tp" + std::to_string(tp) + (in_kernel ? " in-kernel" : " nccl");
+      const double ms = ms_per_token([&](int n) { return split->time_generate(1, 0, n, pdvm::FusedMode::kLayer); });
+      report(label + " layer", ms, base, tp);
+      if (in_kernel) {
+        const double token = ms_per_token([&](int n) { return split->time_generate(1, 0, n, pdvm::FusedMode::kToken); });
+        report(label + " token", token, base, tp);
+      }
+      // Ranks agree on the tokens (checked by generate) and repeat them.
+      const std::vector<int> ids = split->generate(1, 0, 32, pdvm::FusedMode::kLayer);
+      if (split->generate(1, 0, 32, pdvm::FusedMode::kLayer) != ids)
+        pdvm::throw_error(pdvm::ErrorKind::kInternal, label + ": greedy tokens differ between runs");
+    }
   }
 }
 

@@ -4,7 +4,9 @@
 // fused tests' float tolerance and the same greedy tokens, at tp 2 and 4 on one GPU (in-process
 // group: host all-reduce), through a one-rank NCCL group (the all-reduces inside the token's
 // CUDA graph) and, with 2+ GPUs, NCCL at tp 2 (and 4) with one GPU per rank. Q4_1 runs the
-// kernel instances built for float activations.
+// kernel instances built for float activations. The in-kernel all-reduce
+// (FusedAllReduce::kInKernel, NCCL's device API: one launch per layer) against the same, through
+// a one-rank NCCL group and over 2 (and 4) GPUs.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -73,8 +75,9 @@ class FusedTensorParallelTest : public ::testing::TestWithParam<TensorType> {
     // measured, within the fused tests' 5e-2.
     const bool int8_activations = GetParam() != TensorType::kF16 && !fused_float_activation_type(GetParam());
     const double tolerance = int8_activations ? 5e-2 : 1e-4;
-    const std::string what = std::to_string(split.n_ranks()) + " ranks, " + split.communicator_name() + ", " +
-                             std::string(type_name(GetParam()));
+    const bool in_kernel = split.all_reduce() == FusedAllReduce::kInKernel;
+    const std::string what = std::to_string(split.n_ranks()) + " ranks, " + split.communicator_name() +
+                             (in_kernel ? " in-kernel, " : ", ") + std::string(type_name(GetParam()));
     int token = start_;
     double worst = 0;
     for (int pos = 0; pos < kSteps; ++pos) {
@@ -148,6 +151,54 @@ TEST_P(FusedTensorParallelTest, NcclOverSeveralGpusMatchesTheUnsplitDecoder) {
                 one_gpu.generate(start_, 0, kGreedy, FusedMode::kLayer));
       EXPECT_EQ(split.logits(), one_gpu.logits());
     }
+  }
+}
+
+// One launch per layer and rank, the head in the last, nothing else: the all-reduce is in the
+// kernel. Token mode (one launch per token) gives the same bits as layer mode.
+void expect_one_launch_per_layer(FusedTensorParallel& split, int start) {
+  const uint64_t before = split.kernel_launches();
+  const std::vector<int> layer_tokens = split.generate(start, 0, 4, FusedMode::kLayer);
+  EXPECT_EQ(split.kernel_launches() - before, 4u * split.n_ranks() * split.config().n_layer);
+  const std::vector<float> layer_logits = split.logits();
+  EXPECT_EQ(split.generate(start, 0, 4, FusedMode::kToken), layer_tokens);
+  EXPECT_EQ(split.logits(), layer_logits);
+}
+
+TEST_P(FusedTensorParallelTest, InKernelAllReduceInAOneRankNcclGroup) {
+  FusedTensorParallel split(view_, {0}, "nccl", FusedAllReduce::kInKernel);
+  expect_matches_unsplit(split);
+  expect_one_launch_per_layer(split, start_);
+}
+
+TEST_P(FusedTensorParallelTest, InKernelAllReduceOverSeveralGpusMatchesTheUnsplitDecoder) {
+  const int n_gpus = cuda_device_count();
+  if (n_gpus < 2) GTEST_SKIP() << "needs 2 GPUs, found " << n_gpus;
+  for (int tp : {2, 4}) {
+    if (tp > n_gpus) break;
+    std::vector<int> devices(static_cast<size_t>(tp));
+    for (int r = 0; r < tp; ++r) devices[r] = r;
+    FusedTensorParallel split(view_, devices, "nccl", FusedAllReduce::kInKernel);
+    expect_matches_unsplit(split);
+    expect_one_launch_per_layer(split, start_);
+    // Every rank sums the same partials in rank order: at 2 ranks that is NCCL's sum of the
+    // two, so the two-launch path gives the same bits.
+    if (tp == 2) {
+      FusedTensorParallel between(view_, devices, "nccl");
+      EXPECT_EQ(split.generate(start_, 0, kGreedy, FusedMode::kLayer),
+                between.generate(start_, 0, kGreedy, FusedMode::kLayer));
+      EXPECT_EQ(split.logits(), between.logits());
+    }
+  }
+}
+
+TEST_P(FusedTensorParallelTest, InKernelAllReduceNeedsNccl) {
+  try {
+    FusedTensorParallel split(view_, {0, 0}, "in-process", FusedAllReduce::kInKernel);
+    ADD_FAILURE() << "the in-process group accepted the in-kernel all-reduce";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported) << e.what();
+    EXPECT_NE(std::string(e.what()).find("in-kernel"), std::string::npos) << e.what();
   }
 }
 
