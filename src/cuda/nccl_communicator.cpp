@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -148,22 +149,23 @@ struct Clique {
     throw_error(ErrorKind::kInternal, "tensor parallel: NCCL communicator aborted after another rank failed");
   }
 
-  // Windows and device communicators go before their communicators (collective, so grouped).
+  // Windows and device communicators go before their communicators. Both releases may be
+  // collective: one thread per rank, as at creation (a single thread waiting on the first rank's
+  // call could wait forever for the others). Skipped after an abort: the peers may be gone.
   void release_device_api(const NcclLibrary& lib) {
-    lib.group_start();
+    if (std::any_of(aborted.begin(), aborted.end(), [](const std::atomic<bool>& a) { return a.load(); })) return;
+    std::vector<std::thread> threads;
     for (size_t r = 0; r < comms.size(); ++r) {
-      DeviceApi& d = device_api[r];
-      if (aborted[r]) continue;
-      if (d.created) lib.dev_comm_destroy(comms[r], &d.dev_comm);
-      if (d.window) lib.window_deregister(comms[r], d.window);
+      threads.emplace_back([&, r] {
+        DeviceApi& d = device_api[r];
+        cudaSetDevice(devices[r]);
+        if (d.created) lib.dev_comm_destroy(comms[r], &d.dev_comm);
+        if (d.window) lib.window_deregister(comms[r], d.window);
+        if (d.dev_comm_on_device) cudaFree(d.dev_comm_on_device);
+        if (d.buffer) lib.mem_free(d.buffer);
+      });
     }
-    lib.group_end();
-    for (size_t r = 0; r < comms.size(); ++r) {
-      DeviceApi& d = device_api[r];
-      cudaSetDevice(devices[r]);
-      if (d.dev_comm_on_device) cudaFree(d.dev_comm_on_device);
-      if (d.buffer) lib.mem_free(d.buffer);
-    }
+    for (std::thread& t : threads) t.join();
   }
 
   std::mutex mutex;
