@@ -221,12 +221,16 @@ class NcclCommunicator final : public Communicator {
 
   DeviceCollectives device_collectives(size_t window_bytes, int lsa_barriers) override {
     const NcclLibrary& lib = nccl();
-    // The kernels inline the device API of the headers they were built with (ncclDevComm's
-    // layout, the barrier protocol): an older library may lay them out otherwise.
-    if (!lib.mem_alloc || !lib.window_register || !lib.dev_comm_create || version() < NCCL_VERSION_CODE) {
-      throw_error(ErrorKind::kUnsupported, "nccl: in-kernel all-reduce needs libnccl " +
-                                               std::to_string(NCCL_VERSION_CODE) + " (the headers it was built with) or newer, found " +
-                                               std::to_string(version()));
+    // The kernels inline the device API of the headers they were built with (the layouts of
+    // ncclDevComm, of the window record and of the requirements): those changed within 2.28 and
+    // again in 2.29, so the library must be the headers' release series, no older patch.
+    const int found = version(), series = NCCL_VERSION_CODE / 100 * 100;
+    if (!lib.mem_alloc || !lib.window_register || !lib.dev_comm_create || found < NCCL_VERSION_CODE ||
+        found >= series + 100) {
+      throw_error(ErrorKind::kUnsupported,
+                  "nccl: in-kernel all-reduce needs the libnccl release series it was built with (" +
+                      std::to_string(NCCL_VERSION_CODE) + " .. " + std::to_string(series + 99) + "), found " +
+                      std::to_string(found));
     }
     Clique::DeviceApi& d = clique_->device_api[rank_];
     PDVM_CHECK_MSG(!d.buffer, "nccl: device collectives requested twice");
