@@ -103,7 +103,10 @@ void check(ncclResult_t result, const char* call) {
 // the last rank lets go, since finalizing is collective.
 struct Clique {
   Clique(std::vector<ncclComm_t> communicators, std::vector<int> rank_devices)
-      : comms(std::move(communicators)), devices(std::move(rank_devices)), aborted(comms.size()), device_api(comms.size()) {}
+      : comms(std::move(communicators)),
+        devices(std::move(rank_devices)),
+        aborted(comms.size()),
+        device_api(comms.size()) {}
 
   // A rank's in-kernel collectives (device_collectives()).
   struct DeviceApi {
@@ -239,13 +242,14 @@ class NcclCommunicator final : public Communicator {
     clique_->all_enqueued();  // every rank's sizes are written
     for (const Clique::DeviceApi& other : clique_->device_api) {
       if (other.window_bytes != window_bytes || other.lsa_barriers != lsa_barriers) {
-        throw_error(ErrorKind::kInvalidArgument, "nccl: the ranks asked for different device collectives (" +
-                                                     std::to_string(window_bytes) + " bytes, " + std::to_string(lsa_barriers) +
-                                                     " barriers on rank " + std::to_string(rank_) + ")");
+        throw_error(ErrorKind::kInvalidArgument,
+                    "nccl: the ranks asked for different device collectives (" + std::to_string(window_bytes) +
+                        " bytes, " + std::to_string(lsa_barriers) + " barriers on rank " + std::to_string(rank_) + ")");
       }
     }
     PDVM_CUDA_CHECK(cudaSetDevice(clique_->devices[rank_]));
-    const size_t bytes = (window_bytes + NCCL_WIN_REQUIRED_ALIGNMENT - 1) / NCCL_WIN_REQUIRED_ALIGNMENT * NCCL_WIN_REQUIRED_ALIGNMENT;
+    constexpr size_t kAlign = NCCL_WIN_REQUIRED_ALIGNMENT;
+    const size_t bytes = (window_bytes + kAlign - 1) / kAlign * kAlign;
     check(lib.mem_alloc(&d.buffer, bytes), "ncclMemAlloc");
     PDVM_CUDA_CHECK(cudaMemset(d.buffer, 0, bytes));
     check(lib.window_register(clique_->comms[rank_], d.buffer, bytes, &d.window, NCCL_WIN_COLL_SYMMETRIC),
@@ -255,9 +259,9 @@ class NcclCommunicator final : public Communicator {
     check(lib.dev_comm_create(clique_->comms[rank_], &requirements, &d.dev_comm), "ncclDevCommCreate");
     d.created = true;
     if (d.dev_comm.lsaSize != size()) {
-      throw_error(ErrorKind::kUnsupported, "nccl: only " + std::to_string(d.dev_comm.lsaSize) + " of " +
-                                               std::to_string(size()) +
-                                               " ranks can load/store each other's memory; in-kernel all-reduce needs all");
+      throw_error(ErrorKind::kUnsupported,
+                  "nccl: only " + std::to_string(d.dev_comm.lsaSize) + " of " + std::to_string(size()) +
+                      " ranks can load/store each other's memory; in-kernel all-reduce needs all");
     }
     PDVM_CUDA_CHECK(cudaMalloc(&d.dev_comm_on_device, sizeof(ncclDevComm)));
     PDVM_CUDA_CHECK(cudaMemcpy(d.dev_comm_on_device, &d.dev_comm, sizeof(ncclDevComm), cudaMemcpyHostToDevice));
