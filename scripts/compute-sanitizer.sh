@@ -1,110 +1,203 @@
 #!/usr/bin/env bash
-# Runs CUDA test binaries under compute-sanitizer (memcheck with leak check, racecheck) on the GPU
-# machine, several lanes side by side (one GPU; the tools are mostly CPU-bound). Each invocation
-# has its own timeout; a lane's log gets the summary lines and the tail of each invocation.
-#   usage: scripts/compute-sanitizer.sh BIN_DIR OUT_DIR [SECONDS_PER_CASE] [SET] [MODEL]
-# SET (default quick):
-#   quick          a few cases per binary of the model, fused-decode, prefill and UPG tests
-#   long           whole tests the quick set cuts short: the unfused synthesized-model test and
-#                  racecheck of the fused GqaQ4/GqaUpg4 models, the tensor-parallel tests under
-#                  both tools, memcheck of the fused session's memory test
-#   kernels        the unfused backend's op and matmul tests (every kernel, in all their shapes)
-#   default-model  the tests that need the default model, at MODEL (a GGUF path)
-# BIN_DIR holds gpu_* test binaries (built with -DPDVM_CUDA=ON) and the shared libraries they
-# need (libfmt, libpcre2-8, libhwy); see docs/testing.md.
+# Runs every CUDA test binary under compute-sanitizer's memcheck (with leak check) and racecheck:
+# one process per test case or shard, spread over the GPUs and the CPU cores (the tools are mostly
+# CPU-bound), longest runs first, all inside one wall-clock budget. Each run keeps its whole log;
+# runs.log gets one line per run (rc, seconds, the tool's summary line) and
+# scripts/sanitizer_report.py writes summary.txt: every report attributed to pdvm's code or to a
+# library (cuBLAS, NCCL), per run and per binary.
+#   usage: scripts/compute-sanitizer.sh BIN_DIR OUT_DIR [--budget S] [--jobs N] [--model GGUF]
+#                                       [--only REGEX] [--list]
+#   BIN_DIR   gpu_* test binaries (-DPDVM_CUDA=ON) and the shared libraries they need (libfmt,
+#             libpcre2-8, libhwy); docs/testing.md says how to build and carry them
+#   --budget  seconds from the start by which every run has ended (default 450): a run gets what
+#             is left of it, and one with less than 30 s left is not started
+#   --jobs    runs at once (default: three quarters of the cores)
+#   --model   also the default-model tests, on this GGUF (no such runs when the file is absent)
+#   --only    only the runs whose name matches this extended regex
+#   --list    print the runs and exit (needs no GPU)
+# GPUs: those in CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists. SANITIZER names the
+# compute-sanitizer to use (a stand-in that runs the test directly checks this script's flow on a
+# machine without a GPU: every run then fails fast).
 set -uo pipefail
-bin=$1
-out=$2
-limit=${3:-150}
-set_name=${4:-quick}
-sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-export PDVM_REQUIRE_GPU=1  # no device must fail, not skip
-export LD_LIBRARY_PATH=$bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-# pdvm opens libnccl.so.2 at run time; without one in the toolkit, take PyTorch's (nvidia-nccl).
-if ! ls /usr/local/cuda/lib64/libnccl.so.2 >/dev/null 2>&1; then
-  wheel=$(python3 -c "import nvidia.nccl; print(list(nvidia.nccl.__path__)[0] + '/lib')" 2>/dev/null || true)
-  if [[ -n "$wheel" ]]; then export LD_LIBRARY_PATH="$wheel:$LD_LIBRARY_PATH"; fi
-fi
-mkdir -p "$out"
+script_dir=$(cd "$(dirname "$0")" && pwd)
+bin=${1:?usage: compute-sanitizer.sh BIN_DIR OUT_DIR [options]}
+out=${2:?usage: compute-sanitizer.sh BIN_DIR OUT_DIR [options]}
+shift 2
+budget=450
+parallel=$(( $(nproc) * 3 / 4 ))
+model=""
+only=""
+list_only=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --budget) budget=$2; shift 2 ;;
+    --jobs) parallel=$2; shift 2 ;;
+    --model) model=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    --list) list_only=1; shift ;;
+    *) echo "compute-sanitizer.sh: unknown option '$1'" >&2; exit 2 ;;
+  esac
+done
+(( parallel >= 1 )) || parallel=1
+bin=$(cd "$bin" && pwd)
+sanitizer=${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 
-layer_cases='AllTypes/FusedLayerTest.MatchesCpuReference/gqa4_hd32_q4_1:AllTypes/FusedLayerTest.MatchesCpuReference/mha_hd64_q8_0:AllTypes/FusedLayerTest.MatchesCpuReference/gqa4_hd128_upg3:AllTypes/FusedLayerTest.MatchesCpuReference/gqa4_hd32_q4_k:FusedLayer.RejectsPositionsPastTheContext'
-model_cases='FusedModel.GqaQ4MatchesReference:FusedModel.MhaQ4_1MatchesReference:FusedModel.GqaQ4KMatchesReference:FusedModel.GqaUpg4MatchesReference'
-
-check() {  # lane tool binary filter
-  local lane=$1 tool=$2 binary=$3 filter=$4 log
-  log=$(mktemp)
-  local extra=()
-  [ "$tool" = memcheck ] && extra=(--leak-check full)
-  local start=$SECONDS
-  timeout -s INT "$limit" "$sanitizer" --tool "$tool" "${extra[@]}" --error-exitcode 9 "$bin/$binary" \
-    --gtest_filter="$filter" >"$log" 2>&1
-  local rc=$?
-  {
-    echo "=== $tool $binary --gtest_filter=$filter: rc=$rc in $((SECONDS - start)) s$([ $rc = 124 ] && echo ' (TIMED OUT)')"
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY|^\[  (PASSED|FAILED|SKIPPED) |^\[       OK|Invalid|Hazard|leaked" "$log" | head -40
-    echo "--- sanitizer reports (first 80 lines)"
-    grep -E "^=========" "$log" | grep -vE "COMPUTE-SANITIZER|SUMMARY" | head -80
-    echo "--- tail"
-    tail -n 15 "$log"
-  } >>"$out/$lane.log"
-  rm -f "$log"
+# The runs: name|tool|binary|gtest filter|shards ("each": one run per test case)|PDVM_TEST_MAX_STEPS
+# |GPUs (1, or all: the tensor-parallel tests, rotated so each run starts on another GPU)|expected
+# seconds (only orders the runs). Step caps keep racecheck runs of the fused kernels (~100x slower
+# per launch) within the budget; docs/testing.md says what each cap keeps covered.
+plan() {
+  cat <<'EOF'
+mc_ops|memcheck|gpu_cuda_ops_test|*|1||1|60
+mc_matmul|memcheck|gpu_cuda_matmul_test|*|each||1|60
+mc_prefill_attention|memcheck|gpu_cuda_prefill_attention_test|*|1||1|40
+mc_cuda_model|memcheck|gpu_cuda_model_test|FamiliesAndTypes/*|each||1|90
+mc_upg|memcheck|gpu_upg_cuda_test|*|each||1|40
+mc_layer|memcheck|gpu_pdvm_layer_test|AllTypes/*|4||1|60
+mc_layer_long|memcheck|gpu_pdvm_layer_test|-AllTypes/*|1||1|150
+mc_model|memcheck|gpu_pdvm_model_test|*|each||1|60
+mc_session|memcheck|gpu_pdvm_session_test|*|each||1|60
+mc_prompts|memcheck|gpu_pdvm_fused_prompts_test|*|each|64|1|150
+mc_memory|memcheck|gpu_pdvm_session_memory_test|*|1||1|60
+mc_fused_tp|memcheck|gpu_pdvm_tensor_parallel_test|*|each||all|120
+mc_tp|memcheck|gpu_tensor_parallel_cuda_test|*|each||all|150
+rc_ops|racecheck|gpu_cuda_ops_test|-CudaBandwidth.*|1||1|90
+rc_matmul|racecheck|gpu_cuda_matmul_test|*|each||1|120
+rc_prefill_attention|racecheck|gpu_cuda_prefill_attention_test|*|1||1|90
+rc_cuda_model|racecheck|gpu_cuda_model_test|FamiliesAndTypes/*|each||1|200
+rc_upg|racecheck|gpu_upg_cuda_test|*|each||1|90
+rc_layer|racecheck|gpu_pdvm_layer_test|AllTypes/*|12||1|150
+rc_layer_long|racecheck|gpu_pdvm_layer_test|-AllTypes/*|1|320|1|250
+rc_model|racecheck|gpu_pdvm_model_test|*|each|32|1|250
+rc_session|racecheck|gpu_pdvm_session_test|*|each|16|1|150
+rc_prompts|racecheck|gpu_pdvm_fused_prompts_test|*|each|4|1|300
+rc_memory|racecheck|gpu_pdvm_session_memory_test|*|1||1|90
+rc_fused_tp|racecheck|gpu_pdvm_tensor_parallel_test|*|each|16|all|200
+rc_tp|racecheck|gpu_tensor_parallel_cuda_test|*|each|16|all|250
+EOF
+  if [[ -n $model && -f $model ]]; then
+    cat <<'EOF'
+mc_default_unfused|memcheck|gpu_cuda_model_test|CudaModel.DefaultModel*|1||1|200
+mc_default_fused|memcheck|gpu_pdvm_default_model_test|*|1|64|1|300
+rc_default_unfused|racecheck|gpu_cuda_model_test|CudaModel.DefaultModel*|1|16|1|300
+rc_default_fused|racecheck|gpu_pdvm_default_model_test|*|1|8|1|300
+EOF
+  fi
 }
 
-case $set_name in
-  quick)
-    lane_a() {
-      check memcheck_a memcheck gpu_pdvm_model_test "$model_cases"
-      check memcheck_a memcheck gpu_pdvm_layer_test "$layer_cases"
-    }
-    lane_b() {
-      check memcheck_b memcheck gpu_cuda_model_test 'CudaModel.SynthesizedModelsMatchTheReference'
-      check memcheck_b memcheck gpu_pdvm_session_test 'FusedSessionTest.FusedModesMatchTheUnfusedBackend'
-      check memcheck_b memcheck gpu_cuda_prefill_attention_test '*'
-      check memcheck_b memcheck gpu_upg_cuda_test 'UpgCuda.MatmulAndGetRowsMatchTheReferenceDecompressor'
-    }
-    lane_c() {
-      check racecheck racecheck gpu_pdvm_layer_test "$layer_cases"
-      check racecheck racecheck gpu_pdvm_model_test 'FusedModel.GqaQ4MatchesReference:FusedModel.GqaUpg4MatchesReference'
-      check racecheck racecheck gpu_cuda_prefill_attention_test '*'
-      check racecheck racecheck gpu_cuda_model_test 'CudaModel.SynthesizedModelsMatchTheReference'
-    }
-    lane_a & lane_b & lane_c &
-    ;;
-  long)
-    check memcheck_model memcheck gpu_cuda_model_test 'CudaModel.SynthesizedModelsMatchTheReference' &
-    check racecheck_model racecheck gpu_cuda_model_test 'CudaModel.SynthesizedModelsMatchTheReference' &
-    check racecheck_q4 racecheck gpu_pdvm_model_test 'FusedModel.GqaQ4MatchesReference' &
-    check racecheck_upg4 racecheck gpu_pdvm_model_test 'FusedModel.GqaUpg4MatchesReference' &
-    check memcheck_tp memcheck gpu_tensor_parallel_cuda_test '*' &
-    check racecheck_tp racecheck gpu_tensor_parallel_cuda_test '*' &
-    check memcheck_memory memcheck gpu_pdvm_session_memory_test '*' &
-    ;;
-  kernels)
-    # The bandwidth probe's rate check fails under racecheck's slowdown, not a finding.
-    lane_memcheck() {
-      check memcheck_kernels memcheck gpu_cuda_matmul_test '*'
-      check memcheck_kernels memcheck gpu_cuda_ops_test '*'
-    }
-    lane_racecheck() {
-      check racecheck_kernels racecheck gpu_cuda_matmul_test '*'
-      check racecheck_kernels racecheck gpu_cuda_ops_test '-CudaBandwidth.*'
-    }
-    lane_memcheck & lane_racecheck &
-    ;;
-  default-model)
-    export PDVM_MODEL=${5:?default-model needs the model path}
-    [ -f "$PDVM_MODEL" ] || { echo "no model at $PDVM_MODEL" >&2; exit 2; }
-    # No racecheck of the unfused test: on this model it reports hazards inside cuBLAS's own
-    # GEMM kernels (nvjet_*), which pdvm cannot change (docs/testing.md); the fused test's
-    # racecheck covers pdvm's kernels on the model.
-    check memcheck_unfused memcheck gpu_cuda_model_test 'CudaModel.DefaultModelGreedyOutputMatchesTheReference' &
-    check memcheck_fused memcheck gpu_pdvm_default_model_test '*' &
-    check racecheck_fused racecheck gpu_pdvm_default_model_test '*' &
-    ;;
-  *)
-    echo "unknown set '$set_name' (quick, long, kernels, default-model)" >&2
-    exit 2
-    ;;
-esac
+# The test cases of a binary that a filter selects (gtest's listing needs no GPU).
+list_cases() {  # binary filter
+  "$bin/$1" --gtest_list_tests --gtest_filter="$2" 2>/dev/null | awk '
+    /^[^ ]/ { suite = $1; next }
+    /^  [^ ]/ { print suite $1 }'
+}
+
+# Expands the plan to one line per process: name|tool|binary|filter|shard/total|steps|gpus|weight.
+expand_plan() {
+  local name tool binary filter shards steps gpus weight case k
+  while IFS='|' read -r name tool binary filter shards steps gpus weight; do
+    if [[ ! -x $bin/$binary ]]; then
+      echo "$name|$tool|$binary|$filter|missing|$steps|$gpus|$weight"
+    elif [[ $shards == each ]]; then
+      while read -r case; do  # named by test and parameter: Prefix/Suite.Test/param -> Test.param
+        local short=${case#*/}
+        short=${short#*.}
+        echo "$name.${short//\//.}|$tool|$binary|$case||$steps|$gpus|$weight"
+      done < <(list_cases "$binary" "$filter")
+    elif (( shards > 1 )); then
+      for ((k = 0; k < shards; k++)); do echo "$name.$k|$tool|$binary|$filter|$k/$shards|$steps|$gpus|$weight"; done
+    else
+      echo "$name|$tool|$binary|$filter||$steps|$gpus|$weight"
+    fi
+  done < <(plan) | { if [[ -n $only ]]; then grep -E "^[^|]*($only)[^|]*\|"; else cat; fi; } | sort -t'|' -k8,8nr -s
+}
+
+if (( list_only )); then
+  expand_plan | column -t -s'|'
+  exit 0
+fi
+
+# libnccl.so.2 is opened at run time: a 2.28 release from 2.28.9 on first (the in-kernel
+# all-reduce needs that series), else the newest of the toolkit's and PyTorch's (nvidia-nccl).
+nccl_version() {  # dir: the ncclGetVersion of its libnccl.so.2, or 0
+  python3 -c "
+import ctypes
+try:
+    lib = ctypes.CDLL('$1/libnccl.so.2'); v = ctypes.c_int(); lib.ncclGetVersion(ctypes.byref(v)); print(v.value)
+except OSError:
+    print(0)" 2>/dev/null || echo 0
+}
+nccl_dir=""
+nccl_best=0
+nccl_fits=0
+nccl_wheel=$(python3 -c "import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], 'lib'))" 2>/dev/null)
+for d in /usr/local/cuda/lib64 /usr/local/cuda/lib $nccl_wheel; do
+  [[ -e $d/libnccl.so.2 ]] || continue
+  v=$(nccl_version "$d")
+  fits=$(( v >= 22809 && v < 22900 ))
+  if (( fits > nccl_fits || (fits == nccl_fits && v > nccl_best) )); then nccl_dir=$d; nccl_best=$v; nccl_fits=$fits; fi
+done
+echo "libnccl: ${nccl_dir:-none found} (version $nccl_best)"
+export LD_LIBRARY_PATH=$bin${nccl_dir:+:$nccl_dir}:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PDVM_REQUIRE_GPU=1  # no device must fail, not skip
+[[ -n $model ]] && export PDVM_MODEL=$model
+
+if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
+  IFS=',' read -r -a gpus <<<"$CUDA_VISIBLE_DEVICES"
+else
+  mapfile -t gpus < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null)
+fi
+(( ${#gpus[@]} > 0 )) || gpus=(0)
+# Many sanitizer processes at once: give each its own range of ports to reach its target with.
+port_option=0
+timeout 30 "$sanitizer" --help 2>&1 | grep -q -- '--base-port' && port_option=1
+
+mkdir -p "$out/logs"
+: >"$out/runs.log"
+expand_plan >"$out/plan.txt"
+echo "$(wc -l <"$out/plan.txt") runs, $parallel at once, GPUs ${gpus[*]}, budget $budget s, $(timeout 30 "$sanitizer" --version 2>&1 | grep -m1 -i version)"
+
+start=$SECONDS
+run_one() {  # index, then the fields of a plan line
+  local index=$1 name=$2 tool=$3 binary=$4 filter=$5 shard=$6 steps=$7 gpu_count=$8 seconds=$9
+  local log=$out/logs/$name.log n=${#gpus[@]} visible args=() env=() rc t0=$SECONDS
+  if [[ $gpu_count == all ]]; then
+    visible=$(for ((g = 0; g < n; g++)); do echo -n "${gpus[(index + g) % n]},"; done)
+    visible=${visible%,}
+  else
+    visible=${gpus[index % n]}
+  fi
+  [[ $tool == memcheck ]] && args+=(--leak-check full)
+  (( port_option )) && args+=(--base-port $((20000 + 10 * index)) --max-connections 10)
+  [[ -n $steps ]] && env+=(PDVM_TEST_MAX_STEPS=$steps)
+  [[ -n $shard ]] && env+=(GTEST_TOTAL_SHARDS=${shard#*/} GTEST_SHARD_INDEX=${shard%/*})
+  {
+    echo "# $tool $binary --gtest_filter=$filter ${shard:+shard $shard }${steps:+max steps $steps }GPUs $visible limit $seconds s"
+    env CUDA_VISIBLE_DEVICES="$visible" "${env[@]}" timeout -k 20 -s INT "$seconds" \
+      "$sanitizer" --tool "$tool" "${args[@]}" --error-exitcode 9 "$bin/$binary" --gtest_filter="$filter"
+  } >"$log" 2>&1
+  rc=$?
+  echo "# rc=$rc seconds=$((SECONDS - t0))" >>"$log"
+  local summary
+  summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1 | sed 's/^=* *//')
+  printf '%-48s rc=%-3s %4d s  %s\n' "$name" "$rc" $((SECONDS - t0)) "${summary:-no sanitizer summary}" >>"$out/runs.log"
+}
+
+index=0
+while IFS='|' read -r name tool binary filter shard steps gpu_count weight; do
+  if [[ $shard == missing ]]; then
+    printf '%-48s not run: %s is not in %s\n' "$name" "$binary" "$bin" >>"$out/runs.log"
+    continue
+  fi
+  while (( $(jobs -rp | wc -l) >= parallel )); do wait -n; done
+  left=$(( budget - (SECONDS - start) ))
+  if (( left < 30 )); then
+    printf '%-48s not started: %d s of the budget left\n' "$name" "$left" >>"$out/runs.log"
+    continue
+  fi
+  run_one "$index" "$name" "$tool" "$binary" "$filter" "$shard" "$steps" "$gpu_count" "$left" </dev/null &
+  index=$((index + 1))
+done <"$out/plan.txt"
 wait
-grep -h "^===" "$out"/*.log
+echo "all runs ended after $((SECONDS - start)) s"
+python3 "$script_dir/sanitizer_report.py" "$out" || cat "$out/runs.log"

@@ -1,8 +1,8 @@
 // Whole models on the CUDA backend against the CPU reference backend: synthesized models of
 // several shape families (GQA or not, tied head or not, head_dim 64 and 128) and weight
-// types; logits of batched prefill and of decode steps within stated tolerances, 64 greedy
-// tokens identical (near-ties allowed where decode uses int8 activations: Q8_0, Q4_0); and
-// the default model's greedy continuation identical.
+// types, one test case each; logits of batched prefill and of decode steps within stated
+// tolerances, 64 greedy tokens identical (near-ties allowed where decode uses int8
+// activations: Q8_0, Q4_0); and the default model's greedy continuation identical.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -93,64 +93,78 @@ double rms(std::span<const float> v) {
   return std::sqrt(squares / static_cast<double>(v.size()));
 }
 
-TEST(CudaModel, SynthesizedModelsMatchTheReference) {
+// One case per family and weight type, so a compute-sanitizer run can spread them over processes.
+class CudaSynthesizedModel : public ::testing::TestWithParam<std::tuple<int, TensorType>> {};
+
+TEST_P(CudaSynthesizedModel, MatchesTheReference) {
   PDVM_CUDA_BACKEND_OR_SKIP(probe);
-  for (const Family& family : kFamilies) {
-    for (TensorType type : {TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1}) {
-      const auto path = synth_model(family, type);
-      const std::string what = family.name + " " + std::string(type_name(type));
-      Session ref = open(path, "cpu-ref", TensorType::kF32);
-      const std::vector<int32_t> prompt = random_prompt(21, family.n_vocab);
+  const Family& family = kFamilies[std::get<0>(GetParam())];
+  const TensorType type = std::get<1>(GetParam());
+  const auto path = synth_model(family, type);
+  const std::string what = family.name + " " + std::string(type_name(type));
+  Session ref = open(path, "cpu-ref", TensorType::kF32);
+  const std::vector<int32_t> prompt = random_prompt(21, family.n_vocab);
 
-      // Batched prefill (GEMM path), every token's logits.
-      Session gpu = open(path, "cuda", TensorType::kF32);
-      const std::span<const float> ref_all = ref.prefill_all(prompt);
-      const std::vector<float> want_all(ref_all.begin(), ref_all.end());
-      ref.reset();
-      const std::span<const float> got_all = gpu.prefill_all(prompt);
-      const size_t vocab = static_cast<size_t>(family.n_vocab);
-      for (size_t t = 0; t < prompt.size(); ++t) {
-        EXPECT_LT(relative_l2(got_all.subspan(t * vocab, vocab), std::span(want_all).subspan(t * vocab, vocab)),
-                  kPrefillTol)
-            << what << " prefill token " << t;
-      }
+  // Batched prefill (GEMM path), every token's logits.
+  Session gpu = open(path, "cuda", TensorType::kF32);
+  const std::span<const float> ref_all = ref.prefill_all(prompt);
+  const std::vector<float> want_all(ref_all.begin(), ref_all.end());
+  ref.reset();
+  const std::span<const float> got_all = gpu.prefill_all(prompt);
+  const size_t vocab = static_cast<size_t>(family.n_vocab);
+  for (size_t t = 0; t < prompt.size(); ++t) {
+    EXPECT_LT(relative_l2(got_all.subspan(t * vocab, vocab), std::span(want_all).subspan(t * vocab, vocab)),
+              kPrefillTol)
+        << what << " prefill token " << t;
+  }
 
-      // Decode steps (recorded graph path), for each KV cache type.
-      for (auto [kv, tol] : {std::pair{TensorType::kF32, kDecodeTolF32Kv}, {TensorType::kF16, kDecodeTolF16Kv},
-                             {TensorType::kQ8_0, kDecodeTolQ8Kv}}) {
-        Session g = open(path, "cuda", kv);
-        ref.reset();
-        g.reset();
-        for (size_t t = 0; t < prompt.size(); ++t) {
-          const std::span<const float> want = ref.decode(prompt[t]);
-          const std::vector<float> want_copy(want.begin(), want.end());
-          const double err = relative_l2(g.decode(prompt[t]), want_copy);
-          EXPECT_LT(err, int8_activations(type, 1) ? std::max(tol, kDecodeTolInt8) : tol)
-              << what << " kv " << type_name(kv) << " decode step " << t;
-        }
-      }
-
-      // 64 greedy tokens from a one-token prompt: the decode path end to end. With int8
-      // activations a near-tie may go either way: the reference follows the device's tokens,
-      // and each must be the reference's argmax or within the int8 tolerance of it.
-      ref.reset();
-      Session g = open(path, "cuda", TensorType::kF32);
-      const std::vector<int32_t> got_tokens = g.generate_greedy(std::span(prompt).first(1), 64);
-      if (!int8_activations(type, 1)) {
-        EXPECT_EQ(got_tokens, ref.generate_greedy(std::span(prompt).first(1), 64)) << what;
-      } else {
-        std::span<const float> logits = ref.prefill(std::span(prompt).first(1));
-        for (size_t i = 0; i < got_tokens.size(); ++i) {
-          const float best = *std::max_element(logits.begin(), logits.end());
-          EXPECT_GE(logits[static_cast<size_t>(got_tokens[i])], best - 4 * kDecodeTolInt8 * rms(logits))
-              << what << " greedy step " << i;
-          if (i + 1 < got_tokens.size()) logits = ref.decode(got_tokens[i]);
-        }
-      }
-      std::filesystem::remove(path);
+  // Decode steps (recorded graph path), for each KV cache type.
+  const size_t n_decode = static_cast<size_t>(decode_steps(static_cast<int>(prompt.size())));
+  for (auto [kv, tol] : {std::pair{TensorType::kF32, kDecodeTolF32Kv}, {TensorType::kF16, kDecodeTolF16Kv},
+                         {TensorType::kQ8_0, kDecodeTolQ8Kv}}) {
+    Session g = open(path, "cuda", kv);
+    ref.reset();
+    g.reset();
+    for (size_t t = 0; t < n_decode; ++t) {
+      const std::span<const float> want = ref.decode(prompt[t]);
+      const std::vector<float> want_copy(want.begin(), want.end());
+      const double err = relative_l2(g.decode(prompt[t]), want_copy);
+      EXPECT_LT(err, int8_activations(type, 1) ? std::max(tol, kDecodeTolInt8) : tol)
+          << what << " kv " << type_name(kv) << " decode step " << t;
     }
   }
+
+  // 64 greedy tokens from a one-token prompt: the decode path end to end. With int8
+  // activations a near-tie may go either way: the reference follows the device's tokens,
+  // and each must be the reference's argmax or within the int8 tolerance of it.
+  ref.reset();
+  Session g = open(path, "cuda", TensorType::kF32);
+  const int n_greedy = decode_steps(64);
+  const std::vector<int32_t> got_tokens = g.generate_greedy(std::span(prompt).first(1), n_greedy);
+  if (!int8_activations(type, 1)) {
+    EXPECT_EQ(got_tokens, ref.generate_greedy(std::span(prompt).first(1), n_greedy)) << what;
+  } else {
+    std::span<const float> logits = ref.prefill(std::span(prompt).first(1));
+    for (size_t i = 0; i < got_tokens.size(); ++i) {
+      const float best = *std::max_element(logits.begin(), logits.end());
+      EXPECT_GE(logits[static_cast<size_t>(got_tokens[i])], best - 4 * kDecodeTolInt8 * rms(logits))
+          << what << " greedy step " << i;
+      if (i + 1 < got_tokens.size()) logits = ref.decode(got_tokens[i]);
+    }
+  }
+  std::filesystem::remove(path);
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    FamiliesAndTypes, CudaSynthesizedModel,
+    ::testing::Combine(::testing::Range(0, static_cast<int>(std::size(kFamilies))),
+                       ::testing::Values(TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1)),
+    [](const auto& test_info) {
+      std::string name = kFamilies[std::get<0>(test_info.param)].name + "_" +
+                         std::string(type_name(std::get<1>(test_info.param)));
+      std::replace(name.begin(), name.end(), '-', '_');
+      return name;
+    });
 
 TEST(CudaModel, DefaultModelGreedyOutputMatchesTheReference) {
   if (!require_default_model()) GTEST_SKIP() << "default model absent";

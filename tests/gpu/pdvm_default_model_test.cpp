@@ -1,5 +1,5 @@
 // The PDVM fused decoder on the real default model (SmolLM2-135M Q4_1) through the engine
-// Session: 128 greedy steps in the default mode (token, prompts batched on the backend), layer
+// Session: 128 greedy steps (test::decode_steps) in the default mode (token, prompts batched on the backend), layer
 // mode and token mode with stepwise prompts, against the unfused CUDA backend and the CPU
 // backend: identical tokens for all 128 steps, logits within tolerance along the way, and the
 // fused run teacher-forced through the unfused backend agreeing on every argmax. PDVM_MODEL
@@ -20,7 +20,7 @@
 namespace pdvm::test {
 namespace {
 
-constexpr int kSteps = 128;
+const int kSteps = decode_steps(128);
 // A model with Q4_1 matrices multiplies float activations in the fused kernels (pdvm_fused.h):
 // with int8 ones its logits were up to 0.115 relative off and greedy parted at step 2. Float
 // activations leave summation order and f16 KV rounding (fused stepwise vs cpu: 2.3e-3 on the
@@ -30,7 +30,7 @@ constexpr int kSteps = 128;
 constexpr double kFusedLogitsTolerance = 1e-2;
 constexpr double kUnfusedCudaLogitsTolerance = 5e-2;
 constexpr double kNearTieFraction = 0.1;  // of the logits' RMS
-constexpr int kMinArgmaxAgreement = kSteps;
+const int kMinArgmaxAgreement = kSteps;
 
 struct GreedyRun {
   std::vector<int32_t> tokens;

@@ -106,7 +106,7 @@ TEST(FusedPrompts, BatchedPromptsAndFusedStepsFollowTheUnfusedBackend) {
       ASSERT_EQ(fused.gpu_mode(), mode);
       ASSERT_TRUE(fused.fused_batched_prompts());
       unfused.reset();
-      const Worst worst = follow(fused, unfused, vocab, 96, 24, 50);
+      const Worst worst = follow(fused, unfused, vocab, 96, decode_steps(24), 50);
       std::printf("  %s %s %s: worst relative logits error, first prompt %.2e, fused steps and later prompts %.2e\n",
                   c.shape, std::string(type_name(c.type)).c_str(), mode, worst.first_prompt, worst.step);
       EXPECT_LT(worst.first_prompt, 1e-6);  // the same backend computes both
@@ -131,7 +131,7 @@ TEST(FusedPrompts, StepwisePromptsAndTheDefaultMode) {
   EXPECT_TRUE(automatic.fused_batched_prompts());
   Session stepwise(options_for(path, "token", 512, false));
   EXPECT_FALSE(stepwise.fused_batched_prompts());
-  const Worst worst = follow(stepwise, automatic, automatic.n_vocab(), 64, 16, 40);
+  const Worst worst = follow(stepwise, automatic, automatic.n_vocab(), 64, decode_steps(16), 40);
   std::printf("  stepwise vs batched prompts (q4_1, float activations): first prompt %.2e, the rest %.2e\n",
               worst.first_prompt, worst.step);
   // Batched prompts multiply f16 operands on the tensor cores (~1e-3, docs/cuda-backend.md).
@@ -190,18 +190,21 @@ TEST(FusedPrompts, LongContextAndRepeatedRuns) {
   const std::vector<int32_t> prompt = random_tokens(3968, fused.n_vocab());
   EXPECT_LT(relative_error(copy(fused.prefill(prompt)), copy(unfused.prefill(prompt))), 1e-6);
   double worst = 0;
-  for (int i = 0; i < 127; ++i) {
+  const int steps = decode_steps(127);
+  for (int i = 0; i < steps; ++i) {
     const int32_t next = unfused.last_argmax();
     const std::vector<float> want = copy(unfused.decode(next));
     worst = std::max(worst, relative_error(copy(fused.decode(next)), want));
   }
-  EXPECT_EQ(fused.n_past(), 4095);
+  EXPECT_EQ(fused.n_past(), 3968 + steps);
   std::printf("  4k context: worst relative logits error of the fused steps %.2e\n", worst);
   EXPECT_LT(worst, 2e-3);
 
   const std::vector<int32_t> short_prompt(prompt.begin(), prompt.begin() + 20);
   std::vector<std::vector<int32_t>> runs;
-  for (int run = 0; run < 2; ++run) runs.push_back(Session(options_for(path, "auto", 512)).generate_greedy(short_prompt, 128));
+  for (int run = 0; run < 2; ++run) {
+    runs.push_back(Session(options_for(path, "auto", 512)).generate_greedy(short_prompt, decode_steps(128)));
+  }
   EXPECT_EQ(runs[0], runs[1]);
   fs::remove(path);
 }

@@ -1,6 +1,6 @@
 // Whole-model fused decode (layer mode and the one-launch-per-token megakernel) on small random
-// llama models written as GGUF: logits against the CPU reference, greedy tokens for 128 steps,
-// both modes bit-identical, and repeated runs deterministic.
+// llama models written as GGUF: logits against the CPU reference, greedy tokens for 128 steps
+// (test::decode_steps), both modes bit-identical, and repeated runs deterministic.
 #include <gtest/gtest.h>
 
 #include "pdvm/gguf.h"
@@ -55,7 +55,8 @@ void check_against_reference(const FusedConfig& config, TensorType type, bool ti
   const int start = token;
   std::vector<int> layer_tokens;
   double worst = 0;
-  for (int pos = 0; pos < 128; ++pos) {
+  const int steps = test::decode_steps(128);
+  for (int pos = 0; pos < steps; ++pos) {
     const int next = decoder.execute_model(token, pos, FusedMode::kLayer);
     const std::vector<float> logits = decoder.logits();
     const std::vector<float> expected = ref.forward(token, pos);
@@ -68,15 +69,15 @@ void check_against_reference(const FusedConfig& config, TensorType type, bool ti
     layer_tokens.push_back(next);
     token = next;
   }
-  std::printf("  worst relative logits error over 128 steps: %.2e\n", worst);
+  std::printf("  worst relative logits error over %d steps: %.2e\n", steps, worst);
 
   // The megakernel computes the same sums in the same order: identical tokens and logits.
   const std::vector<float> last_layer_logits = decoder.logits();
-  const std::vector<int> token_tokens = decoder.generate(start, 0, 128, FusedMode::kToken);
+  const std::vector<int> token_tokens = decoder.generate(start, 0, steps, FusedMode::kToken);
   EXPECT_EQ(token_tokens, layer_tokens);
   EXPECT_EQ(decoder.logits(), last_layer_logits);
   // Device-side feedback in layer mode (CUDA graph) gives the same tokens again.
-  EXPECT_EQ(decoder.generate(start, 0, 128, FusedMode::kLayer), layer_tokens);
+  EXPECT_EQ(decoder.generate(start, 0, steps, FusedMode::kLayer), layer_tokens);
 }
 
 TEST(FusedModel, GqaF16MatchesReference) { check_against_reference(small_config(8, 2), TensorType::kF16, true); }
@@ -113,13 +114,14 @@ TEST(FusedModel, RepeatedRunsAreIdentical) {
   FusedConfig config = small_config(8, 2);
   config.n_ctx = 600;
   auto decoder = FusedDecoder::synthesize(config, TensorType::kF16, test::rng()());
-  const std::vector<int> first = decoder->generate(3, 0, 512, FusedMode::kToken);
+  const int steps = test::decode_steps(512);
+  const std::vector<int> first = decoder->generate(3, 0, steps, FusedMode::kToken);
   const std::vector<float> first_logits = decoder->logits();
   for (int run = 0; run < 3; ++run) {
-    EXPECT_EQ(decoder->generate(3, 0, 512, FusedMode::kToken), first) << "run " << run;
+    EXPECT_EQ(decoder->generate(3, 0, steps, FusedMode::kToken), first) << "run " << run;
     EXPECT_EQ(decoder->logits(), first_logits) << "run " << run;
   }
-  EXPECT_EQ(decoder->generate(3, 0, 512, FusedMode::kLayer), first);
+  EXPECT_EQ(decoder->generate(3, 0, steps, FusedMode::kLayer), first);
 }
 
 TEST(FusedModel, SynthesizedLargeShapeRuns) {
@@ -138,8 +140,8 @@ TEST(FusedModel, SynthesizedLargeShapeRuns) {
   for (TensorType type :
        {TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1, TensorType::kUpg4}) {
     auto decoder = FusedDecoder::synthesize(c, type, 7);
-    const std::vector<int> a = decoder->generate(1, 0, 64, FusedMode::kToken);
-    const std::vector<int> b = decoder->generate(1, 0, 64, FusedMode::kLayer);
+    const std::vector<int> a = decoder->generate(1, 0, test::decode_steps(64), FusedMode::kToken);
+    const std::vector<int> b = decoder->generate(1, 0, test::decode_steps(64), FusedMode::kLayer);
     EXPECT_EQ(a, b) << type_name(type);
     for (float v : decoder->logits()) ASSERT_TRUE(std::isfinite(v));
   }

@@ -43,6 +43,22 @@ std::mt19937_64& rng() {
   return generator;
 }
 
+int decode_steps(int n) {
+  static const int cap = [] {
+    const char* env = std::getenv("PDVM_TEST_MAX_STEPS");
+    if (!env) return 0;
+    char* end = nullptr;
+    const long value = std::strtol(env, &end, 10);
+    if (end == env || *end != '\0' || value < 1 || value > 1'000'000) {
+      std::fprintf(stderr, "[pdvm test] PDVM_TEST_MAX_STEPS='%s' is not a step count from 1 to 1000000\n", env);
+      std::abort();
+    }
+    std::fprintf(stderr, "[pdvm test] decode steps capped at %ld (PDVM_TEST_MAX_STEPS)\n", value);
+    return static_cast<int>(value);
+  }();
+  return cap > 0 ? std::min(n, cap) : n;
+}
+
 std::vector<float> random_floats(size_t n, float stddev) {
   std::normal_distribution<float> dist(0.0f, stddev);
   std::vector<float> out(n);

@@ -26,6 +26,11 @@ bool require_default_model();
 std::mt19937_64& rng();
 std::vector<float> random_floats(size_t n, float stddev = 1.0f);
 
+// How many decode steps (positions) a GPU test runs: `n`, or PDVM_TEST_MAX_STEPS if that is
+// smaller. compute-sanitizer's racecheck makes each fused kernel launch ~100x slower; the
+// sanitizer script caps the steps so whole test binaries finish (docs/testing.md).
+int decode_steps(int n);
+
 // A tensor's values as floats (the reference dequantization of its type).
 std::vector<float> dequantized(const GgufTensor& t);
 
