@@ -146,6 +146,11 @@ def main():
         rows.append("  %s | %s | %d runs (%s) | %s" % (owner, kind, len(entry["runs"]),
                                                        ", ".join(sorted(entry["runs"])[:3]), entry["where"][:100]))
         rows.extend("      " + line for line in entry["example"][:12])
+    runs_log = out / "runs.log"
+    if runs_log.exists():
+        rows.append("")
+        rows.append("runs.log:")
+        rows.extend(runs_log.read_text().splitlines())
     (out / "summary.txt").write_text("\n".join(rows) + "\n")
 
     print("%-34s %-9s %5s %6s %5s %5s %5s %6s %8s" % ("binary", "tool", "runs", "clean", "cut", "pass", "fail",
@@ -170,6 +175,12 @@ def main():
                                             " [" + owners + "]" if owners else ""))
     if len(others) > 60:
         print("  ... %d more in summary.txt" % (len(others) - 60))
+    runs_log = out / "runs.log"
+    unrun = [line.strip() for line in runs_log.read_text().splitlines() if " not " in line] if runs_log.exists() else []
+    if unrun:
+        print("\n%d runs not started:" % len(unrun))
+        for line in unrun[:20]:
+            print("  " + re.sub(r"\s+", " ", line))
     print("\nDistinct reports: %d (summary.txt lists each with an example)" % len(distinct))
     for (owner, kind), entry in list(distinct.items())[:25]:
         print("  %-8s %-70s %3d runs %s" % (owner[:8], kind[:70], len(entry["runs"]), entry["where"][:60]))
