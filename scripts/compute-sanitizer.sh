@@ -43,9 +43,10 @@ bin=$(cd "$bin" && pwd)
 sanitizer=${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 
 # The runs: name|tool|binary|gtest filter|shards ("each": one run per test case)|PDVM_TEST_MAX_STEPS
-# |GPUs (1, or all: the tensor-parallel tests, rotated so each run starts on another GPU)|expected
-# seconds (only orders the runs). Step caps keep racecheck runs of the fused kernels (~100x slower
-# per launch) within the budget; docs/testing.md says what each cap keeps covered.
+# |GPUs (1, or all: the tensor-parallel tests, the least loaded first)|expected seconds (orders the
+# runs and balances the GPUs). Racecheck tracks every shared-memory access on the GPU (~0.3 s a
+# fused layer launch): its runs cap the decode steps and leave out the tests whose stepwise prompts
+# or 1B shape run thousands of fused layers; docs/testing.md says what stays covered.
 plan() {
   cat <<'EOF'
 mc_ops|memcheck|gpu_cuda_ops_test|*|1||1|60
@@ -55,7 +56,8 @@ mc_cuda_model|memcheck|gpu_cuda_model_test|FamiliesAndTypes/*|each||1|90
 mc_upg|memcheck|gpu_upg_cuda_test|*|each||1|40
 mc_layer|memcheck|gpu_pdvm_layer_test|AllTypes/*|4||1|60
 mc_layer_long|memcheck|gpu_pdvm_layer_test|-AllTypes/*|1||1|150
-mc_model|memcheck|gpu_pdvm_model_test|*|each||1|60
+mc_model|memcheck|gpu_pdvm_model_test|-FusedModel.SynthesizedLargeShapeRuns|each||1|60
+mc_model_large|memcheck|gpu_pdvm_model_test|FusedModel.SynthesizedLargeShapeRuns|1|8|1|150
 mc_session|memcheck|gpu_pdvm_session_test|*|each||1|60
 mc_prompts|memcheck|gpu_pdvm_fused_prompts_test|*|each|64|1|150
 mc_memory|memcheck|gpu_pdvm_session_memory_test|*|1||1|60
@@ -64,23 +66,21 @@ mc_tp|memcheck|gpu_tensor_parallel_cuda_test|*|each||all|150
 rc_ops|racecheck|gpu_cuda_ops_test|-CudaBandwidth.*|1||1|90
 rc_matmul|racecheck|gpu_cuda_matmul_test|*|each||1|120
 rc_prefill_attention|racecheck|gpu_cuda_prefill_attention_test|*|1||1|90
-rc_cuda_model|racecheck|gpu_cuda_model_test|FamiliesAndTypes/*|each||1|200
+rc_cuda_model|racecheck|gpu_cuda_model_test|FamiliesAndTypes/*|each|8|1|150
 rc_upg|racecheck|gpu_upg_cuda_test|*|each||1|90
-rc_layer|racecheck|gpu_pdvm_layer_test|AllTypes/*|12||1|150
-rc_layer_long|racecheck|gpu_pdvm_layer_test|-AllTypes/*|1|320|1|250
-rc_model|racecheck|gpu_pdvm_model_test|*|each|32|1|250
-rc_session|racecheck|gpu_pdvm_session_test|*|each|16|1|150
-rc_prompts|racecheck|gpu_pdvm_fused_prompts_test|*|each|4|1|300
-rc_memory|racecheck|gpu_pdvm_session_memory_test|*|1||1|90
-rc_fused_tp|racecheck|gpu_pdvm_tensor_parallel_test|*|each|16|all|200
-rc_tp|racecheck|gpu_tensor_parallel_cuda_test|*|each|16|all|250
+rc_layer|racecheck|gpu_pdvm_layer_test|AllTypes/*|12|24|1|150
+rc_layer_long|racecheck|gpu_pdvm_layer_test|-AllTypes/*|1|160|1|200
+rc_model|racecheck|gpu_pdvm_model_test|-FusedModel.SynthesizedLargeShapeRuns|each|8|1|200
+rc_session|racecheck|gpu_pdvm_session_test|*|each|8|1|120
+rc_prompts|racecheck|gpu_pdvm_fused_prompts_test|FusedPrompts.DefaultMode*:FusedPrompts.LongContext*|each|1|1|250
+rc_fused_tp|racecheck|gpu_pdvm_tensor_parallel_test|*|each|8|all|150
+rc_tp|racecheck|gpu_tensor_parallel_cuda_test|*|each||all|200
 EOF
   if [[ -n $model && -f $model ]]; then
     cat <<'EOF'
 mc_default_unfused|memcheck|gpu_cuda_model_test|CudaModel.DefaultModel*|1||1|200
 mc_default_fused|memcheck|gpu_pdvm_default_model_test|*|1|64|1|300
-rc_default_unfused|racecheck|gpu_cuda_model_test|CudaModel.DefaultModel*|1|16|1|300
-rc_default_fused|racecheck|gpu_pdvm_default_model_test|*|1|8|1|300
+rc_default_unfused|racecheck|gpu_cuda_model_test|CudaModel.DefaultModel*|1|8|1|250
 EOF
   fi
 }
@@ -140,6 +140,7 @@ done
 echo "libnccl: ${nccl_dir:-none found} (version $nccl_best)"
 export LD_LIBRARY_PATH=$bin${nccl_dir:+:$nccl_dir}:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PDVM_REQUIRE_GPU=1  # no device must fail, not skip
+export NCCL_NVLS_ENABLE=0   # no NVLink multicast: it can take a shared host's GPUs out of service
 [[ -n $model ]] && export PDVM_MODEL=$model
 
 if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
@@ -158,15 +159,9 @@ expand_plan >"$out/plan.txt"
 echo "$(wc -l <"$out/plan.txt") runs, $parallel at once, GPUs ${gpus[*]}, budget $budget s, $(timeout 30 "$sanitizer" --version 2>&1 | grep -m1 -i version)"
 
 start=$SECONDS
-run_one() {  # index, then the fields of a plan line
-  local index=$1 name=$2 tool=$3 binary=$4 filter=$5 shard=$6 steps=$7 gpu_count=$8 seconds=$9
-  local log=$out/logs/$name.log n=${#gpus[@]} visible args=() env=() rc t0=$SECONDS
-  if [[ $gpu_count == all ]]; then
-    visible=$(for ((g = 0; g < n; g++)); do echo -n "${gpus[(index + g) % n]},"; done)
-    visible=${visible%,}
-  else
-    visible=${gpus[index % n]}
-  fi
+run_one() {  # index, visible GPUs, then the fields of a plan line
+  local index=$1 visible=$2 name=$3 tool=$4 binary=$5 filter=$6 shard=$7 steps=$8 seconds=$9
+  local log=$out/logs/$name.log args=() env=() rc t0=$SECONDS
   [[ $tool == memcheck ]] && args+=(--leak-check full)
   (( port_option )) && args+=(--base-port $((20000 + 10 * index)) --max-connections 10)
   [[ -n $steps ]] && env+=(PDVM_TEST_MAX_STEPS=$steps)
@@ -183,6 +178,16 @@ run_one() {  # index, then the fields of a plan line
   printf '%-48s rc=%-3s %4d s  %s\n' "$name" "$rc" $((SECONDS - t0)) "${summary:-no sanitizer summary}" >>"$out/runs.log"
 }
 
+# Each run starts on the GPU with the least expected seconds so far (tensor-parallel runs see the
+# others after it).
+loads=()
+for ((g = 0; g < ${#gpus[@]}; g++)); do loads[g]=0; done
+least_loaded() {
+  local best=0 g
+  for ((g = 1; g < ${#gpus[@]}; g++)); do (( loads[g] < loads[best] )) && best=$g; done
+  echo "$best"
+}
+
 index=0
 while IFS='|' read -r name tool binary filter shard steps gpu_count weight; do
   if [[ $shard == missing ]]; then
@@ -195,7 +200,13 @@ while IFS='|' read -r name tool binary filter shard steps gpu_count weight; do
     printf '%-48s not started: %d s of the budget left\n' "$name" "$left" >>"$out/runs.log"
     continue
   fi
-  run_one "$index" "$name" "$tool" "$binary" "$filter" "$shard" "$steps" "$gpu_count" "$left" </dev/null &
+  first=$(least_loaded)
+  loads[first]=$(( loads[first] + weight ))
+  visible=${gpus[first]}
+  if [[ $gpu_count == all ]]; then
+    for ((g = 1; g < ${#gpus[@]}; g++)); do visible+=",${gpus[(first + g) % ${#gpus[@]}]}"; done
+  fi
+  run_one "$index" "$visible" "$name" "$tool" "$binary" "$filter" "$shard" "$steps" "$left" </dev/null &
   index=$((index + 1))
 done <"$out/plan.txt"
 wait

@@ -180,8 +180,8 @@ TEST(CudaModel, DefaultModelGreedyOutputMatchesTheReference) {
   Session gpu(options);
   const std::vector<int32_t> prompt = Tokenizer::from_gguf(ref.gguf()).encode(
       "The three most important things to remember when baking bread are", true, false);
-  const std::vector<int32_t> want = ref.generate_greedy(prompt, 64);
-  const std::vector<int32_t> got = gpu.generate_greedy(prompt, 64);
+  const std::vector<int32_t> want = ref.generate_greedy(prompt, decode_steps(64));
+  const std::vector<int32_t> got = gpu.generate_greedy(prompt, decode_steps(64));
   EXPECT_EQ(got, want);
 }
 

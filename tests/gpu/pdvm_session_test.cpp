@@ -89,7 +89,8 @@ void compare_sessions(const SessionOptions& unfused_options, const SessionOption
   std::vector<float> got = copy(fused.prefill(prompt));
   EXPECT_LT(test::relative_error(got, want), tolerance);
   double worst = 0;
-  for (int step = 0; step < 24; ++step) {
+  const int steps = test::decode_steps(24);
+  for (int step = 0; step < steps; ++step) {
     const int32_t next = unfused.last_argmax();
     want = copy(unfused.decode(next));
     got = copy(fused.decode(next));
@@ -135,7 +136,7 @@ TEST(FusedSessionUpg, ConvertedModelsMatchTheUnfusedBackend) {
       const std::string notices = testing::internal::GetCapturedStderr();
       EXPECT_EQ(notices.find("unfused"), std::string::npos) << notices;  // really fused
       const std::vector<int32_t> prompt = {3, 1, 4, 1, 5};
-      greedy.push_back(Session(fused).generate_greedy(prompt, 32));
+      greedy.push_back(Session(fused).generate_greedy(prompt, test::decode_steps(32)));
     }
     EXPECT_EQ(greedy[0], greedy[1]);
   }

@@ -25,8 +25,8 @@
 namespace pdvm {
 namespace {
 
-constexpr int kSteps = 24;
-constexpr int kGreedy = 64;
+const int kSteps = test::decode_steps(24);
+const int kGreedy = test::decode_steps(64);
 
 double rms(const std::vector<float>& v) {
   double ss = 0;
