@@ -4,7 +4,11 @@
 // split itself) and with 2, 4, 8 ranks, as many as there are GPUs; then the same rank counts
 // with the all-reduce inside the kernel (NCCL's device API: one launch per layer, "in-kernel",
 // and one per token, "in-kernel token"). tg64 from position 0, median of 3; speed-up and
-// scaling efficiency against the unsplit layer mode.
+// scaling efficiency against the unsplit layer mode. Each split also reports its all-reduce
+// time per token: the token's 2 x n_layer all-reduces of x alone, on the same buffers and
+// ranks (NCCL's calls replayed as one graph per token, or the in-kernel exchange as one launch
+// per token with the decode's grid), CUDA events, slowest rank, median of 3 runs of 64 tokens;
+// "share" is that time over the split's layer-mode (two-launch) or token-mode time per token.
 //   pdvm_fused_tp_gpu_bench [shape:type ...]   (shape: 1b, 8b or 13b: bench/fused_shapes.h)
 #include <cuda_runtime.h>
 
@@ -40,6 +44,12 @@ void report(const std::string& label, double ms, double base_ms, int ranks) {
   std::fflush(stdout);
 }
 
+void report_all_reduces(const std::string& label, int per_token, double all_reduce_ms, double token_ms) {
+  std::printf("%-28s all-reduce x%d alone %7.3f ms/tok (%6.2f us each, share %5.1f %%)\n", label.c_str(), per_token,
+              all_reduce_ms, 1000.0 * all_reduce_ms / per_token, 100.0 * all_reduce_ms / token_ms);
+  std::fflush(stdout);
+}
+
 void run_case(const std::string& spec, int n_gpus) {
   const size_t colon = spec.find(':');
   const std::string shape = spec.substr(0, colon);
@@ -67,14 +77,17 @@ void run_case(const std::string& spec, int n_gpus) {
       const std::string label = name + " tp" + std::to_string(tp) + (in_kernel ? " in-kernel" : " nccl");
       const double ms = ms_per_token([&](int n) { return split->time_generate(1, 0, n, pdvm::FusedMode::kLayer); });
       report(label + " layer", ms, base, tp);
+      double token = ms;
       if (in_kernel) {
-        const double token = ms_per_token([&](int n) { return split->time_generate(1, 0, n, pdvm::FusedMode::kToken); });
+        token = ms_per_token([&](int n) { return split->time_generate(1, 0, n, pdvm::FusedMode::kToken); });
         report(label + " token", token, base, tp);
       }
       // Ranks agree on the tokens (checked by generate) and repeat them.
       const std::vector<int> ids = split->generate(1, 0, 32, pdvm::FusedMode::kLayer);
       if (split->generate(1, 0, 32, pdvm::FusedMode::kLayer) != ids)
         pdvm::throw_error(pdvm::ErrorKind::kInternal, label + ": greedy tokens differ between runs");
+      const double all_reduces = ms_per_token([&](int n) { return split->time_all_reduces(n); });
+      report_all_reduces(label, 2 * config.n_layer, all_reduces, token);
     }
   }
 }

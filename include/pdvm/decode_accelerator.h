@@ -27,6 +27,9 @@ class DecodeAccelerator {
   virtual void last_logits(std::span<float> out) = 0;
   // Device kernels launched so far, where counted (see Backend::kernel_launches).
   virtual std::optional<uint64_t> kernel_launches() const { return std::nullopt; }
+  // Split over ranks (--tp): seconds per token of the all-reduces alone, as the decode runs them,
+  // timed over `tokens` tokens (Session::time_token_all_reduces). Unsplit: 0.
+  virtual double time_token_all_reduces(int /*tokens*/) { return 0.0; }
   // The accelerator's KV cache as a backend cache holds it (prompts run batched on the backend):
   // positions [first, first + count) of `layer` as f16 rows of n_head_kv * head_dim values, in
   // host memory or device memory of the accelerator's GPU.

@@ -77,8 +77,9 @@ class Session {
   std::string communicator_name() const;  // empty when the model is not split
 
   // Seconds one decoded token spends in collectives (two all-reduces of n_embd floats per
-  // layer), timed alone over `tokens` tokens' worth; 0 without a communicator and on the
-  // fused path (its all-reduces are nodes of its token graphs).
+  // layer), timed alone over `tokens` tokens' worth, on the path that decodes (the unfused
+  // ranks, or the fused split: DecodeAccelerator::time_token_all_reduces); 0 without a
+  // communicator.
   double time_token_all_reduces(int tokens);
   // Device kernels launched so far by the backend and the accelerator; nullopt when neither
   // counts (host backends).

@@ -136,6 +136,12 @@ class FusedDecoder {
   std::vector<int> generate(int token, int position, int n_tokens, FusedMode mode);
   // Like generate, but returns the device time in milliseconds (CUDA events) of the n tokens.
   double time_generate(int token, int position, int n_tokens, FusedMode mode);
+  // Tensor-parallel ranks (benchmarks): the device time in milliseconds (CUDA events) of
+  // n_tokens tokens' all-reduces of x alone, two per layer as the decode runs them: the
+  // communicator's calls, in one CUDA graph per token when it is recordable, or the in-kernel
+  // exchange (kInKernel) in one launch per token. Overwrites x (the next token's embedding
+  // replaces it). Collective: every rank calls it at once.
+  double time_all_reduces(int n_tokens);
 
   // ---- KV cache exchange (prompts run batched on a backend) ----------------------------
   // Positions [first, first + count) of `layer`'s keys and values, as rows of n_head_kv *

@@ -49,6 +49,9 @@ class FusedTensorParallel {
   std::vector<int> generate(int token, int position, int n_tokens, FusedMode mode);
   // Device milliseconds of n_tokens on the slowest rank.
   double time_generate(int token, int position, int n_tokens, FusedMode mode);
+  // Device milliseconds of n_tokens tokens' all-reduces alone (2 per layer, as the decode runs
+  // them: FusedDecoder::time_all_reduces) on the slowest rank.
+  double time_all_reduces(int n_tokens);
 
   // Rank `rank` of `n_ranks`'s part of `model`: views into `model`, except column splits, which
   // are gathered into `storage` (keep it alive while the view is used). Throws Error(kUnsupported)

@@ -34,6 +34,10 @@ class FusedAccelerator final : public DecodeAccelerator {
   }
   int32_t last_argmax() override { return last_; }
   std::optional<uint64_t> kernel_launches() const override { return decoder_->kernel_launches(); }
+  double time_token_all_reduces(int tokens) override {
+    if constexpr (kSplit) return decoder_->time_all_reduces(tokens) / 1e3 / tokens;
+    else return 0.0;
+  }
   // The Session shares K/V rows (batched prompts) with an unsplit decoder only.
   void write_kv(int layer, int64_t first, int64_t count, const void* k_rows, const void* v_rows) override {
     if constexpr (kSplit) throw_error(ErrorKind::kUnsupported, "fused tensor parallel: no shared KV rows");

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <string>
 
 #include "cuda/check.cuh"
@@ -558,6 +559,48 @@ std::vector<int> FusedDecoder::generate(int token, int position, int n_tokens, F
   m.write_step(position, token);
   for (int i = 0; i < n_tokens; ++i) m.run_token(mode);
   return m.read_history(n_tokens);
+}
+
+double FusedDecoder::time_all_reduces(int n_tokens) {
+  Impl& m = *impl_;
+  PDVM_CHECK(m.communicator && n_tokens >= 0);
+  m.activate();
+  const int per_token = 2 * m.config.n_layer;
+  const size_t n = static_cast<size_t>(m.config.n_embd);
+  cudaGraphExec_t graph = nullptr;
+  std::function<void()> token;
+  if (m.in_kernel_all_reduce) {
+    token = [&] { fused::launch_all_reduce_only(m.params, m.grid, per_token, m.stream); };
+  } else if (m.records_graph()) {
+    // Connected outside the capture first, as record_layer_graph does.
+    m.communicator->all_reduce_sum_on_stream(m.params.x, n, m.stream);
+    cudaGraph_t captured;
+    PDVM_CUDA_CHECK(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal));
+    for (int i = 0; i < per_token; ++i) m.communicator->all_reduce_sum_on_stream(m.params.x, n, m.stream);
+    PDVM_CUDA_CHECK(cudaStreamEndCapture(m.stream, &captured));
+    PDVM_CUDA_CHECK(cudaGraphInstantiate(&graph, captured, 0));
+    PDVM_CUDA_CHECK(cudaGraphDestroy(captured));
+    token = [&] { PDVM_CUDA_CHECK(cudaGraphLaunch(graph, m.stream)); };
+  } else {
+    token = [&] {
+      for (int i = 0; i < per_token; ++i) m.all_reduce_x(true);
+    };
+  }
+  token();  // warm-up
+  PDVM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  cudaEvent_t start, stop;
+  PDVM_CUDA_CHECK(cudaEventCreate(&start));
+  PDVM_CUDA_CHECK(cudaEventCreate(&stop));
+  PDVM_CUDA_CHECK(cudaEventRecord(start, m.stream));
+  for (int t = 0; t < n_tokens; ++t) token();
+  PDVM_CUDA_CHECK(cudaEventRecord(stop, m.stream));
+  PDVM_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  PDVM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  PDVM_CUDA_CHECK(cudaEventDestroy(start));
+  PDVM_CUDA_CHECK(cudaEventDestroy(stop));
+  if (graph) PDVM_CUDA_CHECK(cudaGraphExecDestroy(graph));
+  return ms;
 }
 
 double FusedDecoder::time_generate(int token, int position, int n_tokens, FusedMode mode) {

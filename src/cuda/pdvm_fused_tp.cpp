@@ -201,4 +201,10 @@ double FusedTensorParallel::time_generate(int token, int position, int n_tokens,
   return *std::max_element(ms.begin(), ms.end());
 }
 
+double FusedTensorParallel::time_all_reduces(int n_tokens) {
+  std::vector<double> ms(impl_->ranks.size());
+  impl_->each([&](int rank) { ms[rank] = impl_->ranks[rank]->time_all_reduces(n_tokens); });
+  return *std::max_element(ms.begin(), ms.end());
+}
+
 }  // namespace pdvm

@@ -614,6 +614,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
+// The in-kernel all-reduce alone (benchmarks): `n_reduces` exchanges of x with the rows cut as
+// the O and down projections cut them (n_embd rows over the grid), slots alternating. A kernel of
+// its own, so the decode instances' register allocation does not see it.
+__global__ void __launch_bounds__(kThreads, 1) all_reduce_only_kernel(const __grid_constant__ Params p, int n_reduces) {
+  int begin, end;
+  cta_share(p.n_embd, begin, end);
+  for (int i = 0; i < n_reduces; ++i) tp_all_reduce_rows(p, i & 1, begin, end);
+}
+
 using FusedKernel = void (*)(Params, int, int, int);
 
 template <bool kFloatActivations>
@@ -667,6 +676,9 @@ int fused_max_grid(const Params& p, int device) {
     PDVM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&instance_per_sm, kernel, kThreads, smem));
     per_sm = std::min(per_sm, instance_per_sm);
   }
+  // Loaded now too (a lazy load may wait for the device while a peer's kernel spins on it).
+  cudaFuncAttributes attributes{};
+  PDVM_CUDA_CHECK(cudaFuncGetAttributes(&attributes, all_reduce_only_kernel));
   int sms = 0;
   PDVM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   if (per_sm < 1)
@@ -702,6 +714,12 @@ void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int
   config.numAttrs = n_attributes;
   PDVM_CUDA_CHECK(cudaLaunchKernelEx(&config, fused_kernel(p, flags), p, layer_begin, layer_end, flags));
   PDVM_CUDA_CHECK_LAUNCH("fused_decode_kernel");
+}
+
+void launch_all_reduce_only(const Params& p, int grid, int n_reduces, cudaStream_t stream) {
+  PDVM_CHECK(p.tp_comm && p.tp_window && n_reduces >= 0);
+  all_reduce_only_kernel<<<grid, kThreads, 0, stream>>>(p, n_reduces);
+  PDVM_CUDA_CHECK_LAUNCH("all_reduce_only_kernel");
 }
 
 }  // namespace pdvm::fused

@@ -32,6 +32,10 @@ int fused_max_grid(const Params& p, int device);
 void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int flags, bool cooperative,
                   cudaStream_t stream);
 
+// The in-kernel all-reduce alone, `n_reduces` times in one launch (kFlagDeviceAllReduce's
+// exchange of x, benchmarks): every rank of the group at once, with the decode's grid.
+void launch_all_reduce_only(const Params& p, int grid, int n_reduces, cudaStream_t stream);
+
 // Device-side synthesis of random weights in the kernel layout (benchmarks).
 void fill_random_matrix(DevMatrix& m, uint64_t seed, float amplitude, cudaStream_t stream);
 void fill_random_floats(float* data, int64_t n, uint64_t seed, float center, float amplitude,

@@ -159,8 +159,8 @@ BenchReport run_bench(Session& session, const std::string& model_name, const Ben
     r.tg_gb_per_s = r.tg_bytes_per_token / (r.tg_seconds / config.n_gen) / 1e9;
     if (read_bandwidth_gb_per_s > 0.0) r.tg_pct_of_bandwidth = 100.0 * r.tg_gb_per_s / read_bandwidth_gb_per_s;
   }
-  // The fused path's all-reduces sit inside its token graphs: not timed alone (no row).
-  if (!r.communicator.empty() && session.gpu_mode() == "unfused") {
+  // The all-reduces of the path that decodes (unfused or the fused split), timed alone.
+  if (!r.communicator.empty()) {
     r.all_reduces_per_token = 2 * c.n_layer;
     r.all_reduce_bytes_per_token = static_cast<uint64_t>(r.all_reduces_per_token) * c.n_embd * sizeof(float);
     r.all_reduce_ms_per_token = 1e3 * session.time_token_all_reduces(std::max(config.n_gen, 16));

@@ -284,8 +284,10 @@ int Session::tensor_parallel() const { return split_ranks_; }
 std::string Session::communicator_name() const { return split_communicator_; }
 
 double Session::time_token_all_reduces(int tokens) {
-  if (!tp_) return 0.0;
   PDVM_CHECK(tokens > 0);
+  // The fused split decodes: its all-reduces (between its launches or inside its kernel).
+  if (accelerator_) return accelerator_->time_token_all_reduces(tokens);
+  if (!tp_) return 0.0;
   const int per_token = 2 * config().n_layer;
   // A recordable group replays the token's all-reduces as one graph, as a decode step does:
   // launched one by one from the host they would mostly time NCCL's host-side enqueue.

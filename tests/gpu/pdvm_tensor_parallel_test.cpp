@@ -202,6 +202,36 @@ TEST_P(FusedTensorParallelTest, InKernelAllReduceNeedsNccl) {
   }
 }
 
+// The all-reduces timed alone (the TP bench's all-reduce column) take time in every kind of
+// group and leave the decode as it was (the next token's embedding replaces the x they reduce).
+TEST_P(FusedTensorParallelTest, AllReducesTimedAloneLeaveTheDecodeUnchanged) {
+  const int n_gpus = cuda_device_count();
+  const int ranks = n_gpus >= 4 ? 4 : n_gpus >= 2 ? 2 : 1;
+  std::vector<int> devices(static_cast<size_t>(ranks));
+  for (int r = 0; r < ranks; ++r) devices[r] = r;
+  struct Group {
+    std::vector<int> devices;
+    const char* communicator;
+    FusedAllReduce all_reduce;
+  };
+  const Group groups[] = {{{0, 0}, "in-process", FusedAllReduce::kBetweenLaunches},
+                          {devices, "nccl", FusedAllReduce::kBetweenLaunches},
+                          {devices, "nccl", FusedAllReduce::kInKernel}};
+  for (const Group& group : groups) {
+    FusedTensorParallel split(view_, group.devices, group.communicator, group.all_reduce);
+    const std::string what = std::to_string(split.n_ranks()) + " ranks, " + group.communicator +
+                             (group.all_reduce == FusedAllReduce::kInKernel ? " in-kernel" : "");
+    const std::vector<int> tokens = split.generate(start_, 0, 8, FusedMode::kLayer);
+    const std::vector<float> logits = split.logits();
+    const double ms = split.time_all_reduces(4);
+    EXPECT_GT(ms, 0.0) << what;
+    EXPECT_EQ(split.generate(start_, 0, 8, FusedMode::kLayer), tokens) << what;
+    EXPECT_EQ(split.logits(), logits) << what;
+    std::printf("  %s: %d all-reduces of x a token take %.1f us alone\n", what.c_str(), 2 * config_.n_layer,
+                1000.0 * ms / 4);
+  }
+}
+
 TEST_P(FusedTensorParallelTest, IndivisibleSplitsAreRefused) {
   for (int tp : {3, 16}) {
     try {
