@@ -1,5 +1,7 @@
 // Registers the PDVM fused decoder as the Session's decode accelerator (--gpu-mode layer|token),
-// split over several GPUs with --tp (FusedTensorParallel, layer mode).
+// split over several GPUs with --tp (FusedTensorParallel): layer mode with the all-reduces
+// between two launches per layer, token mode with the all-reduces inside its one launch per
+// token (NCCL's device API).
 #include <algorithm>
 #include <limits>
 #include <optional>
@@ -68,14 +70,16 @@ int checked_context(int64_t n_ctx) {
 std::unique_ptr<DecodeAccelerator> make_accelerator(const GgufFile& file, int64_t n_ctx, std::string_view mode,
                                                     const AcceleratorSplit& split) {
   const FusedMode fused_mode = mode == "token" ? FusedMode::kToken : FusedMode::kLayer;
-  if (!split.communicator.empty() && fused_mode == FusedMode::kToken)
-    throw_error(ErrorKind::kUnsupported, "--gpu-mode token runs a token in one launch, leaving no point for the "
-                                         "all-reduces of --tp (--gpu-mode layer splits each layer in two)");
   const FusedModelView view = fused_view_from_gguf(file, checked_context(n_ctx));
   if (split.communicator.empty())
     return std::make_unique<FusedAccelerator<FusedDecoder>>(std::make_unique<FusedDecoder>(view), fused_mode);
+  // A token in one launch leaves no point between layers for the communicator's all-reduces:
+  // the kernel all-reduces itself (NCCL 2.28.9+ only; otherwise kUnsupported, and the Session
+  // falls back to the unfused split with a notice).
+  const FusedAllReduce all_reduce =
+      fused_mode == FusedMode::kToken ? FusedAllReduce::kInKernel : FusedAllReduce::kBetweenLaunches;
   return std::make_unique<FusedAccelerator<FusedTensorParallel>>(
-      std::make_unique<FusedTensorParallel>(view, split.devices, split.communicator), fused_mode);
+      std::make_unique<FusedTensorParallel>(view, split.devices, split.communicator, all_reduce), fused_mode);
 }
 
 const DecodeAcceleratorRegistrar kRegistrar(make_accelerator);

@@ -318,7 +318,8 @@ TEST(FusedTensorParallelShard, EachRankGetsItsHeadsAndFfnColumns) {
 }
 
 // The Session glue: --gpu-mode layer with --tp 2 (two in-process ranks on GPU 0) decodes the
-// same greedy tokens as --gpu-mode layer alone; token mode with --tp falls back to unfused.
+// same greedy tokens as --gpu-mode layer alone; token mode with --tp needs NCCL's in-kernel
+// all-reduce, so over the in-process group it falls back to unfused.
 TEST(FusedTensorParallelSession, LayerModeSplitsTheFusedDecoder) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   test::RandomLlama spec;
@@ -354,6 +355,58 @@ TEST(FusedTensorParallelSession, LayerModeSplitsTheFusedDecoder) {
   Session token_mode(options("token", 2));
   EXPECT_EQ(token_mode.gpu_mode(), "unfused");
   EXPECT_EQ(token_mode.tensor_parallel(), 2);
+  std::filesystem::remove(path);
+}
+
+// --tp over NCCL with one GPU per rank, as many ranks as GPUs (1, 2 or 4): --gpu-mode layer (the
+// all-reduces between two launches per layer) and --gpu-mode token (inside the one launch per
+// token) give the prompt's logits of the unsplit fused decoder within the split's tolerance and
+// its greedy tokens, and report their all-reduce time (pdvm bench's all-reduce row).
+TEST(FusedTensorParallelSession, NcclSplitsMatchTheUnsplitSession) {
+  const int n_gpus = cuda_device_count();
+  if (n_gpus == 0) GTEST_SKIP() << "no CUDA device";
+  const int ranks = n_gpus >= 4 ? 4 : n_gpus >= 2 ? 2 : 1;
+  test::RandomLlama spec;
+  spec.n_layer = 3;
+  spec.n_embd = 256;
+  spec.n_head = 8;
+  spec.n_head_kv = 4;
+  spec.n_ff = 512;
+  spec.n_vocab = 800;
+  spec.weight_type = TensorType::kF16;
+  const auto path = test::write_random_llama(spec, "fused_tensor_parallel_nccl_session.gguf");
+  auto options = [&](const std::string& mode, int tp) {
+    SessionOptions o;
+    o.model_path = path;
+    o.backend = "cuda";
+    o.n_ctx = 96;
+    o.gpu_mode = mode;
+    o.fused_batched_prompts = false;
+    o.tensor_parallel = tp;
+    if (tp > 1 || mode != "layer") o.communicator = "nccl";  // a 1-rank group on one GPU
+    return o;
+  };
+  const auto prompt = test::random_tokens(6, spec.n_vocab);
+  Session whole(options("layer", 1));
+  const std::span<const float> whole_logits = whole.prefill_all(prompt);
+  const std::vector<float> want_logits(whole_logits.begin(), whole_logits.end());
+  whole.reset();
+  const std::vector<int32_t> want_tokens = whole.generate_greedy(prompt, 32);
+  for (const std::string mode : {"layer", "token"}) {
+    Session split(options(mode, ranks));
+    ASSERT_EQ(split.gpu_mode(), mode);
+    EXPECT_EQ(split.tensor_parallel(), ranks);
+    EXPECT_EQ(split.communicator_name(), "nccl");
+    const double error = test::relative_difference(split.prefill_all(prompt), want_logits);
+    EXPECT_LE(error, 1e-4) << mode << ", tp " << ranks;  // F16: only the O/down sum order differs
+    split.reset();
+    EXPECT_EQ(split.generate_greedy(prompt, 32), want_tokens) << mode << ", tp " << ranks;
+    const double seconds = split.time_token_all_reduces(16);
+    EXPECT_GT(seconds, 0.0) << mode;
+    std::printf("  session --gpu-mode %s --tp %d (nccl): prompt logits within %.2e, %d all-reduces a token take "
+                "%.1f us alone\n",
+                mode.c_str(), ranks, error, 2 * spec.n_layer, seconds * 1e6);
+  }
   std::filesystem::remove(path);
 }
 
