@@ -36,7 +36,7 @@ for spec in llama-2-13b:f16 llama-3-8b:q8_0; do
   shape=${spec%:*} type=${spec#*:}
   model=$MODELS/$shape-$type.gguf
   if [[ ! -f "$model" ]]; then "$PDVM" synth --shape "$shape" --type "$type" --threads "$(nproc)" -o "$model" >/dev/null; fi
-  for mode in unfused layer; do
+  for mode in unfused layer token; do
     "$PDVM" bench -m "$model" --backend cuda --gpu-mode "$mode" -p 0 -n 128 -r 3 --tp "$sizes"
   done
 done
