@@ -22,8 +22,10 @@ git -C "$scripts" log -1 --format='%H %cd %s' --date=iso >"$dest/commit"
 cat >"$dest/run.sh" <<'EOF'
 #!/usr/bin/env bash
 # compute-sanitizer memcheck + racecheck of every GPU test binary (commit: see the file `commit`)
-# over the GPUs of the machine, ~8 minutes. The default-model tests run too if /tmp/lead/model.gguf
-# is there. Results: $OUT/hardening/ (summary.txt, runs.log, logs.tgz with every run's log).
+# over the GPUs of the machine (CUDA_VISIBLE_DEVICES, else all), ~8 minutes. The default-model tests
+# run too if /tmp/lead/model.gguf is there. SANITIZER_BUDGET (seconds, default 420) and
+# SANITIZER_JOBS (runs at once, default 3/4 of the cores) adjust it when the machine is shared.
+# Results: $OUT/hardening/ (summary.txt, runs.log, logs.tgz with every run's log).
 # Carry: this folder. Run: bash .gpu/<folder>/run.sh 2>&1 | tee $OUT/log   (timeout_s 600)
 set -u -o pipefail
 payload=$(cd "$(dirname "$0")" && pwd)
@@ -37,9 +39,10 @@ cp "$payload"/*.so* "$work/bins/"
 echo "commit: $(cat "$payload/commit")"
 nvidia-smi -L
 echo "unpacked in $((SECONDS - t0)) s; $(nproc) cores"
-model_args=()
-[[ -f /tmp/lead/model.gguf ]] && model_args=(--model /tmp/lead/model.gguf)
-bash "$payload/compute-sanitizer.sh" "$work/bins" "$work/run" --budget "${SANITIZER_BUDGET:-440}" "${model_args[@]}"
+options=()
+[[ -f /tmp/lead/model.gguf ]] && options=(--model /tmp/lead/model.gguf)
+[[ -n ${SANITIZER_JOBS:-} ]] && options+=(--jobs "$SANITIZER_JOBS")
+bash "$payload/compute-sanitizer.sh" "$work/bins" "$work/run" --budget "${SANITIZER_BUDGET:-420}" "${options[@]}"
 cp "$work/run/summary.txt" "$work/run/runs.log" "$results/" 2>/dev/null
 for log in "$work"/run/logs/*.log; do  # a run that reports thousands of hazards: its start and end
   if (( $(stat -c %s "$log") > 2000000 )); then
