@@ -8,7 +8,8 @@
 // carries weights. Weights are never written by a kernel, so a warp issues its first batch
 // before the programmatic-launch wait: the loads overlap the end of the previous kernel. Each
 // block quantizes x to int8 in shared memory itself after the wait (the arithmetic of
-// quantize_x_kernel), which saves that kernel's launch.
+// quantize_x_kernel), which saves that kernel's launch. Where the rows are long and fewer than
+// a few per warp (the 13B down projection), each row is split between 2-8 warps of a block.
 //
 // Dense (F16/BF16/F32) rows measured slower this way than with matmul.cu's two-row split-k
 // kernel (13B shapes 2025-2525 GB/s against 2594-2897: a row is a warp's unit of work, so with
@@ -17,6 +18,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "cuda/int8_dot.cuh"
 #include "cuda/launch.cuh"
@@ -29,6 +31,7 @@ constexpr int kStreamWarps = 16;
 constexpr int kStreamThreads = kStreamWarps * 32;
 constexpr int kBlocksPerSm = 2;
 constexpr int kLoads = 8;  // 16-byte chunks in flight per lane
+constexpr int kMaxRowParts = 8;  // parts of a split row; at most the warps of a block
 
 // The matrices of one launch share x, format and row length; rows are numbered across them.
 struct StreamBatch {
@@ -40,7 +43,10 @@ struct StreamBatch {
   int64_t q_row_bytes;
   int64_t blocks_per_row;
   int n_chunks;
-  int columns;  // 32-chunk columns per row
+  int columns;       // 32-chunk columns per row
+  int parts_log2;    // each row is split into 2^parts_log2 parts ...
+  int part_columns;  // ... of this many columns (the last may have fewer)
+  int max_rounds;    // items per warp at most (the parts' sums in shared memory), if split
 };
 
 // Elements per 16-byte chunk.
@@ -140,21 +146,40 @@ __device__ __forceinline__ RowPlace place_of(const StreamBatch& b, int row) {
   return {m, row - static_cast<int>(b.first_row[m])};
 }
 
-template <WeightFormat kFormat>
-__global__ void __launch_bounds__(kStreamThreads, kBlocksPerSm)
+// One batch of a lane's loads: kLoads chunks and their block scales, two per register (as
+// floats, 64 registers did not suffice).
+struct LoadBatch {
+  uint4 w[kLoads];
+  __half2 ws[kLoads / 2];
+};
+
+// A warp's unit of work is an item: part (item % parts) of row (item / parts), where parts =
+// 2^parts_log2 splits a row into runs of whole 32-chunk columns. Items go round-robin over the
+// grid's warps, and the warp count is a multiple of 16, so the parts of a row are neighbouring
+// warps of one block in the same round: each stores its sum in shared memory and the block
+// adds them in part order at the end (the result does not depend on which warp finishes
+// first). kPipelined keeps two batches of loads in flight per warp (one block per SM for the
+// registers) instead of one.
+template <WeightFormat kFormat, bool kSplit, bool kPipelined>
+__global__ void __launch_bounds__(kStreamThreads, kPipelined ? 1 : kBlocksPerSm)
     streaming_matvec_kernel(const __grid_constant__ StreamBatch b, const XInput in) {
   extern __shared__ int4 shared_words[];
   const int lane = threadIdx.x % 32;
+  const int warp = static_cast<int>(threadIdx.x / 32);
   // 32-bit counters (the host checks rows x columns fits): 64-bit ones spilled registers.
   const int n_warps = static_cast<int>(gridDim.x) * kStreamWarps;
-  const int first_item = static_cast<int>(blockIdx.x) * kStreamWarps + static_cast<int>(threadIdx.x / 32);
-  const int total_rows = static_cast<int>(b.first_row[b.count]);
-  const int items = first_item < total_rows ? (total_rows - first_item + n_warps - 1) / n_warps : 0;
-  const int steps = items * b.columns;  // (row, column) pairs of this warp
+  const int first_item = static_cast<int>(blockIdx.x) * kStreamWarps + warp;
+  const int parts_log2 = kSplit ? b.parts_log2 : 0;  // a separate instance: the split's counters cost registers
+  const int total_items = static_cast<int>(b.first_row[b.count]) << parts_log2;
+  const int items = first_item < total_items ? (total_items - first_item + n_warps - 1) / n_warps : 0;
+  // Every item of this warp is the same part of its row.
+  const int column_begin = (warp & ((1 << parts_log2) - 1)) * b.part_columns;
+  const int column_end = kSplit ? min(b.columns, column_begin + b.part_columns) : b.columns;
+  const int steps = items * (column_end - column_begin);  // (item, column) pairs of this warp
 
   // Load cursor: the next column to load and its row's streams.
-  int load_row = first_item;
-  int load_column = 0;
+  int load_item = first_item;
+  int load_column = column_begin;
   const uint4* q_row = nullptr;
   const __half* scale_row = nullptr;
   auto seek = [&](int row) {
@@ -162,79 +187,131 @@ __global__ void __launch_bounds__(kStreamThreads, kBlocksPerSm)
     q_row = reinterpret_cast<const uint4*>(b.q[p.m] + static_cast<int64_t>(p.row) * b.q_row_bytes);
     scale_row = b.scales[p.m] + static_cast<int64_t>(p.row) * b.blocks_per_row;
   };
-  if (items > 0) seek(load_row);
+  if (items > 0) seek(load_item >> parts_log2);
 
-  uint4 w[kLoads];
-  // Block scales of the batch, two per register (as floats, 64 registers did not suffice).
-  __half2 ws[kLoads / 2];
-  auto load_batch = [&](int done) {
+  auto load_batch = [&](LoadBatch& batch, int done) {
 #pragma unroll
     for (int u = 0; u < kLoads; ++u) {
       const int c = load_column * 32 + lane;
       const bool live = done + u < steps;
-      const bool in = live && c < b.n_chunks;
-      w[u] = in ? __ldcs(q_row + c) : make_uint4(0, 0, 0, 0);
-      const __half scale = in ? __ldg(scale_row + (kFormat == WeightFormat::kQ4_0 ? c : c / 2)) : __half{};
+      const bool present = live && c < b.n_chunks;
+      batch.w[u] = present ? __ldcs(q_row + c) : make_uint4(0, 0, 0, 0);
+      const __half scale = present ? __ldg(scale_row + (kFormat == WeightFormat::kQ4_0 ? c : c / 2)) : __half{};
       if (u % 2 == 0)
-        ws[u / 2].x = scale;
+        batch.ws[u / 2].x = scale;
       else
-        ws[u / 2].y = scale;
-      if (live && ++load_column == b.columns) {
-        load_column = 0;
-        load_row += n_warps;
-        if (load_row < total_rows) seek(load_row);
+        batch.ws[u / 2].y = scale;
+      if (live && ++load_column == column_end) {
+        load_column = column_begin;
+        load_item += n_warps;
+        if (load_item < total_items) seek(load_item >> parts_log2);
       }
     }
   };
-  load_batch(0);  // weights only: allowed before the wait
+  LoadBatch front;
+  [[maybe_unused]] LoadBatch back;
+  load_batch(front, 0);  // weights only: allowed before the wait
+  if constexpr (kPipelined) load_batch(back, kLoads);
   pdl_begin();
 
   const int64_t k = static_cast<int64_t>(b.n_chunks) * kChunkElems<kFormat>;
   SharedX<kFormat> xs(reinterpret_cast<uint8_t*>(shared_words), k);
+  float* part_sums = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(shared_words) + k + k / 32 * 8);
   quantize_x_to_shared<kFormat>(in, k, xs);
   __syncthreads();
 
-  int acc_row = first_item;
-  int acc_column = 0;
+  int acc_item = first_item;
+  int round = 0;  // items of this warp finished (split rows)
+  int acc_column = column_begin;
   float acc = 0.0f;
-  for (int done = 0; done < steps; done += kLoads) {
+  auto consume = [&](const LoadBatch& batch, int done) {
 #pragma unroll
     for (int u = 0; u < kLoads; ++u) {
       if (done + u < steps) {
         const int c = acc_column * 32 + lane;
         if (c < b.n_chunks) {
-          const float scale = __half2float(u % 2 == 0 ? ws[u / 2].x : ws[u / 2].y);
-          acc = accumulate_chunk<kFormat>(w[u], scale, c, xs, acc);
+          const float scale = __half2float(u % 2 == 0 ? batch.ws[u / 2].x : batch.ws[u / 2].y);
+          acc = accumulate_chunk<kFormat>(batch.w[u], scale, c, xs, acc);
         }
-        if (++acc_column == b.columns) {
+        if (++acc_column == column_end) {
 #pragma unroll
           for (int offset = 16; offset > 0; offset /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, offset);
           if (lane == 0) {
-            const RowPlace p = place_of(b, acc_row);
-            b.out[p.m][p.row] = acc;
+            if constexpr (!kSplit) {
+              const RowPlace p = place_of(b, acc_item);
+              b.out[p.m][p.row] = acc;
+            } else {
+              part_sums[round * kStreamWarps + warp] = acc;
+            }
           }
           acc = 0.0f;
-          acc_column = 0;
-          acc_row += n_warps;
+          acc_column = column_begin;
+          if constexpr (kSplit)
+            ++round;
+          else
+            acc_item += n_warps;
         }
       }
     }
-    if (done + kLoads < steps) load_batch(done + kLoads);
+  };
+  constexpr int kStride = kPipelined ? 2 * kLoads : kLoads;
+  for (int done = 0; done < steps; done += kStride) {
+    consume(front, done);
+    if (done + kStride < steps) load_batch(front, done + kStride);
+    if constexpr (kPipelined) {
+      consume(back, done + kLoads);
+      if (done + kStride + kLoads < steps) load_batch(back, done + kStride + kLoads);
+    }
+  }
+
+  if constexpr (kSplit) {
+    __syncthreads();
+    const int parts = 1 << parts_log2, rows_per_round = kStreamWarps >> parts_log2;
+    for (int t = static_cast<int>(threadIdx.x); t < b.max_rounds * rows_per_round; t += kStreamThreads) {
+      const int r = t / rows_per_round, first_warp = (t % rows_per_round) << parts_log2;
+      const int item = static_cast<int>(blockIdx.x) * kStreamWarps + first_warp + r * n_warps;
+      if (item >= total_items) continue;
+      float sum = 0.0f;
+      for (int p = 0; p < parts; ++p) sum += part_sums[r * kStreamWarps + first_warp + p];
+      const RowPlace place = place_of(b, item >> parts_log2);
+      b.out[place.m][place.row] = sum;
+    }
   }
 }
 
-bool streaming_enabled() {
-  // PDVM_CUDA_STREAM_MATVEC=0 keeps matmul.cu's matvec for every shape (A/B timing).
-  const char* env = std::getenv("PDVM_CUDA_STREAM_MATVEC");
-  return !(env && std::string(env) == "0");
+bool env_equals(const char* name, const char* value) {
+  const char* env = std::getenv(name);
+  return env && std::string(env) == value;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The split of each row into 2^s parts that makes the longest warp's walk (rounds x columns of
+// a part) shortest; no split on ties. Every part must keep at least one column.
+int row_parts_log2(int64_t rows, int columns, int64_t n_warps) {
+  int best = 0;
+  int64_t best_steps = ceil_div(rows, n_warps) * columns;
+  for (int s = 1; (1 << s) <= kMaxRowParts; ++s) {
+    const int parts = 1 << s, part_columns = static_cast<int>(ceil_div(columns, parts));
+    if ((parts - 1) * part_columns >= columns) continue;
+    const int64_t steps = ceil_div(rows * parts, n_warps) * part_columns;
+    if (steps < best_steps) {
+      best = s;
+      best_steps = steps;
+    }
+  }
+  return best;
 }
 
 bool launch_streaming(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const XInput& in) {
-  static const bool enabled = streaming_enabled();
+  // A/B switches for timing: PDVM_CUDA_STREAM_MATVEC=0 keeps matmul.cu's matvec for every
+  // shape, PDVM_CUDA_STREAM_SPLIT=0 never splits rows, PDVM_CUDA_STREAM_PIPELINE=1 takes the
+  // two-batch variant.
+  static const bool enabled = !env_equals("PDVM_CUDA_STREAM_MATVEC", "0");
+  static const bool split = !env_equals("PDVM_CUDA_STREAM_SPLIT", "0");
+  static const bool pipelined = env_equals("PDVM_CUDA_STREAM_PIPELINE", "1");
   const WeightView& w = views[0];
   if (!enabled || (w.format != WeightFormat::kQ8_0 && w.format != WeightFormat::kQ4_0)) return false;
-  const int64_t smem = w.k + w.k / 32 * 8;  // int8 x, then (d, d * sum) per 32-block
-  if (smem > 48 * 1024) return false;  // default dynamic limit; longer rows keep the old kernel
   StreamBatch batch{};
   batch.count = count;
   batch.q_row_bytes = w.q_row_bytes;
@@ -251,16 +328,36 @@ bool launch_streaming(CudaContext& ctx, const WeightView* views, float* const* o
   }
   const int64_t rows = batch.first_row[count];
   if (rows * batch.columns > (int64_t{1} << 30)) return false;  // the kernel counts in 32 bits
-  const int64_t blocks =
-      std::min<int64_t>(int64_t{ctx.sm_count} * kBlocksPerSm, (rows + kStreamWarps - 1) / kStreamWarps);
+  const int64_t max_warps = int64_t{ctx.sm_count} * (pipelined ? 1 : kBlocksPerSm) * kStreamWarps;
+  batch.parts_log2 = split ? row_parts_log2(rows, batch.columns, max_warps) : 0;
+  batch.part_columns = static_cast<int>(ceil_div(batch.columns, int64_t{1} << batch.parts_log2));
+  const int64_t items = rows << batch.parts_log2;
+  const int64_t blocks = std::min(max_warps, ceil_div(items, kStreamWarps) * kStreamWarps) / kStreamWarps;
+  batch.max_rounds = batch.parts_log2 > 0 ? static_cast<int>(ceil_div(items, blocks * kStreamWarps)) : 0;
+  // int8 x, then (d, d * sum) per 32-block, then the parts' sums
+  const int64_t smem = w.k + w.k / 32 * 8 + int64_t{batch.max_rounds} * kStreamWarps * 4;
+  if (smem > 48 * 1024) return false;  // default dynamic limit; longer rows keep the old kernel
   auto start = [&](auto kernel) {
     launch(ctx, "streaming_matvec_kernel", kernel, dim3(static_cast<unsigned>(blocks)), dim3(kStreamThreads),
            static_cast<size_t>(smem), batch, in);
   };
-  if (w.format == WeightFormat::kQ8_0)
-    start(streaming_matvec_kernel<WeightFormat::kQ8_0>);
+  auto start_format = [&](auto split_tag, auto pipelined_tag) {
+    constexpr bool kSplit = decltype(split_tag)::value, kPipelined = decltype(pipelined_tag)::value;
+    if (w.format == WeightFormat::kQ8_0)
+      start(streaming_matvec_kernel<WeightFormat::kQ8_0, kSplit, kPipelined>);
+    else
+      start(streaming_matvec_kernel<WeightFormat::kQ4_0, kSplit, kPipelined>);
+  };
+  auto start_pipelined = [&](auto split_tag) {
+    if (pipelined)
+      start_format(split_tag, std::true_type{});
+    else
+      start_format(split_tag, std::false_type{});
+  };
+  if (batch.parts_log2 > 0)
+    start_pipelined(std::true_type{});
   else
-    start(streaming_matvec_kernel<WeightFormat::kQ4_0>);
+    start_pipelined(std::false_type{});
   return true;
 }
 
