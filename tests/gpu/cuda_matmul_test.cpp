@@ -5,6 +5,7 @@
 #include <cmath>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "cuda_test_util.h"
 
@@ -109,6 +110,32 @@ TEST(CudaMatmul, BatchedMatvecsMatchReference) {
         expect_matmul_close(w[m], int8_activations(type, 1) ? int8_rounded(x) : x, got, k, rows[m], 1, 2e-5,
                             key + " call " + std::to_string(call) + " matrix " + std::to_string(m));
       }
+    }
+  }
+}
+
+// Long rows and fewer rows than the grid has warps (the 13B down projection, 13824 wide): the
+// streaming matvec splits each row between 2-8 warps (four on an H100) and adds the parts in a
+// fixed order, so a second run gives the same bits. 13856 = 433 Q4_0 chunks, a last column of
+// one chunk.
+TEST(CudaMatmul, LongRowsSplitBetweenWarpsMatchReferenceAndRepeat) {
+  PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  for (TensorType type : {TensorType::kQ4_0, TensorType::kQ8_0}) {
+    for (auto [k, n_rows] : {std::pair<int64_t, int64_t>{13824, 300}, {13856, 77}, {13824, 5120}}) {
+      const std::vector<uint8_t> bytes = random_weight_bytes(type, k, n_rows);
+      const std::vector<float> w = dequantize_rows(type, bytes, k, n_rows);
+      const Tensor weight = backend->load_weight(type, {k, n_rows, 1, 1}, bytes.data());
+      const std::vector<float> x = random_floats(static_cast<size_t>(k));
+      const Tensor xt = upload_f32(*backend, x, {k, 1, 1, 1});
+      Tensor out = alloc_poisoned(*backend, TensorType::kF32, {n_rows, 1, 1, 1});
+      backend->matmul(weight, xt, out);
+      const std::vector<float> got = download<float>(*backend, out);
+      const std::string what =
+          std::string(type_name(type)) + " k=" + std::to_string(k) + " rows=" + std::to_string(n_rows);
+      expect_matmul_close(w, int8_rounded(x), got, k, n_rows, 1, 2e-5, what);
+      Tensor again = alloc_poisoned(*backend, TensorType::kF32, {n_rows, 1, 1, 1});
+      backend->matmul(weight, xt, again);
+      EXPECT_EQ(download<float>(*backend, again), got) << what << ": a second run differs";
     }
   }
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <numeric>
 #include <string>
+#include <tuple>
 
 #include "cuda_test_util.h"
 
@@ -329,11 +330,16 @@ TEST(CudaOps, RecordedSequenceReplaysWithNewInputs) {
 
 // A SwiGLU followed by a product of its output (the down projection) may run as one launch:
 // the product and the SwiGLU output must be those of the separate ops, in and out of a
-// recorded sequence, for types that join (Q8_0, Q4_0) and types that do not.
+// recorded sequence, for types that join (Q8_0, Q4_0) and types that do not. 13824-wide rows
+// (the 13B down projection's) are split between warps in the joined launch.
 TEST(CudaOps, SwigluThenMatmulMatchesTheSeparateOps) {
   PDVM_CUDA_BACKEND_OR_SKIP(backend);
-  const int64_t k = 1376, n = 333;
-  for (TensorType type : {TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kF16}) {
+  for (auto [k, n, type] : {std::tuple{int64_t{1376}, int64_t{333}, TensorType::kQ4_0},
+                            {int64_t{1376}, int64_t{333}, TensorType::kQ8_0},
+                            {int64_t{1376}, int64_t{333}, TensorType::kF16},
+                            {int64_t{13824}, int64_t{300}, TensorType::kQ4_0},
+                            {int64_t{13824}, int64_t{5120}, TensorType::kQ4_0},
+                            {int64_t{13824}, int64_t{5120}, TensorType::kQ8_0}}) {
     const std::vector<uint8_t> bytes = random_weight_bytes(type, k, n);
     const std::vector<float> w = dequantize_rows(type, bytes, k, n);
     const Tensor weight = backend->load_weight(type, {k, n, 1, 1}, bytes.data());
@@ -351,7 +357,9 @@ TEST(CudaOps, SwigluThenMatmulMatchesTheSeparateOps) {
       if (step == 0)
         ops();
       else
-        backend->run_recorded("swiglu then matmul " + std::string(type_name(type)), ops);
+        backend->run_recorded("swiglu then matmul " + std::string(type_name(type)) + " " + std::to_string(k) + "x" +
+                                  std::to_string(n),
+                              ops);
       const std::vector<float> h = download<float>(*backend, hidden);
       for (int64_t i = 0; i < k; ++i) {
         const double want = g[i] / (1.0 + std::exp(-double(g[i]))) * u[i];
