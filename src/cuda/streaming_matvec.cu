@@ -287,13 +287,14 @@ bool env_equals(const char* name, const char* value) {
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The split of each row into 2^s parts that makes the longest warp's walk (rounds x columns of
-// a part) shortest; no split on ties. Every part must keep at least one column.
+// a part) shortest; no split on ties. Every part must keep at least one column, and the item
+// count must fit the kernel's 32-bit counters.
 int row_parts_log2(int64_t rows, int columns, int64_t n_warps) {
   int best = 0;
   int64_t best_steps = ceil_div(rows, n_warps) * columns;
   for (int s = 1; (1 << s) <= kMaxRowParts; ++s) {
     const int parts = 1 << s, part_columns = static_cast<int>(ceil_div(columns, parts));
-    if ((parts - 1) * part_columns >= columns) continue;
+    if ((parts - 1) * part_columns >= columns || rows * parts > (int64_t{1} << 30)) continue;
     const int64_t steps = ceil_div(rows * parts, n_warps) * part_columns;
     if (steps < best_steps) {
       best = s;
