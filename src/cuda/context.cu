@@ -66,6 +66,9 @@ CudaContext::CudaContext(int device_ordinal) : device(device_ordinal) {
   if (const char* env = std::getenv("PDVM_CUDA_PDL")) programmatic_launch = std::string(env) != "0";
   PDVM_CUBLAS_CHECK(cublasCreate(&cublas));
   PDVM_CUBLAS_CHECK(cublasSetStream(cublas, stream));
+  grid_arrivals = device_alloc(kGridArrivals * sizeof(unsigned), "grid arrival counters");
+  PDVM_CUDA_CHECK(cudaMemsetAsync(grid_arrivals.get(), 0, kGridArrivals * sizeof(unsigned), stream));
+  PDVM_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 CudaContext::~CudaContext() {

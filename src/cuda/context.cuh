@@ -61,6 +61,10 @@ struct CudaContext {
   ScratchBuffer gemm_weights;     // dequantized F16 weights for prefill GEMMs
   ScratchBuffer gemm_activations; // F16 copy of the GEMM input
   ScratchBuffer matvec_x8;        // int8 copy of a matvec input (Q8_0, Q4_0 weights)
+  // Zeroed counters for kernels whose last block to arrive finishes the work; each kernel
+  // resets what it used before it ends. Entry 0: streaming_norm_matvec.
+  static constexpr int kGridArrivals = 1;
+  std::shared_ptr<void> grid_arrivals;
 
   // Kernels run so far: eager launch() calls plus the kernel nodes of every graph replay
   // (cuBLAS calls outside a graph are not seen). Counted for launches-per-token figures.

@@ -5,8 +5,9 @@
 //
 // Some ops are held back and launched by the next op, which may join them in one launch:
 // matvecs of the same input (Q/K/V, gate/up; inside recorded sequences), a residual add and
-// the RMSNorm of its result, the RoPE of Q and of K, and a SwiGLU and the product of its
-// output (Q8_0/Q4_0 down projection of one token). Every op, write(), read(),
+// the RMSNorm of its result, the RoPE of Q and of K, a SwiGLU and the product of its output
+// (Q8_0/Q4_0 down projection of one token), and a one-token RMSNorm (with its residual add)
+// and the products of its output (Q8_0/Q4_0 Q/K/V, gate/up and head; in recorded sequences). Every op, write(), read(),
 // synchronize() and run_recorded() first launches whatever is held back and cannot join it.
 #include <cstdlib>
 #include <string>
@@ -208,22 +209,29 @@ class CudaBackend final : public Backend {
     expect_type(out, TensorType::kF32, "rms_norm", "out");
     PDVM_CHECK(weight.ne[0] == x.ne[0] && out.ne[0] == x.ne[0] && out.ne[1] >= x.ne[1]);
     const int n_tokens = static_cast<int>(x.ne[1]);
+    PendingNorm norm{{f32(x), nullptr, f32(weight), eps, nullptr, f32(out)}, x.ne[0], n_tokens};
     if (pending_add_.out == f32(x) && pending_add_.n == x.n_elems()) {
-      const PendingAdd add = pending_add_;
+      norm.input.x = pending_add_.a;
+      norm.input.residual = pending_add_.b;
+      norm.input.sum_out = pending_add_.out;
       pending_add_ = {};
-      flush_pending();
-      cuda::add_rms_norm(ctx_, add.a, add.b, add.out, f32(weight), eps, x.ne[0], n_tokens, f32(out));
-      return;
     }
     flush_pending();
-    cuda::rms_norm(ctx_, f32(x), f32(weight), eps, x.ne[0], n_tokens, f32(out));
+    if (fuse_ops_ && join_norms_ && in_recorded_ops_ && n_tokens == 1) {
+      pending_norm_ = norm;
+      return;
+    }
+    launch_norm(norm);
   }
 
   void matmul(const Tensor& w, const Tensor& x, Tensor& out) override {
     // A held SwiGLU whose output is this product's input joins it (the down projection).
     const PendingSwiglu swiglu = pending_swiglu_.out == f32(x) ? pending_swiglu_ : PendingSwiglu{};
     if (swiglu.out) pending_swiglu_ = {};
-    flush_add_and_rope();
+    // A held norm stays held if this product or the held ones read its output.
+    const bool keeps_norm = pending_norm_.input.out == f32(x) ||
+                            (pending_.count > 0 && pending_.x == pending_norm_.input.out);
+    flush_add_and_rope(keeps_norm);
     expect_type(x, TensorType::kF32, "matmul", "x");
     expect_type(out, TensorType::kF32, "matmul", "out");
     if (is_upg_type(w.type)) {
@@ -366,6 +374,7 @@ class CudaBackend final : public Backend {
     } catch (...) {
       in_recorded_ops_ = false;
       pending_.count = 0;
+      pending_norm_ = {};
       pending_add_ = {};
       pending_rope_ = {};
       pending_swiglu_ = {};
@@ -388,6 +397,12 @@ class CudaBackend final : public Backend {
     const float* freq_factors = nullptr;
   };
 
+  struct PendingNorm {
+    cuda::NormInput input;  // input.out null: none held
+    int64_t width = 0;
+    int n_tokens = 0;
+  };
+
   struct PendingSwiglu {
     const float* gate = nullptr;
     const float* up = nullptr;
@@ -395,6 +410,13 @@ class CudaBackend final : public Backend {
     int64_t n = 0;
   };
 
+  void launch_norm(const PendingNorm& norm) {
+    const cuda::NormInput& in = norm.input;
+    if (in.residual)
+      cuda::add_rms_norm(ctx_, in.x, in.residual, in.sum_out, in.weight, in.eps, norm.width, norm.n_tokens, in.out);
+    else
+      cuda::rms_norm(ctx_, in.x, in.weight, in.eps, norm.width, norm.n_tokens, in.out);
+  }
   void launch_add(const PendingAdd& add) { cuda::add(ctx_, add.a, add.b, add.out, add.n); }
   void launch_swiglu(const PendingSwiglu& swiglu) { cuda::swiglu(ctx_, swiglu.gate, swiglu.up, swiglu.out, swiglu.n); }
   void launch_rope(const PendingRope& rope) {
@@ -402,7 +424,12 @@ class CudaBackend final : public Backend {
                rope.freq_factors);
   }
 
-  void flush_add_and_rope() {
+  void flush_add_and_rope(bool keep_norm = false) {
+    if (pending_norm_.input.out && !keep_norm) {
+      const PendingNorm norm = pending_norm_;
+      pending_norm_ = {};
+      launch_norm(norm);
+    }
     if (pending_add_.out) {
       const PendingAdd add = pending_add_;
       pending_add_ = {};
@@ -421,6 +448,8 @@ class CudaBackend final : public Backend {
   }
 
   void flush_pending() {
+    // Products of a held norm's output go first: they launch it (joined or not).
+    if (pending_.count > 0 && pending_.x == pending_norm_.input.out) flush_matvecs();
     flush_add_and_rope();
     flush_matvecs();
   }
@@ -429,6 +458,14 @@ class CudaBackend final : public Backend {
     if (pending_.count == 0) return;
     const int count = pending_.count;
     pending_.count = 0;
+    if (pending_norm_.input.out && pending_norm_.input.out == pending_.x) {
+      const PendingNorm norm = pending_norm_;
+      pending_norm_ = {};
+      if (pending_.n_tokens == 1 && norm.n_tokens == 1 &&
+          cuda::streaming_norm_matvec(ctx_, pending_.views, pending_.outs, count, norm.input))
+        return;
+      launch_norm(norm);
+    }
     cuda::matvec(ctx_, pending_.views, pending_.outs, count, pending_.x, pending_.n_tokens);
   }
 
@@ -443,10 +480,16 @@ class CudaBackend final : public Backend {
   PendingAdd pending_add_;
   PendingRope pending_rope_;
   PendingSwiglu pending_swiglu_;
+  PendingNorm pending_norm_;
   bool in_recorded_ops_ = false;
   // PDVM_CUDA_FUSE=0 launches every op alone (for A/B timing).
   bool fuse_ops_ = [] {
     const char* env = std::getenv("PDVM_CUDA_FUSE");
+    return !(env && std::string(env) == "0");
+  }();
+  // PDVM_CUDA_JOIN_NORM=0 keeps RMSNorms out of the products of their output (A/B timing).
+  bool join_norms_ = [] {
+    const char* env = std::getenv("PDVM_CUDA_JOIN_NORM");
     return !(env && std::string(env) == "0");
   }();
 

@@ -30,6 +30,20 @@ bool streaming_matvec(CudaContext& ctx, const WeightView* views, float* const* o
 // when w is not one it takes.
 bool streaming_swiglu_matvec(CudaContext& ctx, const WeightView& w, float* out, const float* gate, const float* up,
                              float* hidden);
+// One token's RMSNorm and the products of its result in one launch (Q8_0 and Q4_0 weights):
+// x (+ residual) is normed in every block; sum_out (if set) receives x + residual and out the
+// normed x, as add_rms_norm() / rms_norm() would write them (either may alias x or residual).
+// False when the weights are not ones it takes.
+struct NormInput {
+  const float* x = nullptr;
+  const float* residual = nullptr;
+  const float* weight = nullptr;
+  float eps = 0.0f;
+  float* sum_out = nullptr;
+  float* out = nullptr;
+};
+bool streaming_norm_matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count,
+                           const NormInput& norm);
 // Batched: dequantize to F16 (unless already dense F16) and multiply on the tensor cores.
 void gemm(CudaContext& ctx, const WeightView& w, const float* x, float* out, int n_tokens);
 // Rows of w as F16 into out (n_rows x k, dense).

@@ -32,6 +32,16 @@ constexpr int kStreamThreads = kStreamWarps * 32;
 constexpr int kBlocksPerSm = 2;
 constexpr int kLoads = 8;  // 16-byte chunks in flight per lane
 constexpr int kMaxRowParts = 8;  // parts of a split row; at most the warps of a block
+// Rows are split only from this many quantized bytes: on an H200 (session 4) the split cut
+// Q8_0 rows of 5120 bytes (k = 5120: 12.0 -> 11.2 us) and longer, and Q4_0 rows of 6912
+// (k = 13824: 20.7 -> 19.9 us), but slowed every shorter row (Q4_0 k = 8192, 4096 bytes: 6.5
+// -> 7.5 us; k = 5120: 7.9 -> 9.1; all k = 2048): a short row's parts add more reduction than
+// they save walk.
+constexpr int64_t kMinSplitRowBytes = 5120;
+// From this many bytes the two-batch variant runs (one block per SM): it measured 14 % and 8 %
+// faster than the one-batch split at k = 13824 (Q4_0 6912 bytes: 19.9 -> 17.2 us, Q8_0: 26.6
+// -> 24.4), even at 8192 bytes of Q8_0, and slower at 5120 (11.2 -> 11.6).
+constexpr int64_t kMinPipelinedRowBytes = 6144;
 
 // The matrices of one launch share x, format and row length; rows are numbered across them.
 struct StreamBatch {
@@ -70,32 +80,96 @@ struct SharedX {
 };
 
 // x of a launch: a vector, or SwiGLU of two (x = silu(gate) * up, the arithmetic of
-// swiglu_kernel), which block 0 also writes to `hidden` so the op's output still exists.
+// swiglu_kernel), which block 0 also writes to `hidden` so the op's output still exists, or
+// the RMSNorm of x (+ residual): see stage_norm_input.
 struct XInput {
   const float* x;
   const float* up;
   float* hidden;
+  NormInput norm;  // norm.weight null: no norm
+  unsigned* arrivals;
 };
+
+// Shared memory of a launch: int8 x, then (d, d * sum) per 32-block, then the parts' sums of
+// split rows, then (RMSNorm input) x as floats at a 16-byte boundary.
+__host__ __device__ constexpr int64_t staged_x_offset(int64_t k, int max_rounds) {
+  return (k + k / 32 * 8 + int64_t{max_rounds} * kStreamWarps * 4 + 15) / 16 * 16;
+}
 
 __device__ __forceinline__ float4 silu_times(float4 g, float4 u) {
   return make_float4(g.x / (1.0f + expf(-g.x)) * u.x, g.y / (1.0f + expf(-g.y)) * u.y,
                      g.z / (1.0f + expf(-g.z)) * u.z, g.w / (1.0f + expf(-g.w)) * u.w);
 }
 
+// RMSNorm input, the arithmetic of elementwise.cu's norm_row (only its sum order differs):
+// stages s = x (+ residual) in shared memory and returns 1 / sqrt(mean(s^2) + eps). Each block
+// needs all of s, so the op's outputs (s, and s * scale * weight) cannot be written while other
+// blocks may still read x and residual, which they may alias (x = x + y; y = norm(x)): a block
+// counts itself in *arrivals once it has read them, and the last one writes the outputs
+// (norm_outputs_if_last) and resets the count for the next launch. `last` is valid after the
+// next __syncthreads.
+__device__ float stage_norm_input(const XInput& in, int64_t k, float* staged, bool* last) {
+  __shared__ float warp_sums[kStreamWarps];
+  float squares = 0.0f;
+#pragma unroll 1  // the weights loaded before the wait hold half the registers
+  for (int e = static_cast<int>(threadIdx.x) * 4; e < k; e += kStreamThreads * 4) {
+    float4 v = *reinterpret_cast<const float4*>(in.x + e);
+    if (in.norm.residual) {
+      const float4 r = *reinterpret_cast<const float4*>(in.norm.residual + e);
+      v = make_float4(v.x + r.x, v.y + r.y, v.z + r.z, v.w + r.w);
+    }
+    *reinterpret_cast<float4*>(staged + e) = v;
+    squares += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = squares;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    *last = atomicAdd(in.arrivals, 1u) == gridDim.x - 1;
+  }
+  float total = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kStreamWarps; ++w) total += warp_sums[w];
+  return 1.0f / sqrtf(total / static_cast<float>(k) + in.norm.eps);
+}
+
+__device__ __forceinline__ float4 normed(const float* staged, const float* weight, float scale, int e) {
+  const float4 s = *reinterpret_cast<const float4*>(staged + e), w = *reinterpret_cast<const float4*>(weight + e);
+  return make_float4(s.x * scale * w.x, s.y * scale * w.y, s.z * scale * w.z, s.w * scale * w.w);
+}
+
+__device__ void norm_outputs_if_last(const XInput& in, int64_t k, const float* staged, float scale, bool last) {
+  if (!last) return;
+  for (int e = static_cast<int>(threadIdx.x) * 4; e < k; e += kStreamThreads * 4) {
+    if (in.norm.sum_out) *reinterpret_cast<float4*>(in.norm.sum_out + e) = *reinterpret_cast<const float4*>(staged + e);
+    *reinterpret_cast<float4*>(in.norm.out + e) = normed(staged, in.norm.weight, scale, e);
+  }
+  if (threadIdx.x == 0) *in.arrivals = 0;
+}
+
 // Per 32-block d = max |x| / 127 and q = round(x / d), as quantize_x_kernel computes them;
-// eight lanes per block, four values each.
-template <WeightFormat kFormat>
-__device__ void quantize_x_to_shared(const XInput& in, int64_t k, const SharedX<kFormat>& xs) {
+// eight lanes per block, four values each. x is in.x, SwiGLU(in.x, in.up), or (kNorm) the
+// normed staged values.
+template <WeightFormat kFormat, bool kNorm>
+__device__ void quantize_x_to_shared(const XInput& in, int64_t k, const SharedX<kFormat>& xs, const float* staged,
+                                     float norm_scale) {
   constexpr int kLanesPerBlock = 8, kBlocksPerPass = kStreamThreads / kLanesPerBlock;
   const int n_blocks = static_cast<int>(k / 32), part = threadIdx.x % kLanesPerBlock;
   for (int b0 = 0; b0 < n_blocks; b0 += kBlocksPerPass) {
     const int b = b0 + static_cast<int>(threadIdx.x) / kLanesPerBlock;
     const bool valid = b < n_blocks;
     const int e = b * 32 + part * 4;
-    float4 v = valid ? *reinterpret_cast<const float4*>(in.x + e) : make_float4(0, 0, 0, 0);
-    if (in.up && valid) {
-      v = silu_times(v, *reinterpret_cast<const float4*>(in.up + e));
-      if (blockIdx.x == 0) *reinterpret_cast<float4*>(in.hidden + e) = v;
+    float4 v;
+    if constexpr (kNorm) {
+      v = valid ? normed(staged, in.norm.weight, norm_scale, e) : make_float4(0, 0, 0, 0);
+    } else {
+      v = valid ? *reinterpret_cast<const float4*>(in.x + e) : make_float4(0, 0, 0, 0);
+      if (in.up && valid) {
+        v = silu_times(v, *reinterpret_cast<const float4*>(in.up + e));
+        if (blockIdx.x == 0) *reinterpret_cast<float4*>(in.hidden + e) = v;
+      }
     }
     float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
 #pragma unroll
@@ -160,7 +234,7 @@ struct LoadBatch {
 // adds them in part order at the end (the result does not depend on which warp finishes
 // first). kPipelined keeps two batches of loads in flight per warp (one block per SM for the
 // registers) instead of one.
-template <WeightFormat kFormat, bool kSplit, bool kPipelined>
+template <WeightFormat kFormat, bool kSplit, bool kPipelined, bool kNorm>
 __global__ void __launch_bounds__(kStreamThreads, kPipelined ? 1 : kBlocksPerSm)
     streaming_matvec_kernel(const __grid_constant__ StreamBatch b, const XInput in) {
   extern __shared__ int4 shared_words[];
@@ -217,8 +291,12 @@ __global__ void __launch_bounds__(kStreamThreads, kPipelined ? 1 : kBlocksPerSm)
   const int64_t k = static_cast<int64_t>(b.n_chunks) * kChunkElems<kFormat>;
   SharedX<kFormat> xs(reinterpret_cast<uint8_t*>(shared_words), k);
   float* part_sums = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(shared_words) + k + k / 32 * 8);
-  quantize_x_to_shared<kFormat>(in, k, xs);
+  float* staged = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(shared_words) + staged_x_offset(k, b.max_rounds));
+  __shared__ bool last_to_read;
+  const float norm_scale = kNorm ? stage_norm_input(in, k, staged, &last_to_read) : 0.0f;
+  quantize_x_to_shared<kFormat, kNorm>(in, k, xs, staged, norm_scale);
   __syncthreads();
+  if constexpr (kNorm) norm_outputs_if_last(in, k, staged, norm_scale, last_to_read);
 
   int acc_item = first_item;
   int round = 0;  // items of this warp finished (split rows)
@@ -286,6 +364,19 @@ bool env_equals(const char* name, const char* value) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Calls f with std::true_type / std::false_type for each runtime flag (kernel instances).
+template <class F>
+void with_constants(F&& f) {
+  f();
+}
+template <class F, class... Flags>
+void with_constants(F&& f, bool flag, Flags... rest) {
+  if (flag)
+    with_constants([&](auto... tags) { f(std::true_type{}, tags...); }, rest...);
+  else
+    with_constants([&](auto... tags) { f(std::false_type{}, tags...); }, rest...);
+}
+
 // The split of each row into 2^s parts that makes the longest warp's walk (rounds x columns of
 // a part) shortest; no split on ties. Every part must keep at least one column, and the item
 // count must fit the kernel's 32-bit counters.
@@ -306,11 +397,12 @@ int row_parts_log2(int64_t rows, int columns, int64_t n_warps) {
 
 bool launch_streaming(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const XInput& in) {
   // A/B switches for timing: PDVM_CUDA_STREAM_MATVEC=0 keeps matmul.cu's matvec for every
-  // shape, PDVM_CUDA_STREAM_SPLIT=0 never splits rows, PDVM_CUDA_STREAM_PIPELINE=1 takes the
-  // two-batch variant.
+  // shape, PDVM_CUDA_STREAM_SPLIT=0 never splits rows, PDVM_CUDA_STREAM_PIPELINE=0 never takes
+  // the two-batch variant and =1 takes it for every shape.
   static const bool enabled = !env_equals("PDVM_CUDA_STREAM_MATVEC", "0");
-  static const bool split = !env_equals("PDVM_CUDA_STREAM_SPLIT", "0");
-  static const bool pipelined = env_equals("PDVM_CUDA_STREAM_PIPELINE", "1");
+  static const bool split_allowed = !env_equals("PDVM_CUDA_STREAM_SPLIT", "0");
+  static const bool never_pipelined = env_equals("PDVM_CUDA_STREAM_PIPELINE", "0");
+  static const bool always_pipelined = env_equals("PDVM_CUDA_STREAM_PIPELINE", "1");
   const WeightView& w = views[0];
   if (!enabled || (w.format != WeightFormat::kQ8_0 && w.format != WeightFormat::kQ4_0)) return false;
   StreamBatch batch{};
@@ -329,36 +421,28 @@ bool launch_streaming(CudaContext& ctx, const WeightView* views, float* const* o
   }
   const int64_t rows = batch.first_row[count];
   if (rows * batch.columns > (int64_t{1} << 30)) return false;  // the kernel counts in 32 bits
+  const bool pipelined = always_pipelined || (!never_pipelined && w.q_row_bytes >= kMinPipelinedRowBytes);
+  const bool split = split_allowed && w.q_row_bytes >= kMinSplitRowBytes;
   const int64_t max_warps = int64_t{ctx.sm_count} * (pipelined ? 1 : kBlocksPerSm) * kStreamWarps;
   batch.parts_log2 = split ? row_parts_log2(rows, batch.columns, max_warps) : 0;
   batch.part_columns = static_cast<int>(ceil_div(batch.columns, int64_t{1} << batch.parts_log2));
   const int64_t items = rows << batch.parts_log2;
   const int64_t blocks = std::min(max_warps, ceil_div(items, kStreamWarps) * kStreamWarps) / kStreamWarps;
   batch.max_rounds = batch.parts_log2 > 0 ? static_cast<int>(ceil_div(items, blocks * kStreamWarps)) : 0;
-  // int8 x, then (d, d * sum) per 32-block, then the parts' sums
-  const int64_t smem = w.k + w.k / 32 * 8 + int64_t{batch.max_rounds} * kStreamWarps * 4;
-  if (smem > 48 * 1024) return false;  // default dynamic limit; longer rows keep the old kernel
-  auto start = [&](auto kernel) {
-    launch(ctx, "streaming_matvec_kernel", kernel, dim3(static_cast<unsigned>(blocks)), dim3(kStreamThreads),
-           static_cast<size_t>(smem), batch, in);
-  };
-  auto start_format = [&](auto split_tag, auto pipelined_tag) {
-    constexpr bool kSplit = decltype(split_tag)::value, kPipelined = decltype(pipelined_tag)::value;
-    if (w.format == WeightFormat::kQ8_0)
-      start(streaming_matvec_kernel<WeightFormat::kQ8_0, kSplit, kPipelined>);
-    else
-      start(streaming_matvec_kernel<WeightFormat::kQ4_0, kSplit, kPipelined>);
-  };
-  auto start_pipelined = [&](auto split_tag) {
-    if (pipelined)
-      start_format(split_tag, std::true_type{});
-    else
-      start_format(split_tag, std::false_type{});
-  };
-  if (batch.parts_log2 > 0)
-    start_pipelined(std::true_type{});
-  else
-    start_pipelined(std::false_type{});
+  const int64_t smem = staged_x_offset(w.k, batch.max_rounds) + (in.norm.weight ? w.k * 4 : 0);
+  // The default limit (static shared memory included); longer rows keep the old kernel.
+  if (smem > 48 * 1024 - 256) return false;
+  with_constants(
+      [&](auto split_tag, auto pipelined_tag, auto norm_tag) {
+        constexpr bool kSplit = decltype(split_tag)::value, kPipelined = decltype(pipelined_tag)::value,
+                       kNorm = decltype(norm_tag)::value;
+        auto* kernel = w.format == WeightFormat::kQ8_0
+                           ? streaming_matvec_kernel<WeightFormat::kQ8_0, kSplit, kPipelined, kNorm>
+                           : streaming_matvec_kernel<WeightFormat::kQ4_0, kSplit, kPipelined, kNorm>;
+        launch(ctx, "streaming_matvec_kernel", kernel, dim3(static_cast<unsigned>(blocks)), dim3(kStreamThreads),
+               static_cast<size_t>(smem), batch, in);
+      },
+      batch.parts_log2 > 0, pipelined, in.norm.weight != nullptr);
   return true;
 }
 
@@ -366,12 +450,19 @@ bool launch_streaming(CudaContext& ctx, const WeightView* views, float* const* o
 
 bool streaming_matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x,
                       int n_tokens) {
-  return n_tokens == 1 && launch_streaming(ctx, views, outs, count, XInput{x, nullptr, nullptr});
+  return n_tokens == 1 && launch_streaming(ctx, views, outs, count, XInput{x, nullptr, nullptr, {}, nullptr});
 }
 
 bool streaming_swiglu_matvec(CudaContext& ctx, const WeightView& w, float* out, const float* gate, const float* up,
                              float* hidden) {
-  return launch_streaming(ctx, &w, &out, 1, XInput{gate, up, hidden});
+  return launch_streaming(ctx, &w, &out, 1, XInput{gate, up, hidden, {}, nullptr});
+}
+
+bool streaming_norm_matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count,
+                           const NormInput& norm) {
+  PDVM_CHECK(norm.weight && norm.out);
+  return launch_streaming(ctx, views, outs, count,
+                          XInput{norm.x, nullptr, nullptr, norm, static_cast<unsigned*>(ctx.grid_arrivals.get())});
 }
 
 }  // namespace pdvm::cuda

@@ -379,6 +379,81 @@ TEST(CudaOps, SwigluThenMatmulMatchesTheSeparateOps) {
   }
 }
 
+// A one-token RMSNorm (after a residual add or alone) followed by products of its output (Q/K/V,
+// gate/up) may run as one launch in a recorded sequence: every block norms x itself and the
+// last one to have read x writes the add's sum and the norm's output, which here alias the
+// inputs as in the model (x = x + y, then y = norm(x)). Sum, norm and products must be those
+// of the separate ops; F16 does not join. Q8_0 rows of 5120 and 8192 bytes are also split
+// between warps (8192: the two-batch variant).
+TEST(CudaOps, RmsNormThenMatmulsMatchTheSeparateOps) {
+  PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  struct Case {
+    TensorType type;
+    int64_t k;
+    std::vector<int64_t> rows;
+  };
+  for (const Case& c : {Case{TensorType::kQ4_0, 5120, {300, 77, 129}}, Case{TensorType::kQ8_0, 5120, {300, 77, 129}},
+                        Case{TensorType::kQ4_0, 2048, {1000, 1000}}, Case{TensorType::kQ8_0, 8192, {200}},
+                        Case{TensorType::kF16, 1024, {96, 33}}}) {
+    const int64_t k = c.k;
+    std::vector<std::vector<float>> w;
+    std::vector<Tensor> weights, outs;
+    for (int64_t n : c.rows) {
+      const std::vector<uint8_t> bytes = random_weight_bytes(c.type, k, n);
+      w.push_back(dequantize_rows(c.type, bytes, k, n));
+      weights.push_back(backend->load_weight(c.type, {k, n, 1, 1}, bytes.data()));
+      outs.push_back(alloc_poisoned(*backend, TensorType::kF32, {n, 1, 1, 1}));
+    }
+    const std::vector<float> gain = random_floats(static_cast<size_t>(k));
+    const Tensor norm_weight = backend->load_weight(TensorType::kF32, {k, 1, 1, 1}, gain.data());
+    Tensor x = backend->alloc(TensorType::kF32, {k, 1, 1, 1}), y = backend->alloc(TensorType::kF32, {k, 1, 1, 1});
+    const float eps = 1e-5f;
+    for (bool with_add : {true, false}) {
+      for (int step = 0; step < 4; ++step) {  // eager, then recorded: direct run, capture, replay
+        const std::string what = std::string(type_name(c.type)) + " k=" + std::to_string(k) +
+                                 (with_add ? " add" : "") + " step " + std::to_string(step);
+        const std::vector<float> x0 = random_floats(static_cast<size_t>(k), 2.0f), y0 = random_floats(static_cast<size_t>(k));
+        backend->write(x, x0.data(), x0.size() * 4);
+        backend->write(y, y0.data(), y0.size() * 4);
+        auto ops = [&] {
+          if (with_add) backend->add(x, y, x);
+          backend->rms_norm(x, norm_weight, eps, y);
+          for (size_t m = 0; m < weights.size(); ++m) backend->matmul(weights[m], y, outs[m]);
+        };
+        if (step == 0)
+          ops();
+        else
+          backend->run_recorded("norm then matmuls " + what.substr(0, what.find(" step")), ops);
+        std::vector<double> sum(static_cast<size_t>(k));
+        double squares = 0.0;
+        for (size_t i = 0; i < sum.size(); ++i) {
+          sum[i] = with_add ? double(x0[i] + y0[i]) : double(x0[i]);
+          squares += sum[i] * sum[i];
+        }
+        const double scale = 1.0 / std::sqrt(squares / double(k) + eps);
+        const std::vector<float> got_x = download<float>(*backend, x), got_y = download<float>(*backend, y);
+        for (int64_t i = 0; i < k; ++i) {
+          ASSERT_EQ(got_x[i], float(sum[i])) << what << " sum " << i;
+          const double want = sum[i] * scale * gain[i];
+          ASSERT_NEAR(got_y[i], want, 1e-5 * std::fabs(want) + 1e-6) << what << " norm " << i;
+        }
+        const std::vector<float> x_used = int8_activations(c.type, 1) ? int8_rounded(got_y) : got_y;
+        for (size_t m = 0; m < weights.size(); ++m) {
+          const std::vector<float> got = download<float>(*backend, outs[m]);
+          for (int64_t j = 0; j < c.rows[m]; ++j) {
+            double want = 0.0, magnitude = 0.0;
+            for (int64_t i = 0; i < k; ++i) {
+              want += double(w[m][j * k + i]) * x_used[i];
+              magnitude += std::fabs(double(w[m][j * k + i]) * x_used[i]);
+            }
+            ASSERT_NEAR(got[j], want, 2e-5 * magnitude + 1e-6) << what << " matrix " << m << " row " << j;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(CudaBandwidth, ProbeReportsAPlausibleRate) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const ReadBandwidth bw = measure_cuda_read_bandwidth(0, uint64_t{256} << 20, 3);
