@@ -11,6 +11,7 @@
 #include "cuda/kv_access.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/ops.cuh"
+#include "cuda/rope.cuh"
 
 namespace pdvm::cuda {
 namespace {
@@ -246,7 +247,66 @@ __global__ void kv_store_kernel(KvCacheView cache, const float* __restrict__ k, 
   }
 }
 
+// The RoPE of Q and K and the store of K and V in one launch: one block per (token, head) of Q
+// and K, as rope_kernel; a K block then stores its rotated head and the same head of V, with
+// kv_store_kernel's conversions (a Q8_0 head is whole 32-blocks: head_dim % 32 == 0).
+template <KvType T>
+__global__ void rope_kv_store_kernel(RopeTarget q, RopeTarget k, const float* __restrict__ v, KvCacheView cache,
+                                     const int32_t* __restrict__ positions, int head_dim, int n_rot, float freq_base,
+                                     const float* __restrict__ freq_factors) {
+  pdl_begin();
+  const int heads = q.n_heads + k.n_heads;
+  const int token = blockIdx.x / heads, index = blockIdx.x % heads;
+  const bool is_k = index >= q.n_heads;
+  const RopeTarget& target = is_k ? k : q;
+  const int head = is_k ? index - q.n_heads : index;
+  float* h = target.x + (static_cast<int64_t>(token) * target.n_heads + head) * head_dim;
+  const int64_t pos = positions[token];
+  rope_head(h, static_cast<float>(pos), n_rot, freq_base, freq_factors);
+  if (!is_k || pos < 0 || pos >= cache.n_ctx) return;  // the model checks room before storing
+  __syncthreads();  // the rotated head, written by other threads of the block
+  const int64_t offset = static_cast<int64_t>(head) * head_dim;
+  const float* vh = v + token * cache.row_width + offset;
+  if constexpr (T == KvType::kQ8_0) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    const int64_t row_bytes = cache.row_width / 32 * 34;
+    uint8_t* k_row = static_cast<uint8_t*>(cache.k) + pos * row_bytes + offset / 32 * 34;
+    uint8_t* v_row = static_cast<uint8_t*>(cache.v) + pos * row_bytes + offset / 32 * 34;
+    for (int b = warp; b < head_dim / 32; b += n_warps) {
+      quantize_q8_0_block(h[b * 32 + lane], k_row + b * 34, lane);
+      quantize_q8_0_block(vh[b * 32 + lane], v_row + b * 34, lane);
+    }
+  } else {
+    using Elem = std::conditional_t<T == KvType::kF16, __half, float>;
+    Elem* k_row = static_cast<Elem*>(cache.k) + pos * cache.row_width + offset;
+    Elem* v_row = static_cast<Elem*>(cache.v) + pos * cache.row_width + offset;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
+      if constexpr (T == KvType::kF16) {
+        k_row[i] = __float2half_rn(h[i]);
+        v_row[i] = __float2half_rn(vh[i]);
+      } else {
+        k_row[i] = h[i];
+        v_row[i] = vh[i];
+      }
+    }
+  }
+}
+
 }  // namespace
+
+bool rope_kv_store(CudaContext& ctx, RopeTarget q, RopeTarget k, const float* v, const KvCacheView& cache,
+                   const int32_t* positions, int n_tokens, int head_dim, int n_rot, float freq_base,
+                   const float* freq_factors) {
+  if (int64_t{k.n_heads} * head_dim != cache.row_width || (cache.type == KvType::kQ8_0 && head_dim % 32 != 0))
+    return false;
+  const int threads = std::clamp((n_rot / 2 + 31) / 32 * 32, 32, 256);
+  dispatch_kv(cache.type, [&](auto type) {
+    launch(ctx, "rope_kv_store_kernel", rope_kv_store_kernel<decltype(type)::value>,
+           dim3(n_tokens * (q.n_heads + k.n_heads)), dim3(threads), 0, q, k, v, cache, positions, head_dim, n_rot,
+           freq_base, freq_factors);
+  });
+  return true;
+}
 
 void kv_store(CudaContext& ctx, const KvCacheView& cache, const float* k, const float* v, const int32_t* positions,
               int n_tokens) {

@@ -5,7 +5,7 @@
 //
 // Some ops are held back and launched by the next op, which may join them in one launch:
 // matvecs of the same input (Q/K/V, gate/up; inside recorded sequences), a residual add and
-// the RMSNorm of its result, the RoPE of Q and of K, a SwiGLU and the product of its output
+// the RMSNorm of its result, the RoPE of Q and of K and the KV store of K and V, a SwiGLU and the product of its output
 // (Q8_0/Q4_0 down projection of one token), and a one-token RMSNorm (with its residual add)
 // and the products of its output (Q8_0/Q4_0 Q/K/V, gate/up and head; in recorded sequences). Every op, write(), read(),
 // synchronize() and run_recorded() first launches whatever is held back and cannot join it.
@@ -288,14 +288,15 @@ class CudaBackend final : public Backend {
     const PendingRope rope{{f32(x), n_heads}, i32(positions), static_cast<int>(x.ne[1]), head_dim, config.n_rot,
                            config.freq_base, factors};
     const PendingRope& held = pending_rope_;
-    if (held.target.x && held.target.x != rope.target.x && held.positions == rope.positions &&
+    if (held.target.x && !held.second.x && held.target.x != rope.target.x && held.positions == rope.positions &&
         held.n_tokens == rope.n_tokens && held.head_dim == head_dim && held.n_rot == rope.n_rot &&
         held.freq_base == rope.freq_base && held.freq_factors == factors) {
-      const PendingRope first = held;
+      // The pair stays held: a KV store of the second (K) may join it.
+      PendingRope pair = held;
+      pair.second = rope.target;
       pending_rope_ = {};
       flush_pending();
-      cuda::rope(ctx_, first.target, rope.target, rope.positions, rope.n_tokens, head_dim, rope.n_rot, rope.freq_base,
-                 factors);
+      pending_rope_ = pair;
       return;
     }
     flush_pending();
@@ -305,13 +306,23 @@ class CudaBackend final : public Backend {
 
   void kv_store(Tensor& k_cache, Tensor& v_cache, const Tensor& k, const Tensor& v,
                 const Tensor& positions) override {
-    flush_pending();
     expect_type(k, TensorType::kF32, "kv_store", "k");
     expect_type(v, TensorType::kF32, "kv_store", "v");
     expect_type(positions, TensorType::kI32, "kv_store", "positions");
     const cuda::KvCacheView cache = kv_view(k_cache, v_cache);
     PDVM_CHECK(k.ne[0] == cache.row_width && v.ne == k.ne && positions.ne[0] >= k.ne[1]);
-    cuda::kv_store(ctx_, cache, f32(k), f32(v), i32(positions), static_cast<int>(k.ne[1]));
+    const int n_tokens = static_cast<int>(k.ne[1]);
+    const PendingRope rope = pending_rope_;
+    if (rope.second.x == f32(k) && rope.positions == i32(positions) && rope.n_tokens == n_tokens) {
+      pending_rope_ = {};
+      flush_pending();
+      if (cuda::rope_kv_store(ctx_, rope.target, rope.second, f32(v), cache, rope.positions, n_tokens, rope.head_dim,
+                              rope.n_rot, rope.freq_base, rope.freq_factors))
+        return;
+      launch_rope(rope);
+    }
+    flush_pending();
+    cuda::kv_store(ctx_, cache, f32(k), f32(v), i32(positions), n_tokens);
   }
 
   void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& positions,
@@ -395,6 +406,7 @@ class CudaBackend final : public Backend {
     int n_tokens = 0, head_dim = 0, n_rot = 0;
     float freq_base = 0.0f;
     const float* freq_factors = nullptr;
+    cuda::RopeTarget second;  // x null: one tensor
   };
 
   struct PendingNorm {
@@ -420,7 +432,7 @@ class CudaBackend final : public Backend {
   void launch_add(const PendingAdd& add) { cuda::add(ctx_, add.a, add.b, add.out, add.n); }
   void launch_swiglu(const PendingSwiglu& swiglu) { cuda::swiglu(ctx_, swiglu.gate, swiglu.up, swiglu.out, swiglu.n); }
   void launch_rope(const PendingRope& rope) {
-    cuda::rope(ctx_, rope.target, {}, rope.positions, rope.n_tokens, rope.head_dim, rope.n_rot, rope.freq_base,
+    cuda::rope(ctx_, rope.target, rope.second, rope.positions, rope.n_tokens, rope.head_dim, rope.n_rot, rope.freq_base,
                rope.freq_factors);
   }
 

@@ -5,6 +5,7 @@
 
 #include "cuda/launch.cuh"
 #include "cuda/ops.cuh"
+#include "cuda/rope.cuh"
 
 namespace pdvm::cuda {
 namespace {
@@ -114,16 +115,7 @@ __global__ void rope_kernel(RopeTarget first, RopeTarget second, const int32_t* 
   const RopeTarget& target = in_first ? first : second;
   const int head = in_first ? index : index - first.n_heads;
   float* h = target.x + (static_cast<int64_t>(token) * target.n_heads + head) * head_dim;
-  const float pos = static_cast<float>(positions[token]);
-  for (int i = threadIdx.x; i < n_rot / 2; i += blockDim.x) {
-    float theta = pos * powf(freq_base, -2.0f * static_cast<float>(i) / static_cast<float>(n_rot));
-    if (freq_factors) theta /= freq_factors[i];
-    float s, c;
-    sincosf(theta, &s, &c);
-    const float x0 = h[2 * i], x1 = h[2 * i + 1];
-    h[2 * i] = x0 * c - x1 * s;
-    h[2 * i + 1] = x0 * s + x1 * c;
-  }
+  rope_head(h, static_cast<float>(positions[token]), n_rot, freq_base, freq_factors);
 }
 
 __global__ void swiglu_kernel(const float* __restrict__ gate, const float* __restrict__ up, float* out, int64_t n) {

@@ -81,6 +81,12 @@ struct KvCacheView {
 void kv_store(CudaContext& ctx, const KvCacheView& cache, const float* k, const float* v, const int32_t* positions,
               int n_tokens);
 
+// rope(q, k) and then kv_store(k, v) in one launch (k's heads fill the cache row); false when
+// the shapes do not allow it (a Q8_0 cache needs head_dim % 32 == 0).
+bool rope_kv_store(CudaContext& ctx, RopeTarget q, RopeTarget k, const float* v, const KvCacheView& cache,
+                   const int32_t* positions, int n_tokens, int head_dim, int n_rot, float freq_base,
+                   const float* freq_factors);
+
 struct AttentionShape {
   int n_head = 0, n_head_kv = 0, head_dim = 0;
   float scale = 0.0f;

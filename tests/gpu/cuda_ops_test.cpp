@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <string>
 #include <tuple>
@@ -155,6 +156,75 @@ TEST(CudaOps, JoinedAddNormAndRopePairMatchTheSeparateOps) {
   };
   check(q, download<float>(*backend, qt), q_heads, "q");
   check(k, download<float>(*backend, kt), k_heads, "k");
+}
+
+// The RoPE pair of Q and K is held until the KV store of K, which joins it in one launch (a
+// Q8_0 cache with head_dim 48, not whole 32-blocks per head, takes the separate launches): Q and
+// K must be rotated as by the reference, and the cache rows must be exactly the reference
+// conversion of the rotated K and of V.
+TEST(CudaOps, RopePairThenKvStoreMatchReference) {
+  PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  struct Case {
+    int head_dim, n_rot;
+    std::vector<int32_t> pos;
+  };
+  const int q_heads = 6, k_heads = 2, n_ctx = 1100;
+  for (TensorType cache_type : {TensorType::kF32, TensorType::kF16, TensorType::kQ8_0}) {
+    for (const Case& c : {Case{128, 128, {37}}, Case{64, 32, {5, 77, 1030}}, Case{48, 48, {1099, 0}}}) {
+      const int n_tokens = static_cast<int>(c.pos.size()), hd = c.head_dim;
+      const int64_t width = int64_t{k_heads} * hd;
+      const std::string what = std::string(type_name(cache_type)) + " head_dim " + std::to_string(hd) + " n_rot " +
+                               std::to_string(c.n_rot) + " tokens " + std::to_string(n_tokens);
+      const std::vector<float> q = random_floats(static_cast<size_t>(q_heads * hd * n_tokens));
+      const std::vector<float> k = random_floats(static_cast<size_t>(width * n_tokens));
+      const std::vector<float> v = random_floats(static_cast<size_t>(width * n_tokens));
+      Tensor qt = upload_f32(*backend, q, {q_heads * hd, n_tokens, 1, 1});
+      Tensor kt = upload_f32(*backend, k, {width, n_tokens, 1, 1});
+      const Tensor vt = upload_f32(*backend, v, {width, n_tokens, 1, 1});
+      Tensor k_cache = alloc_poisoned(*backend, cache_type, {width, n_ctx, 1, 1});
+      Tensor v_cache = alloc_poisoned(*backend, cache_type, {width, n_ctx, 1, 1});
+      const Tensor positions = upload_i32(*backend, c.pos);
+      RopeConfig config;
+      config.n_rot = c.n_rot;
+      config.freq_base = 10000.0f;
+      backend->rope(qt, positions, q_heads, hd, config);
+      backend->rope(kt, positions, k_heads, hd, config);
+      backend->kv_store(k_cache, v_cache, kt, vt, positions);
+
+      const std::vector<float> got_q = download<float>(*backend, qt), got_k = download<float>(*backend, kt);
+      auto check = [&](const std::vector<float>& in, const std::vector<float>& got, int n_heads, const char* name) {
+        for (int t = 0; t < n_tokens; ++t) {
+          for (int h = 0; h < n_heads; ++h) {
+            const size_t base = static_cast<size_t>((t * n_heads + h) * hd);
+            for (int i = 0; i < hd / 2; ++i) {
+              double y0 = in[base + 2 * i], y1 = in[base + 2 * i + 1];
+              if (2 * i < c.n_rot) {
+                const double theta = c.pos[t] * std::pow(10000.0, -2.0 * i / c.n_rot), x0 = y0, x1 = y1;
+                y0 = x0 * std::cos(theta) - x1 * std::sin(theta);
+                y1 = x0 * std::sin(theta) + x1 * std::cos(theta);
+              }
+              const double tol = 1e-3 * (std::fabs(y0) + std::fabs(y1)) + 1e-5;
+              ASSERT_NEAR(got[base + 2 * i], y0, tol) << what << " " << name << " t " << t << " h " << h << " i " << i;
+              ASSERT_NEAR(got[base + 2 * i + 1], y1, tol) << what << " " << name << " t " << t << " h " << h;
+            }
+          }
+        }
+      };
+      check(q, got_q, q_heads, "q");
+      check(k, got_k, k_heads, "k");
+      const int64_t row_bytes = type_bytes(cache_type, width);
+      const std::vector<uint8_t> k_bytes = download<uint8_t>(*backend, k_cache);
+      const std::vector<uint8_t> v_bytes = download<uint8_t>(*backend, v_cache);
+      std::vector<uint8_t> want(static_cast<size_t>(row_bytes));
+      for (int t = 0; t < n_tokens; ++t) {
+        const int64_t at = int64_t{c.pos[t]} * row_bytes;
+        quantize_row(cache_type, got_k.data() + t * width, want.data(), width);
+        ASSERT_EQ(0, std::memcmp(want.data(), k_bytes.data() + at, want.size())) << what << " K row " << c.pos[t];
+        quantize_row(cache_type, v.data() + t * width, want.data(), width);
+        ASSERT_EQ(0, std::memcmp(want.data(), v_bytes.data() + at, want.size())) << what << " V row " << c.pos[t];
+      }
+    }
+  }
 }
 
 TEST(CudaOps, ArgmaxTakesTheLowestIndexOnTies) {
