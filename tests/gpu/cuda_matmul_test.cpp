@@ -115,7 +115,7 @@ TEST(CudaMatmul, BatchedMatvecsMatchReference) {
 }
 
 // Long rows and fewer rows than the grid has warps (the 13B down projection, 13824 wide): the
-// streaming matvec splits each row between 2-8 warps (four on an H100) and adds the parts in a
+// streaming matvec splits each row between 2-8 warps and adds the parts in a
 // fixed order, so a second run gives the same bits. 13856 = 433 Q4_0 chunks, a last column of
 // one chunk.
 TEST(CudaMatmul, LongRowsSplitBetweenWarpsMatchReferenceAndRepeat) {
