@@ -1,12 +1,10 @@
 // KV cache stores and causal attention over the cache. Attention is flash-decoding: the keys
 // 0..pos of each (token, KV head) are split into n_chunks chunks, one block each, and each
-// block keeps an online softmax over its chunk; the last block of a (token, KV head) to finish
-// combines the chunks (or, without arrival counters to spare, a merge kernel). All query
+// block keeps an online softmax over its chunk; a merge kernel combines the chunks. All query
 // heads of a GQA group share one block so K and V are read once per group. Positions are
 // read on the device, so one recorded launch serves every position. Prefill batches (more
 // than kMaxExactAttentionTokens tokens) go to the tensor-core kernel in tiled_attention.cu.
 #include <algorithm>
-#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -29,27 +27,6 @@ __device__ float warp_max(float v) {
   return v;
 }
 
-// Output element d of one query head from its chunks' unnormalized outputs and (m, l) pairs
-// (chunks without keys have l = 0). Read through L2: other blocks of the grid may have written
-// them.
-__device__ float merge_chunks(const float* part_o, const float* part_ml, int n_chunks, int head_dim, int64_t q_head,
-                              int d) {
-  const float* ml = part_ml + q_head * n_chunks * 2;
-  float max_m = -INFINITY;
-  for (int c = 0; c < n_chunks; ++c)
-    if (__ldcg(ml + 2 * c + 1) > 0.0f) max_m = fmaxf(max_m, __ldcg(ml + 2 * c));
-  float total_l = 0.0f, o = 0.0f;
-  for (int c = 0; c < n_chunks; ++c) {
-    const float l = __ldcg(ml + 2 * c + 1);
-    if (l > 0.0f) {
-      const float weight = expf(__ldcg(ml + 2 * c) - max_m);
-      total_l += l * weight;
-      o += __ldcg(part_o + (q_head * n_chunks + c) * head_dim + d) * weight;
-    }
-  }
-  return o / total_l;
-}
-
 int parts_for(int head_dim) { return head_dim <= kThreads && kThreads % head_dim == 0 ? kThreads / head_dim : 1; }
 
 size_t attention_smem(int group, int head_dim) {
@@ -63,8 +40,8 @@ size_t attention_smem(int group, int head_dim) {
 template <KvType T, int kGroupCap>
 __global__ void __launch_bounds__(kThreads)
     attention_kernel(const float* __restrict__ q, KvCacheView cache, const int32_t* __restrict__ positions,
-                     AttentionShape shape, int n_chunks, float* part_o, float* part_ml, float* __restrict__ out,
-                     unsigned* arrivals) {
+                     AttentionShape shape, int n_chunks, float* __restrict__ part_o, float* __restrict__ part_ml,
+                     float* __restrict__ out) {
   pdl_begin();
   extern __shared__ float smem[];
   const int chunk = blockIdx.x, kv_head = blockIdx.y;
@@ -174,9 +151,10 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     __syncthreads();
+    if (part != 0) return;
 #pragma unroll
     for (int g = 0; g < kGroupCap; ++g) {
-      if (g < group && part == 0) {
+      if (g < group) {
         for (int other = 1; other < n_parts; ++other) {
           acc[g][0] += comb[g * kThreads + other * hd + d0];
           l[g] += comb_l[g * n_parts + other];
@@ -187,7 +165,7 @@ __global__ void __launch_bounds__(kThreads)
 
 #pragma unroll
   for (int g = 0; g < kGroupCap; ++g) {
-    if (g < group && part == 0) {
+    if (g < group) {
       const int64_t q_head = token * shape.n_head + static_cast<int64_t>(kv_head) * group + g;
 #pragma unroll
       for (int s = 0; s < kMaxSlots; ++s) {
@@ -204,31 +182,25 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  if (n_chunks == 1 || !arrivals) return;
-
-  // The last chunk of this (token, KV head) to arrive merges all of them.
-  __shared__ bool last_chunk;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    unsigned* count = arrivals + token * shape.n_head_kv + kv_head;
-    last_chunk = atomicAdd(count, 1u) == static_cast<unsigned>(n_chunks - 1);
-    if (last_chunk) *count = 0;  // every chunk has arrived: ready for the next launch
-  }
-  __syncthreads();
-  if (!last_chunk) return;
-  for (int i = tid; i < group * hd; i += kThreads) {
-    const int64_t q_head = token * shape.n_head + static_cast<int64_t>(kv_head) * group + i / hd;
-    out[q_head * hd + i % hd] = merge_chunks(part_o, part_ml, n_chunks, hd, q_head, i % hd);
-  }
 }
 
 __global__ void attention_merge_kernel(const float* __restrict__ part_o, const float* __restrict__ part_ml,
                                        int n_chunks, int head_dim, float* __restrict__ out) {
   pdl_begin();
   const int64_t q_head = blockIdx.x;  // token * n_head + head
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x)
-    out[q_head * head_dim + d] = merge_chunks(part_o, part_ml, n_chunks, head_dim, q_head, d);
+  const float* ml = part_ml + q_head * n_chunks * 2;
+  float max_m = -INFINITY;
+  for (int c = 0; c < n_chunks; ++c)
+    if (ml[2 * c + 1] > 0.0f) max_m = fmaxf(max_m, ml[2 * c]);
+  float total_l = 0.0f;
+  for (int c = 0; c < n_chunks; ++c)
+    if (ml[2 * c + 1] > 0.0f) total_l += ml[2 * c + 1] * expf(ml[2 * c] - max_m);
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float o = 0.0f;
+    for (int c = 0; c < n_chunks; ++c)
+      if (ml[2 * c + 1] > 0.0f) o += part_o[(q_head * n_chunks + c) * head_dim + d] * expf(ml[2 * c] - max_m);
+    out[q_head * head_dim + d] = o / total_l;
+  }
 }
 
 __device__ void quantize_q8_0_block(float x, uint8_t* block, int lane) {
@@ -369,19 +341,11 @@ void attention(CudaContext& ctx, const float* q, const KvCacheView& cache, const
   }
   const dim3 grid(static_cast<unsigned>(n_chunks), static_cast<unsigned>(shape.n_head_kv),
                   static_cast<unsigned>(n_tokens));
-  // PDVM_CUDA_ATTENTION_MERGE_KERNEL=1 always merges in a separate kernel (A/B timing).
-  static const bool merge_kernel = [] {
-    const char* env = std::getenv("PDVM_CUDA_ATTENTION_MERGE_KERNEL");
-    return env && std::string(env) == "1";
-  }();
-  unsigned* arrivals = nullptr;
-  if (n_chunks > 1 && !merge_kernel && work <= CudaContext::kAttentionArrivals)
-    arrivals = static_cast<unsigned*>(ctx.grid_arrivals.get()) + CudaContext::kAttentionArrivalsAt;
   dispatch_kv(cache.type, [&](auto type) {
     constexpr KvType kType = decltype(type)::value;
     auto start = [&](auto kernel) {
       launch(ctx, "attention_kernel", kernel, grid, dim3(kThreads), attention_smem(group, shape.head_dim), q, cache,
-             positions, shape, n_chunks, part_o, part_ml, out, arrivals);
+             positions, shape, n_chunks, part_o, part_ml, out);
     };
     if (group == 1)
       start(attention_kernel<kType, 1>);
@@ -392,7 +356,7 @@ void attention(CudaContext& ctx, const float* q, const KvCacheView& cache, const
     else
       start(attention_kernel<kType, kMaxGroup>);
   });
-  if (n_chunks > 1 && !arrivals) {
+  if (n_chunks > 1) {
     launch(ctx, "attention_merge_kernel", attention_merge_kernel, dim3(n_tokens * shape.n_head),
            dim3(std::min(shape.head_dim, 256)), 0, static_cast<const float*>(part_o), static_cast<const float*>(part_ml),
            n_chunks, shape.head_dim, out);

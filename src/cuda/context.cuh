@@ -62,11 +62,8 @@ struct CudaContext {
   ScratchBuffer gemm_activations; // F16 copy of the GEMM input
   ScratchBuffer matvec_x8;        // int8 copy of a matvec input (Q8_0, Q4_0 weights)
   // Zeroed counters for kernels whose last block to arrive finishes the work; each kernel
-  // resets what it used before it ends. Entry 0: streaming_norm_matvec; then one per (token,
-  // KV head) of a decode attention.
-  static constexpr int kAttentionArrivalsAt = 1;
-  static constexpr int kAttentionArrivals = 4096;
-  static constexpr int kGridArrivals = kAttentionArrivalsAt + kAttentionArrivals;
+  // resets what it used before it ends. Entry 0: streaming_norm_matvec.
+  static constexpr int kGridArrivals = 1;
   std::shared_ptr<void> grid_arrivals;
 
   // Kernels run so far: eager launch() calls plus the kernel nodes of every graph replay
