@@ -25,6 +25,7 @@ NOT_A_REPORT = re.compile(r"COMPUTE-SANITIZER|ERROR SUMMARY|RACECHECK SUMMARY|LE
 DEVICE_SITE = re.compile(r"\bat (?:0x[0-9a-f]+ in )?(.+?)\+0x[0-9a-f]+")
 MODULE = re.compile(r"\bin (\S*?\.so(?:\.\d+)*|\S*gpu_\w+_test|\S*/pdvm)(?=\s|$)")
 RUNTIME_MODULES = re.compile(r"libcuda\.so|libcudart|libc\.so|libstdc\+\+|ld-linux|libpthread|libgcc")
+SANITIZER_MESSAGE = re.compile(r"Internal|process didn't terminate|not supported|Tool|Sanitizer")
 CUT = {124: "cut (time limit)", 137: "killed", 130: "interrupted"}
 
 
@@ -40,8 +41,10 @@ def owner_of_module(module):
 
 
 def attribute(lines):
-    """Who a report belongs to: 'pdvm', 'nccl', 'cublas', a kernel or library name."""
+    """Who a report belongs to: 'pdvm', 'nccl', 'cublas', 'sanitizer', a kernel or library name."""
     text = "\n".join(lines)
+    if SANITIZER_MESSAGE.search(lines[0]):
+        return "sanitizer", lines[0][:60]
     site = DEVICE_SITE.search(lines[0]) or (DEVICE_SITE.search(lines[1]) if len(lines) > 1 else None)
     if site and "Host Frame" not in site.group(0):
         kernel = site.group(1)
@@ -59,7 +62,7 @@ def attribute(lines):
 
 
 def kind_of(first_line):
-    kind = re.sub(r"^(Error|Warning|ERROR|WARNING): ", "", first_line)
+    kind = re.sub(r"^(Error|ERROR): ", "", first_line)
     kind = re.sub(r" at .*", "", kind)
     return re.sub(r"0x[0-9a-f]+|\d+", "N", kind)[:90]
 
@@ -106,10 +109,13 @@ def parse(log):
 
 
 def verdict(run):
-    pdvm_reports = run["owners"].get("pdvm", 0) + run["owners"].get("unknown", 0)
-    library_reports = sum(run["owners"].values()) - pdvm_reports
+    pdvm_reports = run["owners"].get("pdvm", 0)
+    unattributed = run["owners"].get("unknown", 0) + run["owners"].get("sanitizer", 0)
+    library_reports = sum(run["owners"].values()) - pdvm_reports - unattributed
     if pdvm_reports:
         return "FINDING in pdvm"
+    if unattributed:
+        return "unattributed reports: read the log"
     if run["rc"] in CUT:
         return CUT[run["rc"]] + (", library reports only" if library_reports else ", nothing reported so far")
     if run["summary"] is None:
@@ -154,7 +160,7 @@ def main():
     (out / "summary.txt").write_text("\n".join(rows) + "\n")
 
     print("%-34s %-9s %5s %6s %5s %5s %5s %6s %8s" % ("binary", "tool", "runs", "clean", "cut", "pass", "fail",
-                                                     "pdvm", "library"))
+                                                     "pdvm", "other"))
     groups = collections.OrderedDict()
     for r in runs:
         groups.setdefault((r["binary"], r["tool"]), []).append(r)
@@ -162,7 +168,7 @@ def main():
         owners = collections.Counter()
         for r in group:
             owners.update(r["owners"])
-        pdvm_reports = owners.get("pdvm", 0) + owners.get("unknown", 0)
+        pdvm_reports = owners.get("pdvm", 0)
         print("%-34s %-9s %5d %6d %5d %5d %5d %6d %8d" % (
             binary, tool, len(group), sum(verdict(r) == "clean" for r in group),
             sum(r["rc"] in CUT for r in group), sum(r["passed"] for r in group),
