@@ -6,7 +6,8 @@
 // Some ops are held back and launched by the next op, which may join them in one launch:
 // matvecs of the same input (Q/K/V, gate/up; inside recorded sequences), a residual add and
 // the RMSNorm of its result, the RoPE of Q and of K and the KV store of K and V, a SwiGLU and the product of its output
-// (Q8_0/Q4_0 down projection of one token), and a one-token RMSNorm (with its residual add)
+// (Q8_0/Q4_0 down projection of one token; F32/F16/BF16: the gate/up products compute the
+// SwiGLU), and a one-token RMSNorm (with its residual add)
 // and the products of its output (Q8_0/Q4_0 Q/K/V, gate/up and head; in recorded sequences). Every op, write(), read(),
 // synchronize() and run_recorded() first launches whatever is held back and cannot join it.
 #include <cstdlib>
@@ -339,12 +340,13 @@ class CudaBackend final : public Backend {
   }
 
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) override {
-    flush_pending();
     expect_type(gate, TensorType::kF32, "swiglu", "gate");
     expect_type(up, TensorType::kF32, "swiglu", "up");
     expect_type(out, TensorType::kF32, "swiglu", "out");
     PDVM_CHECK(up.n_elems() == gate.n_elems() && out.n_elems() >= gate.n_elems());
     const PendingSwiglu swiglu{f32(gate), f32(up), f32(out), gate.n_elems()};
+    if (join_swiglu_with_products(swiglu)) return;
+    flush_pending();
     if (!fuse_ops_) return launch_swiglu(swiglu);
     pending_swiglu_ = swiglu;
   }
@@ -457,6 +459,19 @@ class CudaBackend final : public Backend {
       pending_swiglu_ = {};
       launch_swiglu(swiglu);
     }
+  }
+
+  // Held products that made gate and up (of one input, F32/F16/BF16) compute the SwiGLU of
+  // their rows too: one launch fewer than a SwiGLU kernel between them and the down projection.
+  bool join_swiglu_with_products(const PendingSwiglu& swiglu) {
+    const Pending p = pending_;
+    if (p.count != 2 || p.outs[0] != swiglu.gate || p.outs[1] != swiglu.up ||
+        swiglu.n != p.views[0].n_rows * p.n_tokens || !cuda::joins_swiglu(p.views[0], p.views[1]))
+      return false;
+    pending_.count = 0;
+    flush_add_and_rope();  // what else is held (the norm of x, which these formats do not join) goes first
+    cuda::matvec_swiglu(ctx_, p.views[0], p.views[1], p.outs[0], p.outs[1], p.x, p.n_tokens, swiglu.out);
+    return true;
   }
 
   void flush_pending() {

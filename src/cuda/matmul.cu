@@ -2,6 +2,7 @@
 // read through L1 (Q8_0 and Q4_0: an int8 copy of x and integer dot products), split-k for few
 // long rows) and, for batches, F16 tensor-core GEMMs (cuBLAS).
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -21,12 +22,15 @@ __host__ __device__ int64_t x_float4s(const WeightView& w, int chunk) {
 
 // Up to kMaxMatvecBatch matrices sharing x (e.g. Q, K and V) in one launch. Each matrix's
 // rows start at a multiple of kRows in the combined numbering, so a warp's rows never straddle
-// two matrices.
+// two matrices. With swiglu_out, w[0] and w[1] are gate and up: a warp takes the same rows of
+// both (numbered over gate's rows only) and also writes silu(gate) * up.
 struct MatvecBatch {
   WeightView w[kMaxMatvecBatch];
   float* out[kMaxMatvecBatch];
   int64_t first_row[kMaxMatvecBatch + 1];
   int count;
+  float* swiglu_out;
+  int prefetch_steps;  // load steps of each warp's first rows warmed in L2 before the PDL wait
 };
 
 // Where a matvec reads x: float4s staged in shared memory (rows padded past k), float4s from
@@ -36,36 +40,46 @@ enum class XMode { kShared, kGlobal, kInt8 };
 template <typename Format>
 constexpr bool kInt8Activations = std::is_same_v<Format, Q8_0Format> || std::is_same_v<Format, Q4_0Format>;
 
-// A block of kWarps warps works on kWarps / kSplit groups of Format::kRows rows; the kSplit
-// warps of a group share the row's chunks (split-k) so that matrices with few, long rows still
-// put enough loads in flight.
-template <typename Format, int kSplit, XMode kX>
+// A block of kWarps warps works on kWarps / kSplit groups of Format::kRows rows (of gate and
+// of up with kSwiglu); the kSplit warps of a group share the row's chunks (split-k) so that
+// matrices with few, long rows still put enough loads in flight.
+template <typename Format, int kSplit, XMode kX, bool kSwiglu = false>
 __global__ void __launch_bounds__(kThreads) matvec_kernel(const __grid_constant__ MatvecBatch batch,
                                                            const float* __restrict__ x, const int8_t* __restrict__ xq,
                                                            const float2* __restrict__ x_ds) {
   constexpr int R = Format::kRows;
-  // Integer dot products are cheap enough to keep twice the loads in flight.
-  constexpr int kUnroll = kX == XMode::kInt8 ? 2 * Format::kUnroll : Format::kUnroll;
+  constexpr int kMatrices = kSwiglu ? 2 : 1;  // matrices whose rows a warp walks together
+  constexpr int RR = kMatrices * R;
+  // Integer dot products are cheap enough to keep twice the loads in flight; gate and up
+  // together keep the loads in flight of one matrix.
+  constexpr int kUnroll = (kX == XMode::kInt8 ? 2 * Format::kUnroll : Format::kUnroll) / kMatrices;
+  static_assert(kUnroll >= 1);
   constexpr int kGroups = kWarps / kSplit;
+  constexpr int kStride = 32 * kSplit;
   extern __shared__ float4 xs[];
-  __shared__ float partial[kWarps][R];
+  __shared__ float partial[kWarps][RR];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = warp / kSplit, part = warp % kSplit;
-  const int64_t total_rows = batch.first_row[batch.count];
+  const int64_t total_rows = batch.first_row[kSwiglu ? 1 : batch.count];
   {
-    // No kernel writes weights: warm L2 with each lane's first chunk while the previous
+    // No kernel writes weights: warm L2 with each lane's first chunks while the previous
     // kernel finishes (the offset is exact for 16-byte chunk streams, close for K-quants).
     const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kGroups * R + group * R;
-    const int64_t c = part * 32 + lane;
     if (row0 < total_rows) {
       int m = 0;
-      while (m + 1 < batch.count && row0 >= batch.first_row[m + 1]) ++m;
-      const WeightView& w = batch.w[m];
-      if (c < w.n_chunks) {
+      while (!kSwiglu && m + 1 < batch.count && row0 >= batch.first_row[m + 1]) ++m;
 #pragma unroll
-        for (int r = 0; r < R; ++r)
-          prefetch_l2(w.q + min(row0 - batch.first_row[m] + r, w.n_rows - 1) * w.q_row_bytes +
-                      c * w.q_row_bytes / w.n_chunks);
+      for (int i = 0; i < kMatrices; ++i) {
+        const WeightView& w = batch.w[m + i];
+        for (int u = 0; u < batch.prefetch_steps; ++u) {
+          const int64_t c = part * 32 + lane + kStride * u;
+          if (c < w.n_chunks) {
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+              prefetch_l2(w.q + min(row0 - batch.first_row[m] + r, w.n_rows - 1) * w.q_row_bytes +
+                          c * w.q_row_bytes / w.n_chunks);
+          }
+        }
       }
     }
   }
@@ -96,58 +110,67 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(const __grid_constant_
   for (int64_t block_row = static_cast<int64_t>(blockIdx.x) * kGroups * R; block_row < total_rows;
        block_row += static_cast<int64_t>(gridDim.x) * kGroups * R) {
     const int64_t row0 = block_row + group * R;
-    float acc[R] = {};
+    float acc[RR] = {};  // with kSwiglu: gate's rows, then up's
     int m = 0;
     int64_t local0 = 0;
     if (row0 < total_rows) {
-      while (m + 1 < batch.count && row0 >= batch.first_row[m + 1]) ++m;
+      while (!kSwiglu && m + 1 < batch.count && row0 >= batch.first_row[m + 1]) ++m;
       const WeightView& w = batch.w[m];
       local0 = row0 - batch.first_row[m];
       int64_t rows[R];
 #pragma unroll
       for (int r = 0; r < R; ++r) rows[r] = min(local0 + r, w.n_rows - 1);  // tail rows repeat the last
-      constexpr int kStride = 32 * kSplit;
       for (int64_t c = part * 32 + lane; c < w.n_chunks; c += kStride * kUnroll) {
-        typename Format::Frag frags[kUnroll][R];
+        typename Format::Frag frags[kUnroll][RR];
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u)
           if (c + kStride * u < w.n_chunks)
 #pragma unroll
-            for (int r = 0; r < R; ++r) frags[u][r] = Format::load(w, rows[r], c + kStride * u);
+            for (int i = 0; i < kMatrices; ++i)
+#pragma unroll
+              for (int r = 0; r < R; ++r) frags[u][i * R + r] = Format::load(batch.w[m + i], rows[r], c + kStride * u);
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u)
           if (c + kStride * u < w.n_chunks) {
             if constexpr (kX == XMode::kInt8)
-              Format::template accumulate_int8<R>(frags[u], c + kStride * u, x_access, acc);
+              Format::template accumulate_int8<RR>(frags[u], c + kStride * u, x_access, acc);
             else
-              Format::template accumulate<R>(frags[u], c + kStride * u, x_access, acc);
+              Format::template accumulate<RR>(frags[u], c + kStride * u, x_access, acc);
           }
       }
     }
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
+    for (int r = 0; r < RR; ++r) {
 #pragma unroll
       for (int offset = 16; offset > 0; offset /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], offset);
     }
     if constexpr (kSplit > 1) {
       if (lane == 0) {
 #pragma unroll
-        for (int r = 0; r < R; ++r) partial[warp][r] = acc[r];
+        for (int r = 0; r < RR; ++r) partial[warp][r] = acc[r];
       }
       __syncthreads();
       if (part == 0 && lane == 0) {
         for (int other = 1; other < kSplit; ++other) {
 #pragma unroll
-          for (int r = 0; r < R; ++r) acc[r] += partial[warp + other][r];
+          for (int r = 0; r < RR; ++r) acc[r] += partial[warp + other][r];
         }
       }
       __syncthreads();
     }
     if (part == 0 && lane == 0 && row0 < total_rows) {
-      const WeightView& w = batch.w[m];
+      const int64_t n_rows = batch.w[m].n_rows;
 #pragma unroll
-      for (int r = 0; r < R; ++r)
-        if (local0 + r < w.n_rows) batch.out[m][token * w.n_rows + local0 + r] = acc[r];
+      for (int r = 0; r < R; ++r) {
+        if (local0 + r >= n_rows) continue;
+        const int64_t e = token * n_rows + local0 + r;
+#pragma unroll
+        for (int i = 0; i < kMatrices; ++i) batch.out[m + i][e] = acc[i * R + r];
+        if constexpr (kSwiglu) {
+          const float g = acc[r];
+          batch.swiglu_out[e] = g / (1.0f + expf(-g)) * acc[R + r];  // as swiglu_kernel
+        }
+      }
     }
   }
 }
@@ -226,31 +249,41 @@ int shared_x_limit(const CudaContext& ctx) {
   return ctx.max_smem_per_block - static_cast<int>(attributes.sharedSizeBytes);
 }
 
-}  // namespace
-
-void configure_matvec(const CudaContext& ctx) {
-  const WeightFormat formats[] = {WeightFormat::kF32, WeightFormat::kF16, WeightFormat::kBF16};
-  for (WeightFormat format : formats) {
-    dispatch_format(format, [&](auto f) {
-      using Format = decltype(f);
-      if constexpr (kHasSharedXVariant<Format>) {
-        PDVM_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<Format, 1, XMode::kShared>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             shared_x_limit<Format>(ctx)));
-      }
-    });
-  }
+// PDVM_CUDA_SWIGLU_PAIR=0 keeps SwiGLU out of the gate/up products (A/B timing).
+bool swiglu_pairing_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("PDVM_CUDA_SWIGLU_PAIR");
+    return !(env && std::string(env) == "0");
+  }();
+  return enabled;
 }
 
-void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x, int n_tokens) {
-  PDVM_CHECK(count >= 1 && count <= kMaxMatvecBatch);
-  if (streaming_matvec(ctx, views, outs, count, x, n_tokens)) return;
+// Load steps of each warp's first rows to warm in L2 before the PDL wait: the whole first
+// batch of loads for dense rows (measured on F16; with gate and up a step loads both), the
+// first step for the other formats; PDVM_CUDA_MATVEC_PREFETCH=N sets it for all (A/B timing).
+template <typename Format>
+int prefetch_steps(bool two_matrices) {
+  static const int forced = [] {
+    const char* env = std::getenv("PDVM_CUDA_MATVEC_PREFETCH");
+    return env ? std::max(0, std::atoi(env)) : -1;
+  }();
+  if (forced >= 0) return forced;
+  if (!kHasSharedXVariant<Format>) return 1;
+  return two_matrices ? Format::kUnroll / 2 : Format::kUnroll;
+}
+
+// The decode matvec of views (count matrices sharing x); with swiglu_out, views are gate and
+// up (count 2, same shape) and the SwiGLU of their products is written too.
+void launch_matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x,
+                   int n_tokens, float* swiglu_out) {
   const WeightView& w = views[0];
   dispatch_format(w.format, [&](auto f) {
     using Format = decltype(f);
     constexpr int R = Format::kRows;
     MatvecBatch batch{};
     batch.count = count;
+    batch.swiglu_out = swiglu_out;
+    batch.prefetch_steps = prefetch_steps<Format>(swiglu_out != nullptr);
     for (int m = 0; m < count; ++m) {
       PDVM_CHECK(views[m].format == w.format && views[m].k == w.k);
       batch.w[m] = views[m];
@@ -260,13 +293,14 @@ void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int c
     // x straight from global memory needs every chunk inside k (no padded rows).
     const bool shared_x = w.n_chunks * Format::kChunk != w.k;
     PDVM_CHECK(!shared_x || kHasSharedXVariant<Format>);
+    PDVM_CHECK(!swiglu_out || (count == 2 && !shared_x && views[1].n_rows == w.n_rows));
     const int64_t smem = shared_x ? x_float4s(w, Format::kChunk) * 16 : 0;
     if (shared_x && smem > shared_x_limit<Format>(ctx))
       throw_error(ErrorKind::kUnsupported, "cuda: matmul with rows of " + std::to_string(w.k) +
                                                " elements exceeds the shared memory of the device");
     // Split rows across warps when there are too few row groups to fill the device
     // (~24 warps per SM), as long as each warp still gets a whole pass of chunks.
-    const int64_t groups = batch.first_row[count] / R;
+    const int64_t groups = batch.first_row[swiglu_out ? 1 : count] / R;
     const bool split = !shared_x && groups < int64_t{ctx.sm_count} * 24 && w.n_chunks >= 32 * 4;
     const int split_factor = split ? 4 : 1;
     const int64_t blocks = (groups * split_factor + kWarps - 1) / kWarps;
@@ -290,7 +324,14 @@ void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int c
              static_cast<const int8_t*>(xq), static_cast<const float2*>(x_ds));
     };
     constexpr XMode kStreamed = kInt8Activations<Format> ? XMode::kInt8 : XMode::kGlobal;
-    if (shared_x) {
+    if (swiglu_out) {
+      if constexpr (kHasSharedXVariant<Format>) {
+        if (split)
+          start(matvec_kernel<Format, 4, XMode::kGlobal, true>);
+        else
+          start(matvec_kernel<Format, 1, XMode::kGlobal, true>);
+      }
+    } else if (shared_x) {
       if constexpr (kHasSharedXVariant<Format>) start(matvec_kernel<Format, 1, XMode::kShared>);
     } else if (split) {
       start(matvec_kernel<Format, 4, kStreamed>);
@@ -298,6 +339,46 @@ void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int c
       start(matvec_kernel<Format, 1, kStreamed>);
     }
   });
+}
+
+}  // namespace
+
+void configure_matvec(const CudaContext& ctx) {
+  const WeightFormat formats[] = {WeightFormat::kF32, WeightFormat::kF16, WeightFormat::kBF16};
+  for (WeightFormat format : formats) {
+    dispatch_format(format, [&](auto f) {
+      using Format = decltype(f);
+      if constexpr (kHasSharedXVariant<Format>) {
+        PDVM_CUDA_CHECK(cudaFuncSetAttribute(matvec_kernel<Format, 1, XMode::kShared>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             shared_x_limit<Format>(ctx)));
+      }
+    });
+  }
+}
+
+void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x, int n_tokens) {
+  PDVM_CHECK(count >= 1 && count <= kMaxMatvecBatch);
+  if (streaming_matvec(ctx, views, outs, count, x, n_tokens)) return;
+  launch_matvec(ctx, views, outs, count, x, n_tokens, nullptr);
+}
+
+bool joins_swiglu(const WeightView& gate, const WeightView& up) {
+  if (!swiglu_pairing_enabled() || gate.format != up.format || gate.k != up.k || gate.n_rows != up.n_rows) return false;
+  bool joins = false;
+  dispatch_format(gate.format, [&](auto f) {
+    using Format = decltype(f);
+    joins = kHasSharedXVariant<Format> && gate.n_chunks * Format::kChunk == gate.k;
+  });
+  return joins;
+}
+
+void matvec_swiglu(CudaContext& ctx, const WeightView& gate, const WeightView& up, float* gate_out, float* up_out,
+                   const float* x, int n_tokens, float* swiglu_out) {
+  PDVM_CHECK(joins_swiglu(gate, up));
+  const WeightView views[2] = {gate, up};
+  float* const outs[2] = {gate_out, up_out};
+  launch_matvec(ctx, views, outs, 2, x, n_tokens, swiglu_out);
 }
 
 void matvec(CudaContext& ctx, const WeightView& w, const float* x, float* out, int n_tokens) {

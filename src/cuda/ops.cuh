@@ -20,6 +20,13 @@ void matvec(CudaContext& ctx, const WeightView& w, const float* x, float* out, i
 // launch (Q/K/V, gate/up).
 constexpr int kMaxMatvecBatch = 3;
 void matvec(CudaContext& ctx, const WeightView* views, float* const* outs, int count, const float* x, int n_tokens);
+// Whether gate and up (F32/F16/BF16 rows without padding, same shape) can run as one launch
+// that also writes the SwiGLU of their products (PDVM_CUDA_SWIGLU_PAIR=0: never).
+bool joins_swiglu(const WeightView& gate, const WeightView& up);
+// gate_out and up_out as matvec() writes them, and swiglu_out = silu(gate_out) * up_out as
+// swiglu() would write it, in one launch; needs joins_swiglu(gate, up).
+void matvec_swiglu(CudaContext& ctx, const WeightView& gate, const WeightView& up, float* gate_out, float* up_out,
+                   const float* x, int n_tokens, float* swiglu_out);
 // ---- streaming_matvec.cu ----------------------------------------------------------------
 // The same for one token of Q8_0 or Q4_0 weights on a persistent grid; false when the format
 // or shape is not one it takes (matvec() then runs its own kernels).

@@ -524,6 +524,84 @@ TEST(CudaOps, RmsNormThenMatmulsMatchTheSeparateOps) {
   }
 }
 
+// RMSNorm, the gate and up products of its output, their SwiGLU and the down projection, as
+// in a model's feed-forward half: in a recorded sequence the gate/up products of F32/F16/BF16
+// rows compute the SwiGLU in their launch (split between warps for few rows, e.g. 333), padded
+// rows (k = 1001) and Q8_0 take the separate ops. Every output must be the separate ops'.
+TEST(CudaOps, GateUpThenSwigluMatchTheSeparateOps) {
+  PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  struct Case {
+    TensorType type;
+    int64_t k, n;
+    int n_tokens;
+  };
+  const int64_t n_out = 45;
+  for (const Case& c : {Case{TensorType::kF16, 5120, 13824, 1}, Case{TensorType::kF16, 1032, 333, 2},
+                        Case{TensorType::kBF16, 1000, 77, 1}, Case{TensorType::kF32, 2048, 301, 3},
+                        Case{TensorType::kF16, 1001, 64, 1}, Case{TensorType::kQ8_0, 1024, 200, 1}}) {
+    const int64_t k = c.k, n = c.n;
+    const int T = c.n_tokens;
+    const std::vector<uint8_t> gate_bytes = random_weight_bytes(c.type, k, n), up_bytes = random_weight_bytes(c.type, k, n);
+    const std::vector<uint8_t> down_bytes = random_weight_bytes(TensorType::kF16, n, n_out);
+    const std::vector<float> wg = dequantize_rows(c.type, gate_bytes, k, n), wu = dequantize_rows(c.type, up_bytes, k, n);
+    const std::vector<float> wd = dequantize_rows(TensorType::kF16, down_bytes, n, n_out);
+    const Tensor w_gate = backend->load_weight(c.type, {k, n, 1, 1}, gate_bytes.data());
+    const Tensor w_up = backend->load_weight(c.type, {k, n, 1, 1}, up_bytes.data());
+    const Tensor w_down = backend->load_weight(TensorType::kF16, {n, n_out, 1, 1}, down_bytes.data());
+    const std::vector<float> gain = random_floats(static_cast<size_t>(k));
+    const Tensor norm_weight = backend->load_weight(TensorType::kF32, {k, 1, 1, 1}, gain.data());
+    Tensor x = backend->alloc(TensorType::kF32, {k, T, 1, 1}), y = backend->alloc(TensorType::kF32, {k, T, 1, 1});
+    Tensor gate = alloc_poisoned(*backend, TensorType::kF32, {n, T, 1, 1});
+    Tensor up = alloc_poisoned(*backend, TensorType::kF32, {n, T, 1, 1});
+    Tensor hidden = alloc_poisoned(*backend, TensorType::kF32, {n, T, 1, 1});
+    Tensor out = alloc_poisoned(*backend, TensorType::kF32, {n_out, T, 1, 1});
+    const std::string name = std::string(type_name(c.type)) + " " + std::to_string(k) + "x" + std::to_string(n) +
+                             " tokens " + std::to_string(T);
+    // Rows of matrix w (width `width`) times vectors v (one per token) in double, checked
+    // against got within float rounding of the terms' magnitudes.
+    auto expect_products = [&](const std::vector<float>& w, int64_t width, int64_t rows, const std::vector<float>& v,
+                               const std::vector<float>& got, const std::string& what) {
+      for (int t = 0; t < T; ++t)
+        for (int64_t j = 0; j < rows; ++j) {
+          double want = 0.0, magnitude = 0.0;
+          for (int64_t i = 0; i < width; ++i) {
+            const double term = double(w[j * width + i]) * v[t * width + i];
+            want += term;
+            magnitude += std::fabs(term);
+          }
+          ASSERT_NEAR(got[t * rows + j], want, 2e-5 * magnitude + 1e-6) << what << " token " << t << " row " << j;
+        }
+    };
+    for (int step = 0; step < 4; ++step) {  // eager, then recorded: direct run, capture, replay
+      const std::string what = name + " step " + std::to_string(step);
+      const std::vector<float> x0 = random_floats(static_cast<size_t>(k * T), 2.0f);
+      backend->write(x, x0.data(), x0.size() * 4);
+      auto ops = [&] {
+        backend->rms_norm(x, norm_weight, 1e-5f, y);
+        backend->matmul_shared_input({&w_gate, &w_up}, y, {&gate, &up});
+        backend->swiglu(gate, up, hidden);
+        backend->matmul(w_down, hidden, out);
+      };
+      if (step == 0)
+        ops();
+      else
+        backend->run_recorded("gate/up then swiglu " + name, ops);
+      const std::vector<float> got_y = download<float>(*backend, y);
+      const std::vector<float> y_used = int8_activations(c.type, T) ? int8_rounded(got_y) : got_y;
+      const std::vector<float> got_gate = download<float>(*backend, gate), got_up = download<float>(*backend, up);
+      expect_products(wg, k, n, y_used, got_gate, what + " gate");
+      expect_products(wu, k, n, y_used, got_up, what + " up");
+      const std::vector<float> got_hidden = download<float>(*backend, hidden);
+      for (int64_t i = 0; i < n * T; ++i) {
+        const double g = got_gate[i];
+        const double want = g / (1.0 + std::exp(-g)) * got_up[i];
+        ASSERT_NEAR(got_hidden[i], want, 1e-5 * std::fabs(want) + 1e-6) << what << " swiglu " << i;
+      }
+      expect_products(wd, n, n_out, got_hidden, download<float>(*backend, out), what + " down");
+    }
+  }
+}
+
 TEST(CudaBandwidth, ProbeReportsAPlausibleRate) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const ReadBandwidth bw = measure_cuda_read_bandwidth(0, uint64_t{256} << 20, 3);
