@@ -258,18 +258,15 @@ bool swiglu_pairing_enabled() {
   return enabled;
 }
 
-// Load steps of each warp's first rows to warm in L2 before the PDL wait: the whole first
-// batch of loads for dense rows (measured on F16; with gate and up a step loads both), the
-// first step for the other formats; PDVM_CUDA_MATVEC_PREFETCH=N sets it for all (A/B timing).
-template <typename Format>
-int prefetch_steps(bool two_matrices) {
-  static const int forced = [] {
+// Load steps of each warp's first rows warmed in L2 before the PDL wait: one (its first
+// chunk of each row). The whole first batch (4 steps) made 13B F16 decode 2.7 % slower on an
+// H100 (docs/perf-notes.md, session 4 cuda-f16); PDVM_CUDA_MATVEC_PREFETCH=N sets it (A/B timing).
+int prefetch_steps() {
+  static const int steps = [] {
     const char* env = std::getenv("PDVM_CUDA_MATVEC_PREFETCH");
-    return env ? std::max(0, std::atoi(env)) : -1;
+    return env ? std::max(0, std::atoi(env)) : 1;
   }();
-  if (forced >= 0) return forced;
-  if (!kHasSharedXVariant<Format>) return 1;
-  return two_matrices ? Format::kUnroll / 2 : Format::kUnroll;
+  return steps;
 }
 
 // The decode matvec of views (count matrices sharing x); with swiglu_out, views are gate and
@@ -283,7 +280,7 @@ void launch_matvec(CudaContext& ctx, const WeightView* views, float* const* outs
     MatvecBatch batch{};
     batch.count = count;
     batch.swiglu_out = swiglu_out;
-    batch.prefetch_steps = prefetch_steps<Format>(swiglu_out != nullptr);
+    batch.prefetch_steps = prefetch_steps();
     for (int m = 0; m < count; ++m) {
       PDVM_CHECK(views[m].format == w.format && views[m].k == w.k);
       batch.w[m] = views[m];
