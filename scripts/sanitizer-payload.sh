@@ -24,7 +24,8 @@ cat >"$dest/run.sh" <<'EOF'
 # compute-sanitizer memcheck + racecheck of every GPU test binary (commit: see the file `commit`)
 # over the GPUs of the machine (CUDA_VISIBLE_DEVICES, else all), ~8 minutes. The default-model tests
 # run too if /tmp/lead/model.gguf is there. SANITIZER_BUDGET (seconds, default 420) and
-# SANITIZER_JOBS (runs at once, default 3/4 of the cores) adjust it when the machine is shared.
+# SANITIZER_JOBS (runs at once, default 3/4 of the cores) adjust it when the machine is shared,
+# SANITIZER_ONLY (an extended regex of run names, e.g. 'mc_tp|rc_model') runs a part.
 # Results: $OUT/hardening/ (summary.txt, runs.log, logs.tgz with every run's log).
 # Carry: this folder. Run: bash .gpu/<folder>/run.sh 2>&1 | tee $OUT/log   (timeout_s 600)
 set -u -o pipefail
@@ -42,6 +43,7 @@ echo "unpacked in $((SECONDS - t0)) s; $(nproc) cores"
 options=()
 [[ -f /tmp/lead/model.gguf ]] && options=(--model /tmp/lead/model.gguf)
 [[ -n ${SANITIZER_JOBS:-} ]] && options+=(--jobs "$SANITIZER_JOBS")
+[[ -n ${SANITIZER_ONLY:-} ]] && options+=(--only "$SANITIZER_ONLY")
 bash "$payload/compute-sanitizer.sh" "$work/bins" "$work/run" --budget "${SANITIZER_BUDGET:-420}" "${options[@]}"
 cp "$work/run/summary.txt" "$work/run/runs.log" "$results/" 2>/dev/null
 for log in "$work"/run/logs/*.log; do  # a run that reports thousands of hazards: its start and end
