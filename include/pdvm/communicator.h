@@ -12,8 +12,17 @@
 #include <vector>
 
 #include "pdvm/backend.h"
+#include "pdvm/error.h"
 
 namespace pdvm {
+
+// Thrown by a collective that another rank's failure abandoned; a group runner reports that
+// rank's own error (the cause) in preference to these.
+class CollectiveAbandoned : public Error {
+ public:
+  explicit CollectiveAbandoned(const std::string& group)
+      : Error(ErrorKind::kInternal, "tensor parallel: " + group + " collective abandoned because another rank failed") {}
+};
 
 class Communicator {
  public:

@@ -149,7 +149,7 @@ struct Clique {
   }
 
   [[noreturn]] static void throw_abandoned() {
-    throw_error(ErrorKind::kInternal, "tensor parallel: NCCL communicator aborted after another rank failed");
+    throw CollectiveAbandoned("NCCL");
   }
 
   // Windows and device communicators go before their communicators. Both releases may be

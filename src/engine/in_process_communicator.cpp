@@ -46,7 +46,7 @@ class Rendezvous {
 
  private:
   [[noreturn]] static void throw_aborted() {
-    throw_error(ErrorKind::kInternal, "tensor parallel: a collective was abandoned because another rank failed");
+    throw CollectiveAbandoned("in-process");
   }
 
   const int n_ranks_;

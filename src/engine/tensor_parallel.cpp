@@ -3,6 +3,19 @@
 #include "pdvm/error.h"
 
 namespace pdvm {
+namespace {
+
+bool is_abandoned_collective(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const CollectiveAbandoned&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+}  // namespace
 
 TensorParallelPeers::TensorParallelPeers(std::vector<std::unique_ptr<Communicator>> communicators)
     : communicators_(std::move(communicators)) {
@@ -74,8 +87,9 @@ void TensorParallelPeers::run(const std::function<void()>& rank0, const std::fun
   std::unique_lock lock(mutex_);
   job_done_.wait(lock, [&] { return n_done_ == threads_.size(); });
   job_ = nullptr;
+  // The ranks that only saw their collective abandoned hide the cause: report the failed rank's.
   for (std::exception_ptr& e : errors_) {
-    if (e && !error) error = e;
+    if (e && (!error || (is_abandoned_collective(error) && !is_abandoned_collective(e)))) error = e;
     e = nullptr;
   }
   if (error) {

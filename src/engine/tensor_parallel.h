@@ -43,7 +43,8 @@ class TensorParallelPeers {
 
   // Runs rank0() on the calling thread and peer(p) on each peer's thread, and returns when all
   // are done. If any rank throws, the communicators are aborted (so no rank waits for it in a
-  // collective) and the first error is rethrown; the group refuses to run afterwards.
+  // collective) and the failed rank's error is rethrown (not a CollectiveAbandoned of a rank that
+  // waited for it); the group refuses to run afterwards.
   void run(const std::function<void()>& rank0, const std::function<void(PeerRank&)>& peer);
 
  private:

@@ -1,7 +1,8 @@
 // Tensor parallelism on CPU backends through the in-process communicator: a model split over 2
 // or 4 ranks (one backend per rank, threads) must give the logits of the unsplit model within
 // float rounding and the same greedy tokens, on random models with and without GQA; bad splits
-// give clear errors; the in-process all-reduce sums exactly and never hangs on a failed rank.
+// give clear errors; the in-process all-reduce sums exactly and never hangs on a failed rank, and
+// the group reports that rank's error.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include "pdvm/communicator.h"
 #include "pdvm/engine.h"
 #include "pdvm/error.h"
+#include "engine/tensor_parallel.h"
 #include "random_llama.h"
 
 namespace pdvm {
@@ -298,6 +300,36 @@ TEST(InProcessCommunicatorTest, AbortReleasesWaitingRanks) {
   EXPECT_EQ(threw.load(), 2);
   Tensor again = t;
   EXPECT_THROW(group[0]->all_reduce_sum(*backend, again), Error);
+}
+
+// Ranks 0 and 1 wait in an all-reduce for rank 2, which fails: the group must report rank 2's
+// error, not the CollectiveAbandoned that rank 0 (the caller's thread) sees first.
+TEST(TensorParallelPeersTest, ReportsTheFailedRanksErrorNotTheAbandonedCollectives) {
+  auto backend = create_backend("cpu-ref");
+  TensorParallelPeers group(create_communicator_group("in-process", {0, 0, 0}));
+  group.peers().resize(2);
+  for (int r = 1; r <= 2; ++r) group.peers()[static_cast<size_t>(r - 1)].rank = r;
+  Tensor t = backend->alloc(TensorType::kF32, {16, 1, 1, 1});
+  const auto values = test::random_floats(16);
+  backend->write(t, values.data(), values.size() * sizeof(float));
+  const auto all_reduce = [&](int rank) {
+    Tensor mine = t;
+    group.communicator(rank).all_reduce_sum(*backend, mine);
+  };
+  try {
+    group.run([&] { all_reduce(0); },
+              [&](PeerRank& peer) {
+                if (peer.rank == 2) throw Error(ErrorKind::kResource, "rank 2: out of device memory");
+                all_reduce(peer.rank);
+              });
+    ADD_FAILURE() << "no error";
+  } catch (const CollectiveAbandoned& e) {
+    ADD_FAILURE() << "the cause is hidden: " << e.what();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kResource);
+    EXPECT_STREQ(e.what(), "rank 2: out of device memory");
+  }
+  EXPECT_THROW(group.run([] {}, [](PeerRank&) {}), Error);
 }
 
 }  // namespace
