@@ -514,10 +514,13 @@ class CudaBackend final : public Backend {
     const char* env = std::getenv("PDVM_CUDA_FUSE");
     return !(env && std::string(env) == "0");
   }();
-  // PDVM_CUDA_JOIN_NORM=0 keeps RMSNorms out of the products of their output (A/B timing).
+  // PDVM_CUDA_JOIN_NORM=1 computes one-token RMSNorms inside the Q8_0/Q4_0 products of their
+  // output. Off by default: it measured within noise (13B Q4_0 on an H100), and its per-block
+  // norm rounds unlike the norm kernel, so recorded and direct decodes (the NCCL and in-process
+  // tensor-parallel groups) no longer gave the same bits.
   bool join_norms_ = [] {
     const char* env = std::getenv("PDVM_CUDA_JOIN_NORM");
-    return !(env && std::string(env) == "0");
+    return env && std::string(env) == "1";
   }();
 
   CudaContext ctx_;

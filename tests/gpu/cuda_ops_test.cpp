@@ -456,7 +456,9 @@ TEST(CudaOps, SwigluThenMatmulMatchesTheSeparateOps) {
 // of the separate ops; F16 does not join. Q8_0 rows of 5120 and 8192 bytes are also split
 // between warps (8192: the two-batch variant).
 TEST(CudaOps, RmsNormThenMatmulsMatchTheSeparateOps) {
+  setenv("PDVM_CUDA_JOIN_NORM", "1", 1);  // the join is opt-in; read when the backend is made
   PDVM_CUDA_BACKEND_OR_SKIP(backend);
+  unsetenv("PDVM_CUDA_JOIN_NORM");
   struct Case {
     TensorType type;
     int64_t k;
