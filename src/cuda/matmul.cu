@@ -388,8 +388,12 @@ void dequantize_f16(CudaContext& ctx, const WeightView& w, __half* out) {
     const int64_t row_smem = w.k * static_cast<int64_t>(sizeof(__half));
     if (w.k % 8 == 0 && row_smem <= ctx.max_smem_per_block) {
       auto* kernel = dequantize_rows_f16_kernel<Format>;
-      PDVM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(row_smem)));
+      // The device's limit, not this row's size: the attribute is the process's, and threads
+      // driving other ranks on the same GPU dequantize other widths; a smaller size set between
+      // another thread's call and its launch failed that launch (cudaErrorInvalidValue, in 3 of
+      // 45 runs of in-process ranks sharing one H200).
+      PDVM_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, ctx.max_smem_per_block));
       const int64_t blocks = std::min<int64_t>(w.n_rows, int64_t{ctx.sm_count} * 8);
       launch(ctx, "dequantize_rows_f16_kernel", kernel, dim3(static_cast<unsigned>(blocks)), dim3(256),
              static_cast<size_t>(row_smem), w, out);
