@@ -7,6 +7,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
 
 #include "cuda_test_util.h"
 #include "pdvm/communicator.h"
@@ -18,6 +21,33 @@ namespace pdvm {
 namespace {
 
 std::vector<float> copy(std::span<const float> v) { return {v.begin(), v.end()}; }
+
+// The split's logits are held within kLogitsBound (relative to the largest) of the reference's.
+constexpr float kLogitsBound = 2e-3f;
+
+// Greedy tokens of a split model must be the reference's, except that they may part where the
+// reference's choice leads the split's by no more than the two models' allowed logits difference
+// (a near-tie, which random Q8_0 models with int8 activations meet within 32 steps); from there
+// on they are different sequences, so the comparison ends. The reference replays the tokens.
+void expect_same_greedy_up_to_a_near_tie(Session& reference, const std::vector<int32_t>& start,
+                                         const std::vector<int32_t>& got, const std::vector<int32_t>& want,
+                                         const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  size_t step = 0;
+  while (step < want.size() && got[step] == want[step]) ++step;
+  if (step == want.size()) return;
+  reference.reset();
+  std::vector<float> logits = copy(reference.prefill(start));
+  for (size_t i = 0; i < step; ++i) logits = copy(reference.decode(want[i]));
+  float largest = 0.0f;
+  for (float v : logits) largest = std::max(largest, std::fabs(v));
+  const float lead = logits[static_cast<size_t>(want[step])] - logits[static_cast<size_t>(got[step])];
+  EXPECT_LE(lead, 2.0f * kLogitsBound * largest)
+      << what << ": greedy tokens part at step " << step << " where the reference's token leads by "
+      << lead / largest << " of the largest logit";
+  std::printf("%s: greedy tokens part at step %zu of %zu at a near-tie (lead %.1e of the largest logit)\n",
+              what.c_str(), step, want.size(), lead / largest);
+}
 
 // Before CUDA starts: with lazy kernel loading, 2-GPU NCCL prefill hung (tools/main.cpp).
 const bool kEagerKernelLoading = setenv("CUDA_MODULE_LOADING", "EAGER", 0) == 0;
@@ -90,15 +120,17 @@ TEST_F(TensorParallelCudaTest, ShardedKernelsOnOneGpuMatchTheUnsplitModel) {
     Session split(options(tp, "in-process", std::vector<int>(static_cast<size_t>(tp), 0)));
     // Prefill GEMMs and attention run on tensor cores with 16-bit inputs, so the split's other
     // summation order shows: 4.5e-4 and 4.9e-4 measured on H100 at tp 2 and 4.
-    EXPECT_LE(test::relative_difference(split.prefill_all(prompt), want_prompt), 2e-3f)
+    EXPECT_LE(test::relative_difference(split.prefill_all(prompt), want_prompt), kLogitsBound)
         << "tp " << tp << ", " << type_name(spec_.weight_type);
     split.reset();
-    EXPECT_EQ(split.generate_greedy(start, 32), want_tokens) << "tp " << tp;
+    expect_same_greedy_up_to_a_near_tie(plain, start, split.generate_greedy(start, 32), want_tokens,
+                                        "tp " + std::to_string(tp) + " " + std::string(type_name(spec_.weight_type)));
   }
 }
 
 // The same split on one GPU (in-process, host sums in rank order) is the exact reference for
-// NCCL: the sharded kernels are the same, and for 2 ranks the sums are too (a + b == b + a).
+// NCCL at 2 ranks: the sharded kernels are the same, and so are the sums (a + b == b + a); at 4
+// ranks NCCL's order of the sums differs, so logits within tolerance, tokens up to a near-tie.
 // Against the unsplit model the logits agree within tolerance; its greedy tokens can part at
 // a near-tie, which the first 2-GPU run did at step 18 of 64.
 TEST_F(TensorParallelCudaTest, NcclOverSeveralGpusMatchesTheUnsplitModel) {
@@ -118,10 +150,18 @@ TEST_F(TensorParallelCudaTest, NcclOverSeveralGpusMatchesTheUnsplitModel) {
     Session split(options(tp, "auto"));
     ASSERT_EQ(split.communicator_name(), "nccl");
     const auto got_prompt = copy(split.prefill_all(prompt));
-    EXPECT_LE(test::relative_difference(got_prompt, want_prompt), 2e-3f) << "tp " << tp;
-    EXPECT_LE(test::relative_difference(got_prompt, one_gpu_prompt), tp == 2 ? 0.0f : 1e-5f) << "tp " << tp;
+    EXPECT_LE(test::relative_difference(got_prompt, want_prompt), kLogitsBound) << "tp " << tp;
+    // 4 ranks: NCCL adds in another order than rank order, and Q8_0's int8 activations round
+    // the difference up (2.5e-4 to 3.6e-4 measured on 4 H200s).
+    EXPECT_LE(test::relative_difference(got_prompt, one_gpu_prompt), tp == 2 ? 0.0f : kLogitsBound) << "tp " << tp;
     split.reset();
-    EXPECT_EQ(split.generate_greedy(start, 64), want_tokens) << "tp " << tp;
+    const auto got_tokens = split.generate_greedy(start, 64);
+    if (tp == 2) {
+      EXPECT_EQ(got_tokens, want_tokens) << "tp " << tp;
+    } else {
+      expect_same_greedy_up_to_a_near_tie(one_gpu, start, got_tokens, want_tokens,
+                                          "nccl tp " + std::to_string(tp) + " " + std::string(type_name(spec_.weight_type)));
+    }
     std::printf("nccl, %d ranks: %d all-reduces of %d floats per token take %.1f us\n", tp, 2 * spec_.n_layer,
                 spec_.n_embd, split.time_token_all_reduces(64) * 1e6);
     std::fflush(stdout);
