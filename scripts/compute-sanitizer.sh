@@ -43,44 +43,49 @@ bin=$(cd "$bin" && pwd)
 sanitizer=${SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 
 # The runs: name|tool|binary|gtest filter|shards ("each": one run per test case)|PDVM_TEST_MAX_STEPS
-# |GPUs (1, or all: the tensor-parallel tests, the least loaded first)|expected seconds (orders the
-# runs and balances the GPUs). Racecheck tracks every shared-memory access on the GPU (~0.3 s a
+# |GPUs (1, or all: the tensor-parallel tests, the least loaded first)|expected seconds (measured
+# on 4 H200s with 40 runs at once; orders the runs and balances the GPUs)|environment (VAR=value).
+# The unfused tensor-parallel tests ask for eager module loading (a 2-GPU NCCL prefill hung with
+# lazy loading), which under the sanitizers instruments every cuBLAS kernel up front: 350 s before
+# the first test ran; only the several-GPU test needs it, the others run with lazy loading. Racecheck tracks every shared-memory access on the GPU (~0.3 s a
 # fused layer launch): its runs cap the decode steps and leave out the tests whose stepwise prompts
 # or 1B shape run thousands of fused layers; docs/testing.md says what stays covered.
 plan() {
   cat <<'EOF'
-mc_ops|memcheck|gpu_cuda_ops_test|*|1||1|60
-mc_matmul|memcheck|gpu_cuda_matmul_test|*|each||1|60
+mc_ops|memcheck|gpu_cuda_ops_test|*|1||1|40
+mc_matmul|memcheck|gpu_cuda_matmul_test|*|each||1|40
 mc_prefill_attention|memcheck|gpu_cuda_prefill_attention_test|*|1||1|40
-mc_cuda_model|memcheck|gpu_cuda_model_test|FamiliesAndTypes/*|each||1|90
+mc_cuda_model|memcheck|gpu_cuda_model_test|FamiliesAndTypes/*|each||1|60
 mc_upg|memcheck|gpu_upg_cuda_test|*|each||1|40
 mc_layer|memcheck|gpu_pdvm_layer_test|AllTypes/*|4||1|60
-mc_layer_long|memcheck|gpu_pdvm_layer_test|-AllTypes/*|1||1|150
-mc_model|memcheck|gpu_pdvm_model_test|-FusedModel.SynthesizedLargeShapeRuns|each||1|60
-mc_model_large|memcheck|gpu_pdvm_model_test|FusedModel.SynthesizedLargeShapeRuns|1|8|1|150
-mc_session|memcheck|gpu_pdvm_session_test|*|each||1|60
-mc_prompts|memcheck|gpu_pdvm_fused_prompts_test|*|each|64|1|150
+mc_layer_long|memcheck|gpu_pdvm_layer_test|-AllTypes/*|1||1|250
+mc_model|memcheck|gpu_pdvm_model_test|-FusedModel.SynthesizedLargeShapeRuns|each||1|40
+mc_model_large|memcheck|gpu_pdvm_model_test|FusedModel.SynthesizedLargeShapeRuns|1|8|1|25
+mc_session|memcheck|gpu_pdvm_session_test|*|each||1|40
+mc_prompts|memcheck|gpu_pdvm_fused_prompts_test|*|each|8|1|150
 mc_memory|memcheck|gpu_pdvm_session_memory_test|*|1||1|60
 mc_fused_tp|memcheck|gpu_pdvm_tensor_parallel_test|*|each||all|120
-mc_tp|memcheck|gpu_tensor_parallel_cuda_test|*|each||all|150
-rc_ops|racecheck|gpu_cuda_ops_test|-CudaBandwidth.*|1||1|90
-rc_matmul|racecheck|gpu_cuda_matmul_test|*|each||1|120
-rc_prefill_attention|racecheck|gpu_cuda_prefill_attention_test|*|1||1|90
-rc_cuda_model|racecheck|gpu_cuda_model_test|FamiliesAndTypes/*|each|8|1|150
-rc_upg|racecheck|gpu_upg_cuda_test|*|each||1|90
-rc_layer|racecheck|gpu_pdvm_layer_test|AllTypes/*|12|24|1|150
-rc_layer_long|racecheck|gpu_pdvm_layer_test|-AllTypes/*|1|160|1|200
-rc_model|racecheck|gpu_pdvm_model_test|-FusedModel.SynthesizedLargeShapeRuns|each|8|1|200
-rc_session|racecheck|gpu_pdvm_session_test|*|each|8|1|120
-rc_prompts|racecheck|gpu_pdvm_fused_prompts_test|FusedPrompts.DefaultMode*:FusedPrompts.LongContext*|each|1|1|250
-rc_fused_tp|racecheck|gpu_pdvm_tensor_parallel_test|*|each|8|all|150
-rc_tp|racecheck|gpu_tensor_parallel_cuda_test|*|each||all|200
+mc_tp|memcheck|gpu_tensor_parallel_cuda_test|-*OverSeveralGpus*|each||all|150|CUDA_MODULE_LOADING=LAZY
+mc_tp_gpus|memcheck|gpu_tensor_parallel_cuda_test|*OverSeveralGpus*|1||all|400
+rc_ops|racecheck|gpu_cuda_ops_test|-CudaBandwidth.*|1||1|60
+rc_matmul|racecheck|gpu_cuda_matmul_test|*|each||1|30
+rc_prefill_attention|racecheck|gpu_cuda_prefill_attention_test|*|1||1|60
+rc_cuda_model|racecheck|gpu_cuda_model_test|FamiliesAndTypes/*|each|8|1|90
+rc_upg|racecheck|gpu_upg_cuda_test|*|each||1|60
+rc_layer|racecheck|gpu_pdvm_layer_test|AllTypes/*|12|24|1|100
+rc_layer_long|racecheck|gpu_pdvm_layer_test|-AllTypes/*|1|160|1|210
+rc_model|racecheck|gpu_pdvm_model_test|-FusedModel.SynthesizedLargeShapeRuns|each|8|1|100
+rc_session|racecheck|gpu_pdvm_session_test|*|each|8|1|100
+rc_prompts|racecheck|gpu_pdvm_fused_prompts_test|FusedPrompts.DefaultMode*|each|1|1|45
+rc_fused_tp|racecheck|gpu_pdvm_tensor_parallel_test|*|each|8|all|200
+rc_tp|racecheck|gpu_tensor_parallel_cuda_test|-*OverSeveralGpus*|each||all|150|CUDA_MODULE_LOADING=LAZY
+rc_tp_gpus|racecheck|gpu_tensor_parallel_cuda_test|*OverSeveralGpus*|1||all|400
 EOF
   if [[ -n $model && -f $model ]]; then
     cat <<'EOF'
-mc_default_unfused|memcheck|gpu_cuda_model_test|CudaModel.DefaultModel*|1||1|200
-mc_default_fused|memcheck|gpu_pdvm_default_model_test|*|1|64|1|300
-rc_default_unfused|racecheck|gpu_cuda_model_test|CudaModel.DefaultModel*|1|8|1|250
+mc_default_unfused|memcheck|gpu_cuda_model_test|CudaModel.DefaultModel*|1|16|1|300
+mc_default_fused|memcheck|gpu_pdvm_default_model_test|*|1|16|1|300
+rc_default_unfused|racecheck|gpu_cuda_model_test|CudaModel.DefaultModel*|1|8|1|380
 EOF
   fi
 }
@@ -94,20 +99,22 @@ list_cases() {  # binary filter
 
 # Expands the plan to one line per process: name|tool|binary|filter|shard/total|steps|gpus|weight.
 expand_plan() {
-  local name tool binary filter shards steps gpus weight case k
-  while IFS='|' read -r name tool binary filter shards steps gpus weight; do
+  local name tool binary filter shards steps gpus weight environment case k
+  while IFS='|' read -r name tool binary filter shards steps gpus weight environment; do
     if [[ ! -x $bin/$binary ]]; then
-      echo "$name|$tool|$binary|$filter|missing|$steps|$gpus|$weight"
+      echo "$name|$tool|$binary|$filter|missing|$steps|$gpus|$weight|$environment"
     elif [[ $shards == each ]]; then
       while read -r case; do  # named by test and parameter: Prefix/Suite.Test/param -> Test.param
         local short=${case#*/}
         short=${short#*.}
-        echo "$name.${short//\//.}|$tool|$binary|$case||$steps|$gpus|$weight"
+        echo "$name.${short//\//.}|$tool|$binary|$case||$steps|$gpus|$weight|$environment"
       done < <(list_cases "$binary" "$filter")
     elif (( shards > 1 )); then
-      for ((k = 0; k < shards; k++)); do echo "$name.$k|$tool|$binary|$filter|$k/$shards|$steps|$gpus|$weight"; done
+      for ((k = 0; k < shards; k++)); do
+        echo "$name.$k|$tool|$binary|$filter|$k/$shards|$steps|$gpus|$weight|$environment"
+      done
     else
-      echo "$name|$tool|$binary|$filter||$steps|$gpus|$weight"
+      echo "$name|$tool|$binary|$filter||$steps|$gpus|$weight|$environment"
     fi
   done < <(plan) | { if [[ -n $only ]]; then grep -E "^[^|]*($only)[^|]*\|"; else cat; fi; } | sort -t'|' -k8,8nr -s
 }
@@ -159,15 +166,16 @@ expand_plan >"$out/plan.txt"
 echo "$(wc -l <"$out/plan.txt") runs, $parallel at once, GPUs ${gpus[*]}, budget $budget s, $(timeout 30 "$sanitizer" --version 2>&1 | grep -m1 -i version)"
 
 start=$SECONDS
-run_one() {  # index, visible GPUs, then the fields of a plan line
-  local index=$1 visible=$2 name=$3 tool=$4 binary=$5 filter=$6 shard=$7 steps=$8 seconds=$9
+run_one() {  # index, visible GPUs, seconds, then the fields of a plan line
+  local index=$1 visible=$2 seconds=$3 name=$4 tool=$5 binary=$6 filter=$7 shard=$8 steps=$9 environment=${10}
   local log=$out/logs/$name.log args=() env=() rc t0=$SECONDS
   [[ $tool == memcheck ]] && args+=(--leak-check full)
   (( port_option )) && args+=(--base-port $((20000 + 10 * index)) --max-connections 10)
   [[ -n $steps ]] && env+=(PDVM_TEST_MAX_STEPS=$steps)
   [[ -n $shard ]] && env+=(GTEST_TOTAL_SHARDS=${shard#*/} GTEST_SHARD_INDEX=${shard%/*})
+  [[ -n $environment ]] && env+=("$environment")
   {
-    echo "# $tool $binary --gtest_filter=$filter ${shard:+shard $shard }${steps:+max steps $steps }GPUs $visible limit $seconds s"
+    echo "# $tool $binary --gtest_filter=$filter ${shard:+shard $shard }${steps:+max steps $steps }${environment:+$environment }GPUs $visible limit $seconds s"
     env CUDA_VISIBLE_DEVICES="$visible" "${env[@]}" timeout -k 20 -s INT "$seconds" \
       "$sanitizer" --tool "$tool" "${args[@]}" --error-exitcode 9 "$bin/$binary" --gtest_filter="$filter"
   } >"$log" 2>&1
@@ -189,7 +197,7 @@ least_loaded() {
 }
 
 index=0
-while IFS='|' read -r name tool binary filter shard steps gpu_count weight; do
+while IFS='|' read -r name tool binary filter shard steps gpu_count weight environment; do
   if [[ $shard == missing ]]; then
     printf '%-48s not run: %s is not in %s\n' "$name" "$binary" "$bin" >>"$out/runs.log"
     continue
@@ -206,7 +214,7 @@ while IFS='|' read -r name tool binary filter shard steps gpu_count weight; do
   if [[ $gpu_count == all ]]; then
     for ((g = 1; g < ${#gpus[@]}; g++)); do visible+=",${gpus[(first + g) % ${#gpus[@]}]}"; done
   fi
-  run_one "$index" "$visible" "$name" "$tool" "$binary" "$filter" "$shard" "$steps" "$left" </dev/null &
+  run_one "$index" "$visible" "$left" "$name" "$tool" "$binary" "$filter" "$shard" "$steps" "$environment" </dev/null &
   index=$((index + 1))
 done <"$out/plan.txt"
 wait
