@@ -93,6 +93,23 @@ void use_float_activations(DevMatrix& m) {
   if (is_quantized(m.format) && m.format != fused::kFmtUpg) m.format |= fused::kFloatActs;
 }
 
+
+// Device milliseconds of the work that `enqueue` puts on `stream`.
+float stream_ms(cudaStream_t stream, const std::function<void()>& enqueue) {
+  cudaEvent_t start, stop;
+  PDVM_CUDA_CHECK(cudaEventCreate(&start));
+  PDVM_CUDA_CHECK(cudaEventCreate(&stop));
+  PDVM_CUDA_CHECK(cudaEventRecord(start, stream));
+  enqueue();
+  PDVM_CUDA_CHECK(cudaEventRecord(stop, stream));
+  PDVM_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0;
+  PDVM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  PDVM_CUDA_CHECK(cudaEventDestroy(start));
+  PDVM_CUDA_CHECK(cudaEventDestroy(stop));
+  return ms;
+}
+
 }  // namespace
 
 struct FusedDecoder::Impl {
@@ -588,17 +605,9 @@ double FusedDecoder::time_all_reduces(int n_tokens) {
   }
   token();  // warm-up
   PDVM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
-  cudaEvent_t start, stop;
-  PDVM_CUDA_CHECK(cudaEventCreate(&start));
-  PDVM_CUDA_CHECK(cudaEventCreate(&stop));
-  PDVM_CUDA_CHECK(cudaEventRecord(start, m.stream));
-  for (int t = 0; t < n_tokens; ++t) token();
-  PDVM_CUDA_CHECK(cudaEventRecord(stop, m.stream));
-  PDVM_CUDA_CHECK(cudaEventSynchronize(stop));
-  float ms = 0;
-  PDVM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-  PDVM_CUDA_CHECK(cudaEventDestroy(start));
-  PDVM_CUDA_CHECK(cudaEventDestroy(stop));
+  const float ms = stream_ms(m.stream, [&] {
+    for (int t = 0; t < n_tokens; ++t) token();
+  });
   if (graph) PDVM_CUDA_CHECK(cudaGraphExecDestroy(graph));
   return ms;
 }
@@ -609,18 +618,9 @@ double FusedDecoder::time_generate(int token, int position, int n_tokens, FusedM
   m.activate();
   if (mode == FusedMode::kLayer && !m.layer_graph && m.records_graph()) m.record_layer_graph();
   m.write_step(position, token);
-  cudaEvent_t start, stop;
-  PDVM_CUDA_CHECK(cudaEventCreate(&start));
-  PDVM_CUDA_CHECK(cudaEventCreate(&stop));
-  PDVM_CUDA_CHECK(cudaEventRecord(start, m.stream));
-  for (int i = 0; i < n_tokens; ++i) m.run_token(mode);
-  PDVM_CUDA_CHECK(cudaEventRecord(stop, m.stream));
-  PDVM_CUDA_CHECK(cudaEventSynchronize(stop));
-  float ms = 0;
-  PDVM_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-  PDVM_CUDA_CHECK(cudaEventDestroy(start));
-  PDVM_CUDA_CHECK(cudaEventDestroy(stop));
-  return ms;
+  return stream_ms(m.stream, [&] {
+    for (int i = 0; i < n_tokens; ++i) m.run_token(mode);
+  });
 }
 
 }  // namespace pdvm
