@@ -213,6 +213,36 @@ __device__ void quantize_q8_0_block(float x, uint8_t* block, int lane) {
   if (lane == 0) *reinterpret_cast<__half*>(block) = __float2half_rn(d);
 }
 
+// Stores n values of K and of V at column `offset` of cache row `pos`, converted to the cache's
+// type, by all threads of the block (Q8_0: offset and n whole 32-blocks, one warp per block).
+template <KvType T>
+__device__ void store_kv_span(const KvCacheView& cache, int64_t pos, int64_t offset, const float* k, const float* v,
+                              int64_t n) {
+  if constexpr (T == KvType::kQ8_0) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    const int64_t row_bytes = cache.row_width / 32 * 34;
+    uint8_t* k_row = static_cast<uint8_t*>(cache.k) + pos * row_bytes + offset / 32 * 34;
+    uint8_t* v_row = static_cast<uint8_t*>(cache.v) + pos * row_bytes + offset / 32 * 34;
+    for (int64_t b = warp; b < n / 32; b += n_warps) {
+      quantize_q8_0_block(k[b * 32 + lane], k_row + b * 34, lane);
+      quantize_q8_0_block(v[b * 32 + lane], v_row + b * 34, lane);
+    }
+  } else {
+    using Elem = std::conditional_t<T == KvType::kF16, __half, float>;
+    Elem* k_row = static_cast<Elem*>(cache.k) + pos * cache.row_width + offset;
+    Elem* v_row = static_cast<Elem*>(cache.v) + pos * cache.row_width + offset;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      if constexpr (T == KvType::kF16) {
+        k_row[i] = __float2half_rn(k[i]);
+        v_row[i] = __float2half_rn(v[i]);
+      } else {
+        k_row[i] = k[i];
+        v_row[i] = v[i];
+      }
+    }
+  }
+}
+
 template <KvType T>
 __global__ void kv_store_kernel(KvCacheView cache, const float* __restrict__ k, const float* __restrict__ v,
                                 const int32_t* __restrict__ positions) {
@@ -220,31 +250,7 @@ __global__ void kv_store_kernel(KvCacheView cache, const float* __restrict__ k, 
   const int64_t token = blockIdx.x;
   const int64_t pos = positions[token];
   if (pos < 0 || pos >= cache.n_ctx) return;  // the model checks room before storing
-  const float* kt = k + token * cache.row_width;
-  const float* vt = v + token * cache.row_width;
-  if constexpr (T == KvType::kQ8_0) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    const int64_t n_blocks = cache.row_width / 32;
-    uint8_t* k_row = static_cast<uint8_t*>(cache.k) + pos * n_blocks * 34;
-    uint8_t* v_row = static_cast<uint8_t*>(cache.v) + pos * n_blocks * 34;
-    for (int64_t b = warp; b < n_blocks; b += n_warps) {
-      quantize_q8_0_block(kt[b * 32 + lane], k_row + b * 34, lane);
-      quantize_q8_0_block(vt[b * 32 + lane], v_row + b * 34, lane);
-    }
-  } else {
-    using Elem = std::conditional_t<T == KvType::kF16, __half, float>;
-    Elem* k_row = static_cast<Elem*>(cache.k) + pos * cache.row_width;
-    Elem* v_row = static_cast<Elem*>(cache.v) + pos * cache.row_width;
-    for (int64_t i = threadIdx.x; i < cache.row_width; i += blockDim.x) {
-      if constexpr (T == KvType::kF16) {
-        k_row[i] = __float2half_rn(kt[i]);
-        v_row[i] = __float2half_rn(vt[i]);
-      } else {
-        k_row[i] = kt[i];
-        v_row[i] = vt[i];
-      }
-    }
-  }
+  store_kv_span<T>(cache, pos, 0, k + token * cache.row_width, v + token * cache.row_width, cache.row_width);
 }
 
 // The RoPE of Q and K and the store of K and V in one launch: one block per (token, head) of Q
@@ -266,30 +272,7 @@ __global__ void rope_kv_store_kernel(RopeTarget q, RopeTarget k, const float* __
   if (!is_k || pos < 0 || pos >= cache.n_ctx) return;  // the model checks room before storing
   __syncthreads();  // the rotated head, written by other threads of the block
   const int64_t offset = static_cast<int64_t>(head) * head_dim;
-  const float* vh = v + token * cache.row_width + offset;
-  if constexpr (T == KvType::kQ8_0) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    const int64_t row_bytes = cache.row_width / 32 * 34;
-    uint8_t* k_row = static_cast<uint8_t*>(cache.k) + pos * row_bytes + offset / 32 * 34;
-    uint8_t* v_row = static_cast<uint8_t*>(cache.v) + pos * row_bytes + offset / 32 * 34;
-    for (int b = warp; b < head_dim / 32; b += n_warps) {
-      quantize_q8_0_block(h[b * 32 + lane], k_row + b * 34, lane);
-      quantize_q8_0_block(vh[b * 32 + lane], v_row + b * 34, lane);
-    }
-  } else {
-    using Elem = std::conditional_t<T == KvType::kF16, __half, float>;
-    Elem* k_row = static_cast<Elem*>(cache.k) + pos * cache.row_width + offset;
-    Elem* v_row = static_cast<Elem*>(cache.v) + pos * cache.row_width + offset;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {
-      if constexpr (T == KvType::kF16) {
-        k_row[i] = __float2half_rn(h[i]);
-        v_row[i] = __float2half_rn(vh[i]);
-      } else {
-        k_row[i] = h[i];
-        v_row[i] = vh[i];
-      }
-    }
-  }
+  store_kv_span<T>(cache, pos, offset, h, v + token * cache.row_width + offset, head_dim);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/env_switch.h"
 #include "cuda/graph_count.cuh"
 #include "cuda/ops.cuh"
 #include "cuda/upg.cuh"
@@ -510,18 +511,12 @@ class CudaBackend final : public Backend {
   PendingNorm pending_norm_;
   bool in_recorded_ops_ = false;
   // PDVM_CUDA_FUSE=0 launches every op alone (for A/B timing).
-  bool fuse_ops_ = [] {
-    const char* env = std::getenv("PDVM_CUDA_FUSE");
-    return !(env && std::string(env) == "0");
-  }();
+  bool fuse_ops_ = !cuda::env_equals("PDVM_CUDA_FUSE", "0");
   // PDVM_CUDA_JOIN_NORM=1 computes one-token RMSNorms inside the Q8_0/Q4_0 products of their
   // output. Off by default: it measured within noise (13B Q4_0 on an H100), and its per-block
   // norm rounds unlike the norm kernel, so recorded and direct decodes (the NCCL and in-process
   // tensor-parallel groups) no longer gave the same bits.
-  bool join_norms_ = [] {
-    const char* env = std::getenv("PDVM_CUDA_JOIN_NORM");
-    return env && std::string(env) == "1";
-  }();
+  bool join_norms_ = cuda::env_equals("PDVM_CUDA_JOIN_NORM", "1");
 
   CudaContext ctx_;
   uint64_t weight_bytes_ = 0;

@@ -6,6 +6,7 @@
 #include "cuda/launch.cuh"
 #include "cuda/ops.cuh"
 #include "cuda/rope.cuh"
+#include "cuda/swiglu.cuh"
 
 namespace pdvm::cuda {
 namespace {
@@ -122,8 +123,7 @@ __global__ void swiglu_kernel(const float* __restrict__ gate, const float* __res
   pdl_begin();
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
+    out[i] = silu_times(gate[i], up[i]);
   }
 }
 

@@ -6,8 +6,10 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda/env_switch.h"
 #include "cuda/launch.cuh"
 #include "cuda/ops.cuh"
+#include "cuda/swiglu.cuh"
 
 namespace pdvm::cuda {
 namespace {
@@ -166,10 +168,7 @@ __global__ void __launch_bounds__(kThreads) matvec_kernel(const __grid_constant_
         const int64_t e = token * n_rows + local0 + r;
 #pragma unroll
         for (int i = 0; i < kMatrices; ++i) batch.out[m + i][e] = acc[i * R + r];
-        if constexpr (kSwiglu) {
-          const float g = acc[r];
-          batch.swiglu_out[e] = g / (1.0f + expf(-g)) * acc[R + r];  // as swiglu_kernel
-        }
+        if constexpr (kSwiglu) batch.swiglu_out[e] = silu_times(acc[r], acc[R + r]);
       }
     }
   }
@@ -251,10 +250,7 @@ int shared_x_limit(const CudaContext& ctx) {
 
 // PDVM_CUDA_SWIGLU_PAIR=0 keeps SwiGLU out of the gate/up products (A/B timing).
 bool swiglu_pairing_enabled() {
-  static const bool enabled = [] {
-    const char* env = std::getenv("PDVM_CUDA_SWIGLU_PAIR");
-    return !(env && std::string(env) == "0");
-  }();
+  static const bool enabled = !env_equals("PDVM_CUDA_SWIGLU_PAIR", "0");
   return enabled;
 }
 

@@ -20,9 +20,11 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda/env_switch.h"
 #include "cuda/int8_dot.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/ops.cuh"
+#include "cuda/swiglu.cuh"
 
 namespace pdvm::cuda {
 namespace {
@@ -96,9 +98,8 @@ __host__ __device__ constexpr int64_t staged_x_offset(int64_t k, int max_rounds)
   return (k + k / 32 * 8 + int64_t{max_rounds} * kStreamWarps * 4 + 15) / 16 * 16;
 }
 
-__device__ __forceinline__ float4 silu_times(float4 g, float4 u) {
-  return make_float4(g.x / (1.0f + expf(-g.x)) * u.x, g.y / (1.0f + expf(-g.y)) * u.y,
-                     g.z / (1.0f + expf(-g.z)) * u.z, g.w / (1.0f + expf(-g.w)) * u.w);
+__device__ __forceinline__ float4 silu_times4(float4 g, float4 u) {
+  return make_float4(silu_times(g.x, u.x), silu_times(g.y, u.y), silu_times(g.z, u.z), silu_times(g.w, u.w));
 }
 
 // RMSNorm input, the arithmetic of elementwise.cu's norm_row (only its sum order differs):
@@ -167,7 +168,7 @@ __device__ void quantize_x_to_shared(const XInput& in, int64_t k, const SharedX<
     } else {
       v = valid ? *reinterpret_cast<const float4*>(in.x + e) : make_float4(0, 0, 0, 0);
       if (in.up && valid) {
-        v = silu_times(v, *reinterpret_cast<const float4*>(in.up + e));
+        v = silu_times4(v, *reinterpret_cast<const float4*>(in.up + e));
         if (blockIdx.x == 0) *reinterpret_cast<float4*>(in.hidden + e) = v;
       }
     }
@@ -355,11 +356,6 @@ __global__ void __launch_bounds__(kStreamThreads, kPipelined ? 1 : kBlocksPerSm)
       b.out[place.m][place.row] = sum;
     }
   }
-}
-
-bool env_equals(const char* name, const char* value) {
-  const char* env = std::getenv(name);
-  return env && std::string(env) == value;
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
