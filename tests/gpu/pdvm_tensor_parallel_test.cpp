@@ -317,28 +317,41 @@ TEST(FusedTensorParallelShard, EachRankGetsItsHeadsAndFfnColumns) {
   }
 }
 
-// The Session glue: --gpu-mode layer with --tp 2 (two in-process ranks on GPU 0) decodes the
-// same greedy tokens as --gpu-mode layer alone; token mode with --tp needs NCCL's in-kernel
-// all-reduce, so over the in-process group it falls back to unfused.
-TEST(FusedTensorParallelSession, LayerModeSplitsTheFusedDecoder) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+// The Session tests' model: F16, GQA, small enough to run prompts step by step.
+test::RandomLlama session_model(int n_layer) {
   test::RandomLlama spec;
-  spec.n_layer = 2;
+  spec.n_layer = n_layer;
   spec.n_embd = 256;
   spec.n_head = 8;
   spec.n_head_kv = 4;
   spec.n_ff = 512;
   spec.n_vocab = 800;
   spec.weight_type = TensorType::kF16;
+  return spec;
+}
+
+// A fused Session of `mode` split `tp` ways (the caller picks the communicator), prompts through
+// the fused steps, as the split runs them.
+SessionOptions fused_session_options(const std::filesystem::path& path, const std::string& mode, int tp) {
+  SessionOptions o;
+  o.model_path = path;
+  o.backend = "cuda";
+  o.n_ctx = 96;
+  o.gpu_mode = mode;
+  o.fused_batched_prompts = false;
+  o.tensor_parallel = tp;
+  return o;
+}
+
+// The Session glue: --gpu-mode layer with --tp 2 (two in-process ranks on GPU 0) decodes the
+// same greedy tokens as --gpu-mode layer alone; token mode with --tp needs NCCL's in-kernel
+// all-reduce, so over the in-process group it falls back to unfused.
+TEST(FusedTensorParallelSession, LayerModeSplitsTheFusedDecoder) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  const test::RandomLlama spec = session_model(2);
   const auto path = test::write_random_llama(spec, "fused_tensor_parallel_session.gguf");
   auto options = [&](const std::string& mode, int tp) {
-    SessionOptions o;
-    o.model_path = path;
-    o.backend = "cuda";
-    o.n_ctx = 96;
-    o.gpu_mode = mode;
-    o.fused_batched_prompts = false;  // prompts through the fused steps, as the split runs them
-    o.tensor_parallel = tp;
+    SessionOptions o = fused_session_options(path, mode, tp);
     if (tp > 1) {
       o.communicator = "in-process";
       o.tp_devices = std::vector<int>(static_cast<size_t>(tp), 0);
@@ -366,23 +379,10 @@ TEST(FusedTensorParallelSession, NcclSplitsMatchTheUnsplitSession) {
   const int n_gpus = cuda_device_count();
   if (n_gpus == 0) GTEST_SKIP() << "no CUDA device";
   const int ranks = n_gpus >= 4 ? 4 : n_gpus >= 2 ? 2 : 1;
-  test::RandomLlama spec;
-  spec.n_layer = 3;
-  spec.n_embd = 256;
-  spec.n_head = 8;
-  spec.n_head_kv = 4;
-  spec.n_ff = 512;
-  spec.n_vocab = 800;
-  spec.weight_type = TensorType::kF16;
+  const test::RandomLlama spec = session_model(3);
   const auto path = test::write_random_llama(spec, "fused_tensor_parallel_nccl_session.gguf");
   auto options = [&](const std::string& mode, int tp) {
-    SessionOptions o;
-    o.model_path = path;
-    o.backend = "cuda";
-    o.n_ctx = 96;
-    o.gpu_mode = mode;
-    o.fused_batched_prompts = false;
-    o.tensor_parallel = tp;
+    SessionOptions o = fused_session_options(path, mode, tp);
     if (tp > 1 || mode != "layer") o.communicator = "nccl";  // a 1-rank group on one GPU
     return o;
   };
