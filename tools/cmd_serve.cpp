@@ -89,9 +89,11 @@ class ApiServer {
       std::lock_guard lock(mutex_);
       tokens = prompt_tokens(request);
     }
+    const bool cache_prompt = request.cache_prompt;
     if (!request.stream) {
       std::lock_guard lock(mutex_);
       cancel_ = shutting_down_.load();
+      if (!cache_prompt) generator_.reset();
       const GenerationStats stats = generator_.generate(tokens, generation, [](std::string_view) {}, &cancel_);
       res.set_content(api::completion_json(meta, stats.text, stats.stop_reason, usage(tokens, stats)), kJson);
       return;
@@ -99,9 +101,11 @@ class ApiServer {
     res.set_header("Cache-Control", "no-cache");
     const bool include_usage = request.include_usage;
     res.set_chunked_content_provider(
-        "text/event-stream", [this, tokens, generation, meta, include_usage](size_t, httplib::DataSink& sink) {
+        "text/event-stream",
+        [this, tokens, generation, meta, include_usage, cache_prompt](size_t, httplib::DataSink& sink) {
           std::lock_guard lock(mutex_);
           cancel_ = shutting_down_.load();
+          if (!cache_prompt) generator_.reset();
           // A failed write means the client went away: stop generating for nobody.
           const auto send = [&](const std::string& event) {
             if (!cancel_ && !sink.write(event.data(), event.size())) cancel_ = true;
@@ -168,7 +172,7 @@ class ApiServer {
   }
 
   static api::Usage usage(const std::vector<int32_t>& tokens, const GenerationStats& stats) {
-    return {static_cast<int64_t>(tokens.size()), stats.generated_tokens};
+    return {static_cast<int64_t>(tokens.size()), stats.generated_tokens, stats.reused_tokens};
   }
 
   std::string next_id(api::Endpoint endpoint) {

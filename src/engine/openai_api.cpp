@@ -278,6 +278,7 @@ CompletionRequest parse_request(Endpoint endpoint, std::string_view body_text, c
       request.include_usage = boolean(*usage, "stream_options.include_usage");
     }
   }
+  if (const json* cache = find_field(body, "cache_prompt")) request.cache_prompt = boolean(*cache, "cache_prompt");
   refuse_unsupported_features(body, endpoint);
   return request;
 }
@@ -291,7 +292,8 @@ std::string dump(const json& value) {
 json usage_json(const Usage& usage) {
   return {{"prompt_tokens", usage.prompt_tokens},
           {"completion_tokens", usage.completion_tokens},
-          {"total_tokens", usage.prompt_tokens + usage.completion_tokens}};
+          {"total_tokens", usage.prompt_tokens + usage.completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", usage.cached_tokens}}}};
 }
 
 json response_base(const ResponseMeta& meta, bool chunk) {

@@ -61,6 +61,7 @@ struct CompletionRequest {
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;          // stream_options.include_usage
+  bool cache_prompt = true;            // false: prefill the whole prompt, as `pdvm run` does
 };
 
 // Parses and validates a request body. Unknown fields are ignored (clients send extras); known
@@ -87,6 +88,7 @@ struct ResponseMeta {
 struct Usage {
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
+  int64_t cached_tokens = 0;  // prompt tokens whose KV entries an earlier request left
 };
 
 // The whole response of a non-streamed request. Text that is not valid UTF-8 is written with

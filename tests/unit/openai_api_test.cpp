@@ -52,6 +52,7 @@ TEST(OpenAiApi, RandomCompletionRequestsParseToTheirValues) {
     body["seed"] = seed;
     body["stop"] = (i % 2) ? json(stop) : json::array({stop, "yz"});
     body["stream"] = i % 3 == 0;
+    if (i % 5 < 2) body["cache_prompt"] = i % 5 == 1;
     const CompletionRequest r = parse_request(Endpoint::kCompletions, body.dump(), defaults());
     EXPECT_EQ(r.prompt, body["prompt"].get<std::string>());
     EXPECT_FALSE(r.prompt_is_tokens);
@@ -66,6 +67,7 @@ TEST(OpenAiApi, RandomCompletionRequestsParseToTheirValues) {
     EXPECT_EQ(r.stop.front(), stop);
     EXPECT_EQ(r.stop.size(), (i % 2) ? 1u : 2u);
     EXPECT_EQ(r.stream, i % 3 == 0);
+    EXPECT_EQ(r.cache_prompt, i % 5 != 0);  // left out: true
   }
 }
 
@@ -122,7 +124,7 @@ TEST(OpenAiApi, WrongTypesAndRangesNameTheField) {
       {"max_tokens", -1}, {"max_tokens", "10"}, {"max_completion_tokens", 1.0}, {"seed", 1.5}, {"seed", "1"},
       {"stop", 3}, {"stream", 1}, {"stream_options", "x"}, {"n", 2}, {"n", 0}, {"best_of", 3}, {"echo", true},
       {"logprobs", 1}, {"presence_penalty", 0.5}, {"frequency_penalty", 3}, {"logit_bias", {{"1", 2}}},
-      {"tools", {1}}, {"user", 5}, {"model", 5}, {"suffix", "end"}};
+      {"tools", {1}}, {"user", 5}, {"cache_prompt", 0}, {"model", 5}, {"suffix", "end"}};
   for (const auto& [field, value] : wrong) {
     json body = {{"prompt", "x"}};
     body[field] = value;
@@ -169,12 +171,13 @@ TEST(OpenAiApi, ResponsesReadBackToTheirText) {
     const std::string text = random_text(60);
     const Endpoint endpoint = i % 2 ? Endpoint::kChatCompletions : Endpoint::kCompletions;
     const ResponseMeta meta{endpoint, "id-" + std::to_string(i), 1700000000 + i, random_text(10)};
-    const Usage usage{i, 2 * i};
+    const Usage usage{i, 2 * i, i / 2};
     const json r = json::parse(completion_json(meta, text, StopReason::kTokenLimit, usage));
     const json& choice = r["choices"][0];
     EXPECT_EQ(endpoint == Endpoint::kChatCompletions ? choice["message"]["content"] : choice["text"], text);
     EXPECT_EQ(choice["finish_reason"], "length");
     EXPECT_EQ(r["usage"]["total_tokens"], 3 * i);
+    EXPECT_EQ(r["usage"]["prompt_tokens_details"]["cached_tokens"], i / 2);
     EXPECT_EQ(r["model"], meta.model);
 
     const std::string event = stream_text_event(meta, text, i % 4 < 2);
