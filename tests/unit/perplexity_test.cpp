@@ -2,7 +2,9 @@
 // and KL divergence, checked against direct double-precision computations on random logits.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <fstream>
 
 #include "pdvm/error.h"
@@ -20,6 +22,12 @@ std::vector<double> exact_logprobs(const std::vector<float>& logits) {
   std::vector<double> out;
   for (float v : logits) out.push_back(v - max_value - std::log(sum));
   return out;
+}
+
+// The largest logit minus the second largest.
+float top_two_gap(std::vector<float> logits) {
+  std::partial_sort(logits.begin(), logits.begin() + 2, logits.end(), std::greater<>());
+  return logits[0] - logits[1];
 }
 
 std::filesystem::path temp_file(const std::string& name) {
@@ -117,7 +125,12 @@ TEST(Perplexity, KlDivergenceMatchesDirectComputation) {
     const TokenDivergence d = compare_logprobs(base, other);
     EXPECT_NEAR(d.kl, kl, 1e-4 + 1e-3 * kl) << "noise " << 0.05 * (trial % 5);
     const auto argmax = [](const std::vector<float>& v) { return std::max_element(v.begin(), v.end()) - v.begin(); };
-    EXPECT_EQ(d.same_top1, argmax(base_logits) == argmax(other_logits));
+    // The file keeps log-probabilities in steps of `step`: where the best two logits are closer
+    // than a step, both may round to the same level and the file cannot tell which one is top
+    // (2000 logits of stddev 2 have such a near-tie in about 1 of 2500 rows).
+    if (top_two_gap(base_logits) > base.step && top_two_gap(other_logits) > other.step) {
+      EXPECT_EQ(d.same_top1, argmax(base_logits) == argmax(other_logits));
+    }
   }
   QuantizedLogProbs a, b;
   std::vector<float> logits = test::random_floats(100);
