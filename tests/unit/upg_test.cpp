@@ -5,7 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
 
 #include "pdvm/error.h"
@@ -45,6 +47,11 @@ RowError matrix_error(const std::vector<float>& w, const std::vector<float>& v, 
   return total;
 }
 
+double median(std::vector<double> values) {
+  std::nth_element(values.begin(), values.begin() + values.size() / 2, values.end());
+  return values[values.size() / 2];
+}
+
 std::vector<float> decoded(const UpgMatrix& m) {
   std::vector<float> out(static_cast<size_t>(m.k * m.n));
   for (int64_t r = 0; r < m.n; ++r) upg_dequantize_row(m, r, out.data() + r * m.k);
@@ -61,21 +68,32 @@ std::vector<float> q4_0_round_trip(const std::vector<float>& w, int64_t k) {
   return out;
 }
 
+// Medians over a few matrices: the rows' heavy tails make one matrix's errors swing (6000 single
+// matrices at block 64: median plain-error ratio 0.83 of Q4_0's, above 1.05 in 9, weighted ratio
+// up to 0.95, relative RMSE up to 0.145), so a single unlucky draw would fail the bounds below
+// about once in 400 runs; the median of 5 needs three such draws (~1e-7).
 TEST(UpgEncode, FourBitBeatsQ4_0OnPlainAndWeightedError) {
   const int64_t k = 1024, n = 24;
-  const std::vector<float> w = heavy_tailed(k, n), h = random_importance(k);
-  const RowError q4 = matrix_error(w, q4_0_round_trip(w, k), h.data(), k);
+  constexpr int kMatrices = 5;
   for (int64_t block : {32, 64}) {
-    const UpgEncoded e = upg_encode(w.data(), k, n, h.data(), {4, block, 0.0}, 2);
-    const RowError upg = matrix_error(w, decoded(e.view()), h.data(), k);
-    const RowError zero = matrix_error(w, std::vector<float>(w.size(), 0.0f), h.data(), k);
-    std::printf("block %lld: rel. RMSE upg4 %.4f q4_0 %.4f; weighted %.4f vs %.4f\n", static_cast<long long>(block),
-                std::sqrt(upg.plain / zero.plain), std::sqrt(q4.plain / zero.plain),
-                std::sqrt(upg.weighted / zero.weighted), std::sqrt(q4.weighted / zero.weighted));
-    EXPECT_LT(upg.weighted, q4.weighted) << "block " << block;
-    EXPECT_LT(upg.plain, 1.05 * q4.plain) << "block " << block;
-    EXPECT_LT(std::sqrt(upg.plain / zero.plain), 0.15);
-    EXPECT_LT(static_cast<double>(e.view().n_bytes()) * 8 / static_cast<double>(k * n), 4.5);
+    std::vector<double> weighted_ratio, plain_ratio, relative_rmse;
+    for (int matrix = 0; matrix < kMatrices; ++matrix) {
+      const std::vector<float> w = heavy_tailed(k, n), h = random_importance(k);
+      const RowError q4 = matrix_error(w, q4_0_round_trip(w, k), h.data(), k);
+      const UpgEncoded e = upg_encode(w.data(), k, n, h.data(), {4, block, 0.0}, 2);
+      const RowError upg = matrix_error(w, decoded(e.view()), h.data(), k);
+      const RowError zero = matrix_error(w, std::vector<float>(w.size(), 0.0f), h.data(), k);
+      std::printf("block %lld: rel. RMSE upg4 %.4f q4_0 %.4f; weighted %.4f vs %.4f\n", static_cast<long long>(block),
+                  std::sqrt(upg.plain / zero.plain), std::sqrt(q4.plain / zero.plain),
+                  std::sqrt(upg.weighted / zero.weighted), std::sqrt(q4.weighted / zero.weighted));
+      weighted_ratio.push_back(upg.weighted / q4.weighted);
+      plain_ratio.push_back(upg.plain / q4.plain);
+      relative_rmse.push_back(std::sqrt(upg.plain / zero.plain));
+      EXPECT_LT(static_cast<double>(e.view().n_bytes()) * 8 / static_cast<double>(k * n), 4.5);
+    }
+    EXPECT_LT(median(weighted_ratio), 1.0) << "block " << block;
+    EXPECT_LT(median(plain_ratio), 1.05) << "block " << block;
+    EXPECT_LT(median(relative_rmse), 0.15) << "block " << block;
   }
 }
 
