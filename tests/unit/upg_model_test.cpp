@@ -1,15 +1,17 @@
 // Whole models in UPG: `convert --type upg4|upg3` of a synthetic model, loaded by the model
 // through the UPG path, gives the same logits as an F32 model written from the reference
 // decompressor's rows (an independent load path), and the fast CPU backend decodes the same
-// greedy tokens as the reference one.
+// greedy tokens as the reference one (up to a near-tie).
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 
+#include "greedy_near_tie.h"
 #include "model/synth_model.h"
 #include "pdvm/engine.h"
 #include "pdvm/upg.h"
@@ -56,6 +58,11 @@ class UpgModelTest : public ::testing::Test {
 
   fs::path dir_;
 };
+
+// The fast backend multiplies UPG codes by int16-rounded activations, the reference in double:
+// logits within this of the largest; greedy tokens the same up to a near-tie of twice this (a
+// synthetic model's random weights meet one now and then).
+constexpr float kLogitsTolerance = 1e-4f;
 
 SessionOptions session_options(const fs::path& model, const std::string& backend) {
   SessionOptions o;
@@ -109,7 +116,9 @@ TEST_F(UpgModelTest, FastBackendDecodesTheSameTokensAsTheReference) {
     convert_gguf_upg(GgufFile::open(dir_ / "in.gguf"), path, options);
     Session reference(session_options(path, "cpu-ref")), fast(session_options(path, "cpu"));
     const std::vector<int32_t> prompt = {1, 11, 4, 8};
-    EXPECT_EQ(fast.generate_greedy(prompt, 24), reference.generate_greedy(prompt, 24));
+    test::expect_same_greedy_up_to_a_near_tie(reference, prompt, fast.generate_greedy(prompt, 24),
+                                              reference.generate_greedy(prompt, 24), 2.0f * kLogitsTolerance,
+                                              "decode");
     // A 12-token prompt goes through the fast backend's prefill GEMM.
     Session reference_long(session_options(path, "cpu-ref")), fast_long(session_options(path, "cpu"));
     const std::vector<int32_t> long_prompt = {1, 11, 4, 8, 30, 2, 17, 5, 9, 40, 3, 12};
@@ -120,8 +129,13 @@ TEST_F(UpgModelTest, FastBackendDecodesTheSameTokensAsTheReference) {
       diff = std::max(diff, std::fabs(got[i] - want[i]));
       scale = std::max(scale, std::fabs(want[i]));
     }
-    EXPECT_LE(diff, 1e-4f * scale);
-    EXPECT_EQ(fast_long.generate_greedy(long_prompt, 16), reference_long.generate_greedy(long_prompt, 16));
+    std::printf("prefill: max|fast - reference| / max|reference| = %.3g\n", diff / scale);
+    EXPECT_LE(diff, kLogitsTolerance * scale);
+    reference_long.reset();
+    fast_long.reset();
+    test::expect_same_greedy_up_to_a_near_tie(reference_long, long_prompt, fast_long.generate_greedy(long_prompt, 16),
+                                              reference_long.generate_greedy(long_prompt, 16),
+                                              2.0f * kLogitsTolerance, "prefill GEMM");
   }
 }
 
