@@ -1,18 +1,26 @@
 // The default model (9 heads, 3 KV heads, FFN 1536) split over 3 ranks of the CPU reference
 // backend (in-process communicator): the same logits within float rounding and the same greedy
-// continuation as the unsplit model; an indivisible split is refused by name.
+// continuation as the unsplit model (up to a near-tie); an indivisible split is refused by name.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "pdvm/engine.h"
 #include "pdvm/error.h"
+#include "greedy_near_tie.h"
 #include "random_llama.h"
 #include "test_support.h"
 
 namespace pdvm {
 namespace {
+
+// The split sums each rank's share of the attention output and FFN down products in float, the
+// unsplit model adds them in one double dot product: the logits part by rounding only (relative
+// to the largest, at most this). So greedy tokens of a random prompt may part where the
+// reference's best token leads the next by less than twice this; nowhere else.
+constexpr float kLogitsTolerance = 1e-5f;
 
 SessionOptions default_options(int tp) {
   SessionOptions o;
@@ -35,10 +43,12 @@ TEST(TensorParallelModel, ThreeRanksMatchOneRank) {
     diff = std::max(diff, std::abs(logits[i] - want[i]));
     scale = std::max(scale, std::abs(want[i]));
   }
-  EXPECT_LE(diff / scale, 1e-5f);
+  std::printf("max|split - whole| / max|whole| = %.3g\n", diff / scale);
+  EXPECT_LE(diff / scale, kLogitsTolerance);
   whole.reset();
   split.reset();
-  EXPECT_EQ(split.generate_greedy(prompt, 32), whole.generate_greedy(prompt, 32));
+  test::expect_same_greedy_up_to_a_near_tie(whole, prompt, split.generate_greedy(prompt, 32),
+                                            whole.generate_greedy(prompt, 32), 2.0f * kLogitsTolerance, "tp 3");
 }
 
 TEST(TensorParallelModel, TwoRanksAreRefused) {

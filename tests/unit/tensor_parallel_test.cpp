@@ -16,6 +16,7 @@
 #include "pdvm/engine.h"
 #include "pdvm/error.h"
 #include "engine/tensor_parallel.h"
+#include "greedy_near_tie.h"
 #include "random_llama.h"
 
 namespace pdvm {
@@ -119,20 +120,23 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TensorParallelTest,
 using TensorParallelGreedyTest = TensorParallelTest;
 
 // F32 weights on the reference backend: logits differ by summation order only (~1e-7), far
-// below the gaps between the best tokens. (The fast backend's 16-bit activations turn those
-// into larger differences, where a near-tie could flip a token: logits only there.)
+// below the gaps between the best tokens of nearly every step; a random model still meets a
+// near-tie now and then, where the split may pick the runner-up (twice the logits tolerance).
+// (The fast backend's 16-bit activations make near-ties common: logits only there.)
 TEST_P(TensorParallelGreedyTest, TokensMatchOneRank) {
   Session whole(options(1));
   Session split(options(GetParam().tp));
   const auto prompt = test::random_tokens(7, spec_.n_vocab);
-  EXPECT_EQ(split.generate_greedy(prompt, 32), whole.generate_greedy(prompt, 32));
+  test::expect_same_greedy_up_to_a_near_tie(whole, prompt, split.generate_greedy(prompt, 32),
+                                            whole.generate_greedy(prompt, 32), 2.0f * GetParam().tolerance,
+                                            case_name({GetParam(), 0}));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, TensorParallelGreedyTest,
-                         ::testing::Values(Case{kMha, 2, "cpu-ref", TensorType::kF32, 0.0f},
-                                           Case{kMha, 4, "cpu-ref", TensorType::kF32, 0.0f},
-                                           Case{kGqa, 2, "cpu-ref", TensorType::kF32, 0.0f},
-                                           Case{kGqa, 4, "cpu-ref", TensorType::kF32, 0.0f}),
+                         ::testing::Values(Case{kMha, 2, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kMha, 4, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kGqa, 2, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kGqa, 4, "cpu-ref", TensorType::kF32, 1e-5f}),
                          case_name);
 
 class TensorParallelErrorTest : public ::testing::Test {
