@@ -5,13 +5,12 @@
 // model's logits and greedy tokens. With several GPUs, NCCL at 2 and 4 ranks must too.
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
 
 #include "cuda_test_util.h"
+#include "greedy_near_tie.h"
 #include "pdvm/communicator.h"
 #include "pdvm/engine.h"
 #include "pdvm/error.h"
@@ -24,30 +23,6 @@ std::vector<float> copy(std::span<const float> v) { return {v.begin(), v.end()};
 
 // The split's logits are held within kLogitsBound (relative to the largest) of the reference's.
 constexpr float kLogitsBound = 2e-3f;
-
-// Greedy tokens of a split model must be the reference's, except that they may part where the
-// reference's choice leads the split's by no more than the two models' allowed logits difference
-// (a near-tie, which random Q8_0 models with int8 activations meet within 32 steps); from there
-// on they are different sequences, so the comparison ends. The reference replays the tokens.
-void expect_same_greedy_up_to_a_near_tie(Session& reference, const std::vector<int32_t>& start,
-                                         const std::vector<int32_t>& got, const std::vector<int32_t>& want,
-                                         const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  size_t step = 0;
-  while (step < want.size() && got[step] == want[step]) ++step;
-  if (step == want.size()) return;
-  reference.reset();
-  std::vector<float> logits = copy(reference.prefill(start));
-  for (size_t i = 0; i < step; ++i) logits = copy(reference.decode(want[i]));
-  float largest = 0.0f;
-  for (float v : logits) largest = std::max(largest, std::fabs(v));
-  const float lead = logits[static_cast<size_t>(want[step])] - logits[static_cast<size_t>(got[step])];
-  EXPECT_LE(lead, 2.0f * kLogitsBound * largest)
-      << what << ": greedy tokens part at step " << step << " where the reference's token leads by "
-      << lead / largest << " of the largest logit";
-  std::printf("%s: greedy tokens part at step %zu of %zu at a near-tie (lead %.1e of the largest logit)\n",
-              what.c_str(), step, want.size(), lead / largest);
-}
 
 // Before CUDA starts: with lazy kernel loading, 2-GPU NCCL prefill hung (tools/main.cpp).
 const bool kEagerKernelLoading = setenv("CUDA_MODULE_LOADING", "EAGER", 0) == 0;
@@ -123,8 +98,9 @@ TEST_F(TensorParallelCudaTest, ShardedKernelsOnOneGpuMatchTheUnsplitModel) {
     EXPECT_LE(test::relative_difference(split.prefill_all(prompt), want_prompt), kLogitsBound)
         << "tp " << tp << ", " << type_name(spec_.weight_type);
     split.reset();
-    expect_same_greedy_up_to_a_near_tie(plain, start, split.generate_greedy(start, 32), want_tokens,
-                                        "tp " + std::to_string(tp) + " " + std::string(type_name(spec_.weight_type)));
+    // Random Q8_0 models with int8 activations meet a near-tie within 32 steps.
+    test::expect_same_greedy_up_to_a_near_tie(plain, start, split.generate_greedy(start, 32), want_tokens,
+                                              2.0f * kLogitsBound, "tp " + std::to_string(tp) + " " + std::string(type_name(spec_.weight_type)));
   }
 }
 
@@ -159,8 +135,8 @@ TEST_F(TensorParallelCudaTest, NcclOverSeveralGpusMatchesTheUnsplitModel) {
     if (tp == 2) {
       EXPECT_EQ(got_tokens, want_tokens) << "tp " << tp;
     } else {
-      expect_same_greedy_up_to_a_near_tie(one_gpu, start, got_tokens, want_tokens,
-                                          "nccl tp " + std::to_string(tp) + " " + std::string(type_name(spec_.weight_type)));
+      test::expect_same_greedy_up_to_a_near_tie(one_gpu, start, got_tokens, want_tokens, 2.0f * kLogitsBound,
+                                                "nccl tp " + std::to_string(tp) + " " + std::string(type_name(spec_.weight_type)));
     }
     std::printf("nccl, %d ranks: %d all-reduces of %d floats per token take %.1f us\n", tp, 2 * spec_.n_layer,
                 spec_.n_embd, split.time_token_all_reduces(64) * 1e6);
