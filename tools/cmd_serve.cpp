@@ -80,6 +80,7 @@ class ApiServer {
     generation.n_predict = request.max_tokens;
     generation.stop_strings = request.stop;
     generation.sampling = request.sampling;
+    generation.reuse_cached_prefix = request.cache_prompt;
     // A request without a seed gets serve's --seed, else a fresh random one.
     const std::optional<uint64_t> seed = request.seed ? request.seed : default_seed_;
     generation.sampling.seed = seed ? *seed : (uint64_t{std::random_device{}()} << 32) | std::random_device{}();
@@ -89,11 +90,9 @@ class ApiServer {
       std::lock_guard lock(mutex_);
       tokens = prompt_tokens(request);
     }
-    const bool cache_prompt = request.cache_prompt;
     if (!request.stream) {
       std::lock_guard lock(mutex_);
       cancel_ = shutting_down_.load();
-      if (!cache_prompt) generator_.reset();
       const GenerationStats stats = generator_.generate(tokens, generation, [](std::string_view) {}, &cancel_);
       res.set_content(api::completion_json(meta, stats.text, stats.stop_reason, usage(tokens, stats)), kJson);
       return;
@@ -101,11 +100,9 @@ class ApiServer {
     res.set_header("Cache-Control", "no-cache");
     const bool include_usage = request.include_usage;
     res.set_chunked_content_provider(
-        "text/event-stream",
-        [this, tokens, generation, meta, include_usage, cache_prompt](size_t, httplib::DataSink& sink) {
+        "text/event-stream", [this, tokens, generation, meta, include_usage](size_t, httplib::DataSink& sink) {
           std::lock_guard lock(mutex_);
           cancel_ = shutting_down_.load();
-          if (!cache_prompt) generator_.reset();
           // A failed write means the client went away: stop generating for nobody.
           const auto send = [&](const std::string& event) {
             if (!cancel_ && !sink.write(event.data(), event.size())) cancel_ = true;

@@ -23,6 +23,9 @@ struct GenerationOptions {
   int64_t n_predict = -1;  // tokens to generate; -1: until the end or a full context; 0: prefill only
   std::vector<std::string> stop_strings;  // generation ends before any of them; never printed
   SamplingParams sampling;
+  // false: prefill the whole context even where it starts with the cached one (a cached prefix
+  // decodes its last token alone, which can round differently from a batch prefill)
+  bool reuse_cached_prefix = true;
 };
 
 enum class StopReason { kEndOfGeneration, kStopString, kTokenLimit, kContextFull, kInterrupted };

@@ -59,8 +59,10 @@ GenerationStats Generator::generate(std::span<const int32_t> context, const Gene
   const auto interrupted = [interrupt] { return interrupt && interrupt->load(); };
 
   // Reuse the cached prefix; at least one token is fed so that there are logits to sample from.
-  size_t common = static_cast<size_t>(
-      std::mismatch(history_.begin(), history_.end(), context.begin(), context.end()).first - history_.begin());
+  size_t common = options.reuse_cached_prefix
+                      ? static_cast<size_t>(std::mismatch(history_.begin(), history_.end(), context.begin(),
+                                                          context.end()).first - history_.begin())
+                      : 0;
   common = std::min(common, context.size() - 1);
   session_.truncate(static_cast<int64_t>(common));
   history_.resize(common);

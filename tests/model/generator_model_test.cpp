@@ -78,6 +78,15 @@ TEST_F(GeneratorModel, ReusedPrefixGivesTheSameTextAsAFreshSession) {
   const GenerationStats c = generator.generate(diverging, greedy(6), {});
   EXPECT_EQ(c.reused_tokens, static_cast<int64_t>(keep));
   EXPECT_EQ(c.text, fresh(diverging, greedy(6)).text);
+
+  // Without reuse the whole context is prefilled, even where it extends the cached one.
+  GenerationOptions no_reuse = greedy(6);
+  no_reuse.reuse_cached_prefix = false;
+  const auto again = concat(generator.history(), encode(" and"));
+  const GenerationStats d = generator.generate(again, no_reuse, {});
+  EXPECT_EQ(d.reused_tokens, 0);
+  EXPECT_EQ(d.prompt_tokens, static_cast<int64_t>(again.size()));
+  EXPECT_EQ(d.text, fresh(again, greedy(6)).text);
 }
 
 TEST_F(GeneratorModel, StopStringCutsTheText) {
