@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,6 +35,13 @@ class Communicator {
   // Replaces x (F32, memory of `backend`, this rank's backend) by the element-wise sum of x
   // over all ranks. Every rank ends with the same bits.
   virtual void all_reduce_sum(Backend& backend, Tensor& x) = 0;
+
+  // Gathers column blocks onto rank 0 (the vocabulary-split output head): rank r's `part` (F32
+  // {counts[r], rows}, memory of `backend`) becomes columns counts[0] + .. + counts[r-1] onward
+  // of every row of rank 0's `whole` (F32 {counts[0] + .. + counts[N-1], rows}). Only rank 0
+  // writes `whole`; the others' is not touched. Every rank passes the same counts and rows.
+  // Recordable groups may run it inside Backend::run_recorded for rows == 1.
+  virtual void gather_columns(Backend& backend, const Tensor& part, Tensor& whole, std::span<const int64_t> counts) = 0;
 
   // The same for code that owns its device memory and stream without a Backend (the fused
   // decoder): `n` floats at `device_data`, enqueued on `stream` (a cudaStream_t). Recordable

@@ -20,7 +20,9 @@ class KvCache;
 // Megatron-style tensor parallelism: a LlamaModel may hold one rank's shard of the weights.
 // Q/K/V and gate/up are split by output rows (whole heads, FFN columns), the attention output
 // and down projections by input columns; each rank's partial sums meet in an all-reduce after
-// the attention and after the MLP. Embedding, norms and the output head are replicated.
+// the attention and after the MLP. Embedding and norms are replicated; the output head is split
+// by rows (vocabulary: rank r holds rows r*V/N .. (r+1)*V/N - 1) and its logits are gathered
+// on rank 0.
 struct TensorSplit {
   int rank = 0;
   int n_ranks = 1;
@@ -57,7 +59,7 @@ struct LlamaLayerWeights {
 struct LlamaWeights {
   Tensor token_embd;
   Tensor output_norm;
-  Tensor output;  // a copy of the token_embd handle when tied; empty on tensor-parallel ranks >= 1
+  Tensor output;  // a copy of the token_embd handle when tied; split: this rank's rows only
   std::optional<Tensor> rope_freqs;
   std::vector<LlamaLayerWeights> layers;
 };
@@ -72,14 +74,15 @@ struct ForwardWorkspace {
   Tensor token_ids, positions;           // I32 {capacity}
   Tensor x, x_norm, q, k, v, attn_out;   // F32 {width, capacity}
   Tensor ffn_gate, ffn_up, ffn_act;      // F32 {n_ff, capacity}
-  Tensor logits;                         // F32 {n_vocab, capacity}
+  Tensor logits;                         // F32 {n_vocab, capacity} (split: complete on rank 0 only)
+  Tensor logits_part;                    // split: F32 {this rank's vocabulary share, capacity}
   Tensor argmax_ids;                     // I32 {capacity}
 };
 
 enum class LogitsMode {
   kLast,  // logits of the last token only
   kAll,   // logits of every token of the batch (perplexity)
-  kNone,  // only the KV cache (tensor-parallel ranks >= 1: rank 0 computes the logits)
+  kNone,  // only the KV cache
 };
 
 class LlamaModel {
@@ -104,8 +107,9 @@ class LlamaModel {
 
   // Writes `tokens` and their positions (cache.n_past() ...) into ws, runs them through the
   // model, stores their K/V in the cache and advances it. Logits land in ws.logits: row 0
-  // holds the last token's for kLast, row t token t's for kAll. A single-token kLast step runs
-  // under Backend::run_recorded. Throws Error(kOutOfRange) when the cache cannot hold the
+  // holds the last token's for kLast, row t token t's for kAll (split: on rank 0; every rank
+  // must run the same mode, as the gather of the logits is collective). A single-token kLast
+  // step runs under Backend::run_recorded. Throws Error(kOutOfRange) when the cache cannot hold the
   // tokens or a token id is outside the vocabulary; tokens.size() must be <= ws.capacity.
   void forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, KvCache& cache,
                LogitsMode mode) const;
@@ -119,7 +123,10 @@ class LlamaModel {
   LlamaConfig config_;
   Backend* backend_;
   TensorSplit split_;
+  int64_t vocab_first(int rank) const;  // the first head row of `rank`'s share (n_vocab at n_ranks)
+
   int n_head_local_ = 0, n_head_kv_local_ = 0, n_ff_local_ = 0;  // this rank's share
+  std::vector<int64_t> vocab_counts_;  // head rows of every rank; empty when not split
   LlamaWeights weights_;
 };
 

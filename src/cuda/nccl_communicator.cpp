@@ -1,6 +1,7 @@
 // The "nccl" communicator group: one rank per GPU of this process (ncclCommInitAll), each
-// all-reduce enqueued on its rank's backend stream, so it stays in order with the ops and is
-// captured into the decode step's CUDA graph like them.
+// all-reduce (and the head's gather, point to point to rank 0) enqueued on its rank's backend
+// stream, so it stays in order with the ops and is captured into the decode step's CUDA graph
+// like them.
 //
 // libnccl is opened when a group is first created rather than linked: a pdvm binary then still
 // starts (and runs everything but --tp over NCCL) on machines without NCCL installed.
@@ -14,6 +15,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -37,6 +39,8 @@ struct NcclLibrary {
   decltype(&ncclGroupStart) group_start = nullptr;
   decltype(&ncclGroupEnd) group_end = nullptr;
   decltype(&ncclAllReduce) all_reduce = nullptr;
+  decltype(&ncclSend) send = nullptr;
+  decltype(&ncclRecv) recv = nullptr;
   // NCCL >= 2.28's device API (in-kernel collectives); null where libnccl is older.
   decltype(&ncclMemAlloc) mem_alloc = nullptr;
   decltype(&ncclMemFree) mem_free = nullptr;
@@ -75,6 +79,8 @@ NcclLibrary open_nccl() {
   resolve(handle, "ncclGroupStart", lib.group_start);
   resolve(handle, "ncclGroupEnd", lib.group_end);
   resolve(handle, "ncclAllReduce", lib.all_reduce);
+  resolve(handle, "ncclSend", lib.send);
+  resolve(handle, "ncclRecv", lib.recv);
   auto optional = [&](const char* symbol, auto& out) {
     out = reinterpret_cast<std::remove_reference_t<decltype(out)>>(dlsym(handle, symbol));
   };
@@ -194,6 +200,11 @@ struct Clique {
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(std::shared_ptr<Clique> clique, int rank) : clique_(std::move(clique)), rank_(rank) {}
+  ~NcclCommunicator() override {
+    if (staging_) cudaFree(staging_);
+  }
+  NcclCommunicator(const NcclCommunicator&) = delete;
+  NcclCommunicator& operator=(const NcclCommunicator&) = delete;
 
   std::string name() const override { return "nccl"; }
   int rank() const override { return rank_; }
@@ -220,6 +231,56 @@ class NcclCommunicator final : public Communicator {
                             static_cast<cudaStream_t>(stream)),
           "ncclAllReduce");
     clique_->all_enqueued();
+  }
+
+  // Rank 0 receives every peer's block: a single row straight into its columns of `whole`
+  // (recordable), several rows into a staging buffer first, then a strided copy per rank.
+  void gather_columns(Backend& backend, const Tensor& part, Tensor& whole, std::span<const int64_t> counts) override {
+    PDVM_CHECK(part.type == TensorType::kF32 && static_cast<int>(counts.size()) == size() &&
+               part.ne[0] == counts[rank_]);
+    if (clique_->aborted[rank_]) Clique::throw_abandoned();
+    const auto stream = static_cast<cudaStream_t>(backend.device_queue());
+    if (!stream) {
+      throw_error(ErrorKind::kInvalidArgument, "nccl: the " + backend.name() + " backend has no device stream");
+    }
+    const NcclLibrary& lib = nccl();
+    ncclComm_t comm = clique_->comms[rank_];
+    const int64_t rows = part.n_rows();
+    if (rank_ != 0) {
+      check(lib.send(part.data, static_cast<size_t>(part.n_elems()), ncclFloat32, 0, comm, stream), "ncclSend");
+      clique_->all_enqueued();
+      return;
+    }
+    int64_t width = 0;
+    for (int64_t count : counts) width += count;
+    PDVM_CHECK(whole.type == TensorType::kF32 && whole.ne[0] == width && whole.n_rows() == rows);
+    auto* out = static_cast<float*>(whole.data);
+    // Before any of this gather is enqueued here (a blocking allocation must not wait on a peer).
+    if (rows > 1) grow_staging(static_cast<size_t>((width - counts[0]) * rows));
+    check(lib.group_start(), "ncclGroupStart");
+    int64_t first = counts[0], staged = 0;
+    for (int r = 1; r < size(); ++r) {
+      float* target = rows == 1 ? out + first : staging_ + staged;
+      check(lib.recv(target, static_cast<size_t>(counts[r] * rows), ncclFloat32, r, comm, stream), "ncclRecv");
+      first += counts[r];
+      staged += counts[r] * rows;
+    }
+    check(lib.group_end(), "ncclGroupEnd");
+    clique_->all_enqueued();
+    auto place = [&](const float* block, int64_t column, int64_t count) {
+      const size_t row_bytes = static_cast<size_t>(count) * sizeof(float);
+      PDVM_CUDA_CHECK(cudaMemcpy2DAsync(out + column, static_cast<size_t>(width) * sizeof(float), block, row_bytes,
+                                        row_bytes, static_cast<size_t>(rows), cudaMemcpyDeviceToDevice, stream));
+    };
+    place(static_cast<const float*>(part.data), 0, counts[0]);
+    if (rows == 1) return;
+    first = counts[0];
+    staged = 0;
+    for (int r = 1; r < size(); ++r) {
+      place(staging_ + staged, first, counts[r]);
+      first += counts[r];
+      staged += counts[r] * rows;
+    }
   }
 
   DeviceCollectives device_collectives(size_t window_bytes, int lsa_barriers) override {
@@ -275,8 +336,20 @@ class NcclCommunicator final : public Communicator {
     return v;
   }
 
+  void grow_staging(size_t n) {
+    if (n <= staging_size_) return;
+    PDVM_CUDA_CHECK(cudaSetDevice(clique_->devices[rank_]));
+    if (staging_) PDVM_CUDA_CHECK(cudaFree(staging_));
+    staging_ = nullptr;
+    staging_size_ = 0;
+    PDVM_CUDA_CHECK(cudaMalloc(&staging_, n * sizeof(float)));
+    staging_size_ = n;
+  }
+
   std::shared_ptr<Clique> clique_;
   const int rank_;
+  float* staging_ = nullptr;  // rank 0's receive buffer for gathers of several rows
+  size_t staging_size_ = 0;
 };
 
 std::vector<std::unique_ptr<Communicator>> make_nccl_group(const std::vector<int>& devices) {

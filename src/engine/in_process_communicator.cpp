@@ -1,5 +1,5 @@
 // The communicator-group registry and the "in-process" group: ranks are threads of this
-// process, the all-reduce goes through host memory. Each rank copies its tensor to a host
+// process, the all-reduce and the gather go through host memory. Each rank copies its tensor to a host
 // buffer, and after a rendezvous every rank sums all buffers in rank order, so every rank gets
 // the same bits whatever the thread timing.
 #include <algorithm>
@@ -84,6 +84,37 @@ class InProcessCommunicator final : public Communicator {
     backend.write(x, staging_.data(), bytes);
   }
 
+  void gather_columns(Backend& backend, const Tensor& part, Tensor& whole, std::span<const int64_t> counts) override {
+    PDVM_CHECK(part.type == TensorType::kF32 && static_cast<int>(counts.size()) == size() &&
+               part.ne[0] == counts[rank_]);
+    const int64_t rows = part.n_rows();
+    staging_.resize(static_cast<size_t>(part.n_elems()));
+    backend.read(part, staging_.data(), staging_.size() * sizeof(float));
+    shared_->inputs[rank_] = staging_.data();
+    shared_->counts[rank_] = part.n_elems();
+    shared_->rendezvous.arrive_and_wait();
+    if (rank_ == 0) {
+      int64_t width = 0;
+      for (int r = 0; r < size(); ++r) {
+        PDVM_CHECK_MSG(shared_->counts[r] == counts[r] * rows, "tensor parallel: ranks gather different shapes");
+        width += counts[r];
+      }
+      PDVM_CHECK(whole.type == TensorType::kF32 && whole.ne[0] == width && whole.n_rows() == rows);
+      sum_.resize(static_cast<size_t>(width * rows));
+      int64_t first = 0;
+      for (int r = 0; r < size(); ++r) {
+        for (int64_t row = 0; row < rows; ++row) {
+          const float* in = shared_->inputs[r] + row * counts[r];
+          std::copy(in, in + counts[r], sum_.begin() + row * width + first);
+        }
+        first += counts[r];
+      }
+    }
+    // The peers keep their inputs until rank 0 has copied them.
+    shared_->rendezvous.arrive_and_wait();
+    if (rank_ == 0) backend.write(whole, sum_.data(), sum_.size() * sizeof(float));
+  }
+
   void all_reduce_sum_host(float* data, size_t count) override {
     const int64_t n = static_cast<int64_t>(count);
     sum_.resize(count);
@@ -106,7 +137,7 @@ class InProcessCommunicator final : public Communicator {
  private:
   std::shared_ptr<SharedState> shared_;
   const int rank_;
-  std::vector<float> staging_, sum_;
+  std::vector<float> staging_, sum_;  // sum_: the all-reduce's result, or rank 0's gathered rows
 };
 
 std::vector<std::unique_ptr<Communicator>> make_in_process_group(const std::vector<int>& devices) {

@@ -275,7 +275,7 @@ void Session::forward(bool decode, std::span<const int32_t> tokens, LogitsMode m
   if (!tp_) return model_->forward(ws, tokens, *cache_, mode);
   tp_->run([&] { model_->forward(ws, tokens, *cache_, mode); },
            [&](PeerRank& peer) {
-             peer.model->forward(decode ? peer.decode_ws : peer.batch_ws, tokens, *peer.cache, LogitsMode::kNone);
+             peer.model->forward(decode ? peer.decode_ws : peer.batch_ws, tokens, *peer.cache, mode);
            });
 }
 

@@ -171,10 +171,16 @@ LlamaModel::LlamaModel(const GgufFile& file, Backend& backend, const LoadProgres
                 kv_width = int64_t{c.n_head_kv} * c.head_dim, ff = c.n_ff;
   weights_.token_embd = load_weight("token_embd.weight", {embd, c.n_vocab});
   weights_.output_norm = load_weight("output_norm.weight", {embd});
-  // Ranks >= 1 never run the head (LogitsMode::kNone), so an untied head stays on rank 0.
-  if (c.tied_output) {
+  // Split, each rank holds its share of the head's rows (vocabulary); a tied head's share is
+  // loaded again from token_embd, whose whole table every rank keeps for its lookups.
+  if (n_ranks > 1) {
+    for (int r = 0; r < n_ranks; ++r) vocab_counts_.push_back(vocab_first(r + 1) - vocab_first(r));
+    const Slice head_rows{Slice::Axis::kRows, vocab_first(split.rank), vocab_counts_[split.rank]};
+    weights_.output = c.tied_output ? load(file, backend, "token_embd.weight", {embd, c.n_vocab}, head_rows)
+                                    : load_weight("output.weight", {embd, c.n_vocab}, head_rows);
+  } else if (c.tied_output) {
     weights_.output = weights_.token_embd;
-  } else if (split.rank == 0) {
+  } else {
     weights_.output = load_weight("output.weight", {embd, c.n_vocab});
   }
   if (c.has_rope_freqs) {
@@ -211,6 +217,10 @@ LlamaModel::LlamaModel(const GgufFile& file, Backend& backend, const LoadProgres
   if (progress && done_bytes < total_bytes) progress(total_bytes, total_bytes);
 }
 
+int64_t LlamaModel::vocab_first(int rank) const {
+  return int64_t{rank} * config_.n_vocab / split_.n_ranks;
+}
+
 ForwardWorkspace LlamaModel::make_workspace(int capacity) const {
   PDVM_CHECK(capacity > 0);
   const LlamaConfig& c = config_;
@@ -230,6 +240,7 @@ ForwardWorkspace LlamaModel::make_workspace(int capacity) const {
   ws.ffn_up = b.alloc(TensorType::kF32, {n_ff_local_, n, 1, 1});
   ws.ffn_act = b.alloc(TensorType::kF32, {n_ff_local_, n, 1, 1});
   ws.logits = b.alloc(TensorType::kF32, {c.n_vocab, n, 1, 1});
+  if (!vocab_counts_.empty()) ws.logits_part = b.alloc(TensorType::kF32, {vocab_counts_[split_.rank], n, 1, 1});
   ws.argmax_ids = b.alloc(TensorType::kI32, {n, 1, 1, 1});
   return ws;
 }
@@ -294,13 +305,16 @@ void LlamaModel::forward(ForwardWorkspace& ws, std::span<const int32_t> tokens, 
     }
     if (mode == LogitsMode::kNone) return;
     b.rms_norm(x, weights_.output_norm, c.rms_eps, x_norm);
-    if (mode == LogitsMode::kLast) {
-      Tensor logits = rows(ws.logits, 0, 1);
-      b.matmul(weights_.output, rows(x_norm, n - 1, 1), logits);
-    } else {
-      Tensor logits = rows(ws.logits, 0, n);
-      b.matmul(weights_.output, x_norm, logits);
+    const Tensor head_in = mode == LogitsMode::kLast ? rows(x_norm, n - 1, 1) : x_norm;
+    Tensor logits = rows(ws.logits, 0, head_in.ne[1]);
+    if (vocab_counts_.empty()) {
+      b.matmul(weights_.output, head_in, logits);
+      return;
     }
+    // This rank's vocabulary share, gathered into rank 0's logits.
+    Tensor part = rows(ws.logits_part, 0, head_in.ne[1]);
+    b.matmul(weights_.output, head_in, part);
+    comm->gather_columns(b, part, logits, vocab_counts_);
   };
   if (n == 1 && mode != LogitsMode::kAll && (!comm || comm->recordable())) {
     // The step only reads buffers of this workspace and cache, so they (and whether it ends

@@ -1,13 +1,16 @@
-// Tensor parallelism on CPU backends through the in-process communicator: a model split over 2
-// or 4 ranks (one backend per rank, threads) must give the logits of the unsplit model within
-// float rounding and the same greedy tokens, on random models with and without GQA; bad splits
-// give clear errors; the in-process all-reduce sums exactly and never hangs on a failed rank, and
-// the group reports that rank's error.
+// Tensor parallelism on CPU backends through the in-process communicator: a model split over 2,
+// 3 or 4 ranks (one backend per rank, threads) must give the logits of the unsplit model within
+// float rounding and the same greedy tokens, on random models with and without GQA, tied and
+// untied heads, and a vocabulary (211, prime) that no rank count divides, so the head's shares
+// are uneven; each rank holds exactly its rows of the head; bad splits give clear errors; the
+// in-process all-reduce sums exactly, its gather places every rank's columns, it never hangs on a
+// failed rank, and the group reports that rank's error.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <ostream>
 #include <thread>
 
@@ -15,6 +18,8 @@
 #include "pdvm/communicator.h"
 #include "pdvm/engine.h"
 #include "pdvm/error.h"
+#include "pdvm/kv_cache.h"
+#include "pdvm/model.h"
 #include "engine/tensor_parallel.h"
 #include "greedy_near_tie.h"
 #include "random_llama.h"
@@ -34,10 +39,15 @@ const Family kMha{"mha", 128, 4, 4, 256};
 const Family kGqa{"gqa", 128, 8, 4, 384};
 // K-quant super-blocks (256): attn_output and down split at 256 and 512 columns at 2 ranks.
 const Family kWide{"wide", 512, 8, 2, 1024};
+// 3 ranks: 2 heads (64 columns of attn_output) and 128 FFN columns each, whole Q8_0 blocks.
+const Family kTri{"tri", 192, 6, 3, 384};
+// Not divisible by 2, 3 or 4: the head's row shares differ between ranks.
+constexpr int kVocab = 211;
 
 struct Case {
   Family family;
   int tp;
+  bool tied;  // the head is token_embd
   const char* backend;
   TensorType weights;
   float tolerance;  // relative, on the logits (the fast backend measured ~5e-5)
@@ -46,12 +56,12 @@ struct Case {
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   std::string backend = info.param.backend;
   std::replace(backend.begin(), backend.end(), '-', '_');
-  return std::string(info.param.family.name) + "_tp" + std::to_string(info.param.tp) + "_" + backend + "_" +
-         std::string(type_name(info.param.weights));
+  return std::string(info.param.family.name) + "_tp" + std::to_string(info.param.tp) +
+         (info.param.tied ? "_tied_" : "_") + backend + "_" + std::string(type_name(info.param.weights));
 }
 
 void PrintTo(const Case& c, std::ostream* os) {
-  *os << c.family.name << " tp " << c.tp << " " << c.backend << " " << type_name(c.weights);
+  *os << c.family.name << " tp " << c.tp << (c.tied ? " tied " : " ") << c.backend << " " << type_name(c.weights);
 }
 
 class TensorParallelTest : public ::testing::TestWithParam<Case> {
@@ -63,9 +73,9 @@ class TensorParallelTest : public ::testing::TestWithParam<Case> {
     spec_.n_head = c.family.n_head;
     spec_.n_head_kv = c.family.n_head_kv;
     spec_.n_ff = c.family.n_ff;
-    spec_.n_vocab = 211;
+    spec_.n_vocab = kVocab;
     spec_.weight_type = c.weights;
-    spec_.tied = c.tp == 2;  // tied heads at 2 ranks, untied (rank 0 holds output.weight) at 4
+    spec_.tied = c.tied;
     path_ = test::write_random_llama(spec_, "tensor_parallel_" + case_name({GetParam(), 0}) + ".gguf");
   }
   void TearDown() override { std::filesystem::remove(path_); }
@@ -108,13 +118,19 @@ TEST_P(TensorParallelTest, LogitsMatchOneRank) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, TensorParallelTest,
-                         ::testing::Values(Case{kMha, 2, "cpu-ref", TensorType::kF32, 1e-5f},
-                                           Case{kMha, 4, "cpu-ref", TensorType::kF32, 1e-5f},
-                                           Case{kGqa, 2, "cpu-ref", TensorType::kF32, 1e-5f},
-                                           Case{kGqa, 4, "cpu-ref", TensorType::kF32, 1e-5f},
-                                           Case{kWide, 2, "cpu-ref", TensorType::kQ4_K, 1e-5f},
-                                           Case{kGqa, 2, "cpu", TensorType::kQ8_0, 1e-3f},
-                                           Case{kMha, 4, "cpu", TensorType::kQ8_0, 1e-3f}),
+                         ::testing::Values(Case{kMha, 2, true, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kMha, 4, false, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kGqa, 2, false, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kGqa, 4, true, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kTri, 3, false, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kTri, 3, true, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kWide, 2, true, "cpu-ref", TensorType::kQ4_K, 1e-5f},
+                                           Case{kWide, 2, false, "cpu", TensorType::kQ4_K, 1e-3f},
+                                           Case{kGqa, 2, true, "cpu", TensorType::kQ8_0, 1e-3f},
+                                           Case{kTri, 3, false, "cpu", TensorType::kQ8_0, 1e-3f},
+                                           Case{kTri, 3, true, "cpu", TensorType::kQ8_0, 1e-3f},
+                                           Case{kMha, 4, false, "cpu", TensorType::kQ8_0, 1e-3f},
+                                           Case{kWide, 2, true, "cpu", TensorType::kQ6_K, 1e-3f}),
                          case_name);
 
 using TensorParallelGreedyTest = TensorParallelTest;
@@ -133,11 +149,56 @@ TEST_P(TensorParallelGreedyTest, TokensMatchOneRank) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, TensorParallelGreedyTest,
-                         ::testing::Values(Case{kMha, 2, "cpu-ref", TensorType::kF32, 1e-5f},
-                                           Case{kMha, 4, "cpu-ref", TensorType::kF32, 1e-5f},
-                                           Case{kGqa, 2, "cpu-ref", TensorType::kF32, 1e-5f},
-                                           Case{kGqa, 4, "cpu-ref", TensorType::kF32, 1e-5f}),
+                         ::testing::Values(Case{kMha, 2, true, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kMha, 4, false, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kGqa, 2, false, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kGqa, 4, true, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kTri, 3, true, "cpu-ref", TensorType::kF32, 1e-5f},
+                                           Case{kTri, 3, false, "cpu-ref", TensorType::kF32, 1e-5f}),
                          case_name);
+
+// Rank r of N holds head rows r*V/N .. (r+1)*V/N - 1, the file's bytes (Q8_0: whole blocks per
+// row), from output.weight or, tied, from token_embd, whose whole table every rank keeps.
+TEST(TensorParallelHeadTest, EachRankHoldsItsVocabularyRows) {
+  for (const bool tied : {false, true}) {
+    test::RandomLlama spec;  // 12 heads of 32 and 768 FFN columns: whole Q8_0 blocks at 2, 3, 4 ranks
+    spec.n_embd = 384;
+    spec.n_head = 12;
+    spec.n_head_kv = 12;
+    spec.n_ff = 768;
+    spec.n_layer = 1;
+    spec.n_vocab = kVocab;
+    spec.tied = tied;
+    spec.weight_type = TensorType::kQ8_0;
+    const auto path = test::write_random_llama(spec, "tensor_parallel_head.gguf");
+    const GgufFile file = GgufFile::open(path);
+    const GgufTensor& head = file.tensor_required(tied ? "token_embd.weight" : "output.weight");
+    const int64_t row_bytes = type_bytes(head.type, spec.n_embd);
+    for (int n_ranks : {2, 3, 4}) {
+      auto group = create_communicator_group("in-process", std::vector<int>(static_cast<size_t>(n_ranks), 0));
+      int64_t next_row = 0;
+      for (int r = 0; r < n_ranks; ++r) {
+        auto backend = create_backend("cpu-ref");
+        const LlamaModel model(file, *backend, {}, TensorSplit{r, n_ranks, group[static_cast<size_t>(r)].get()});
+        const Tensor& output = model.weights().output;
+        const int64_t first = int64_t{r} * kVocab / n_ranks, count = int64_t{r + 1} * kVocab / n_ranks - first;
+        SCOPED_TRACE(std::to_string(n_ranks) + " ranks, rank " + std::to_string(r) + (tied ? ", tied" : ""));
+        EXPECT_EQ(first, next_row);
+        ASSERT_EQ(output.type, TensorType::kQ8_0);
+        ASSERT_EQ(output.layout, 0u);
+        ASSERT_EQ(output.ne[0], spec.n_embd);
+        ASSERT_EQ(output.ne[1], count);
+        EXPECT_EQ(std::memcmp(output.data, static_cast<const uint8_t*>(head.data) + first * row_bytes,
+                              static_cast<size_t>(count * row_bytes)),
+                  0);
+        EXPECT_EQ(model.weights().token_embd.ne[1], kVocab);
+        next_row = first + count;
+      }
+      EXPECT_EQ(next_row, kVocab);
+    }
+    std::filesystem::remove(path);
+  }
+}
 
 class TensorParallelErrorTest : public ::testing::Test {
  protected:
@@ -277,6 +338,47 @@ TEST(InProcessCommunicatorTest, SumsInRankOrderOnEveryRank) {
       for (size_t i = 0; i < want.size(); ++i) want[i] += inputs[r][i];
     }
     for (const auto& got : all_reduce(inputs, *backend)) EXPECT_EQ(got, want) << n_ranks << " ranks";
+  }
+}
+
+// Uneven column blocks of several rows land in their columns of rank 0's tensor, the other
+// ranks' tensors stay as they were.
+TEST(InProcessCommunicatorTest, GathersColumnBlocksOnRankZero) {
+  auto backend = create_backend("cpu-ref");
+  constexpr int64_t kRows = 3;
+  for (int n_ranks : {1, 3, 4}) {
+    std::vector<int64_t> counts;
+    for (int r = 0; r < n_ranks; ++r) counts.push_back(int64_t{r + 1} * kVocab / n_ranks - int64_t{r} * kVocab / n_ranks);
+    auto group = create_communicator_group("in-process", std::vector<int>(static_cast<size_t>(n_ranks), 0));
+    std::vector<std::vector<float>> parts;
+    std::vector<Tensor> part_tensors, whole_tensors;
+    const auto before = test::random_floats(kVocab * kRows);
+    for (int r = 0; r < n_ranks; ++r) {
+      parts.push_back(test::random_floats(static_cast<size_t>(counts[r] * kRows)));
+      Tensor part = backend->alloc(TensorType::kF32, {counts[r], kRows, 1, 1});
+      backend->write(part, parts.back().data(), parts.back().size() * sizeof(float));
+      part_tensors.push_back(part);
+      Tensor whole = backend->alloc(TensorType::kF32, {kVocab, kRows, 1, 1});
+      backend->write(whole, before.data(), before.size() * sizeof(float));
+      whole_tensors.push_back(whole);
+    }
+    std::vector<std::thread> threads;
+    for (int r = 0; r < n_ranks; ++r) {
+      threads.emplace_back([&, r] { group[r]->gather_columns(*backend, part_tensors[r], whole_tensors[r], counts); });
+    }
+    for (auto& t : threads) t.join();
+    std::vector<float> want(before.size());
+    for (int64_t row = 0, column = 0; row < kRows; ++row, column = 0) {
+      for (int r = 0; r < n_ranks; ++r) {
+        for (int64_t i = 0; i < counts[r]; ++i) want[row * kVocab + column + i] = parts[r][row * counts[r] + i];
+        column += counts[r];
+      }
+    }
+    for (int r = 0; r < n_ranks; ++r) {
+      std::vector<float> got(before.size());
+      backend->read(whole_tensors[r], got.data(), got.size() * sizeof(float));
+      EXPECT_EQ(got, r == 0 ? want : before) << n_ranks << " ranks, rank " << r;
+    }
   }
 }
 
