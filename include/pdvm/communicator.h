@@ -7,7 +7,6 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
-#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -41,7 +40,8 @@ class Communicator {
   // of every row of rank 0's `whole` (F32 {counts[0] + .. + counts[N-1], rows}). Only rank 0
   // writes `whole`; the others' is not touched. Every rank passes the same counts and rows.
   // Recordable groups may run it inside Backend::run_recorded for rows == 1.
-  virtual void gather_columns(Backend& backend, const Tensor& part, Tensor& whole, std::span<const int64_t> counts) = 0;
+  virtual void gather_columns(Backend& backend, const Tensor& part, Tensor& whole,
+                              const std::vector<int64_t>& counts) = 0;
 
   // The same for code that owns its device memory and stream without a Backend (the fused
   // decoder): `n` floats at `device_data`, enqueued on `stream` (a cudaStream_t). Recordable

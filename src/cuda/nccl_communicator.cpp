@@ -15,7 +15,6 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
-#include <span>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -235,7 +234,8 @@ class NcclCommunicator final : public Communicator {
 
   // Rank 0 receives every peer's block: a single row straight into its columns of `whole`
   // (recordable), several rows into a staging buffer first, then a strided copy per rank.
-  void gather_columns(Backend& backend, const Tensor& part, Tensor& whole, std::span<const int64_t> counts) override {
+  void gather_columns(Backend& backend, const Tensor& part, Tensor& whole,
+                      const std::vector<int64_t>& counts) override {
     PDVM_CHECK(part.type == TensorType::kF32 && static_cast<int>(counts.size()) == size() &&
                part.ne[0] == counts[rank_]);
     if (clique_->aborted[rank_]) Clique::throw_abandoned();

@@ -84,7 +84,8 @@ class InProcessCommunicator final : public Communicator {
     backend.write(x, staging_.data(), bytes);
   }
 
-  void gather_columns(Backend& backend, const Tensor& part, Tensor& whole, std::span<const int64_t> counts) override {
+  void gather_columns(Backend& backend, const Tensor& part, Tensor& whole,
+                      const std::vector<int64_t>& counts) override {
     PDVM_CHECK(part.type == TensorType::kF32 && static_cast<int>(counts.size()) == size() &&
                part.ne[0] == counts[rank_]);
     const int64_t rows = part.n_rows();

@@ -2,7 +2,9 @@
 // the NCCL path runs as a group of one (every all-reduce through ncclAllReduce, captured in the
 // decode graph) and must reproduce the unsplit model exactly; the sharded CUDA kernels run at 2
 // and 4 ranks on the same GPU through the in-process communicator and must match the unsplit
-// model's logits and greedy tokens. With several GPUs, NCCL at 2 and 4 ranks must too.
+// model's logits and greedy tokens. With several GPUs, NCCL at 2 and 4 ranks must too. The
+// vocabulary (1001) divides by neither, so the ranks' head shares (split by rows, the logits
+// gathered on rank 0) differ in size; the head is tied or not at random.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -40,9 +42,12 @@ class TensorParallelCudaTest : public ::testing::Test {
     spec_.n_head = 8;
     spec_.n_head_kv = 4;
     spec_.n_ff = 1024;
-    spec_.n_vocab = 1000;
+    spec_.n_vocab = 1001;
+    spec_.tied = std::uniform_int_distribution<int>(0, 1)(test::rng()) == 1;
     spec_.weight_type = std::uniform_int_distribution<int>(0, 1)(test::rng()) ? TensorType::kF16 : TensorType::kQ8_0;
     path_ = test::write_random_llama(spec_, "tensor_parallel_cuda.gguf");
+    std::printf("random model: %s weights, %s head, %d tokens\n", std::string(type_name(spec_.weight_type)).c_str(),
+                spec_.tied ? "tied" : "untied", spec_.n_vocab);
   }
   void TearDown() override {
     if (!path_.empty()) std::filesystem::remove(path_);

@@ -348,7 +348,9 @@ TEST(InProcessCommunicatorTest, GathersColumnBlocksOnRankZero) {
   constexpr int64_t kRows = 3;
   for (int n_ranks : {1, 3, 4}) {
     std::vector<int64_t> counts;
-    for (int r = 0; r < n_ranks; ++r) counts.push_back(int64_t{r + 1} * kVocab / n_ranks - int64_t{r} * kVocab / n_ranks);
+    for (int r = 0; r < n_ranks; ++r) {
+      counts.push_back(int64_t{r + 1} * kVocab / n_ranks - int64_t{r} * kVocab / n_ranks);
+    }
     auto group = create_communicator_group("in-process", std::vector<int>(static_cast<size_t>(n_ranks), 0));
     std::vector<std::vector<float>> parts;
     std::vector<Tensor> part_tensors, whole_tensors;
