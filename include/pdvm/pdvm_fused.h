@@ -69,6 +69,10 @@ struct FusedModelView {
   FusedWeightView token_embd;
   FusedWeightView output_norm;
   FusedWeightView output;  // data == nullptr: tied to token_embd
+  // A tensor-parallel shard's vocabulary-split head (FusedTensorParallel::shard): `output` holds
+  // vocabulary rows output_first_row .. output_first_row + output.rows - 1.
+  bool output_split = false;
+  int64_t output_first_row = 0;
   std::vector<float> rope_freq_factors;  // empty, or n_rot / 2 divisors (Llama 3)
   std::vector<FusedLayerView> layers;
   std::vector<std::shared_ptr<const UpgMatrix>> upg_matrices;  // what UPG weights' data point to
@@ -100,9 +104,11 @@ class FusedDecoder {
   // weight type or shape the kernels do not handle.
   explicit FusedDecoder(const FusedModelView& model);
   // Random weights generated deterministically on the device, directly in the kernel layouts
-  // (benchmarks of large shapes without host files). Every matrix has type `type`.
+  // (benchmarks of large shapes without host files). Every matrix has type `type`. head_rows > 0:
+  // a vocabulary-split head of its own (rows head_first .. of a tensor-parallel shard) instead
+  // of the whole head tied to the embedding.
   static std::unique_ptr<FusedDecoder> synthesize(const FusedConfig& config, TensorType type,
-                                                  uint64_t seed);
+                                                  uint64_t seed, int head_first = 0, int head_rows = 0);
   ~FusedDecoder();
   FusedDecoder(const FusedDecoder&) = delete;
   FusedDecoder& operator=(const FusedDecoder&) = delete;
@@ -131,7 +137,8 @@ class FusedDecoder {
   // ---- token-level API --------------------------------------------------------------------
   // Runs the whole model on `token` at `position`; returns the greedy next token.
   int execute_model(int token, int position, FusedMode mode);
-  std::vector<float> logits() const;  // of the last execute_model / generate step
+  // Of the last execute_model / generate step: the head's rows (the whole vocabulary unless split).
+  std::vector<float> logits() const;
   // Greedy decoding of `n_tokens` tokens fed back on the device; returns them.
   std::vector<int> generate(int token, int position, int n_tokens, FusedMode mode);
   // Like generate, but returns the device time in milliseconds (CUDA events) of the n tokens.

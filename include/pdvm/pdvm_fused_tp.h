@@ -1,12 +1,13 @@
 // Tensor-parallel PDVM fused decode (issue #9, docs/multi-gpu.md): one FusedDecoder per rank,
 // each holding 1/N of the attention heads, KV heads and FFN columns (Q/K/V and gate/up split by
-// rows, O and down by columns, embedding, norms and LM head replicated), driven in step by one
-// thread per rank. Every rank runs each layer as two fused launches with the residual stream
-// all-reduced after each (NCCL inside the token's CUDA graph, one GPU per rank; or the
-// in-process group through host memory, where ranks may share a GPU), then the head, so all
-// ranks produce the same greedy token and feed it back on their own device. With
-// FusedAllReduce::kInKernel (NCCL only) each layer is one launch per rank instead: the kernel
-// all-reduces x itself through NCCL's device API.
+// rows, O and down by columns, embedding and norms replicated), driven in step by one thread per
+// rank. Every rank runs each layer as two fused launches with the residual stream all-reduced
+// after each (NCCL inside the token's CUDA graph, one GPU per rank; or the in-process group
+// through host memory, where ranks may share a GPU), then its share of the LM head's rows
+// (vocabulary); the ranks' best (logit, id) pairs are all-reduced and every rank picks the same
+// greedy token and feeds it back on its own device. With FusedAllReduce::kInKernel (NCCL only)
+// each layer is one launch per rank instead: the kernel all-reduces x itself through NCCL's
+// device API, and every rank runs the whole head.
 #pragma once
 
 #include <cstdint>
@@ -42,8 +43,9 @@ class FusedTensorParallel {
   FusedFootprint footprint() const;   // of all ranks together
   uint64_t kernel_launches() const;   // all ranks, NCCL kernels included
 
-  // As FusedDecoder's (layer mode only, unless kInKernel); logits are rank 0's. generate checks that every rank
-  // produced the same tokens.
+  // As FusedDecoder's (layer mode only, unless kInKernel); logits: every rank's share of the head in
+  // rank order (rank 0's whole head with kInKernel). generate checks that every rank produced the
+  // same tokens.
   int execute_model(int token, int position, FusedMode mode);
   std::vector<float> logits() const;
   std::vector<int> generate(int token, int position, int n_tokens, FusedMode mode);
@@ -55,9 +57,10 @@ class FusedTensorParallel {
 
   // Rank `rank` of `n_ranks`'s part of `model`: views into `model`, except column splits, which
   // are gathered into `storage` (keep it alive while the view is used). Throws Error(kUnsupported)
-  // naming what does not divide.
+  // naming what does not divide. split_head: the LM head's rows rank*V/N .. (of the embedding
+  // when tied) instead of the whole head.
   static FusedModelView shard(const FusedModelView& model, int rank, int n_ranks,
-                              std::vector<std::vector<uint8_t>>& storage);
+                              std::vector<std::vector<uint8_t>>& storage, bool split_head = false);
   static FusedConfig shard_config(const FusedConfig& config, int n_ranks);
 
   struct Impl;

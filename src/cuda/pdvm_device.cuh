@@ -128,6 +128,12 @@ struct Params {
   // LSA barrier b (the grids are equal), after the O and after the down projection.
   const ncclDevComm* tp_comm;
   ncclWindow_vidmem* tp_window;
+  // Vocabulary-split head (two-launch tensor parallelism): `output` holds head rows vocab_first ..;
+  // the head's last CTA leaves the token state alone and writes this rank's best (value, id as a
+  // float) to head_pair, a slot of zeros elsewhere that the host all-reduces and
+  // launch_pick_split_token reads. Null without a split head.
+  int vocab_first;
+  float* head_pair;
 };
 
 __host__ __device__ inline int layer_counter_stride(int n_head_kv) { return kLayerCounters + n_head_kv; }

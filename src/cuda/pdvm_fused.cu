@@ -127,6 +127,8 @@ struct FusedDecoder::Impl {
   Communicator* communicator = nullptr;  // tensor parallelism: x all-reduced between layer halves
   bool in_kernel_all_reduce = false;     // ... or inside the kernel (FusedAllReduce::kInKernel)
   std::vector<float> host_x;             // a non-recordable communicator's host copy of x
+  float* head_pairs = nullptr;           // vocabulary-split head: every rank's (value, id)
+  std::vector<float> host_pairs;         // their host copy for a non-recordable communicator
 
   ~Impl() {
     cudaSetDevice(device);
@@ -280,6 +282,22 @@ struct FusedDecoder::Impl {
       }
     }
     fused::launch_fused(params, grid, config.n_layer, config.n_layer, fused::kFlagHead, eager, stream);
+    if (params.head_pair) pick_split_token(eager);
+  }
+
+  // A vocabulary-split head: every rank's (value, id) pair, each in its own slot of zeros, summed
+  // into every rank's pairs (exact: one non-zero term per slot), then the best is the token.
+  void pick_split_token(bool eager) {
+    const size_t n = 2 * static_cast<size_t>(communicator->size());
+    if (eager) {
+      host_pairs.resize(n);
+      copy_to_host(host_pairs.data(), head_pairs, n * sizeof(float));
+      communicator->all_reduce_sum_host(host_pairs.data(), n);
+      copy_to_device(head_pairs, host_pairs.data(), n * sizeof(float));
+    } else {
+      communicator->all_reduce_sum_on_stream(head_pairs, n, stream);
+    }
+    fused::launch_pick_split_token(params, head_pairs, communicator->size(), stream);
   }
 
   void all_reduce_x(bool eager) {
@@ -325,7 +343,7 @@ struct FusedDecoder::Impl {
                                            "between layers; tensor parallelism runs in layer mode");
     if (!records_graph()) {
       enqueue_split_token(true);
-      kernel_launches += 2 * config.n_layer + 1;
+      kernel_launches += 2 * config.n_layer + (params.head_pair ? 2 : 1);
     } else if (mode == FusedMode::kLayer) {
       if (!layer_graph) record_layer_graph();
       PDVM_CUDA_CHECK(cudaGraphLaunch(layer_graph, stream));
@@ -397,7 +415,13 @@ std::string FusedDecoder::unsupported_reason(const FusedModelView& model) {
   }
   if (std::string why = check_matrix(model.token_embd, c.n_embd, c.n_vocab); !why.empty()) return why;
   if (std::string why = check_vector(model.output_norm, c.n_embd); !why.empty()) return why;
-  if (model.output.data) {
+  if (model.output_split) {
+    const int64_t first = model.output_first_row, rows = model.output.rows;
+    if (!model.output.data || first < 0 || rows < 1 || first + rows > c.n_vocab)
+      return "head rows " + std::to_string(first) + " .. " + std::to_string(first + rows - 1) +
+             " are outside the vocabulary of " + std::to_string(c.n_vocab);
+    if (std::string why = check_matrix(model.output, c.n_embd, rows); !why.empty()) return why;
+  } else if (model.output.data) {
     if (std::string why = check_matrix(model.output, c.n_embd, c.n_vocab); !why.empty()) return why;
   }
   if (!model.rope_freq_factors.empty() && static_cast<int>(model.rope_freq_factors.size()) != c.n_rot / 2)
@@ -438,6 +462,7 @@ FusedDecoder::FusedDecoder(const FusedModelView& model) : FusedDecoder() {
   if (model.output.data) {
     m.footprint.weight_bytes = before_embd;
     m.params.output = m.upload(model.output);
+    if (model.output_split) m.params.vocab_first = static_cast<int>(model.output_first_row);
   } else {
     m.params.output = m.params.token_embd;
   }
@@ -450,8 +475,11 @@ FusedDecoder::FusedDecoder(const FusedModelView& model) : FusedDecoder() {
   m.finish_layers();
 }
 
-std::unique_ptr<FusedDecoder> FusedDecoder::synthesize(const FusedConfig& config, TensorType type, uint64_t seed) {
+std::unique_ptr<FusedDecoder> FusedDecoder::synthesize(const FusedConfig& config, TensorType type, uint64_t seed,
+                                                       int head_first, int head_rows) {
   if (std::string why = check_config(config); !why.empty()) throw_error(ErrorKind::kInvalidArgument, "fused synth: " + why);
+  if (head_first < 0 || head_rows < 0 || head_first + head_rows > config.n_vocab)
+    throw_error(ErrorKind::kInvalidArgument, "fused synth: head rows outside the vocabulary");
   const int format = format_of(type);
   if (format < 0) throw_error(ErrorKind::kUnsupported, "fused synth: unsupported type " + std::string(type_name(type)));
   std::unique_ptr<FusedDecoder> decoder(new FusedDecoder());
@@ -487,6 +515,10 @@ std::unique_ptr<FusedDecoder> FusedDecoder::synthesize(const FusedConfig& config
     m.layers.push_back(d);
   }
   m.params.output = m.params.token_embd = matrix(c.n_vocab, c.n_embd);
+  if (head_rows > 0) {
+    m.params.output = matrix(head_rows, c.n_embd);
+    m.params.vocab_first = head_first;
+  }
   if (m.params.float_activations) {
     use_float_activations(m.params.token_embd);
     use_float_activations(m.params.output);
@@ -532,6 +564,13 @@ void FusedDecoder::set_tensor_parallel(int rank, Communicator* communicator, Fus
   PDVM_CHECK(communicator && rank == communicator->rank() && !m.layer_graph && m.kernel_launches == 0);
   m.communicator = communicator;
   m.params.partial_output = rank > 0;
+  if (m.params.output.rows < m.config.n_vocab) {
+    if (all_reduce == FusedAllReduce::kInKernel)
+      throw_error(ErrorKind::kUnsupported, "fused decode: a vocabulary-split head needs the all-reduce between launches");
+    m.activate();
+    m.head_pairs = m.alloc<float>(2 * static_cast<size_t>(communicator->size()));
+    m.params.head_pair = m.head_pairs + 2 * rank;
+  }
   if (all_reduce == FusedAllReduce::kInKernel) {
     m.activate();
     // Two slots of every rank's partial x; one LSA barrier per CTA (CTA b meets CTA b).
@@ -562,7 +601,7 @@ int FusedDecoder::execute_model(int token, int position, FusedMode mode) {
 
 std::vector<float> FusedDecoder::logits() const {
   impl_->activate();
-  std::vector<float> out(impl_->config.n_vocab);
+  std::vector<float> out(static_cast<size_t>(impl_->params.output.rows));
   impl_->copy_to_host(out.data(), impl_->params.logits, out.size() * sizeof(float));
   return out;
 }

@@ -27,6 +27,9 @@ FusedWeightView row_part(const FusedWeightView& w, int rank, int n_ranks) {
   return part;
 }
 
+// The first head row of `rank`'s share of `vocab` rows: shares differ by one row at most.
+int64_t vocab_first(int64_t vocab, int rank, int n_ranks) { return vocab * rank / n_ranks; }
+
 // Columns [rank * cols / n, ...) of every row, gathered into `storage`; the split must fall on
 // the type's block boundaries.
 FusedWeightView column_part(const FusedWeightView& w, int rank, int n_ranks, std::vector<std::vector<uint8_t>>& storage) {
@@ -62,6 +65,7 @@ struct FusedTensorParallel::Impl {
   FusedConfig config;
   std::vector<int> devices;
   FusedAllReduce all_reduce = FusedAllReduce::kBetweenLaunches;
+  bool split_head = false;  // each rank runs its share of the head's rows (two launches a layer)
   std::unique_ptr<TensorParallelPeers> group;       // the communicators and the peers' threads
   std::vector<std::unique_ptr<FusedDecoder>> ranks;  // destroyed before the group
 
@@ -71,6 +75,7 @@ struct FusedTensorParallel::Impl {
     config = whole;
     devices = rank_devices;
     all_reduce = how;
+    split_head = rank_devices.size() > 1 && how == FusedAllReduce::kBetweenLaunches;
     group = std::make_unique<TensorParallelPeers>(create_communicator_group(communicator, devices));
     for (int r = 1; r < static_cast<int>(devices.size()); ++r) group->peers().emplace_back().rank = r;
     ranks.resize(devices.size());
@@ -104,7 +109,7 @@ FusedConfig FusedTensorParallel::shard_config(const FusedConfig& config, int n_r
 }
 
 FusedModelView FusedTensorParallel::shard(const FusedModelView& model, int rank, int n_ranks,
-                                          std::vector<std::vector<uint8_t>>& storage) {
+                                          std::vector<std::vector<uint8_t>>& storage, bool split_head) {
   PDVM_CHECK(rank >= 0 && rank < n_ranks);
   FusedModelView part;
   part.config = shard_config(model.config, n_ranks);
@@ -112,6 +117,16 @@ FusedModelView FusedTensorParallel::shard(const FusedModelView& model, int rank,
   part.token_embd = model.token_embd;
   part.output_norm = model.output_norm;
   part.output = model.output;
+  if (split_head && n_ranks > 1) {
+    // Tied: the share comes from the embedding, which stays whole for the lookups.
+    const FusedWeightView& head = model.output.data ? model.output : model.token_embd;
+    const int64_t first = vocab_first(head.rows, rank, n_ranks);
+    part.output = head;
+    part.output.rows = vocab_first(head.rows, rank + 1, n_ranks) - first;
+    part.output.data = static_cast<const uint8_t*>(head.data) + first * type_bytes(head.type, head.cols);
+    part.output_split = true;
+    part.output_first_row = first;
+  }
   part.rope_freq_factors = model.rope_freq_factors;
   part.upg_matrices = model.upg_matrices;
   for (const FusedLayerView& l : model.layers) {
@@ -138,7 +153,7 @@ FusedTensorParallel::FusedTensorParallel(const FusedModelView& model, const std:
   impl_->start(model.config, devices, communicator, all_reduce);
   impl_->each([&](int rank) {
     std::vector<std::vector<uint8_t>> storage;
-    const FusedModelView part = shard(model, rank, n_ranks, storage);
+    const FusedModelView part = shard(model, rank, n_ranks, storage, impl_->split_head);
     impl_->make_rank(rank, [&] { return std::make_unique<FusedDecoder>(part); });
   });
 }
@@ -151,7 +166,14 @@ std::unique_ptr<FusedTensorParallel> FusedTensorParallel::synthesize(const Fused
   std::unique_ptr<FusedTensorParallel> tp(new FusedTensorParallel());
   tp->impl_->start(config, devices, communicator, all_reduce);
   // One seed for all: the replicated tensors (embedding, norms, head) come out the same.
-  tp->impl_->each([&](int rank) { tp->impl_->make_rank(rank, [&] { return FusedDecoder::synthesize(part, type, seed); }); });
+  const int n_ranks = static_cast<int>(devices.size());
+  tp->impl_->each([&](int rank) {
+    const int64_t first = vocab_first(config.n_vocab, rank, n_ranks);
+    const int64_t rows = tp->impl_->split_head ? vocab_first(config.n_vocab, rank + 1, n_ranks) - first : 0;
+    tp->impl_->make_rank(rank, [&] {
+      return FusedDecoder::synthesize(part, type, seed, static_cast<int>(first), static_cast<int>(rows));
+    });
+  });
   return tp;
 }
 
@@ -181,7 +203,15 @@ int FusedTensorParallel::execute_model(int token, int position, FusedMode mode) 
   return generate(token, position, 1, mode)[0];
 }
 
-std::vector<float> FusedTensorParallel::logits() const { return impl_->ranks[0]->logits(); }
+std::vector<float> FusedTensorParallel::logits() const {
+  if (!impl_->split_head) return impl_->ranks[0]->logits();
+  std::vector<float> all;
+  for (const auto& rank : impl_->ranks) {
+    const std::vector<float> share = rank->logits();
+    all.insert(all.end(), share.begin(), share.end());
+  }
+  return all;
+}
 
 std::vector<int> FusedTensorParallel::generate(int token, int position, int n_tokens, FusedMode mode) {
   std::vector<std::vector<int>> tokens(impl_->ranks.size());

@@ -405,6 +405,14 @@ __device__ void phase_embed(const Params& p, int token) {
   __syncthreads();
 }
 
+// Appends the greedy token to the history and makes it the next step's input.
+__device__ __forceinline__ void advance_token(DevStep* s, int* history, int token) {
+  history[s->n_out] = token;
+  s->n_out += 1;
+  s->token = token;
+  s->position += 1;
+}
+
 // Final norm, LM head rows of this CTA, argmax (ties: lowest index). The last CTA to arrive
 // reduces the per-CTA winners in CTA order and advances the token state.
 template <bool kFloatActivations>
@@ -448,11 +456,12 @@ __device__ void phase_head(const Params& p, unsigned model_epoch, const Smem& sm
           best_index = ci;
         }
       }
-      DevStep* s = p.step;
-      p.history[s->n_out] = best_index;
-      s->n_out += 1;
-      s->token = best_index;
-      s->position += 1;
+      if (p.head_pair) {
+        p.head_pair[0] = best;
+        p.head_pair[1] = static_cast<float>(best_index + p.vocab_first);
+      } else {
+        advance_token(p.step, p.history, best_index);
+      }
       __threadfence();
       *p.model_epoch = model_epoch + 1;
     }
@@ -714,6 +723,29 @@ void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int
   config.numAttrs = n_attributes;
   PDVM_CUDA_CHECK(cudaLaunchKernelEx(&config, fused_kernel(p, flags), p, layer_begin, layer_end, flags));
   PDVM_CUDA_CHECK_LAUNCH("fused_decode_kernel");
+}
+
+// The token of a vocabulary-split head: the best of the ranks' (value, id) pairs, lowest id on
+// ties as in phase_head; the pairs are zeroed for the next token's own slot.
+__global__ void pick_split_token_kernel(DevStep* step, int* history, float* pairs, int n_ranks) {
+  float best = -FLT_MAX;
+  int best_index = INT_MAX;
+  for (int r = 0; r < n_ranks; ++r) {
+    const float v = pairs[2 * r];
+    const int index = static_cast<int>(pairs[2 * r + 1]);
+    if (v > best || (v == best && index < best_index)) {
+      best = v;
+      best_index = index;
+    }
+    pairs[2 * r] = pairs[2 * r + 1] = 0.0f;
+  }
+  advance_token(step, history, best_index);
+}
+
+void launch_pick_split_token(const Params& p, float* pairs, int n_ranks, cudaStream_t stream) {
+  PDVM_CHECK(p.head_pair && n_ranks > 0);
+  pick_split_token_kernel<<<1, 1, 0, stream>>>(p.step, p.history, pairs, n_ranks);
+  PDVM_CUDA_CHECK_LAUNCH("pick_split_token_kernel");
 }
 
 void launch_all_reduce_only(const Params& p, int grid, int n_reduces, cudaStream_t stream) {

@@ -36,6 +36,10 @@ void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int
 // exchange of x, benchmarks): every rank of the group at once, with the decode's grid.
 void launch_all_reduce_only(const Params& p, int grid, int n_reduces, cudaStream_t stream);
 
+// After the head launch of a vocabulary-split head and the all-reduce of the ranks' pairs
+// (Params::head_pair; `pairs` holds n_ranks of them): appends the best as the greedy token.
+void launch_pick_split_token(const Params& p, float* pairs, int n_ranks, cudaStream_t stream);
+
 // Device-side synthesis of random weights in the kernel layout (benchmarks).
 void fill_random_matrix(DevMatrix& m, uint64_t seed, float amplitude, cudaStream_t stream);
 void fill_random_floats(float* data, int64_t n, uint64_t seed, float center, float amplitude,

@@ -49,10 +49,12 @@ class FusedTensorParallelTest : public ::testing::TestWithParam<TensorType> {
     config_.n_head_kv = 4;
     config_.head_dim = 32;
     config_.n_ff = 768;
-    config_.n_vocab = 1000;
+    config_.n_vocab = 1001;  // the two-launch split's head shares: 500/501, 250 x 3 / 251
     config_.n_ctx = 128;
     config_.n_rot = 32;
-    ref_ = std::make_unique<test::RefModel>(config_, GetParam(), /*tied=*/false);
+    const bool tied = std::uniform_int_distribution<int>(0, 1)(test::rng()) == 1;
+    std::printf("random model: %s head\n", tied ? "tied" : "untied");
+    ref_ = std::make_unique<test::RefModel>(config_, GetParam(), tied);
     image_ = test::write_gguf(*ref_).write_to_memory();
     file_ = std::make_unique<GgufFile>(GgufFile::parse(image_));
     view_ = fused_view_from_gguf(*file_, config_.n_ctx);
@@ -265,6 +267,27 @@ std::vector<float> block_of(const FusedWeightView& w, int64_t row_begin, int64_t
   return out;
 }
 
+// With split_head, rank r's head is rows r*V/N .. of the output (of the embedding when tied,
+// which stays whole); V = 301 gives uneven shares.
+void expect_head_rows(const FusedModelView& whole, int n) {
+  const FusedWeightView& head = whole.output.data ? whole.output : whole.token_embd;
+  int64_t next = 0;
+  for (int r = 0; r < n; ++r) {
+    std::vector<std::vector<uint8_t>> storage;
+    const FusedModelView part = FusedTensorParallel::shard(whole, r, n, storage, /*split_head=*/true);
+    const int64_t first = head.rows * r / n, rows = head.rows * (r + 1) / n - first;
+    EXPECT_TRUE(part.output_split);
+    EXPECT_EQ(part.output_first_row, first);
+    EXPECT_EQ(first, next);
+    EXPECT_EQ(part.output.rows, rows);
+    EXPECT_EQ(dequantized(part.output), block_of(head, first, rows, 0, head.cols)) << n << " ranks, rank " << r;
+    EXPECT_EQ(part.token_embd.data, whole.token_embd.data);
+    EXPECT_EQ(part.token_embd.rows, whole.token_embd.rows);
+    next = first + rows;
+  }
+  EXPECT_EQ(next, head.rows);
+}
+
 // The shards' weights are the right parts of the GGUF tensors (host only: runs without a GPU).
 TEST(FusedTensorParallelShard, EachRankGetsItsHeadsAndFfnColumns) {
   FusedConfig c;
@@ -274,7 +297,7 @@ TEST(FusedTensorParallelShard, EachRankGetsItsHeadsAndFfnColumns) {
   c.n_head_kv = 4;
   c.head_dim = 32;
   c.n_ff = 512;
-  c.n_vocab = 300;
+  c.n_vocab = 301;
   c.n_ctx = 64;
   c.n_rot = 32;
   const test::RefModel ref(c, TensorType::kQ8_0, /*tied=*/false);
@@ -308,6 +331,13 @@ TEST(FusedTensorParallelShard, EachRankGetsItsHeadsAndFfnColumns) {
       }
     }
   }
+  for (int n : {2, 4}) expect_head_rows(whole, n);
+  const test::RefModel tied_ref(c, TensorType::kQ8_0, /*tied=*/true);
+  const std::vector<uint8_t> tied_image = test::write_gguf(tied_ref).write_to_memory();
+  const GgufFile tied_file = GgufFile::parse(tied_image);
+  const FusedModelView tied = fused_view_from_gguf(tied_file, c.n_ctx);
+  ASSERT_EQ(tied.output.data, nullptr);
+  for (int n : {2, 4}) expect_head_rows(tied, n);
   std::vector<std::vector<uint8_t>> storage;
   try {
     FusedTensorParallel::shard(whole, 0, 16, storage);  // 8 heads over 16 ranks
