@@ -205,11 +205,11 @@ int FusedTensorParallel::execute_model(int token, int position, FusedMode mode) 
 
 std::vector<float> FusedTensorParallel::logits() const {
   if (!impl_->split_head) return impl_->ranks[0]->logits();
+  // Rank 0 read last: its device stays the calling thread's current one, as without the split.
+  std::vector<std::vector<float>> shares(impl_->ranks.size());
+  for (size_t r = shares.size(); r-- > 0;) shares[r] = impl_->ranks[r]->logits();
   std::vector<float> all;
-  for (const auto& rank : impl_->ranks) {
-    const std::vector<float> share = rank->logits();
-    all.insert(all.end(), share.begin(), share.end());
-  }
+  for (const std::vector<float>& share : shares) all.insert(all.end(), share.begin(), share.end());
   return all;
 }
 
