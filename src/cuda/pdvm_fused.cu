@@ -318,6 +318,11 @@ struct FusedDecoder::Impl {
       // NCCL connects the ranks on the first all-reduce: let that happen outside the capture (on
       // x, which the token's embedding overwrites).
       communicator->all_reduce_sum_on_stream(params.x, static_cast<size_t>(config.n_embd), stream);
+      // The head pairs' all-reduce too: NCCL >= 2.22 connects per algorithm on first use, and
+      // a few bytes may take another one than x. The pairs are all zeros here (alloc, or the
+      // last pick), so the sum leaves them so.
+      if (head_pairs)
+        communicator->all_reduce_sum_on_stream(head_pairs, 2 * static_cast<size_t>(communicator->size()), stream);
       PDVM_CUDA_CHECK(cudaStreamSynchronize(stream));
     }
     cudaGraph_t graph;
