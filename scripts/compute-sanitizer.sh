@@ -148,6 +148,7 @@ echo "libnccl: ${nccl_dir:-none found} (version $nccl_best)"
 export LD_LIBRARY_PATH=$bin${nccl_dir:+:$nccl_dir}:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PDVM_REQUIRE_GPU=1  # no device must fail, not skip
 export NCCL_NVLS_ENABLE=0   # no NVLink multicast: it can take a shared host's GPUs out of service
+export PDVM_UNDER_COMPUTE_SANITIZER=1  # the tests drop their bandwidth and device-memory bounds
 [[ -n $model ]] && export PDVM_MODEL=$model
 
 if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then

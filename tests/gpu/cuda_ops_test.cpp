@@ -608,8 +608,9 @@ TEST(CudaBandwidth, ProbeReportsAPlausibleRate) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const ReadBandwidth bw = measure_cuda_read_bandwidth(0, uint64_t{256} << 20, 3);
   EXPECT_EQ(bw.bytes, uint64_t{256} << 20);
-  EXPECT_GT(bw.gb_per_s, 50.0) << bw.device_name;
   EXPECT_LT(bw.gb_per_s, 20000.0) << bw.device_name;
+  if (under_compute_sanitizer()) GTEST_SKIP() << "no lower bound on the rate under compute-sanitizer";
+  EXPECT_GT(bw.gb_per_s, 50.0) << bw.device_name;
 }
 
 }  // namespace

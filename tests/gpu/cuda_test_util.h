@@ -27,6 +27,10 @@ inline std::unique_ptr<Backend> cuda_backend_or_skip() {
   return make_cuda_backend(0);
 }
 
+// scripts/compute-sanitizer.sh sets PDVM_UNDER_COMPUTE_SANITIZER: the tool slows every device access
+// and allocates device memory of its own, so bandwidth and free-memory bounds say nothing there.
+inline bool under_compute_sanitizer() { return std::getenv("PDVM_UNDER_COMPUTE_SANITIZER") != nullptr; }
+
 #define PDVM_CUDA_BACKEND_OR_SKIP(var)                   \
   auto var = ::pdvm::test::cuda_backend_or_skip();       \
   if (!var) GTEST_SKIP() << "no CUDA device";

@@ -70,15 +70,16 @@ TEST(FusedSessionMemory, StepwisePromptsHoldOneCopyOfTheWeights) {
   const uint64_t fused = measure("layer", false, fused_logits, weight_bytes);
   const uint64_t both = measure("layer", true, batched_logits, weight_bytes);
   std::filesystem::remove(path);
+  EXPECT_LT(relative_error(batched_logits, unfused_logits), 1e-6);
+  EXPECT_LT(relative_error(fused_logits, unfused_logits), 1e-2);
+  if (under_compute_sanitizer()) GTEST_SKIP() << "no device-memory accounting under compute-sanitizer";
   std::printf("  device memory: unfused session %.1f MiB, fused session %.1f MiB (stepwise prompts), %.1f MiB "
               "(batched prompts), weights %.1f MiB\n",
               unfused / 1048576.0, fused / 1048576.0, both / 1048576.0, weight_bytes / 1048576.0);
   EXPECT_GE(both, fused + weight_bytes) << "batched prompts load the backend's copy too";
-  EXPECT_LT(relative_error(batched_logits, unfused_logits), 1e-6);
   EXPECT_GE(unfused, weight_bytes);
   EXPECT_GE(fused, weight_bytes * 9 / 10);  // the fused decoder's copy (the embedding may shrink)
   EXPECT_LT(fused, unfused + weight_bytes / 4) << "a second copy of the weights";
-  EXPECT_LT(relative_error(fused_logits, unfused_logits), 1e-2);
 }
 
 }  // namespace
