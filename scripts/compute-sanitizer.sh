@@ -170,6 +170,7 @@ start=$SECONDS
 run_one() {  # index, visible GPUs, seconds, then the fields of a plan line
   local index=$1 visible=$2 seconds=$3 name=$4 tool=$5 binary=$6 filter=$7 shard=$8 steps=$9 environment=${10}
   local log=$out/logs/$name.log args=() env=() rc t0=$SECONDS
+  args+=(--print-limit 10000)  # the default 100 leaves the rest of a run's reports unread
   [[ $tool == memcheck ]] && args+=(--leak-check full)
   (( port_option )) && args+=(--base-port $((20000 + 10 * index)) --max-connections 10)
   [[ -n $steps ]] && env+=(PDVM_TEST_MAX_STEPS=$steps)
@@ -183,7 +184,7 @@ run_one() {  # index, visible GPUs, seconds, then the fields of a plan line
   rc=$?
   echo "# rc=$rc seconds=$((SECONDS - t0))" >>"$log"
   local summary
-  summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1 | sed 's/^=* *//')
+  summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | grep -v "not printed" | tail -1 | sed 's/^=* *//')
   printf '%-48s rc=%-3s %4d s  %s\n' "$name" "$rc" $((SECONDS - t0)) "${summary:-no sanitizer summary}" >>"$out/runs.log"
 }
 

@@ -3,8 +3,12 @@
 
 Every sanitizer report (memcheck: invalid or misaligned accesses, CUDA API errors, leaks;
 racecheck: hazards) is attributed to pdvm or to a library: a device report by the kernel it
-names (pdvm's kernels are all in namespace pdvm), an API error or a leak by the first host frame
-outside the CUDA driver and runtime (libnccl, libcublas, or the test binary, which is pdvm's code).
+names (pdvm's kernels are all in namespace pdvm), an API error or a leak by the library whose code
+its host backtrace passes through (NCCL, cuBLAS), else by the first host frame outside the CUDA
+driver and runtime (the test binary is pdvm's code). Any library frame decides, not only the
+first: NCCL's threads print their reports at once and the tool interleaves their lines, so a
+report of NCCL's may carry another thread's pdvm frames, or NCCL's names in the wrong fields.
+A device access report that names pdvm code stays pdvm's whatever else its lines hold.
 Writes OUT_DIR/summary.txt (one row per run, then every distinct report with an example) and
 prints a row per binary and tool plus the runs that were not clean.
 
@@ -16,6 +20,7 @@ import re
 import sys
 
 TOOL_SUMMARY = re.compile(r"(ERROR SUMMARY: (\d+) errors?|RACECHECK SUMMARY: (\d+) hazards? displayed.*)")
+NOT_PRINTED = re.compile(r"ERROR SUMMARY: (\d+) errors? were not printed")
 HEADER = re.compile(r"^# (\w+) (\S+) ")
 REPORT_START = re.compile(r"^========= (?! )(.*)")
 REPORT_MORE = re.compile(r"^=========\s{2,}(.*)")
@@ -26,6 +31,12 @@ DEVICE_SITE = re.compile(r"\bat (?:0x[0-9a-f]+ in )?(.+?)\+0x[0-9a-f]+")
 MODULE = re.compile(r"\bin (\S*?\.so(?:\.\d+)*|\S*gpu_\w+_test|\S*/pdvm)(?=\s|$)")
 RUNTIME_MODULES = re.compile(r"libcuda\.so|libcudart|libc\.so|libstdc\+\+|ld-linux|libpthread|libgcc")
 SANITIZER_MESSAGE = re.compile(r"Internal|process didn't terminate|not supported|Tool|Sanitizer")
+DEVICE_ACCESS = re.compile(r"Invalid __\w+__ (?:read|write)|Misaligned|[Rr]ace reported|hazard")
+# A library's code in a report line: its module, or one of its functions (argument lists removed
+# first, so a pdvm function taking an ncclComm* does not count).
+LIBRARY_CODE = (("nccl", re.compile(r"libnccl\.so|(?<![\w:])nccl[A-Z]\w*")),
+                ("cublas", re.compile(r"libcublas(?:Lt)?\.so|(?<![\w:])cublas[A-Z]\w*")))
+ARGUMENT_LIST = re.compile(r"\([^()]*\)")
 CUT = {124: "cut (time limit)", 137: "killed", 130: "interrupted"}
 
 
@@ -55,6 +66,13 @@ def attribute(lines):
         if kernel.startswith(("nvjet", "cutlass", "sm90_", "sm80_", "cublas", "gemv", "gemm")):
             return "cublas", kernel
         return kernel[:40], kernel
+    if DEVICE_ACCESS.search(lines[0]) and "pdvm::" in text:
+        return "pdvm", lines[0]
+    for owner, code in LIBRARY_CODE:
+        for line in lines:
+            found = code.search(ARGUMENT_LIST.sub("", line))
+            if found:
+                return owner, found.group(0)
     for module in MODULE.findall(text):
         if not RUNTIME_MODULES.search(module):
             return owner_of_module(module), module
@@ -64,18 +82,22 @@ def attribute(lines):
 def kind_of(first_line):
     kind = re.sub(r"^(Error|ERROR): ", "", first_line)
     kind = re.sub(r" at .*", "", kind)
-    return re.sub(r"0x[0-9a-f]+|\d+", "N", kind)[:90]
+    return re.sub(r"0x[0-9a-f]+|\b\d+\b", "N", kind)[:90]
 
 
 def parse(log):
     run = {"name": log.stem, "tool": "?", "binary": "?", "rc": None, "seconds": None, "summary": None,
-           "count": None, "passed": 0, "failed": [], "skipped": 0, "reports": []}
+           "count": None, "not_printed": 0, "passed": 0, "failed": [], "skipped": 0, "reports": []}
     report = None
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("# ") and run["tool"] == "?":
             header = HEADER.match(line)
             if header:
                 run["tool"], run["binary"] = header.group(1), header.group(2)
+            continue
+        if line.startswith("=========") and (not_printed := NOT_PRINTED.search(line)):
+            run["not_printed"] = int(not_printed.group(1))
+            report = None
             continue
         summary = TOOL_SUMMARY.search(line)
         if line.startswith("=========") and summary:
@@ -121,7 +143,8 @@ def verdict(run):
     if run["summary"] is None:
         return "no sanitizer summary (rc %s)" % run["rc"]
     if library_reports:
-        return "library reports only" + (", test failed" if run["failed"] else "")
+        unread = ", %d more not printed" % run["not_printed"] if run["not_printed"] else ""
+        return "library reports only" + unread + (", test failed" if run["failed"] else "")
     if run["count"]:
         return "reports the log did not parse"
     if run["failed"] or run["rc"] not in (0, None):
@@ -157,7 +180,10 @@ def main():
         rows.append("")
         rows.append("runs.log:")
         rows.extend(runs_log.read_text().splitlines())
-    (out / "summary.txt").write_text("\n".join(rows) + "\n")
+    try:
+        (out / "summary.txt").write_text("\n".join(rows) + "\n")
+    except OSError as error:  # e.g. a results folder fetched read-only: the console report still stands
+        print("sanitizer_report.py: summary.txt not written: %s" % error, file=sys.stderr)
 
     print("%-34s %-9s %5s %6s %5s %5s %5s %6s %8s" % ("binary", "tool", "runs", "clean", "cut", "pass", "fail",
                                                      "pdvm", "other"))
@@ -182,7 +208,8 @@ def main():
     if len(others) > 60:
         print("  ... %d more in summary.txt" % (len(others) - 60))
     runs_log = out / "runs.log"
-    unrun = [line.strip() for line in runs_log.read_text().splitlines() if " not " in line] if runs_log.exists() else []
+    unrun = ([line.strip() for line in runs_log.read_text().splitlines() if re.search(r"\snot (?:run|started):", line)]
+             if runs_log.exists() else [])
     if unrun:
         print("\n%d runs not started:" % len(unrun))
         for line in unrun[:20]:
