@@ -84,7 +84,7 @@ EOF
   if [[ -n $model && -f $model ]]; then
     cat <<'EOF'
 mc_default_unfused|memcheck|gpu_cuda_model_test|CudaModel.DefaultModel*|1|16|1|300
-mc_default_fused|memcheck|gpu_pdvm_default_model_test|*|1|16|1|300
+mc_default_fused|memcheck|gpu_pdvm_default_model_test|*|each|16|1|200
 rc_default_unfused|racecheck|gpu_cuda_model_test|CudaModel.DefaultModel*|1|8|1|380
 EOF
   fi

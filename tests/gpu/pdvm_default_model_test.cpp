@@ -3,13 +3,17 @@
 // mode and token mode with stepwise prompts, against the unfused CUDA backend and the CPU
 // backend: identical tokens for all 128 steps, logits within tolerance along the way, and the
 // fused run teacher-forced through the unfused backend agreeing on every argmax. PDVM_MODEL
-// points the test at the model on the GPU machine.
+// points the test at the model on the GPU machine. Each greedy run is computed once per process
+// and shared by the tests; a test run alone (one compute-sanitizer process per test) computes
+// only the runs it compares.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda_test_util.h"
@@ -35,6 +39,8 @@ const int kMinArgmaxAgreement = kSteps;
 struct GreedyRun {
   std::vector<int32_t> tokens;
   std::vector<std::vector<float>> logits;  // the logits each token was chosen from
+  std::string gpu_mode;                    // the session's, after "auto" resolved
+  bool batched_prompts = false;
 };
 
 Session open_session(const std::string& backend, const std::string& gpu_mode, bool batched_prompts = true) {
@@ -48,13 +54,16 @@ Session open_session(const std::string& backend, const std::string& gpu_mode, bo
   return Session(options);
 }
 
-std::vector<int32_t> prompt_of(const Session& session) {
-  return Tokenizer::from_gguf(session.gguf())
+const std::vector<int32_t>& prompt() {
+  static const std::vector<int32_t> tokens = Tokenizer::from_gguf(GgufFile::open(default_model_path()))
       .encode("The three most important things to remember when baking bread are", true, false);
+  return tokens;
 }
 
 GreedyRun greedy(Session& session, const std::vector<int32_t>& prompt) {
   GreedyRun run;
+  run.gpu_mode = session.gpu_mode();
+  run.batched_prompts = session.fused_batched_prompts();
   std::span<const float> logits = session.prefill(prompt);
   for (int step = 0; step < kSteps; ++step) {
     run.logits.emplace_back(logits.begin(), logits.end());
@@ -114,43 +123,60 @@ void expect_follows(const GreedyRun& fused, Session& reference, const std::vecto
   EXPECT_GE(argmax_agrees, kMinArgmaxAgreement) << what;
 }
 
-TEST(FusedDefaultModel, GreedyMatchesUnfusedCudaAndCpu) {
-  if (!require_default_model()) GTEST_SKIP() << "default model absent";
-  PDVM_CUDA_BACKEND_OR_SKIP(probe);
-  probe.reset();
-  Session cpu = open_session("cpu", "unfused");
-  const std::vector<int32_t> prompt = prompt_of(cpu);
-  const GreedyRun cpu_run = greedy(cpu, prompt);
-  GreedyRun unfused_run, layer_run, default_run, stepwise_run;
-  {
-    Session s = open_session("cuda", "unfused");
-    unfused_run = greedy(s, prompt);
+// The greedy run of a backend and GPU mode, computed on first use in this process.
+const GreedyRun& run_of(const std::string& backend, const std::string& gpu_mode, bool batched_prompts = true) {
+  static std::map<std::pair<std::string, bool>, GreedyRun> runs;
+  const auto key = std::make_pair(backend + "/" + gpu_mode, batched_prompts);
+  auto it = runs.find(key);
+  if (it == runs.end()) {
+    Session session = open_session(backend, gpu_mode, batched_prompts);
+    it = runs.emplace(key, greedy(session, prompt())).first;
   }
-  {
-    Session s = open_session("cuda", "layer");
-    layer_run = greedy(s, prompt);
+  return it->second;
+}
+
+const GreedyRun& cpu_run() { return run_of("cpu", "unfused"); }
+
+class FusedDefaultModel : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!require_default_model()) GTEST_SKIP() << "default model absent";
+    PDVM_CUDA_BACKEND_OR_SKIP(probe);
   }
-  {
-    Session s = open_session("cuda", "auto");
-    EXPECT_EQ(s.gpu_mode(), "token");
-    EXPECT_TRUE(s.fused_batched_prompts());
-    default_run = greedy(s, prompt);
-  }
-  {
-    Session s = open_session("cuda", "token", false);
-    stepwise_run = greedy(s, prompt);
-  }
-  // The two fused modes compute the same sums in the same order.
+};
+
+TEST_F(FusedDefaultModel, UnfusedCudaMatchesCpu) {
+  expect_same_greedy(run_of("cuda", "unfused"), cpu_run(), "cuda unfused vs cpu", kUnfusedCudaLogitsTolerance);
+}
+
+TEST_F(FusedDefaultModel, DefaultModeIsTokenModeAndMatchesUnfusedCudaAndCpu) {
+  const GreedyRun& default_run = run_of("cuda", "auto");
+  EXPECT_EQ(default_run.gpu_mode, "token");
+  EXPECT_TRUE(default_run.batched_prompts);
+  expect_same_greedy(default_run, run_of("cuda", "unfused"), "fused token vs cuda unfused", kUnfusedCudaLogitsTolerance);
+  expect_same_greedy(default_run, cpu_run(), "fused token (batched prompt) vs cpu", kUnfusedCudaLogitsTolerance);
+  EXPECT_EQ(default_run.tokens, cpu_run().tokens);
+}
+
+// The two fused modes compute the same sums in the same order.
+TEST_F(FusedDefaultModel, LayerModeEqualsTheDefaultMode) {
+  const GreedyRun& layer_run = run_of("cuda", "layer");
+  const GreedyRun& default_run = run_of("cuda", "auto");
   EXPECT_EQ(default_run.tokens, layer_run.tokens);
   EXPECT_EQ(default_run.logits, layer_run.logits);
-  expect_same_greedy(unfused_run, cpu_run, "cuda unfused vs cpu", kUnfusedCudaLogitsTolerance);
-  expect_same_greedy(default_run, unfused_run, "fused token vs cuda unfused", kUnfusedCudaLogitsTolerance);
-  expect_same_greedy(default_run, cpu_run, "fused token (batched prompt) vs cpu", kUnfusedCudaLogitsTolerance);
-  expect_same_greedy(stepwise_run, cpu_run, "fused token, stepwise prompt, vs cpu", kFusedLogitsTolerance);
-  EXPECT_EQ(default_run.tokens, cpu_run.tokens);
-  EXPECT_EQ(stepwise_run.tokens, cpu_run.tokens);
+}
+
+TEST_F(FusedDefaultModel, StepwisePromptsMatchCpu) {
+  const GreedyRun& stepwise_run = run_of("cuda", "token", false);
+  EXPECT_FALSE(stepwise_run.batched_prompts);
+  expect_same_greedy(stepwise_run, cpu_run(), "fused token, stepwise prompt, vs cpu", kFusedLogitsTolerance);
+  EXPECT_EQ(stepwise_run.tokens, cpu_run().tokens);
+}
+
+TEST_F(FusedDefaultModel, DefaultModeTeacherForcedThroughUnfusedCuda) {
+  const GreedyRun& default_run = run_of("cuda", "auto");
   Session unfused = open_session("cuda", "unfused");
-  expect_follows(default_run, unfused, prompt, "fused token vs cuda unfused", kUnfusedCudaLogitsTolerance);
+  expect_follows(default_run, unfused, prompt(), "fused token vs cuda unfused", kUnfusedCudaLogitsTolerance);
 }
 
 }  // namespace
