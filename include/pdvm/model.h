@@ -23,6 +23,11 @@ class KvCache;
 // the attention and after the MLP. Embedding and norms are replicated; the output head is split
 // by rows (vocabulary: rank r holds rows r*V/N .. (r+1)*V/N - 1) and its logits are gathered
 // on rank 0.
+// The first of `rows` rows held by rank `rank` of `n_ranks` where a split need not divide evenly
+// (the head's vocabulary): shares differ by one row at most, and rank n_ranks gives `rows`. The
+// unfused model and the fused tensor-parallel shards cut the head alike through it.
+inline int64_t split_first_row(int64_t rows, int rank, int n_ranks) { return rows * rank / n_ranks; }
+
 struct TensorSplit {
   int rank = 0;
   int n_ranks = 1;
@@ -123,8 +128,6 @@ class LlamaModel {
   LlamaConfig config_;
   Backend* backend_;
   TensorSplit split_;
-  int64_t vocab_first(int rank) const;  // the first head row of `rank`'s share (n_vocab at n_ranks)
-
   int n_head_local_ = 0, n_head_kv_local_ = 0, n_ff_local_ = 0;  // this rank's share
   std::vector<int64_t> vocab_counts_;  // head rows of every rank; empty when not split
   LlamaWeights weights_;

@@ -11,6 +11,7 @@
 #include "engine/tensor_parallel.h"
 #include "pdvm/communicator.h"
 #include "pdvm/error.h"
+#include "pdvm/model.h"
 
 namespace pdvm {
 namespace {
@@ -26,9 +27,6 @@ FusedWeightView row_part(const FusedWeightView& w, int rank, int n_ranks) {
   part.data = static_cast<const uint8_t*>(w.data) + rank * part.rows * type_bytes(w.type, w.cols);
   return part;
 }
-
-// The first head row of `rank`'s share of `vocab` rows: shares differ by one row at most.
-int64_t vocab_first(int64_t vocab, int rank, int n_ranks) { return vocab * rank / n_ranks; }
 
 // Columns [rank * cols / n, ...) of every row, gathered into `storage`; the split must fall on
 // the type's block boundaries.
@@ -120,9 +118,9 @@ FusedModelView FusedTensorParallel::shard(const FusedModelView& model, int rank,
   if (split_head && n_ranks > 1) {
     // Tied: the share comes from the embedding, which stays whole for the lookups.
     const FusedWeightView& head = model.output.data ? model.output : model.token_embd;
-    const int64_t first = vocab_first(head.rows, rank, n_ranks);
+    const int64_t first = split_first_row(head.rows, rank, n_ranks);
     part.output = head;
-    part.output.rows = vocab_first(head.rows, rank + 1, n_ranks) - first;
+    part.output.rows = split_first_row(head.rows, rank + 1, n_ranks) - first;
     part.output.data = static_cast<const uint8_t*>(head.data) + first * type_bytes(head.type, head.cols);
     part.output_split = true;
     part.output_first_row = first;
@@ -168,8 +166,8 @@ std::unique_ptr<FusedTensorParallel> FusedTensorParallel::synthesize(const Fused
   // One seed for all: the replicated tensors (embedding, norms, head) come out the same.
   const int n_ranks = static_cast<int>(devices.size());
   tp->impl_->each([&](int rank) {
-    const int64_t first = vocab_first(config.n_vocab, rank, n_ranks);
-    const int64_t rows = tp->impl_->split_head ? vocab_first(config.n_vocab, rank + 1, n_ranks) - first : 0;
+    const int64_t first = split_first_row(config.n_vocab, rank, n_ranks);
+    const int64_t rows = tp->impl_->split_head ? split_first_row(config.n_vocab, rank + 1, n_ranks) - first : 0;
     tp->impl_->make_rank(rank, [&] {
       return FusedDecoder::synthesize(part, type, seed, static_cast<int>(first), static_cast<int>(rows));
     });

@@ -174,8 +174,10 @@ LlamaModel::LlamaModel(const GgufFile& file, Backend& backend, const LoadProgres
   // Split, each rank holds its share of the head's rows (vocabulary); a tied head's share is
   // loaded again from token_embd, whose whole table every rank keeps for its lookups.
   if (n_ranks > 1) {
-    for (int r = 0; r < n_ranks; ++r) vocab_counts_.push_back(vocab_first(r + 1) - vocab_first(r));
-    const Slice head_rows{Slice::Axis::kRows, vocab_first(split.rank), vocab_counts_[split.rank]};
+    for (int r = 0; r < n_ranks; ++r)
+      vocab_counts_.push_back(split_first_row(c.n_vocab, r + 1, n_ranks) - split_first_row(c.n_vocab, r, n_ranks));
+    const Slice head_rows{Slice::Axis::kRows, split_first_row(c.n_vocab, split.rank, n_ranks),
+                          vocab_counts_[split.rank]};
     weights_.output = c.tied_output ? load(file, backend, "token_embd.weight", {embd, c.n_vocab}, head_rows)
                                     : load_weight("output.weight", {embd, c.n_vocab}, head_rows);
   } else if (c.tied_output) {
@@ -215,10 +217,6 @@ LlamaModel::LlamaModel(const GgufFile& file, Backend& backend, const LoadProgres
   }
   // Tensors the model does not use never report; loading is complete all the same.
   if (progress && done_bytes < total_bytes) progress(total_bytes, total_bytes);
-}
-
-int64_t LlamaModel::vocab_first(int rank) const {
-  return int64_t{rank} * config_.n_vocab / split_.n_ranks;
 }
 
 ForwardWorkspace LlamaModel::make_workspace(int capacity) const {
