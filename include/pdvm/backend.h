@@ -138,7 +138,8 @@ class Backend {
   virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // out = a + b, element-wise (out may alias a).
   virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
-  // ids[t] = argmax of logits row t (I32 {n_tokens}); ties go to the lowest index.
+  // ids[t] = argmax of logits row t (I32 {n_tokens}); ties go to the lowest index, NaNs are passed
+  // over, and -1 marks a row whose largest logit is not finite (finite_argmax, pdvm/logits.h).
   virtual void argmax(const Tensor& logits, Tensor& ids) = 0;
 };
 

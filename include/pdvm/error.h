@@ -16,6 +16,7 @@ enum class ErrorKind {
   kOutOfRange,       // context overflow, index out of range
   kResource,         // out of memory (host or device)
   kDevice,           // CUDA / driver failures
+  kNumeric,          // NaN or infinity where a finite value is needed (broken weights, overflow)
   kInternal,         // broken invariant
 };
 

@@ -19,6 +19,7 @@
 #include "cpu/upg_kernels.h"
 #include "pdvm/backend_registry.h"
 #include "pdvm/error.h"
+#include "pdvm/logits.h"
 #include "pdvm/upg.h"
 #include "util/host_memory.h"
 
@@ -365,7 +366,7 @@ class FastCpuBackend final : public Backend {
     const int64_t width = logits.ne[0];
     for (int64_t t = 0; t < logits.n_rows(); ++t) {
       const float* row = f32_data(logits) + t * width;
-      static_cast<int32_t*>(ids.data)[t] = static_cast<int32_t>(std::max_element(row, row + width) - row);
+      static_cast<int32_t*>(ids.data)[t] = finite_argmax(row, static_cast<size_t>(width));
     }
   }
 

@@ -11,6 +11,7 @@
 
 #include "pdvm/backend_registry.h"
 #include "pdvm/error.h"
+#include "pdvm/logits.h"
 #include "pdvm/upg.h"
 
 namespace pdvm {
@@ -281,8 +282,7 @@ void ReferenceBackend::argmax(const Tensor& logits, Tensor& ids) {
   PDVM_CHECK(ids.type == TensorType::kI32 && ids.ne[0] >= logits.ne[1]);
   auto* id = static_cast<int32_t*>(ids.data);
   for (int64_t t = 0; t < logits.ne[1]; ++t) {
-    const float* row = f32_row(logits, t);
-    id[t] = static_cast<int32_t>(std::max_element(row, row + logits.ne[0]) - row);  // first max
+    id[t] = finite_argmax(f32_row(logits, t), static_cast<size_t>(logits.ne[0]));
   }
 }
 

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "pdvm/error.h"
+#include "pdvm/logits.h"
 
 namespace pdvm {
 
@@ -41,12 +42,15 @@ PerplexityWindows plan_windows(int64_t n_tokens, int64_t n_ctx, int64_t max_chun
 
 namespace {
 
-// log(sum(exp(row))) in double precision.
+// log(sum(exp(row))) in double precision; a NaN or infinity in the row makes it non-finite,
+// which is an error rather than a perplexity of NaN.
 double log_sum_exp(std::span<const float> row) {
   const float max_value = *std::max_element(row.begin(), row.end());
   double sum = 0;
   for (float v : row) sum += std::exp(static_cast<double>(v) - max_value);
-  return max_value + std::log(sum);
+  const double lse = max_value + std::log(sum);
+  if (!std::isfinite(lse)) throw_non_finite_logits("while scoring the text");
+  return lse;
 }
 
 }  // namespace

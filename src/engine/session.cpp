@@ -9,6 +9,7 @@
 #include "pdvm/communicator.h"
 #include "pdvm/engine.h"
 #include "pdvm/error.h"
+#include "pdvm/logits.h"
 
 namespace pdvm {
 namespace {
@@ -351,6 +352,7 @@ int32_t Session::last_argmax() {
   backend_->argmax(row_view(ws.logits, last_row_, 1), ws.argmax_ids);
   int32_t id = 0;
   backend_->read(ws.argmax_ids, &id, sizeof id);
+  if (id < 0) throw_non_finite_logits("at position " + std::to_string(n_past() - 1));
   return id;
 }
 

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "pdvm/error.h"
+#include "pdvm/logits.h"
 #include "pdvm/sampling.h"
 
 namespace pdvm {
@@ -55,14 +56,6 @@ namespace {
 template <typename C>
 bool ranks_before(const C& a, const C& b) {
   return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
-}
-
-int32_t argmax(std::span<const float> logits) {
-  size_t best = 0;
-  for (size_t i = 1; i < logits.size(); ++i) {
-    if (logits[i] > logits[best]) best = i;  // strict: the first maximum wins
-  }
-  return static_cast<int32_t>(best);
 }
 
 }  // namespace
@@ -144,7 +137,6 @@ int32_t Sampler::draw(float temperature) {
   PDVM_CHECK(!candidates_.empty());
   float max_logit = -std::numeric_limits<float>::infinity();
   for (const Candidate& c : candidates_) max_logit = std::max(max_logit, c.logit);
-  if (!std::isfinite(max_logit)) return candidates_.front().id;
   const float inv_t = 1.0f / temperature;
   weights_.resize(candidates_.size());
   double total = 0.0;
@@ -169,7 +161,13 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
     apply_repeat_penalty(penalized_, history, params_.repeat_penalty, params_.repeat_last_n);
     working = penalized_;
   }
-  if (params_.temperature <= 0.0f) return argmax(working);
+  // The greedy pick passes over NaNs like the backends' argmax; sampling refuses any, since a NaN
+  // breaks the orderings below (and only broken weights or an overflow produce one).
+  const int32_t greedy = finite_argmax(working.data(), working.size());
+  const auto is_nan = [](float v) { return std::isnan(v); };
+  if (greedy < 0 || (params_.temperature > 0.0f && std::ranges::any_of(working, is_nan)))
+    throw_non_finite_logits("at sampling");
+  if (params_.temperature <= 0.0f) return greedy;
 
   const size_t vocab = working.size();
   const size_t k = static_cast<size_t>(params_.top_k);

@@ -13,6 +13,7 @@ const char* error_kind_name(ErrorKind kind) {
     case ErrorKind::kOutOfRange: return "out of range";
     case ErrorKind::kResource: return "resource";
     case ErrorKind::kDevice: return "device";
+    case ErrorKind::kNumeric: return "numeric";
     case ErrorKind::kInternal: return "internal";
   }
   return "unknown";

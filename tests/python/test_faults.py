@@ -45,6 +45,18 @@ def expect_error(what, result, must_contain, rc=None):
                         f"{'' if rc is None else f' and exit {rc}'}: {describe(result)}")
 
 
+def expect_stopped_by_error(what, result, must_contain):
+    """An error met while running (after the load report): exit 1, stderr ends with a one-line
+    error mentioning must_contain, and no text was printed."""
+    if result is None:
+        return
+    lines = result.stderr.decode(errors="replace").strip().split("\n")
+    if not (result.returncode == 1 and lines[-1].startswith("pdvm: error: ") and must_contain in lines[-1]
+            and not result.stdout.strip()):
+        failures.append(f"{what}: expected exit 1, no text and a last line 'pdvm: error: ...{must_contain}...': "
+                        f"{describe(result)}")
+
+
 def expect_success(what, result, stderr_contains=""):
     if result is None:
         return
@@ -159,6 +171,29 @@ def test_prompts(model, rng):
     expect_generates("prompt of only a control token", pdvm("run", "-m", m, "-p", "<s>", "-n", "2", "--temp", "0"), 2)
 
 
+def test_nan_weights(tmp, model):
+    """NaN weights (a corrupted or crafted file that parses) make the logits NaN: generation stops
+    with a one-line numeric error, greedy or sampled, instead of printing tokens picked from NaNs."""
+    import gguf
+    broken = tmp / "nan_weights.gguf"
+    broken.write_bytes(model.read_bytes())
+    reader = gguf.GGUFReader(broken, "r+")
+    norm = next(t for t in reader.tensors if t.name == "output_norm.weight")
+    norm.data[:] = np.nan
+    reader.data.flush()
+    del reader, norm
+    b = str(broken)
+    for backend in ["cpu", "cpu-ref"]:
+        for temp in ["0", "0.8"]:
+            expect_stopped_by_error(f"NaN weights, --backend {backend} --temp {temp}",
+                                    pdvm("run", "-m", b, "-p", "t5 t6", "-n", "4", "--temp", temp, "--backend", backend),
+                                    "non-finite logits (NaN or infinity) at")
+    text = tmp / "nan_text.txt"
+    text.write_text("t5 t6 t7 t8 " * 40)
+    expect_stopped_by_error("NaN weights, perplexity", pdvm("perplexity", "-m", b, "-f", str(text), "--ctx", "64"),
+                            "non-finite logits (NaN or infinity) while scoring")
+
+
 def test_model_truncated_while_running(tmp, rng):
     """The model file shrinks under a running process (weights read through the mapping by the
     reference backend): it must stop with a one-line error naming the file, not die of SIGBUS."""
@@ -220,6 +255,7 @@ def main():
                            ("bad flags", lambda: test_bad_flags(model)),
                            ("huge context", lambda: test_huge_context(model)),
                            ("prompts", lambda: test_prompts(model, rng)),
+                           ("NaN weights", lambda: test_nan_weights(tmp, model)),
                            ("model truncated while running", lambda: test_model_truncated_while_running(tmp, rng))]:
             print("RUN", name, flush=True)
             before = len(failures)

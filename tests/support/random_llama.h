@@ -31,6 +31,7 @@ struct RandomLlama {
   // Tensors to leave out or give a wrong shape, for the error-path tests.
   std::string omit_tensor;
   std::string misshape_tensor;
+  std::string nan_tensor;  // a norm weight (F32) written as NaNs: the broken-weights tests
   std::string architecture = "llama";
   int declared_layers = 0;  // block_count written to the metadata when non-zero
 };
@@ -43,7 +44,7 @@ inline void add_random_tensor(GgufWriter& writer, const RandomLlama& spec, const
   const TensorType type = is_norm ? TensorType::kF32 : spec.weight_type;
   const int64_t n_rows = is_norm ? 1 : shape[1];
   auto values = random_floats(static_cast<size_t>(shape[0] * n_rows), stddev);
-  for (float& v : values) v += mean;
+  for (float& v : values) v = name == spec.nan_tensor ? std::nanf("") : v + mean;
   std::vector<uint8_t> bytes(static_cast<size_t>(type_bytes(type, shape[0]) * n_rows));
   const int64_t row_bytes = type_bytes(type, shape[0]);
   for (int64_t r = 0; r < n_rows; ++r) {

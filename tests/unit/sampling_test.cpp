@@ -10,6 +10,7 @@
 #include <set>
 
 #include "pdvm/error.h"
+#include "pdvm/logits.h"
 #include "pdvm/sampling.h"
 #include "test_support.h"
 
@@ -280,6 +281,63 @@ TEST(Sampling, InvalidParametersAreRejected) {
   expect_invalid([](SamplingParams& p) { p.min_p = -0.1f; });
   expect_invalid([](SamplingParams& p) { p.repeat_penalty = 0; });
   expect_invalid([](SamplingParams& p) { p.repeat_last_n = -5; });
+}
+
+
+// NaNs are passed over; a row without a finite maximum gives -1, whatever else it holds.
+TEST(Sampling, FiniteArgmaxPassesOverNaNsAndRejectsRowsWithoutAFiniteMaximum) {
+  std::uniform_int_distribution<size_t> pos(0, 499);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<float> logits = test::random_floats(500, 3.0f);
+    const int32_t best = ranking(logits)[0];
+    EXPECT_EQ(finite_argmax(logits.data(), logits.size()), best);
+    size_t hole = pos(test::rng());
+    if (hole == static_cast<size_t>(best)) hole = (hole + 1) % logits.size();
+    logits[hole] = NAN;
+    EXPECT_EQ(finite_argmax(logits.data(), logits.size()), best);
+    logits[pos(test::rng())] = INFINITY;
+    EXPECT_EQ(finite_argmax(logits.data(), logits.size()), -1);
+    std::vector<float> broken(logits.size(), NAN);
+    broken[pos(test::rng())] = -INFINITY;
+    EXPECT_EQ(finite_argmax(broken.data(), broken.size()), -1);
+    std::fill(broken.begin(), broken.end(), -INFINITY);
+    EXPECT_EQ(finite_argmax(broken.data(), broken.size()), -1);
+  }
+}
+
+// Broken logits stop generation with a numeric error instead of a token picked from garbage; the
+// greedy pick, like the backends' argmax, passes over a NaN among finite logits.
+TEST(Sampling, NonFiniteLogitsAreANumericError) {
+  const auto expect_numeric = [](Sampler& sampler, const std::vector<float>& logits) {
+    try {
+      const int32_t token = sampler.sample(logits);
+      ADD_FAILURE() << "sampled token " << token << " from broken logits";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kNumeric);
+      EXPECT_NE(std::string(e.what()).find("NaN"), std::string::npos) << e.what();
+    }
+  };
+  std::uniform_int_distribution<size_t> pos(0, 299);
+  for (float temperature : {0.0f, 0.7f, 1.5f}) {
+    SamplingParams params = plain(temperature);
+    params.top_k = temperature > 1.0f ? 40 : 0;
+    params.top_p = temperature > 0.5f ? 0.9f : 1.0f;
+    Sampler sampler(params);
+    std::vector<float> logits = test::random_floats(300, 2.0f);
+    expect_numeric(sampler, std::vector<float>(logits.size(), NAN));
+    std::vector<float> with_inf = logits;
+    with_inf[pos(test::rng())] = INFINITY;
+    expect_numeric(sampler, with_inf);
+    std::vector<float> with_nan = logits;
+    const size_t hole = pos(test::rng());
+    with_nan[hole] = NAN;
+    if (temperature > 0.0f) {
+      expect_numeric(sampler, with_nan);
+    } else {
+      logits[hole] = -INFINITY;
+      EXPECT_EQ(sampler.sample(with_nan), ranking(logits)[0]);
+    }
+  }
 }
 
 }  // namespace

@@ -120,6 +120,34 @@ TEST_F(SessionTest, BackendArgmaxMatchesTheHostLogits) {
   EXPECT_EQ(session.n_past(), 6 + 3 + 4);
 }
 
+// NaN weights (a crafted or corrupted file) make every logit NaN: greedy decoding and sampling,
+// on both CPU backends, stop with a numeric error naming the position, never emit a token.
+TEST(BrokenWeights, NaNLogitsAreANumericErrorOnEveryCpuBackend) {
+  test::RandomLlama spec;
+  spec.nan_tensor = std::uniform_int_distribution<int>(0, 1)(test::rng()) ? "output_norm.weight" : "blk.1.ffn_norm.weight";
+  const auto path = test::write_random_llama(spec, "nan_weights.gguf");
+  for (const char* backend : {"cpu-ref", "cpu"}) {
+    SessionOptions o;
+    o.model_path = path;
+    o.backend = backend;
+    o.n_ctx = 32;
+    Session session(o);
+    const auto prompt = test::random_tokens(4, spec.n_vocab);
+    session.eval(prompt);
+    const auto logits = session.last_logits();
+    EXPECT_TRUE(std::all_of(logits.begin(), logits.end(), [](float v) { return std::isnan(v); })) << spec.nan_tensor;
+    try {
+      const int32_t token = session.last_argmax();
+      ADD_FAILURE() << backend << ": greedy token " << token << " from NaN logits";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kNumeric) << e.what();
+      EXPECT_NE(std::string(e.what()).find("at position 3"), std::string::npos) << e.what();
+    }
+    EXPECT_THROW(session.generate_greedy(prompt, 3), Error) << backend;
+  }
+  std::filesystem::remove(path);
+}
+
 TEST_F(SessionTest, HalfPrecisionCacheStaysCloseToF32) {
   const auto tokens = test::random_tokens(30, spec_.n_vocab);
   SessionOptions half = options(), exact = options();
