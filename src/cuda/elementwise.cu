@@ -148,7 +148,7 @@ __global__ void argmax_kernel(const float* __restrict__ logits, int64_t n_vocab,
   pdl_begin();
   __shared__ MaxAt scratch[32];
   const float* row = logits + blockIdx.x * n_vocab;
-  MaxAt best{-FLT_MAX, n_vocab};
+  MaxAt best{-INFINITY, n_vocab};
   for (int64_t i = threadIdx.x; i < n_vocab; i += blockDim.x) best = better(best, MaxAt{row[i], i});
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) {
@@ -161,7 +161,7 @@ __global__ void argmax_kernel(const float* __restrict__ logits, int64_t n_vocab,
   __syncthreads();
   if (threadIdx.x == 0) {
     for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) best = better(best, scratch[w]);
-    ids[blockIdx.x] = static_cast<int32_t>(best.index < n_vocab ? best.index : 0);
+    ids[blockIdx.x] = best.index < n_vocab && isfinite(best.value) ? static_cast<int32_t>(best.index) : -1;
   }
 }
 

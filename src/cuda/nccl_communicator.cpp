@@ -199,8 +199,15 @@ struct Clique {
 class NcclCommunicator final : public Communicator {
  public:
   NcclCommunicator(std::shared_ptr<Clique> clique, int rank) : clique_(std::move(clique)), rank_(rank) {}
+  // The staging buffer is freed on the rank's device, as grow_staging allocated it, and the
+  // caller's current device is left as it was.
   ~NcclCommunicator() override {
-    if (staging_) cudaFree(staging_);
+    if (!staging_) return;
+    int current = 0;
+    const bool restore = cudaGetDevice(&current) == cudaSuccess;
+    cudaSetDevice(clique_->devices[rank_]);
+    cudaFree(staging_);
+    if (restore) cudaSetDevice(current);
   }
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;

@@ -11,8 +11,9 @@
 #include "cuda/pdvm_kernel.cuh"
 #include "cuda/pdvm_repack.h"
 #include "pdvm/communicator.h"
-#include "pdvm/fused_activations.h"
 #include "pdvm/error.h"
+#include "pdvm/fused_activations.h"
+#include "pdvm/logits.h"
 #include "pdvm/pdvm_fused.h"
 #include "pdvm/upg_matrix.h"
 
@@ -619,7 +620,12 @@ std::vector<int> FusedDecoder::generate(int token, int position, int n_tokens, F
   m.activate();
   m.write_step(position, token);
   for (int i = 0; i < n_tokens; ++i) m.run_token(mode);
-  return m.read_history(n_tokens);
+  std::vector<int> tokens = m.read_history(n_tokens);
+  // -1: that step's logits had no finite maximum (the kernel fed token 0 on, in bounds).
+  const auto broken = std::find_if(tokens.begin(), tokens.end(), [](int t) { return t < 0; });
+  if (broken != tokens.end())
+    throw_non_finite_logits("at position " + std::to_string(position + (broken - tokens.begin())));
+  return tokens;
 }
 
 double FusedDecoder::time_all_reduces(int n_tokens) {

@@ -405,11 +405,14 @@ __device__ void phase_embed(const Params& p, int token) {
   __syncthreads();
 }
 
-// Appends the greedy token to the history and makes it the next step's input.
-__device__ __forceinline__ void advance_token(DevStep* s, int* history, int token) {
+// Appends the greedy token to the history and makes it the next step's input. A step whose
+// logits had no finite maximum (INT_MAX from the reductions, or a non-finite winner) records -1,
+// which the host raises as an error, and feeds token 0 so the launch's later steps stay in bounds.
+__device__ __forceinline__ void advance_token(DevStep* s, int* history, int token, float value) {
+  if (token == INT_MAX || !isfinite(value)) token = -1;
   history[s->n_out] = token;
   s->n_out += 1;
-  s->token = token;
+  s->token = token < 0 ? 0 : token;
   s->position += 1;
 }
 
@@ -458,9 +461,9 @@ __device__ void phase_head(const Params& p, unsigned model_epoch, const Smem& sm
       }
       if (p.head_pair) {
         p.head_pair[0] = best;
-        p.head_pair[1] = static_cast<float>(best_index + p.vocab_first);
+        p.head_pair[1] = best_index == INT_MAX ? -1.0f : static_cast<float>(best_index + p.vocab_first);
       } else {
-        advance_token(p.step, p.history, best_index);
+        advance_token(p.step, p.history, best_index, best);
       }
       __threadfence();
       *p.model_epoch = model_epoch + 1;
@@ -726,7 +729,8 @@ void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int
 }
 
 // The token of a vocabulary-split head: the best of the ranks' (value, id) pairs, lowest id on
-// ties as in phase_head; the pairs are zeroed for the next token's own slot.
+// ties as in phase_head (a rank without a winner sent id -1); the pairs are zeroed for the next
+// token's own slot.
 __global__ void pick_split_token_kernel(DevStep* step, int* history, float* pairs, int n_ranks) {
   float best = -FLT_MAX;
   int best_index = INT_MAX;
@@ -739,7 +743,7 @@ __global__ void pick_split_token_kernel(DevStep* step, int* history, float* pair
     }
     pairs[2 * r] = pairs[2 * r + 1] = 0.0f;
   }
-  advance_token(step, history, best_index);
+  advance_token(step, history, best_index < 0 ? INT_MAX : best_index, best);
 }
 
 void launch_pick_split_token(const Params& p, float* pairs, int n_ranks, cudaStream_t stream) {
