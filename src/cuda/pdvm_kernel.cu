@@ -29,9 +29,6 @@ namespace {
 
 constexpr int kSmemHeader = 64;  // floats for reductions and flags
 constexpr int kPrefetchBytes = 64 * 1024;
-#ifndef PDVM_IDLE_PREFETCH
-#define PDVM_IDLE_PREFETCH 0
-#endif
 
 // Shared-memory regions; `xs` is also the attention phase's scratch.
 struct Smem {
@@ -588,17 +585,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       cta_wait(ctr + kCtrQkv, all_ctas);
       phase_attention(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn, sm.xs,
                       sm.flag);
-#if PDVM_IDLE_PREFETCH >= 1
-      prefetch_rows(L.wo, begin, end, 128 * 1024);
-#endif
-#if PDVM_IDLE_PREFETCH >= 2
-      {
-        int ff_begin, ff_end;
-        cta_share(p.n_ff, ff_begin, ff_end);
-        prefetch_rows(L.gate, ff_begin, ff_end, 64 * 1024);
-        prefetch_rows(L.up, ff_begin, ff_end, 64 * 1024);
-      }
-#endif
       cta_wait(ctr + kCtrAttn, (epoch + 1) * p.n_head_kv);
       copy_to_smem(p.attn_out, p.n_head * p.head_dim, sm.xs);
       matvec_rows<kFloatActivations>(L.wo, begin, end, prepare_acts(sm, L.wo.format, p.n_head * p.head_dim),
