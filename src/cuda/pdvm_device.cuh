@@ -156,6 +156,12 @@ __device__ __forceinline__ void signal_release(unsigned* counter) {
   asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
 }
 
+// Adds `arrivals` without ordering anything and without waiting: a count nobody waits on now
+// (a later acquire of a counter this thread releases after it sees it).
+__device__ __forceinline__ void count_relaxed(unsigned* counter, unsigned arrivals) {
+  asm volatile("red.relaxed.gpu.global.add.u32 [%0], %1;" ::"l"(counter), "r"(arrivals) : "memory");
+}
+
 // Like signal_release (adding `arrivals`), but returns true for the arrival that completes
 // `target`; the acquire half makes the other arrivals' writes visible to the CTA after a barrier.
 __device__ __forceinline__ bool signal_is_last(unsigned* counter, unsigned target, unsigned arrivals = 1) {

@@ -339,7 +339,14 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
     // difference), so the last-arrival targets stay (epoch + 1) * p.n_chunks.
     if (threadIdx.x == 0) {
       const unsigned arrivals = chunk == 0 ? p.n_chunks - n_split + 1 : 1;
-      *flag = signal_is_last(head_counters + kvh, head_target, arrivals);
+      if (n_split == 1) {
+        // The head's only item, so its last arrival: counted without waiting for the answer
+        // (0.8 us of the item's critical path, docs/perf-notes.md session 7).
+        count_relaxed(head_counters + kvh, arrivals);
+        *flag = 1;
+      } else {
+        *flag = signal_is_last(head_counters + kvh, head_target, arrivals);
+      }
     }
     __syncthreads();
     if (*flag && n_split > 1) {
