@@ -17,6 +17,7 @@
 namespace pdvm {
 
 class GgufFile;
+struct GgufTensor;
 
 class DecodeAccelerator {
  public:
@@ -56,6 +57,17 @@ void register_decode_accelerator(DecodeAcceleratorFactory factory);
 // (token, then layer, then unfused) and "unfused" elsewhere; "layer" or "token" that mode,
 // then unfused; "unfused" itself. Error(kInvalidArgument) for unknown modes.
 std::vector<std::string> gpu_mode_candidates(std::string_view requested, std::string_view backend);
+
+// Weight bytes above which a model whose bytes are mostly Q4_0 or Q8_0 decodes faster through the
+// unfused kernels than fused (H100, tg128, unfused vs token mode in one call: llama-2-7b Q4_0
+// 391.8 vs 377.5 tok/s, llama-3-8b Q4_0 362.6 vs 342.7 and Q8_0 253.4 vs 247.7, llama-2-13b Q4_0
+// 231.9 vs 219.3 and Q8_0 160.1 vs 153.6; fused ahead at 1B, Q4_0 1263 vs 1177: README, stages).
+constexpr uint64_t kFusedInt8LimitBytes = uint64_t{2} << 30;
+
+// Why --gpu-mode auto takes the unfused path for a model of these tensors although the fused
+// kernels support it (they would be slower), or empty: float-activation types above
+// kFusedFloatActivationLimitBytes, or mostly Q4_0/Q8_0 bytes above kFusedInt8LimitBytes.
+std::string fused_slower_reason(std::span<const GgufTensor> tensors);
 
 // "unfused" returns nullptr. Other modes need a registered accelerator: Error(kUnsupported)
 // when none is linked in or it rejects the model, Error(kInvalidArgument) for unknown modes.

@@ -1,6 +1,10 @@
 #include "pdvm/decode_accelerator.h"
 
+#include <algorithm>
+#include <map>
+
 #include "pdvm/error.h"
+#include "pdvm/gguf.h"
 
 namespace pdvm {
 namespace {
@@ -30,6 +34,32 @@ std::vector<std::string> gpu_mode_candidates(std::string_view requested, std::st
   if (requested == "unfused") return {"unfused"};
   throw_error(ErrorKind::kInvalidArgument,
               "unknown --gpu-mode '" + std::string(requested) + "' (auto, unfused, layer or token)");
+}
+
+std::string fused_slower_reason(std::span<const GgufTensor> tensors) {
+  uint64_t bytes = 0;
+  std::map<TensorType, uint64_t> bytes_by_type;
+  for (const GgufTensor& t : tensors) {
+    bytes += t.n_bytes;
+    bytes_by_type[t.type] += t.n_bytes;
+  }
+  const std::string total = " MiB of weights (" + std::to_string(bytes >> 20) + " MiB)";
+  const auto float_tensor = std::find_if(tensors.begin(), tensors.end(),
+                                         [](const GgufTensor& t) { return fused_float_activation_type(t.type); });
+  if (float_tensor != tensors.end() && bytes > kFusedFloatActivationLimitBytes) {
+    return "its " + std::string(type_name(float_tensor->type)) +
+           " weights multiply float activations in the fused kernels, slower than unfused above " +
+           std::to_string(kFusedFloatActivationLimitBytes >> 20) + total;
+  }
+  if (bytes_by_type.empty()) return {};
+  const TensorType main_type =
+      std::max_element(bytes_by_type.begin(), bytes_by_type.end(),
+                       [](const auto& a, const auto& b) { return a.second < b.second; })->first;
+  if ((main_type == TensorType::kQ4_0 || main_type == TensorType::kQ8_0) && bytes > kFusedInt8LimitBytes) {
+    return "its " + std::string(type_name(main_type)) + " weights stream faster through the unfused kernels above " +
+           std::to_string(kFusedInt8LimitBytes >> 20) + total;
+  }
+  return {};
 }
 
 std::unique_ptr<DecodeAccelerator> create_decode_accelerator(const GgufFile& file, int64_t n_ctx,

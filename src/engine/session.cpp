@@ -42,19 +42,6 @@ BackendOptions rank_backend_options(const SessionOptions& options, int device) {
   return o;
 }
 
-// Why the fused decoder would run `file` slower than the unfused path, or empty.
-std::string slower_fused_reason(const GgufFile& file) {
-  const uint64_t bytes = file.tensor_data_bytes();
-  const auto& tensors = file.tensors();
-  const auto float_tensor = std::find_if(tensors.begin(), tensors.end(),
-                                         [](const GgufTensor& t) { return fused_float_activation_type(t.type); });
-  if (float_tensor == tensors.end() || bytes <= kFusedFloatActivationLimitBytes) return {};
-  const std::string float_type(type_name(float_tensor->type));
-  return "its " + float_type + " weights multiply float activations in the fused kernels, slower than unfused above " +
-         std::to_string(kFusedFloatActivationLimitBytes >> 20) + " MiB of weights (" + std::to_string(bytes >> 20) +
-         " MiB)";
-}
-
 }  // namespace
 
 Session::Session(const SessionOptions& options) {
@@ -89,7 +76,7 @@ Session::Session(const SessionOptions& options) {
   // prompts go one token at a time, while the unfused split runs them batched.
   if (!communicator.empty() && options.gpu_mode == "auto") modes = {"unfused"};
   if (options.gpu_mode == "auto" && modes.size() > 1) {
-    if (std::string why = slower_fused_reason(*file_); !why.empty()) {
+    if (std::string why = fused_slower_reason(file_->tensors()); !why.empty()) {
       std::fprintf(stderr, "pdvm: notice: --gpu-mode auto: using the unfused path (%s; --gpu-mode token forces it)\n",
                    why.c_str());
       modes = {"unfused"};

@@ -12,6 +12,7 @@
 #include "pdvm/decode_accelerator.h"
 #include "pdvm/engine.h"
 #include "pdvm/error.h"
+#include "pdvm/gguf.h"
 #include "test_support.h"
 
 namespace pdvm {
@@ -40,6 +41,50 @@ TEST(GpuMode, FloatActivationTypesAreTheRealCheckpointQuants) {
     EXPECT_TRUE(fused_float_activation_type(t)) << type_name(t);
   for (TensorType t : {TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kUpg4})
     EXPECT_FALSE(fused_float_activation_type(t)) << type_name(t);
+}
+
+// A llama-shaped tensor list (norms F32) of about `bytes` weight bytes, matrices of `type` and
+// the output matrix of `head_type`; n_bytes as a file would give them.
+std::vector<GgufTensor> model_tensors(uint64_t bytes, TensorType type, TensorType head_type) {
+  const int64_t width = 4096, vocab = 32000;
+  std::vector<GgufTensor> tensors;
+  auto add = [&](const std::string& name, TensorType t, int64_t cols, int64_t rows) {
+    GgufTensor g;
+    g.name = name;
+    g.type = t;
+    g.shape = {cols, rows};
+    // UPG rows have no fixed size: about 4.5 bits a weight for the test.
+    g.n_bytes = static_cast<uint64_t>(is_upg_type(t) ? cols * rows * 9 / 16 : type_bytes(t, cols) * rows);
+    tensors.push_back(g);
+    return g.n_bytes;
+  };
+  uint64_t total = add("output.weight", head_type, width, vocab);
+  for (int layer = 0; total < bytes; ++layer) {
+    total += add("blk." + std::to_string(layer) + ".attn_norm.weight", TensorType::kF32, width, 1);
+    total += add("blk." + std::to_string(layer) + ".ffn_down.weight", type, width, width);
+  }
+  return tensors;
+}
+
+// --gpu-mode auto's measured exceptions: float-activation types above 128 MiB and mostly
+// Q4_0/Q8_0 models above 2 GiB run unfused; F16, UPG and the smaller models stay fused.
+TEST(GpuMode, AutoTakesUnfusedWhereTheFusedKernelsMeasuredSlower) {
+  std::uniform_int_distribution<uint64_t> above(kFusedInt8LimitBytes + (64 << 20), kFusedInt8LimitBytes * 6);
+  std::uniform_int_distribution<uint64_t> below(kFusedFloatActivationLimitBytes + (64 << 20),
+                                                kFusedInt8LimitBytes - (64 << 20));
+  for (TensorType type : {TensorType::kQ4_0, TensorType::kQ8_0}) {
+    const std::string name(type_name(type));
+    const std::string why = fused_slower_reason(model_tensors(above(test::rng()), type, TensorType::kQ8_0));
+    EXPECT_NE(why.find("its " + name + " weights stream faster through the unfused kernels above 2048 MiB"),
+              std::string::npos) << why;
+    EXPECT_EQ(fused_slower_reason(model_tensors(below(test::rng()), type, TensorType::kQ8_0)), "") << name;
+  }
+  for (TensorType type : {TensorType::kF16, TensorType::kUpg4})
+    EXPECT_EQ(fused_slower_reason(model_tensors(above(test::rng()), type, TensorType::kQ8_0)), "") << type_name(type);
+  // A Q4_0 model with a Q6_K head: the float-activation rule, from 128 MiB on.
+  const std::string why = fused_slower_reason(model_tensors(below(test::rng()), TensorType::kQ4_0, TensorType::kQ6_K));
+  EXPECT_NE(why.find("its q6_k weights multiply float activations"), std::string::npos) << why;
+  EXPECT_EQ(fused_slower_reason({}), "");
 }
 
 TEST(GpuMode, UnknownModeNamesTheChoices) {
