@@ -7,6 +7,7 @@
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -97,12 +98,16 @@ class Server:
         return rc
 
 
-def pdvm_run(*args):
+def pdvm_run(*args, stop_reason=None):
+    """pdvm run's text; with stop_reason (a list), also appends its OpenAI finish_reason."""
     result = subprocess.run([PDVM, "run", "-m", str(MODEL), "--backend", "cpu", "--ctx", str(CTX), *args],
                             capture_output=True, timeout=600)
     if result.returncode != 0:
         failures.append(f"pdvm run {args} failed: {result.stderr.decode(errors='replace')}")
         return None
+    if stop_reason is not None:
+        stopped = re.search(r"stopped: ([a-z ]+)", result.stderr.decode(errors="replace"))
+        stop_reason.append({"token limit": "length"}.get(stopped[1] if stopped else "", "stop"))
     out = result.stdout.decode()
     return out[:-1] if out.endswith("\n") else out  # run ends its output with a newline
 
@@ -127,7 +132,8 @@ def test_health_and_models(server):
 def test_completions_equal_run(server, rng):
     for _ in range(2):
         prompt, n = random_prompt(rng), rng.randint(8, 24)
-        expected = pdvm_run("-p", prompt, "-n", str(n), "--temp", "0")
+        run_reason = []
+        expected = pdvm_run("-p", prompt, "-n", str(n), "--temp", "0", stop_reason=run_reason)
         body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "cache_prompt": False}
         status, response = server.post("/v1/completions", body)
         if not check(status == 200, f"completion {prompt!r}: {status} {response}"):
@@ -138,8 +144,11 @@ def test_completions_equal_run(server, rng):
         check(response["object"] == "text_completion" and usage["completion_tokens"] <= n
               and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"],
               f"completion {prompt!r}: bad envelope {response}")
-        check(choice["finish_reason"] == ("length" if usage["completion_tokens"] == n else "stop"),
-              f"completion {prompt!r}: finish_reason {choice['finish_reason']} after {usage}")
+        # An end of text as the n-th token is n tokens and "stop", as pdvm run reports it.
+        full = usage["completion_tokens"] == n
+        ended_on_eos = full and choice["finish_reason"] == "stop" and run_reason == ["stop"]
+        check(choice["finish_reason"] == ("length" if full else "stop") or ended_on_eos,
+              f"completion {prompt!r}: finish_reason {choice['finish_reason']} after {usage} (pdvm run: {run_reason})")
 
         events = server.stream("/v1/completions", body)
         streamed = "".join(e["choices"][0]["text"] for e in events)
