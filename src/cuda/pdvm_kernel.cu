@@ -38,6 +38,7 @@ struct Smem {
   int8_t* xq;
   float* q_scale;
   int* q_sum;
+  float2* rope;  // [n_rot / 2]: cos, sin of this token's RoPE angles
 };
 
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
@@ -53,17 +54,18 @@ __host__ __device__ inline size_t max_activation(const Params& p) {
   return std::max({p.n_embd, p.n_ff, p.n_head * p.head_dim});
 }
 
-// Byte offsets of xq, q_scale, q_sum and the total.
-__host__ __device__ inline void smem_layout(const Params& p, size_t (&offsets)[4]) {
+// Byte offsets of xq, q_scale, q_sum, rope and the total.
+__host__ __device__ inline void smem_layout(const Params& p, size_t (&offsets)[5]) {
   const size_t n = max_activation(p);
   offsets[0] = align16((kSmemHeader + vector_floats(p)) * sizeof(float));
   offsets[1] = offsets[0] + align16(n);
   offsets[2] = offsets[1] + align16(n / 32 * sizeof(float));
   offsets[3] = offsets[2] + align16(n / 32 * sizeof(int));
+  offsets[4] = offsets[3] + align16(p.n_rot / 2 * sizeof(float2));
 }
 
 __device__ Smem carve_smem(const Params& p, uint8_t* base) {
-  size_t off[4];
+  size_t off[5];
   smem_layout(p, off);
   Smem s;
   s.red = reinterpret_cast<float*>(base);
@@ -72,6 +74,7 @@ __device__ Smem carve_smem(const Params& p, uint8_t* base) {
   s.xq = reinterpret_cast<int8_t*>(base + off[0]);
   s.q_scale = reinterpret_cast<float*>(base + off[1]);
   s.q_sum = reinterpret_cast<int*>(base + off[2]);
+  s.rope = reinterpret_cast<float2*>(base + off[3]);
   return s;
 }
 
@@ -116,19 +119,27 @@ __device__ Acts prepare_acts(const Smem& sm, int format, int n, int other_format
   return Acts{sm.xs, sm.xq, sm.q_scale, sm.q_sum};
 }
 
-// Rows `row`, `row + 1` of [Wq; Wk; Wv] (a RoPE pair for q and k): rotate, then store q or
-// append to the KV cache at `pos`.
-__device__ void store_qkv_pair(const Params& p, int layer, int pos, int row, float a, float b) {
+// cos and sin of the RoPE angles pos x freq(i) (in double, then rounded), for the QKV rows of
+// every layer this launch runs: once per CTA, not once per row pair inside the QKV stream,
+// where lane 0's pow and sincos held up its warp's next loads.
+__device__ void fill_rope_table(const Params& p, int pos, float2* table) {
+  for (int i = threadIdx.x; i < p.n_rot / 2; i += kThreads) {
+    double freq = pow(static_cast<double>(p.rope_base), -2.0 * i / p.n_rot);
+    if (p.rope_factors) freq /= p.rope_factors[i];
+    double s, c;
+    sincos(static_cast<double>(pos) * freq, &s, &c);
+    table[i] = make_float2(static_cast<float>(c), static_cast<float>(s));
+  }
+}
+
+// Rows `row`, `row + 1` of [Wq; Wk; Wv] (a RoPE pair for q and k): rotate by the angle in
+// `rope`, then store q or append to the KV cache at `pos`.
+__device__ void store_qkv_pair(const Params& p, const float2* rope, int layer, int pos, int row, float a, float b) {
   const int hd = p.head_dim, nq = p.n_head * hd, nkv = p.n_head_kv * hd;
   if (row < nq + nkv) {
     const int d = row % hd;
     if (d < p.n_rot) {
-      const int i = d / 2;
-      double freq = pow(static_cast<double>(p.rope_base), -2.0 * i / p.n_rot);
-      if (p.rope_factors) freq /= p.rope_factors[i];
-      double s, c;
-      sincos(static_cast<double>(pos) * freq, &s, &c);
-      const float fs = static_cast<float>(s), fc = static_cast<float>(c);
+      const float fc = rope[d / 2].x, fs = rope[d / 2].y;
       const float ra = a * fc - b * fs, rb = a * fs + b * fc;
       a = ra;
       b = rb;
@@ -149,8 +160,8 @@ __device__ void store_qkv_pair(const Params& p, int layer, int pos, int row, flo
 
 // The CTA's share [begin, end) of the RoPE pairs of [Wq; Wk; Wv]: pairs of qk, then of v.
 template <bool kFloatActivations>
-__device__ void phase_qkv(const Params& p, const DevLayer& L, int layer, int pos, int begin, int end,
-                          const Acts& acts) {
+__device__ void phase_qkv(const Params& p, const DevLayer& L, const float2* rope, int layer, int pos, int begin,
+                          int end, const Acts& acts) {
   const int qk_pairs = L.qk.rows / 2;
   const int qk_end = min(end, qk_pairs), v_begin = max(begin, qk_pairs);
   matvec_items<kFloatActivations, 2>(
@@ -159,14 +170,14 @@ __device__ void phase_qkv(const Params& p, const DevLayer& L, int layer, int pos
         refs[0] = row_ref(L.qk, 2 * (begin + i));
         refs[1] = row_ref(L.qk, 2 * (begin + i) + 1);
       },
-      [&](int i, const float(&v)[2]) { store_qkv_pair(p, layer, pos, 2 * (begin + i), v[0], v[1]); });
+      [&](int i, const float(&v)[2]) { store_qkv_pair(p, rope, layer, pos, 2 * (begin + i), v[0], v[1]); });
   matvec_items<kFloatActivations, 2>(
       L.v.format, max(end - v_begin, 0), L.v.row_bytes / 16, acts,
       [&](int i, RowRef(&refs)[2]) {
         refs[0] = row_ref(L.v, 2 * (v_begin + i - qk_pairs));
         refs[1] = row_ref(L.v, 2 * (v_begin + i - qk_pairs) + 1);
       },
-      [&](int i, const float(&v)[2]) { store_qkv_pair(p, layer, pos, 2 * (v_begin + i), v[0], v[1]); });
+      [&](int i, const float(&v)[2]) { store_qkv_pair(p, rope, layer, pos, 2 * (v_begin + i), v[0], v[1]); });
 }
 
 // Pulls the head of the CTA's QKV share into L2.
@@ -551,6 +562,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 #endif
   const int pos = __ldcg(&p.step->position);
+  if (kAttentionPart) fill_rope_table(p, pos, sm.rope);  // read after the barriers of the phases before QKV
   const unsigned model_epoch = (flags & (kFlagEmbed | kFlagHead)) ? __ldcg(p.model_epoch) : 0u;
   const unsigned* wait_counter = nullptr;
   unsigned wait_target = 0;
@@ -584,7 +596,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         cta_wait(wait_counter, wait_target);
       }
       rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
-      phase_qkv<kFloatActivations>(p, L, layer, pos, begin, end, prepare_acts(sm, L.qk.format, p.n_embd, L.v.format));
+      phase_qkv<kFloatActivations>(p, L, sm.rope, layer, pos, begin, end,
+                                   prepare_acts(sm, L.qk.format, p.n_embd, L.v.format));
       if (threadIdx.x == 0) signal_release(ctr + kCtrQkv);
 
       cta_share(L.wo.rows, begin, end);
@@ -673,9 +686,9 @@ constexpr FusedKernel kAllInstances[] = {
 }  // namespace
 
 size_t fused_smem_bytes(const Params& p) {
-  size_t offsets[4];
+  size_t offsets[5];
   smem_layout(p, offsets);
-  return offsets[3];
+  return offsets[4];
 }
 
 int fused_max_grid(const Params& p, int device) {
