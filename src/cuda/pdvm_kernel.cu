@@ -579,11 +579,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     const unsigned all_ctas = (epoch + 1) * grid;
     // O and down rows: x + partial on rank 0 (and without TP), the partial alone on the other
     // tensor-parallel ranks (only layer halves and all-reduce instances see those); into x, or
-    // with the in-kernel all-reduce into this rank's part of window slot `slot`.
+    // with the in-kernel all-reduce into this rank's part of window slot `slot`. Into x itself
+    // the add is a reduction in L2 (one writer per row, the same sum): lane 0 would otherwise
+    // wait for x's row before its warp issues the next loads.
     auto add_to_x_via = [&](int slot) {
       return [&p, slot](int row, float v) {
-        float* out = kAllReduce ? tp_own_partial(p, slot) : p.x;
-        __stcg(out + row, kPart != LayerPart::kWhole && p.partial_output ? v : __ldcg(p.x + row) + v);
+        if (kPart != LayerPart::kWhole && p.partial_output) {
+          __stcg((kAllReduce ? tp_own_partial(p, slot) : p.x) + row, v);
+        } else if constexpr (kAllReduce) {
+          __stcg(tp_own_partial(p, slot) + row, __ldcg(p.x + row) + v);
+        } else {
+          atomicAdd(p.x + row, v);
+        }
       };
     };
 
