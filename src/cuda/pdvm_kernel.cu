@@ -242,12 +242,16 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
   for (int item = blockIdx.x; item < p.n_head_kv * n_split; item += gridDim.x) {
     const int kvh = item % p.n_head_kv, chunk = item / p.n_head_kv;
     const int begin = chunk * chunk_len, end = min(n_pos, begin + chunk_len);
-    for (int i = threadIdx.x; i < G * hd; i += kThreads) qs[i] = __ldcg(p.q + kvh * G * hd + i) * p.attn_scale;
-    __syncthreads();
-
     const int64_t head_base = (static_cast<int64_t>(layer) * p.n_head_kv + kvh) * p.n_ctx * hd + sub * 8;
     const __half* kc = p.k_cache + head_base;
     const __half* vc = p.v_cache + head_base;
+    // The first round's K rows are requested before the queries are staged, so the two round
+    // trips overlap (at short context that round is every load of the item; V as well spilled).
+    uint4 k_first = make_uint4(0, 0, 0, 0);
+    if (begin + group < end) k_first = __ldcg(reinterpret_cast<const uint4*>(kc + static_cast<int64_t>(begin + group) * hd));
+    for (int i = threadIdx.x; i < G * hd; i += kThreads) qs[i] = __ldcg(p.q + kvh * G * hd + i) * p.attn_scale;
+    __syncthreads();
+
     float m[kMaxGroup], l[kMaxGroup], o[kMaxGroup][8];
 #pragma unroll
     for (int g = 0; g < kMaxGroup; ++g) {
@@ -259,9 +263,9 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
     for (int base = begin; base < end; base += n_groups) {
       const int t = base + group;
       const bool valid = t < end;
-      uint4 kraw = make_uint4(0, 0, 0, 0), vraw = kraw;
+      uint4 kraw = k_first, vraw = make_uint4(0, 0, 0, 0);
       if (valid) {
-        kraw = __ldcg(reinterpret_cast<const uint4*>(kc + static_cast<int64_t>(t) * hd));
+        if (base != begin) kraw = __ldcg(reinterpret_cast<const uint4*>(kc + static_cast<int64_t>(t) * hd));
         vraw = __ldcg(reinterpret_cast<const uint4*>(vc + static_cast<int64_t>(t) * hd));
       }
       float kf[8], vf[8];
