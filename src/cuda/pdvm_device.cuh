@@ -19,6 +19,7 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxGroup = 8;  // query heads per KV head the attention phase handles
 constexpr int kQuantBlock = 32;
+constexpr int kMaxSplitItems = 256;  // row parts of a CTA's share (sums in shared memory)
 
 // Repacked weight formats. Every format streams 16-byte chunks from a row-major main stream;
 // quantized formats keep their per-32 block scales in a separate f16 stream.
@@ -57,6 +58,10 @@ struct DevMatrix {
   int cols = 0;
   int row_bytes = 0;
   int format = kFmtF16;
+  // Rows split into 2^parts_log2 runs of whole 32-chunk columns, one warp each, where a CTA's
+  // share has too few rows to keep its warps evenly busy (O and down projections only; set by
+  // the host for the launch grid, see row_parts_log2).
+  int parts_log2 = 0;
   // kFmtUpg only: per-row side records (table, row scale, outlier range, block scales; layout in
   // pdvm_upg.cuh), block scales per 32 << block_shift elements, outliers as CSR columns/values.
   const uint8_t* side = nullptr;

@@ -251,6 +251,9 @@ struct FusedDecoder::Impl {
   }
 
   void finish_layers() {
+    for (DevLayer& layer : layers) {
+      for (DevMatrix* m : {&layer.wo, &layer.down}) m->parts_log2 = fused::row_parts_log2(m->format, m->rows, m->row_bytes, grid);
+    }
     auto* d = alloc<DevLayer>(layers.size());
     copy_to_device(d, layers.data(), layers.size() * sizeof(DevLayer));
     params.layers = d;

@@ -19,10 +19,13 @@
 #include <algorithm>
 #include <cfloat>
 #include <climits>
+#include <cstdlib>
+#include <string_view>
 
 #include "cuda/check.cuh"
 #include "cuda/pdvm_kernel.cuh"
 #include "cuda/pdvm_matvec.cuh"
+#include "cuda/pdvm_repack.h"
 
 namespace pdvm::fused {
 namespace {
@@ -38,7 +41,8 @@ struct Smem {
   int8_t* xq;
   float* q_scale;
   int* q_sum;
-  float2* rope;  // [n_rot / 2]: cos, sin of this token's RoPE angles
+  float* part_sums;  // [kMaxSplitItems]
+  float2* rope;      // [n_rot / 2]: cos, sin of this token's RoPE angles
 };
 
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
@@ -54,18 +58,19 @@ __host__ __device__ inline size_t max_activation(const Params& p) {
   return std::max({p.n_embd, p.n_ff, p.n_head * p.head_dim});
 }
 
-// Byte offsets of xq, q_scale, q_sum, rope and the total.
-__host__ __device__ inline void smem_layout(const Params& p, size_t (&offsets)[5]) {
+// Byte offsets of xq, q_scale, q_sum, part_sums, rope and the total.
+__host__ __device__ inline void smem_layout(const Params& p, size_t (&offsets)[6]) {
   const size_t n = max_activation(p);
   offsets[0] = align16((kSmemHeader + vector_floats(p)) * sizeof(float));
   offsets[1] = offsets[0] + align16(n);
   offsets[2] = offsets[1] + align16(n / 32 * sizeof(float));
   offsets[3] = offsets[2] + align16(n / 32 * sizeof(int));
-  offsets[4] = offsets[3] + align16(p.n_rot / 2 * sizeof(float2));
+  offsets[4] = offsets[3] + kMaxSplitItems * sizeof(float);
+  offsets[5] = offsets[4] + align16(p.n_rot / 2 * sizeof(float2));
 }
 
 __device__ Smem carve_smem(const Params& p, uint8_t* base) {
-  size_t off[5];
+  size_t off[6];
   smem_layout(p, off);
   Smem s;
   s.red = reinterpret_cast<float*>(base);
@@ -74,7 +79,8 @@ __device__ Smem carve_smem(const Params& p, uint8_t* base) {
   s.xq = reinterpret_cast<int8_t*>(base + off[0]);
   s.q_scale = reinterpret_cast<float*>(base + off[1]);
   s.q_sum = reinterpret_cast<int*>(base + off[2]);
-  s.rope = reinterpret_cast<float2*>(base + off[3]);
+  s.part_sums = reinterpret_cast<float*>(base + off[3]);
+  s.rope = reinterpret_cast<float2*>(base + off[4]);
   return s;
 }
 
@@ -416,6 +422,43 @@ __device__ __forceinline__ void matvec_rows(const DevMatrix& m, int begin, int e
       [&](int i, const float(&v)[1]) { out(begin + i, v[0]); });
 }
 
+// Rows [begin, end) of m with each row split into m.parts_log2 parts (one row per item where it
+// is 0): part k of every row is a run of whole 32-chunk columns that warps k, k + parts, ... walk
+// (items go round-robin over the warps, and the parts divide kWarps), against the activations
+// from that column on. The parts' sums meet in shared memory and are added in part order, so a
+// row's value does not depend on which warps ran it. out(row, value).
+template <bool kFloatActivations, class Out>
+__device__ __forceinline__ void matvec_split_rows(const DevMatrix& m, int begin, int end, const Acts& acts,
+                                                  float* part_sums, Out&& out) {
+  const int s = m.parts_log2;
+  if (s == 0) {
+    matvec_rows<kFloatActivations>(m, begin, end, acts, out);
+    return;
+  }
+  const int n_chunks = m.row_bytes / 16, parts = 1 << s;
+  const int part_chunks = ((n_chunks + 31) / 32 + parts - 1) / parts * 32;
+  const int first = ((threadIdx.x >> 5) & (parts - 1)) * part_chunks;
+  const int base = base_format(m.format);
+  const int first_weight = first * weights_per_chunk(base);
+  const Acts part_acts{acts.x + first_weight, acts.q + first_weight, acts.scale + first_weight / kQuantBlock,
+                       acts.sum + first_weight / kQuantBlock};
+  const int first_scale = first / chunks_per_scale(base) * scale_halves(base);
+  matvec_items<kFloatActivations, 1>(
+      m.format, (end - begin) << s, min(part_chunks, n_chunks - first), part_acts,
+      [&](int i, RowRef(&refs)[1]) {
+        refs[0] = row_ref(m, begin + (i >> s));
+        refs[0].data += first * 16;
+        if (refs[0].scales) refs[0].scales += first_scale;
+      },
+      [&](int i, const float(&v)[1]) { part_sums[i] = v[0]; });
+  for (int r = threadIdx.x; r < end - begin; r += kThreads) {
+    float sum = part_sums[r << s];
+    for (int k = 1; k < parts; ++k) sum += part_sums[(r << s) + k];
+    out(begin + r, sum);
+  }
+  __syncthreads();
+}
+
 template <bool kFloatActivations>
 __device__ void phase_embed(const Params& p, int token) {
   int begin, end;
@@ -618,8 +661,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                       sm.flag);
       cta_wait(ctr + kCtrAttn, (epoch + 1) * p.n_head_kv);
       copy_to_smem(p.attn_out, p.n_head * p.head_dim, sm.xs);
-      matvec_rows<kFloatActivations>(L.wo, begin, end, prepare_acts(sm, L.wo.format, p.n_head * p.head_dim),
-                                     add_to_x_via(0));
+      matvec_split_rows<kFloatActivations>(L.wo, begin, end, prepare_acts(sm, L.wo.format, p.n_head * p.head_dim),
+                                           sm.part_sums, add_to_x_via(0));
       if constexpr (kAllReduce) tp_all_reduce_rows(p, 0, begin, end);
       if (threadIdx.x == 0) signal_release(ctr + kCtrO);
     }
@@ -643,7 +686,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     prefetch_rows(L.down, begin, end, kPrefetchBytes);
     cta_wait(ctr + kCtrUp, all_ctas);
     copy_to_smem(p.h, p.n_ff, sm.xs);
-    matvec_rows<kFloatActivations>(L.down, begin, end, prepare_acts(sm, L.down.format, p.n_ff), add_to_x_via(1));
+    matvec_split_rows<kFloatActivations>(L.down, begin, end, prepare_acts(sm, L.down.format, p.n_ff), sm.part_sums,
+                                         add_to_x_via(1));
     if constexpr (kAllReduce) tp_all_reduce_rows(p, 1, begin, end);
     if (threadIdx.x == 0 && signal_is_last(ctr + kCtrDown, all_ctas)) p.layer_epochs[layer] = epoch + 1;
     wait_counter = ctr + kCtrDown;
@@ -696,10 +740,35 @@ constexpr FusedKernel kAllInstances[] = {
 
 }  // namespace
 
+int row_parts_log2(int format, int rows, int row_bytes, int grid) {
+  const int base = base_format(format);
+  const char* env = std::getenv("PDVM_FUSED_SPLIT");
+  const std::string_view choice = env ? env : "";
+  const int forced = choice.size() == 1 && choice[0] >= '1' && choice[0] <= '3' ? choice[0] - '0' : -1;
+  if (base == kFmtUpg || choice == "0" || (!is_quantized_format(base) && forced < 0 && choice != "all")) return 0;
+  const int columns = (row_bytes / 16 + 31) / 32, max_rows = (rows + grid - 1) / grid;
+  int best = 0, best_batches = INT_MAX;
+  for (int s = 0; s <= 3; ++s) {
+    const int parts = 1 << s, part_columns = (columns + parts - 1) / parts;
+    if ((parts - 1) * part_columns >= columns || max_rows * parts > kMaxSplitItems) continue;
+    if (forced >= 0) {
+      if (s <= forced) best = s;
+      continue;
+    }
+    const int walk = (max_rows * parts + kWarps - 1) / kWarps * part_columns;
+    const int batches = (walk + kLoadsPerLane - 1) / kLoadsPerLane;
+    if (batches < best_batches) {
+      best = s;
+      best_batches = batches;
+    }
+  }
+  return best;
+}
+
 size_t fused_smem_bytes(const Params& p) {
-  size_t offsets[5];
+  size_t offsets[6];
   smem_layout(p, offsets);
-  return offsets[4];
+  return offsets[5];
 }
 
 int fused_max_grid(const Params& p, int device) {

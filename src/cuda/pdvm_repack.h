@@ -17,6 +17,13 @@ int row_bytes_of(int format, int cols);
 int scales_per_row(int format, int cols);   // f16 values in a row's scale stream
 int scale_stride_of(int format, int cols);  // scales_per_row rounded up to a multiple of 8
 
+// How the fused O and down projections split the rows of a matrix of `format` on `grid` CTAs:
+// log2 of the parts (0..3) that makes the longest warp's walk (load batches over its items)
+// shortest, no split on ties, for UPG, or for float rows (F16, BF16). PDVM_FUSED_SPLIT=0 never
+// splits, =all also float rows; =1..3 asks for that split (the largest valid one up to it) for
+// every format but UPG (tests, experiments).
+int row_parts_log2(int format, int rows, int row_bytes, int grid);
+
 // A matrix in the kernel layout on the host: main stream + block scales (kFmtUpg: side records
 // and outliers instead of scales, see DevMatrix).
 struct HostMatrix {

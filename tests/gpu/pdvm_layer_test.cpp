@@ -3,6 +3,9 @@
 // position, so the K/V append, RoPE and the split-context attention are all exercised.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
+#include "cuda/pdvm_repack.h"
 #include "pdvm/error.h"
 #include "pdvm/pdvm_fused.h"
 #include "pdvm_reference.h"
@@ -101,6 +104,51 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(FusedLayer, LongContext) {
   FusedConfig config = make_config(512, 4, 1, 128, 1024, 4096);
   check_layer(config, TensorType::kF16, test::decode_steps(4096), 1000);
+}
+
+// Decode splits the O and down rows between warps only where a CTA's share has few, long rows
+// (13B shapes on an H100's 132 CTAs); PDVM_FUSED_SPLIT forces each split here, on every type
+// that can take one, and the layer must still match the reference.
+TEST(FusedLayer, SplitRowsMatchCpuReference) {
+  const FusedConfig config = make_config(1024, 8, 2, 128, 8192, 128);
+  for (const char* split : {"1", "2", "3"}) {
+    setenv("PDVM_FUSED_SPLIT", split, 1);
+    for (TensorType type : {TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1,
+                            TensorType::kQ6_K}) {
+      SCOPED_TRACE(std::string("split ") + split + ", " + std::string(type_name(type)));
+      const int format = fused::format_of(type);
+      // The down rows (8192 wide) have the columns for every split: the path under test runs.
+      const int grid = 132;
+      EXPECT_EQ(fused::row_parts_log2(format, config.n_embd, fused::row_bytes_of(format, config.n_ff), grid),
+                split[0] - '0');
+      check_layer(config, type, test::decode_steps(24), 5);
+    }
+  }
+  unsetenv("PDVM_FUSED_SPLIT");
+}
+
+// The rule decode uses on its own, for an H100's 132 CTAs.
+TEST(FusedLayer, SplitsOnlyLongRowsOfFewPerCta) {
+  unsetenv("PDVM_FUSED_SPLIT");
+  const auto parts_log2 = [](TensorType type, int rows, int cols) {
+    const int format = fused::format_of(type);
+    return fused::row_parts_log2(format, rows, fused::row_bytes_of(format, cols), 132);
+  };
+  // llama-2-13b down (5120 x 13824): 39 rows a CTA, 3 on some warps; two parts even that out.
+  EXPECT_EQ(parts_log2(TensorType::kQ4_0, 5120, 13824), 1);
+  EXPECT_EQ(parts_log2(TensorType::kQ8_0, 5120, 13824), 1);
+  EXPECT_EQ(parts_log2(TensorType::kF16, 5120, 13824), 0);  // float rows stream at full rate unsplit
+  EXPECT_EQ(parts_log2(TensorType::kUpg4, 5120, 13824), 0);
+  // Its O projection and llama-3.2-1b's down projection gain no batch from a split.
+  EXPECT_EQ(parts_log2(TensorType::kQ4_0, 5120, 5120), 0);
+  EXPECT_EQ(parts_log2(TensorType::kQ4_0, 2048, 8192), 0);
+  setenv("PDVM_FUSED_SPLIT", "0", 1);
+  EXPECT_EQ(parts_log2(TensorType::kQ4_0, 5120, 13824), 0);
+  setenv("PDVM_FUSED_SPLIT", "all", 1);
+  EXPECT_EQ(parts_log2(TensorType::kF16, 5120, 13824), 1);
+  setenv("PDVM_FUSED_SPLIT", "3", 1);
+  EXPECT_EQ(parts_log2(TensorType::kUpg4, 5120, 13824), 0);
+  unsetenv("PDVM_FUSED_SPLIT");
 }
 
 TEST(FusedLayer, RejectsUnsupportedTypes) {
