@@ -55,9 +55,9 @@ std::string fused_slower_reason(std::span<const GgufTensor> tensors) {
   const TensorType main_type =
       std::max_element(bytes_by_type.begin(), bytes_by_type.end(),
                        [](const auto& a, const auto& b) { return a.second < b.second; })->first;
-  if ((main_type == TensorType::kQ4_0 || main_type == TensorType::kQ8_0) && bytes > kFusedInt8LimitBytes) {
+  if (main_type == TensorType::kQ4_0 && bytes > kFusedQ4_0LimitBytes) {
     return "its " + std::string(type_name(main_type)) + " weights stream faster through the unfused kernels above " +
-           std::to_string(kFusedInt8LimitBytes >> 20) + total;
+           std::to_string(kFusedQ4_0LimitBytes >> 20) + total;
   }
   return {};
 }

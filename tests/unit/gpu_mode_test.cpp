@@ -66,20 +66,17 @@ std::vector<GgufTensor> model_tensors(uint64_t bytes, TensorType type, TensorTyp
   return tensors;
 }
 
-// --gpu-mode auto's measured exceptions: float-activation types above 128 MiB and mostly
-// Q4_0/Q8_0 models above 2 GiB run unfused; F16, UPG and the smaller models stay fused.
+// --gpu-mode auto's measured exceptions: float-activation types above 128 MiB and mostly Q4_0
+// models above 4 GiB run unfused; Q8_0, F16, UPG and the smaller models stay fused.
 TEST(GpuMode, AutoTakesUnfusedWhereTheFusedKernelsMeasuredSlower) {
-  std::uniform_int_distribution<uint64_t> above(kFusedInt8LimitBytes + (64 << 20), kFusedInt8LimitBytes * 6);
+  std::uniform_int_distribution<uint64_t> above(kFusedQ4_0LimitBytes + (64 << 20), kFusedQ4_0LimitBytes * 3);
   std::uniform_int_distribution<uint64_t> below(kFusedFloatActivationLimitBytes + (64 << 20),
-                                                kFusedInt8LimitBytes - (64 << 20));
-  for (TensorType type : {TensorType::kQ4_0, TensorType::kQ8_0}) {
-    const std::string name(type_name(type));
-    const std::string why = fused_slower_reason(model_tensors(above(test::rng()), type, TensorType::kQ8_0));
-    EXPECT_NE(why.find("its " + name + " weights stream faster through the unfused kernels above 2048 MiB"),
-              std::string::npos) << why;
-    EXPECT_EQ(fused_slower_reason(model_tensors(below(test::rng()), type, TensorType::kQ8_0)), "") << name;
-  }
-  for (TensorType type : {TensorType::kF16, TensorType::kUpg4})
+                                                kFusedQ4_0LimitBytes - (64 << 20));
+  const std::string why_q4_0 = fused_slower_reason(model_tensors(above(test::rng()), TensorType::kQ4_0, TensorType::kQ8_0));
+  EXPECT_NE(why_q4_0.find("its q4_0 weights stream faster through the unfused kernels above 4096 MiB"), std::string::npos)
+      << why_q4_0;
+  EXPECT_EQ(fused_slower_reason(model_tensors(below(test::rng()), TensorType::kQ4_0, TensorType::kQ8_0)), "");
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kF16, TensorType::kUpg4})
     EXPECT_EQ(fused_slower_reason(model_tensors(above(test::rng()), type, TensorType::kQ8_0)), "") << type_name(type);
   // A Q4_0 model with a Q6_K head: the float-activation rule, from 128 MiB on.
   const std::string why = fused_slower_reason(model_tensors(below(test::rng()), TensorType::kQ4_0, TensorType::kQ6_K));
