@@ -514,16 +514,31 @@ __device__ void phase_head(const Params& p, unsigned model_epoch, const Smem& sm
       }
     }
     __stcg(p.cta_best + blockIdx.x, make_float2(best, __int_as_float(best_index)));
-    if (signal_is_last(p.model_counters + kCtrHead, (model_epoch + 1) * gridDim.x)) {
-      __threadfence();
-      for (unsigned b = 0; b < gridDim.x; ++b) {
-        const float2 c = __ldcg(p.cta_best + b);
-        const int ci = __float_as_int(c.y);
-        if (c.x > best || (c.x == best && ci < best_index)) {
-          best = c.x;
-          best_index = ci;
-        }
+    *sm.flag = signal_is_last(p.model_counters + kCtrHead, (model_epoch + 1) * gridDim.x);
+  }
+  __syncthreads();
+  // The last CTA's first warp picks the token from every CTA's best: a few loads per lane at
+  // once, then a butterfly (the order is total, so the winner is the serial scan's).
+  if (*sm.flag && warp == 0) {
+    best = -FLT_MAX;
+    best_index = INT_MAX;
+    for (unsigned b = lane; b < gridDim.x; b += 32) {
+      const float2 c = __ldcg(p.cta_best + b);
+      const int ci = __float_as_int(c.y);
+      if (c.x > best || (c.x == best && ci < best_index)) {
+        best = c.x;
+        best_index = ci;
       }
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+      const float other = __shfl_xor_sync(0xffffffffu, best, off);
+      const int other_index = __shfl_xor_sync(0xffffffffu, best_index, off);
+      if (other > best || (other == best && other_index < best_index)) {
+        best = other;
+        best_index = other_index;
+      }
+    }
+    if (lane == 0) {
       if (p.head_pair) {
         p.head_pair[0] = best;
         p.head_pair[1] = best_index == INT_MAX ? -1.0f : static_cast<float>(best_index + p.vocab_first);
