@@ -333,17 +333,31 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
       }
     }
     __syncthreads();
+    // Warp g turns query head g's warp states into weights (lane w: warp w's, in place of its
+    // maximum) and their sum (lane 0, in warp order), so the output threads below only
+    // multiply-add; the queries in qs are spent, so qs[g] and qs[G + g] take the sum and maximum.
+    if (warp < G) {
+      const int g = warp;
+      const float mw = lane < kWarps ? warp_ml[(lane * G + g) * 2] : -INFINITY;
+      float mx = mw;
+      for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float f = mw == -INFINITY ? 0.0f : expf(mw - mx);
+      const float lw = lane < kWarps ? warp_ml[(lane * G + g) * 2 + 1] : 0.0f;
+      float sum = 0.0f;
+      for (int w = 0; w < kWarps; ++w)
+        sum = fmaf(__shfl_sync(0xffffffffu, lw, w), __shfl_sync(0xffffffffu, f, w), sum);
+      if (lane < kWarps) warp_ml[(lane * G + g) * 2] = f;
+      if (lane == 0) {
+        qs[g] = sum;
+        qs[G + g] = mx;
+      }
+    }
+    __syncthreads();
     for (int i = threadIdx.x; i < G * hd; i += kThreads) {
       const int g = i / hd, d = i % hd;
-      float mx = -INFINITY;
-      for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, warp_ml[(w * G + g) * 2]);
-      float sum = 0.0f, acc = 0.0f;
-      for (int w = 0; w < kWarps; ++w) {
-        const float mw = warp_ml[(w * G + g) * 2];
-        const float f = mw == -INFINITY ? 0.0f : expf(mw - mx);
-        sum += warp_ml[(w * G + g) * 2 + 1] * f;
-        acc += warp_o[(w * G + g) * hd + d] * f;
-      }
+      const float sum = qs[g], mx = qs[G + g];
+      float acc = 0.0f;
+      for (int w = 0; w < kWarps; ++w) acc = fmaf(warp_o[(w * G + g) * hd + d], warp_ml[(w * G + g) * 2], acc);
       if (n_split == 1) {
         __stcg(p.attn_out + (kvh * G + g) * hd + d, acc / sum);
         continue;
