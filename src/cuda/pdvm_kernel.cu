@@ -441,6 +441,12 @@ __device__ __forceinline__ void matvec_rows(const DevMatrix& m, int begin, int e
 // (items go round-robin over the warps, and the parts divide kWarps), against the activations
 // from that column on. The parts' sums meet in shared memory and are added in part order, so a
 // row's value does not depend on which warps ran it. out(row, value).
+// Whole 32-chunk columns in each part of a row of `n_chunks` chunks split into `parts` (the last
+// part may be shorter); row_parts_log2 only picks splits that leave every part some columns.
+__host__ __device__ inline int part_columns(int n_chunks, int parts) {
+  return ((n_chunks + 31) / 32 + parts - 1) / parts;
+}
+
 template <bool kFloatActivations, class Out>
 __device__ __forceinline__ void matvec_split_rows(const DevMatrix& m, int begin, int end, const Acts& acts,
                                                   float* part_sums, Out&& out) {
@@ -450,7 +456,7 @@ __device__ __forceinline__ void matvec_split_rows(const DevMatrix& m, int begin,
     return;
   }
   const int n_chunks = m.row_bytes / 16, parts = 1 << s;
-  const int part_chunks = ((n_chunks + 31) / 32 + parts - 1) / parts * 32;
+  const int part_chunks = part_columns(n_chunks, parts) * 32;
   const int first = ((threadIdx.x >> 5) & (parts - 1)) * part_chunks;
   const int base = base_format(m.format);
   const int first_weight = first * weights_per_chunk(base);
@@ -775,16 +781,16 @@ int row_parts_log2(int format, int rows, int row_bytes, int grid) {
   const std::string_view choice = env ? env : "";
   const int forced = choice.size() == 1 && choice[0] >= '1' && choice[0] <= '3' ? choice[0] - '0' : -1;
   if (base == kFmtUpg || choice == "0" || (!is_quantized_format(base) && forced < 0 && choice != "all")) return 0;
-  const int columns = (row_bytes / 16 + 31) / 32, max_rows = (rows + grid - 1) / grid;
+  const int n_chunks = row_bytes / 16, columns = part_columns(n_chunks, 1), max_rows = (rows + grid - 1) / grid;
   int best = 0, best_batches = INT_MAX;
   for (int s = 0; s <= 3; ++s) {
-    const int parts = 1 << s, part_columns = (columns + parts - 1) / parts;
-    if ((parts - 1) * part_columns >= columns || max_rows * parts > kMaxSplitItems) continue;
+    const int parts = 1 << s, columns_per_part = part_columns(n_chunks, parts);
+    if ((parts - 1) * columns_per_part >= columns || max_rows * parts > kMaxSplitItems) continue;
     if (forced >= 0) {
       if (s <= forced) best = s;
       continue;
     }
-    const int walk = (max_rows * parts + kWarps - 1) / kWarps * part_columns;
+    const int walk = (max_rows * parts + kWarps - 1) / kWarps * columns_per_part;
     const int batches = (walk + kLoadsPerLane - 1) / kLoadsPerLane;
     if (batches < best_batches) {
       best = s;
