@@ -84,16 +84,34 @@ __device__ Smem carve_smem(const Params& p, uint8_t* base) {
   return s;
 }
 
+// Float4s each thread has in flight when a phase stages a vector from L2: issued back to back,
+// so staging costs one round trip per batch instead of one per float4 (a plain loop left the
+// remainder iterations, up to three for 13B's 13824-float h, as dependent round trips).
+constexpr int kStageBatch = 8;
+
 // x (global, written by other CTAs) -> xs = x * w * rsqrt(mean(x^2) + eps). Deterministic order;
 // w is applied in the first pass so that its loads overlap x's instead of following the reduction.
 __device__ void rms_norm_to_smem(const float* x, const float* w, int n, float eps, float* xs, float* red) {
+  constexpr int kBatch = kStageBatch / 2;  // x and w
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float ss = 0.0f;
-  for (int i = threadIdx.x * 4; i < n; i += kThreads * 4) {
-    const float4 v = __ldcg(reinterpret_cast<const float4*>(x + i));
-    const float4 g = __ldg(reinterpret_cast<const float4*>(w + i));
-    *reinterpret_cast<float4*>(xs + i) = make_float4(v.x * g.x, v.y * g.y, v.z * g.z, v.w * g.w);
-    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+  for (int first = threadIdx.x * 4; first < n; first += kThreads * 4 * kBatch) {
+    float4 v[kBatch], g[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int i = first + k * kThreads * 4;
+      v[k] = i < n ? __ldcg(reinterpret_cast<const float4*>(x + i)) : make_float4(0, 0, 0, 0);
+      g[k] = i < n ? __ldg(reinterpret_cast<const float4*>(w + i)) : make_float4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int i = first + k * kThreads * 4;
+      if (i < n) {
+        *reinterpret_cast<float4*>(xs + i) =
+            make_float4(v[k].x * g[k].x, v[k].y * g[k].y, v[k].z * g[k].z, v[k].w * g[k].w);
+        ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+      }
+    }
   }
   ss = warp_sum(ss);
   if (lane == 0) red[warp] = ss;
@@ -113,8 +131,19 @@ __device__ void rms_norm_to_smem(const float* x, const float* w, int n, float ep
 }
 
 __device__ void copy_to_smem(const float* src, int n, float* dst) {
-  for (int i = threadIdx.x * 4; i < n; i += kThreads * 4)
-    *reinterpret_cast<float4*>(dst + i) = __ldcg(reinterpret_cast<const float4*>(src + i));
+  for (int first = threadIdx.x * 4; first < n; first += kThreads * 4 * kStageBatch) {
+    float4 v[kStageBatch];
+#pragma unroll
+    for (int k = 0; k < kStageBatch; ++k) {
+      const int i = first + k * kThreads * 4;
+      v[k] = i < n ? __ldcg(reinterpret_cast<const float4*>(src + i)) : make_float4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int k = 0; k < kStageBatch; ++k) {
+      const int i = first + k * kThreads * 4;
+      if (i < n) *reinterpret_cast<float4*>(dst + i) = v[k];
+    }
+  }
   __syncthreads();
 }
 
