@@ -465,17 +465,17 @@ __device__ __forceinline__ void matvec_rows(const DevMatrix& m, int begin, int e
       [&](int i, const float(&v)[1]) { out(begin + i, v[0]); });
 }
 
-// Rows [begin, end) of m with each row split into m.parts_log2 parts (one row per item where it
-// is 0): part k of every row is a run of whole 32-chunk columns that warps k, k + parts, ... walk
-// (items go round-robin over the warps, and the parts divide kWarps), against the activations
-// from that column on. The parts' sums meet in shared memory and are added in part order, so a
-// row's value does not depend on which warps ran it. out(row, value).
 // Whole 32-chunk columns in each part of a row of `n_chunks` chunks split into `parts` (the last
 // part may be shorter); row_parts_log2 only picks splits that leave every part some columns.
 __host__ __device__ inline int part_columns(int n_chunks, int parts) {
   return ((n_chunks + 31) / 32 + parts - 1) / parts;
 }
 
+// Rows [begin, end) of m with each row split into m.parts_log2 parts (one row per item where it
+// is 0): part k of every row is a run of whole 32-chunk columns that warps k, k + parts, ... walk
+// (items go round-robin over the warps, and the parts divide kWarps), against the activations
+// from that column on. The parts' sums meet in shared memory and are added in part order, so a
+// row's value does not depend on which warps ran it. out(row, value).
 template <bool kFloatActivations, class Out>
 __device__ __forceinline__ void matvec_split_rows(const DevMatrix& m, int begin, int end, const Acts& acts,
                                                   float* part_sums, Out&& out) {
