@@ -120,6 +120,9 @@ struct Params {
   unsigned* model_counters;  // [kModelCounters]
   unsigned* model_epoch;
   DevStep* step;
+  // The format of every matrix (layers, embedding, head), or -1: such models run a kernel
+  // instance compiled for that format alone (kSingleFormats, pdvm_kernel_impl.cuh).
+  int single_format = -1;
 
   // Tensor parallelism (layer halves, see kFlagAttnHalf): 0 on rank 0 (and without TP), where the
   // O and down projections add into x; 1 on the other ranks, where they replace x by this rank's
@@ -281,17 +284,22 @@ struct FormatTag {
 // activations or all float ones (kFloatActs), as FusedDecoder flags them per model. Each instance
 // compiles only its own kind's matvec loops: with both kinds in one kernel, the float loops'
 // register demand made the int8 ones spill (docs/perf-notes.md, session 3, fused-spills).
-template <bool kFloatActivations, class Fn>
+// kOnly >= 0: the instance of a model whose matrices all have format kOnly compiles its loops alone.
+template <bool kFloatActivations, int kOnly, class Fn>
 __device__ __forceinline__ void dispatch_format(int format, Fn&& fn) {
   constexpr int kActs = kFloatActivations ? kFloatActs : 0;
-  switch (format) {
-    case kFmtF16: fn(FormatTag<kFmtF16>{}); break;
-    case kFmtBF16: fn(FormatTag<kFmtBF16>{}); break;
-    case kFmtQ8_0 | kActs: fn(FormatTag<kFmtQ8_0 | kActs>{}); break;
-    case kFmtQ4_0 | kActs: fn(FormatTag<kFmtQ4_0 | kActs>{}); break;
-    case kFmtQ4_1 | kActs: fn(FormatTag<kFmtQ4_1 | kActs>{}); break;
-    case kFmtUpg: fn(FormatTag<kFmtUpg>{}); break;
-    default: fn(FormatTag<kFmtQ8_16 | kActs>{}); break;
+  if constexpr (kOnly >= 0) {
+    fn(FormatTag<kOnly>{});
+  } else {
+    switch (format) {
+      case kFmtF16: fn(FormatTag<kFmtF16>{}); break;
+      case kFmtBF16: fn(FormatTag<kFmtBF16>{}); break;
+      case kFmtQ8_0 | kActs: fn(FormatTag<kFmtQ8_0 | kActs>{}); break;
+      case kFmtQ4_0 | kActs: fn(FormatTag<kFmtQ4_0 | kActs>{}); break;
+      case kFmtQ4_1 | kActs: fn(FormatTag<kFmtQ4_1 | kActs>{}); break;
+      case kFmtUpg: fn(FormatTag<kFmtUpg>{}); break;
+      default: fn(FormatTag<kFmtQ8_16 | kActs>{}); break;
+    }
   }
 }
 

@@ -254,6 +254,13 @@ struct FusedDecoder::Impl {
     for (DevLayer& layer : layers) {
       for (DevMatrix* m : {&layer.wo, &layer.down}) m->parts_log2 = fused::row_parts_log2(m->format, m->rows, m->row_bytes, grid);
     }
+    int format = params.token_embd.format;
+    for (const DevMatrix* m : {&params.token_embd, &params.output}) format = m->format == format ? format : -1;
+    for (const DevLayer& layer : layers) {
+      for (const DevMatrix* m : {&layer.qk, &layer.v, &layer.wo, &layer.gate, &layer.up, &layer.down})
+        format = m->format == format ? format : -1;
+    }
+    params.single_format = format;
     auto* d = alloc<DevLayer>(layers.size());
     copy_to_device(d, layers.data(), layers.size() * sizeof(DevLayer));
     params.layers = d;

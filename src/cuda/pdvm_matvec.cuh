@@ -247,10 +247,10 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
 
 // Items [0, n_items) of this CTA: rows_of(i, refs) names the kRows rows of item i (item
 // i + kWarps's rows a fixed step after item i's), out(i, values) runs in lane 0.
-template <bool kFloatActivations, int kRows, class RowsOf, class Out>
+template <bool kFloatActivations, int kOnly, int kRows, class RowsOf, class Out>
 __device__ __forceinline__ void matvec_items(int format, int n_items, int n_chunks, const Acts& acts, RowsOf&& rows_of,
                                              Out&& out) {
-  dispatch_format<kFloatActivations>(format, [&](auto tag) {
+  dispatch_format<kFloatActivations, kOnly>(format, [&](auto tag) {
     constexpr int kF = decltype(tag)::value;
     warp_stream_items<kF, kRows>(n_items, n_chunks, acts, rows_of, out);
   });

@@ -106,6 +106,14 @@ TEST(FusedLayer, LongContext) {
   check_layer(config, TensorType::kF16, test::decode_steps(4096), 1000);
 }
 
+// An attention item walks its positions in steps (512 positions a step at head_dim 32) and
+// carries each query head's softmax maximum and sum from step to step. With at least as many
+// KV heads as CTAs a head's whole context is one item, so 600 positions take two steps.
+TEST(FusedLayer, AttentionItemsOfSeveralSteps) {
+  const FusedConfig config = make_config(256, 512, 256, 32, 512, 640);
+  check_layer(config, TensorType::kF16, test::decode_steps(600), 97);
+}
+
 // Decode splits the O and down rows between warps only where a CTA's share has few, long rows
 // (13B shapes on an H100's 132 CTAs); PDVM_FUSED_SPLIT forces each split here, on every type
 // that can take one, and the layer must still match the reference.
