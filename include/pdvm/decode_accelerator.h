@@ -58,15 +58,12 @@ void register_decode_accelerator(DecodeAcceleratorFactory factory);
 // then unfused; "unfused" itself. Error(kInvalidArgument) for unknown modes.
 std::vector<std::string> gpu_mode_candidates(std::string_view requested, std::string_view backend);
 
-// Weight bytes above which a model whose bytes are mostly Q4_0 decodes faster through the unfused
-// kernels than fused (H100, tg128, unfused vs token mode in one call, session 8: llama-3-8b Q4_0
-// 4.2 GiB 359.2 vs 347.1 tok/s, llama-2-13b Q4_0 232.1 vs 225.2; token ahead for llama-2-7b Q4_0,
-// 3.5 GiB, 389.1 vs 392.2, for Q8_0 at 8B 253.5 vs 259.0 and 13B 160.1 vs 161.2, and at 1B).
-constexpr uint64_t kFusedQ4_0LimitBytes = uint64_t{4} << 30;
-
 // Why --gpu-mode auto takes the unfused path for a model of these tensors although the fused
 // kernels support it (they would be slower), or empty: float-activation types above
-// kFusedFloatActivationLimitBytes, or mostly Q4_0 bytes above kFusedQ4_0LimitBytes.
+// kFusedFloatActivationLimitBytes. (Q4_0 models above 4 GiB ran unfused too until session 10:
+// H100, pdvm bench tg128, unfused vs token, synthesized all-Q4_0 llama-3-8b 357-360 vs 385-391
+// tok/s, llama-2-13b 231-232 vs 238-252; with the generic kernel instance, as a Q4_0 model
+// with a Q8_0 head runs, 373-374 and 237-239: docs/perf-notes.md, session 10.)
 std::string fused_slower_reason(std::span<const GgufTensor> tensors);
 
 // "unfused" returns nullptr. Other modes need a registered accelerator: Error(kUnsupported)

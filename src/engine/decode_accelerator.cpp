@@ -1,7 +1,6 @@
 #include "pdvm/decode_accelerator.h"
 
 #include <algorithm>
-#include <map>
 
 #include "pdvm/error.h"
 #include "pdvm/gguf.h"
@@ -38,26 +37,14 @@ std::vector<std::string> gpu_mode_candidates(std::string_view requested, std::st
 
 std::string fused_slower_reason(std::span<const GgufTensor> tensors) {
   uint64_t bytes = 0;
-  std::map<TensorType, uint64_t> bytes_by_type;
-  for (const GgufTensor& t : tensors) {
-    bytes += t.n_bytes;
-    bytes_by_type[t.type] += t.n_bytes;
-  }
-  const std::string total = " MiB of weights (" + std::to_string(bytes >> 20) + " MiB)";
+  for (const GgufTensor& t : tensors) bytes += t.n_bytes;
   const auto float_tensor = std::find_if(tensors.begin(), tensors.end(),
                                          [](const GgufTensor& t) { return fused_float_activation_type(t.type); });
   if (float_tensor != tensors.end() && bytes > kFusedFloatActivationLimitBytes) {
     return "its " + std::string(type_name(float_tensor->type)) +
            " weights multiply float activations in the fused kernels, slower than unfused above " +
-           std::to_string(kFusedFloatActivationLimitBytes >> 20) + total;
-  }
-  if (bytes_by_type.empty()) return {};
-  const TensorType main_type =
-      std::max_element(bytes_by_type.begin(), bytes_by_type.end(),
-                       [](const auto& a, const auto& b) { return a.second < b.second; })->first;
-  if (main_type == TensorType::kQ4_0 && bytes > kFusedQ4_0LimitBytes) {
-    return "its " + std::string(type_name(main_type)) + " weights stream faster through the unfused kernels above " +
-           std::to_string(kFusedQ4_0LimitBytes >> 20) + total;
+           std::to_string(kFusedFloatActivationLimitBytes >> 20) + " MiB of weights (" + std::to_string(bytes >> 20) +
+           " MiB)";
   }
   return {};
 }

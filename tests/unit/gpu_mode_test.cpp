@@ -66,21 +66,25 @@ std::vector<GgufTensor> model_tensors(uint64_t bytes, TensorType type, TensorTyp
   return tensors;
 }
 
-// --gpu-mode auto's measured exceptions: float-activation types above 128 MiB and mostly Q4_0
-// models above 4 GiB run unfused; Q8_0, F16, UPG and the smaller models stay fused.
+// --gpu-mode auto's measured exception: float-activation types above 128 MiB run unfused; Q4_0,
+// Q8_0, F16 and UPG models of any size, and the smaller float-activation ones, stay fused.
 TEST(GpuMode, AutoTakesUnfusedWhereTheFusedKernelsMeasuredSlower) {
-  std::uniform_int_distribution<uint64_t> above(kFusedQ4_0LimitBytes + (64 << 20), kFusedQ4_0LimitBytes * 3);
-  std::uniform_int_distribution<uint64_t> below(kFusedFloatActivationLimitBytes + (64 << 20),
-                                                kFusedQ4_0LimitBytes - (64 << 20));
-  const std::string why_q4_0 = fused_slower_reason(model_tensors(above(test::rng()), TensorType::kQ4_0, TensorType::kQ8_0));
-  EXPECT_NE(why_q4_0.find("its q4_0 weights stream faster through the unfused kernels above 4096 MiB"), std::string::npos)
-      << why_q4_0;
-  EXPECT_EQ(fused_slower_reason(model_tensors(below(test::rng()), TensorType::kQ4_0, TensorType::kQ8_0)), "");
-  for (TensorType type : {TensorType::kQ8_0, TensorType::kF16, TensorType::kUpg4})
-    EXPECT_EQ(fused_slower_reason(model_tensors(above(test::rng()), type, TensorType::kQ8_0)), "") << type_name(type);
+  std::uniform_int_distribution<uint64_t> large(uint64_t{4} << 30, uint64_t{12} << 30);
+  std::uniform_int_distribution<uint64_t> small(kFusedFloatActivationLimitBytes + (64 << 20), uint64_t{1} << 30);
+  for (TensorType type : {TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kF16, TensorType::kUpg4}) {
+    EXPECT_EQ(fused_slower_reason(model_tensors(large(test::rng()), type, TensorType::kQ8_0)), "") << type_name(type);
+    EXPECT_EQ(fused_slower_reason(model_tensors(large(test::rng()), type, type)), "") << type_name(type);
+  }
   // A Q4_0 model with a Q6_K head: the float-activation rule, from 128 MiB on.
-  const std::string why = fused_slower_reason(model_tensors(below(test::rng()), TensorType::kQ4_0, TensorType::kQ6_K));
-  EXPECT_NE(why.find("its q6_k weights multiply float activations"), std::string::npos) << why;
+  for (uint64_t bytes : {small(test::rng()), large(test::rng())}) {
+    const std::string why = fused_slower_reason(model_tensors(bytes, TensorType::kQ4_0, TensorType::kQ6_K));
+    EXPECT_NE(why.find("its q6_k weights multiply float activations in the fused kernels, slower than unfused above "
+                       "128 MiB"),
+              std::string::npos)
+        << why;
+  }
+  EXPECT_EQ(fused_slower_reason(model_tensors(kFusedFloatActivationLimitBytes / 2, TensorType::kQ4_1, TensorType::kQ4_1)),
+            "");
   EXPECT_EQ(fused_slower_reason({}), "");
 }
 
