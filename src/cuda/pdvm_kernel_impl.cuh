@@ -13,7 +13,7 @@
 // format, once per format (pdvm_kernel_formats.cu); launch_fused picks the instance: the kernel
 // sits at the 128-register cap, and every code path compiled into one instance shares its
 // register allocation and its code (docs/perf-notes.md: the float-activation and TP paths made
-// the int8 path spill; an instance with one format's loops only is 2-5 % faster at 1B).
+// the int8 path spill; an instance with one format's loops only is 2-8 % faster at 1B).
 //
 // This header holds the device code; pdvm_kernel.cu and pdvm_kernel_formats.cu instantiate it.
 
