@@ -389,7 +389,7 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
           w[t] = e;
           sum += e;
         }
-        for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+        sum = warp_sum(sum);
         __syncwarp();  // every lane has read the state before lane 0 replaces it
         if (lane == 0) {
           const float rescale = m_old == -INFINITY ? 0.0f : expf(m_old - mx);
