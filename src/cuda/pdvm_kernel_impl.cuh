@@ -246,9 +246,12 @@ __device__ void prefetch_qkv(const DevLayer& L, int begin, int end) {
   else prefetch_rows(L.v, 2 * (begin - qk_pairs), 2 * (end - qk_pairs), kPrefetchBytes);
 }
 
-// Chunks per KV head at position `pos`: as many as keep two rounds of position groups per item,
-// at most p.n_chunks (one item per CTA).
+// Chunks per KV head at position `pos`. One while the whole context fits one step of an item:
+// shorter chunks would take as many steps (one) and add the partials, the arrival and the merge.
+// Beyond it, as many as keep two rounds of position groups per item, at most p.n_chunks (one
+// item per CTA): more items in flight than chunks of one step (docs/perf-notes.md, session 11).
 __device__ __forceinline__ int attention_split(const Params& p, int pos) {
+  if (pos < attention_step_positions(p.head_dim)) return 1;
   const int n_groups = kWarps * (32 / (p.head_dim / 8));
   return min(p.n_chunks, max(1, (pos + 2 * n_groups) / (2 * n_groups)));
 }
