@@ -159,6 +159,11 @@ class FusedDecoder {
 
   // Whether matrices of quantized types multiply float activations (see FusedDecoder(model)).
   bool float_activations() const;
+  // The kernel instance a token's layers run (the attention half's, when layers run as two
+  // halves): "q4_0 only" for a model whose every matrix is Q4_0 and whose activations are int8
+  // (compiled for that format alone: F16, Q8_0, Q4_0, UPG), else "generic" or "generic, float
+  // activations" (float_activations()), with the layer part for tensor parallelism.
+  std::string kernel_instance() const;
 
   // The reason `model` cannot run fused, or empty when it can.
   static std::string unsupported_reason(const FusedModelView& model);

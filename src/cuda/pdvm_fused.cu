@@ -551,6 +551,11 @@ FusedFootprint FusedDecoder::footprint() const { return impl_->footprint; }
 int FusedDecoder::grid_size() const { return impl_->grid; }
 uint64_t FusedDecoder::kernel_launches() const { return impl_->kernel_launches; }
 bool FusedDecoder::float_activations() const { return impl_->params.float_activations != 0; }
+std::string FusedDecoder::kernel_instance() const {
+  const int flags = impl_->splits_layers() ? fused::kFlagAttnHalf
+                                           : fused::kFlagEmbed | fused::kFlagHead | impl_->all_reduce_flag();
+  return fused::fused_kernel_name(impl_->params, flags);
+}
 
 void FusedDecoder::write_kv(int layer, int first, int count, const void* k_rows, const void* v_rows) {
   impl_->copy_kv(layer, first, count, impl_->params.k_cache, k_rows, true);

@@ -2,6 +2,7 @@
 // choice of instance for a launch, shared memory and grid, and the launches.
 
 #include <cstdlib>
+#include <string>
 #include <string_view>
 
 #include "cuda/check.cuh"
@@ -20,18 +21,35 @@ __global__ void __launch_bounds__(kThreads, 1) all_reduce_only_kernel(const __gr
   for (int i = 0; i < n_reduces; ++i) tp_all_reduce_rows(p, i & 1, begin, end);
 }
 
+struct Instance {
+  FusedKernel kernel;
+  std::string name;
+};
+
 template <bool kFloatActivations>
-FusedKernel kernel_for_part(int flags) {
-  if (flags & kFlagAttnHalf) return fused_decode_kernel<kFloatActivations, LayerPart::kAttentionHalf>;
-  if (flags & kFlagMlpHalf) return fused_decode_kernel<kFloatActivations, LayerPart::kMlpHalf>;
-  if (flags & kFlagDeviceAllReduce) return fused_decode_kernel<kFloatActivations, LayerPart::kWholeAllReduce>;
-  return fused_decode_kernel<kFloatActivations, LayerPart::kWhole>;
+Instance instance_for_part(int flags) {
+  const std::string acts = kFloatActivations ? "generic, float activations" : "generic";
+  if (flags & kFlagAttnHalf) return {fused_decode_kernel<kFloatActivations, LayerPart::kAttentionHalf>, acts + ", attention half"};
+  if (flags & kFlagMlpHalf) return {fused_decode_kernel<kFloatActivations, LayerPart::kMlpHalf>, acts + ", MLP half"};
+  if (flags & kFlagDeviceAllReduce)
+    return {fused_decode_kernel<kFloatActivations, LayerPart::kWholeAllReduce>, acts + ", in-kernel all-reduce"};
+  return {fused_decode_kernel<kFloatActivations, LayerPart::kWhole>, acts};
+}
+
+const char* single_format_name(int format) {
+  switch (format) {
+    case kFmtF16: return "f16";
+    case kFmtQ8_0: return "q8_0";
+    case kFmtQ4_0: return "q4_0";
+    case kFmtUpg: return "upg";
+    default: return "?";
+  }
 }
 
 // The instance for a launch: the model's activation kind, the layer part its flags ask for. A
 // half never runs the head, the MLP half never the embedding (its instance leaves them out); the
 // in-kernel all-reduce runs whole layers only, with a device communicator.
-FusedKernel fused_kernel(const Params& p, int flags) {
+Instance choose_instance(const Params& p, int flags) {
   const bool half = flags & (kFlagAttnHalf | kFlagMlpHalf);
   PDVM_CHECK(!half || !(flags & kFlagHead));
   PDVM_CHECK(!(flags & kFlagDeviceAllReduce) || (!half && p.tp_comm && p.tp_window));
@@ -41,9 +59,10 @@ FusedKernel fused_kernel(const Params& p, int flags) {
     return !(env && std::string_view(env) == "0");
   }();
   if (single_format_kernels && !p.float_activations && !half && !(flags & kFlagDeviceAllReduce)) {
-    if (FusedKernel kernel = single_format_kernel(p.single_format)) return kernel;
+    if (FusedKernel kernel = single_format_kernel(p.single_format))
+      return {kernel, std::string(single_format_name(p.single_format)) + " only"};
   }
-  return p.float_activations ? kernel_for_part<true>(flags) : kernel_for_part<false>(flags);
+  return p.float_activations ? instance_for_part<true>(flags) : instance_for_part<false>(flags);
 }
 
 constexpr FusedKernel kAllInstances[] = {
@@ -54,6 +73,8 @@ constexpr FusedKernel kAllInstances[] = {
 };
 
 }  // namespace
+
+std::string fused_kernel_name(const Params& p, int flags) { return choose_instance(p, flags).name; }
 
 int row_parts_log2(int format, int rows, int row_bytes, int grid) {
   const int base = base_format(format);
@@ -141,7 +162,7 @@ void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int
   }
   config.attrs = attributes;
   config.numAttrs = n_attributes;
-  PDVM_CUDA_CHECK(cudaLaunchKernelEx(&config, fused_kernel(p, flags), p, layer_begin, layer_end, flags));
+  PDVM_CUDA_CHECK(cudaLaunchKernelEx(&config, choose_instance(p, flags).kernel, p, layer_begin, layer_end, flags));
   PDVM_CUDA_CHECK_LAUNCH("fused_decode_kernel");
 }
 

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <string>
 
 #include "cuda/pdvm_device.cuh"
 
@@ -31,6 +32,11 @@ int fused_max_grid(const Params& p, int device);
 // head alone).
 void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int flags, bool cooperative,
                   cudaStream_t stream);
+
+// Which instance of the kernel launch_fused(p, ..., flags, ...) runs: "q4_0 only" (compiled for
+// models whose matrices all have that format), "generic", "generic, float activations, MLP
+// half", ...
+std::string fused_kernel_name(const Params& p, int flags);
 
 // The in-kernel all-reduce alone, `n_reduces` times in one launch (kFlagDeviceAllReduce's
 // exchange of x, benchmarks): every rank of the group at once, with the decode's grid.

@@ -110,6 +110,31 @@ TEST(FusedModel, MixedUpg4Q8MatchesReference) {
   check_against_reference(small_config(8, 2), TensorType::kUpg4, true, TensorType::kQ8_0);
 }
 
+// Models whose matrices all share an int8-activation format run the instance compiled for that
+// format alone; mixed ones and float-activation ones the generic instances (the other tests
+// pass through whichever is picked, so only this one sees a wrong pick).
+TEST(FusedModel, KernelInstanceFollowsTheFormats) {
+  const FusedConfig config = small_config(8, 2);
+  const std::pair<TensorType, const char*> singles[] = {{TensorType::kF16, "f16 only"},
+                                                        {TensorType::kQ8_0, "q8_0 only"},
+                                                        {TensorType::kQ4_0, "q4_0 only"},
+                                                        {TensorType::kUpg4, "upg only"},
+                                                        {TensorType::kBF16, "generic"},
+                                                        {TensorType::kQ4_1, "generic, float activations"}};
+  for (const auto& [type, name] : singles) {
+    EXPECT_EQ(FusedDecoder::synthesize(config, type, test::rng()())->kernel_instance(), name) << type_name(type);
+  }
+  auto from_gguf = [&config](TensorType type, bool tied, std::optional<TensorType> mixed) {
+    test::RefModel ref(config, type, tied, mixed);
+    const std::vector<uint8_t> image = test::write_gguf(ref).write_to_memory();
+    return FusedDecoder(fused_view_from_gguf(GgufFile::parse(image), config.n_ctx)).kernel_instance();
+  };
+  EXPECT_EQ(from_gguf(TensorType::kQ4_0, false, std::nullopt), "q4_0 only");
+  EXPECT_EQ(from_gguf(TensorType::kQ4_0, true, TensorType::kQ8_0), "generic");
+  EXPECT_EQ(from_gguf(TensorType::kF16, true, TensorType::kQ8_0), "generic");
+  EXPECT_EQ(from_gguf(TensorType::kQ4_0, false, TensorType::kQ6_K), "generic, float activations");
+}
+
 TEST(FusedModel, RepeatedRunsAreIdentical) {
   FusedConfig config = small_config(8, 2);
   config.n_ctx = 600;
