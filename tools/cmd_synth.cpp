@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "cli_common.h"
@@ -18,6 +19,7 @@ namespace {
 struct Options {
   std::string shape;
   std::string type = "f16";
+  std::string head_type;
   uint64_t seed = 1;
   std::string output;
   int threads = default_thread_count();
@@ -37,7 +39,12 @@ int run(const Options& opt) {
   override_dim(opt.vocab, shape.n_vocab);
   const auto type = type_from_name(opt.type);
   if (!type) throw Error(ErrorKind::kInvalidArgument, "--type: unknown tensor type '" + opt.type + "'");
-  const synth::ModelPlan plan = synth::plan_model(shape, *type, opt.seed);
+  std::optional<TensorType> head_type;
+  if (!opt.head_type.empty()) {
+    head_type = type_from_name(opt.head_type);
+    if (!head_type) throw Error(ErrorKind::kInvalidArgument, "--head-type: unknown tensor type '" + opt.head_type + "'");
+  }
+  const synth::ModelPlan plan = synth::plan_model(shape, *type, opt.seed, head_type);
   ProgressBar bar("synth " + shape.name);
   synth::write_model(plan, opt.output, opt.threads, [&bar](uint64_t done, uint64_t total) { bar.update(done, total); });
   return 0;
@@ -51,6 +58,9 @@ PDVM_REGISTER_COMMAND("synth", "write a random-weight llama model of a named geo
                  "tiny, smollm2-135m, llama-3.2-1b, llama-2-7b, llama-3-8b or llama-2-13b")->required();
   app.add_option("--type", opt->type, "weight type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k")
       ->capture_default_str();
+  app.add_option("--head-type", opt->head_type,
+                 "the LM head's type (output.weight, or the tied embedding), as llama.cpp's quantized files keep "
+                 "q6_k there (default: --type)");
   app.add_option("--seed", opt->seed, "random seed (same seed, same bytes)")->capture_default_str();
   app.add_option("-o,--output", opt->output, "output .gguf path")->required();
   app.add_option("--threads", opt->threads, "generator threads")->capture_default_str()->check(integer_in(1, kMaxThreads));

@@ -79,7 +79,8 @@ uint64_t ModelPlan::total_bytes() const {
   return total;
 }
 
-ModelPlan plan_model(const LlamaShape& shape, TensorType weight_type, uint64_t seed) {
+ModelPlan plan_model(const LlamaShape& shape, TensorType weight_type, uint64_t seed,
+                     std::optional<TensorType> head_type) {
   const LlamaShape& s = shape;
   require(s.n_embd > 0 && s.n_layer > 0 && s.n_head > 0 && s.n_head_kv > 0 && s.n_ff > 0 && s.n_vocab > 0,
           "model shape '" + s.name + "' has a non-positive dimension");
@@ -87,35 +88,38 @@ ModelPlan plan_model(const LlamaShape& shape, TensorType weight_type, uint64_t s
           "width " + std::to_string(s.n_embd) + " is not an even head size times " + std::to_string(s.n_head) + " heads");
   require(s.n_head % s.n_head_kv == 0, std::to_string(s.n_head) + " heads are not a multiple of " +
                                            std::to_string(s.n_head_kv) + " kv heads");
-  const TypeInfo& info = type_info(weight_type);
-  require(info.quantizable && weight_type != TensorType::kQ8_1,
-          std::string("cannot write weights of type ") + info.name +
-              " (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k)");
+  for (TensorType type : {weight_type, head_type.value_or(weight_type)}) {
+    const TypeInfo& info = type_info(type);
+    require(info.quantizable && type != TensorType::kQ8_1,
+            std::string("cannot write weights of type ") + info.name +
+                " (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k)");
+  }
 
   ModelPlan plan{s, weight_type, seed, {}};
   const int64_t kv_width = s.n_embd / s.n_head * s.n_head_kv;
-  const auto weight = [&](std::string name, int64_t row, int64_t rows) {
-    const TensorType type = matrix_type(weight_type, row, name);
+  const auto weight = [&](std::string name, int64_t row, int64_t rows, TensorType target) {
+    const TensorType type = matrix_type(target, row, name);
     plan.tensors.push_back({std::move(name), type, {row, rows}, TensorRole::kWeight});
   };
+  const TensorType head = head_type.value_or(weight_type);
   const auto norm = [&](std::string name) {
     plan.tensors.push_back({std::move(name), TensorType::kF32, {s.n_embd}, TensorRole::kNorm});
   };
-  weight("token_embd.weight", s.n_embd, s.n_vocab);
+  weight("token_embd.weight", s.n_embd, s.n_vocab, s.tied_embeddings ? head : weight_type);
   for (int64_t layer = 0; layer < s.n_layer; ++layer) {
     const std::string blk = "blk." + std::to_string(layer) + ".";
     norm(blk + "attn_norm.weight");
-    weight(blk + "attn_q.weight", s.n_embd, s.n_embd);
-    weight(blk + "attn_k.weight", s.n_embd, kv_width);
-    weight(blk + "attn_v.weight", s.n_embd, kv_width);
-    weight(blk + "attn_output.weight", s.n_embd, s.n_embd);
+    weight(blk + "attn_q.weight", s.n_embd, s.n_embd, weight_type);
+    weight(blk + "attn_k.weight", s.n_embd, kv_width, weight_type);
+    weight(blk + "attn_v.weight", s.n_embd, kv_width, weight_type);
+    weight(blk + "attn_output.weight", s.n_embd, s.n_embd, weight_type);
     norm(blk + "ffn_norm.weight");
-    weight(blk + "ffn_gate.weight", s.n_embd, s.n_ff);
-    weight(blk + "ffn_up.weight", s.n_embd, s.n_ff);
-    weight(blk + "ffn_down.weight", s.n_ff, s.n_embd);
+    weight(blk + "ffn_gate.weight", s.n_embd, s.n_ff, weight_type);
+    weight(blk + "ffn_up.weight", s.n_embd, s.n_ff, weight_type);
+    weight(blk + "ffn_down.weight", s.n_ff, s.n_embd, weight_type);
   }
   norm("output_norm.weight");
-  if (!s.tied_embeddings) weight("output.weight", s.n_embd, s.n_vocab);
+  if (!s.tied_embeddings) weight("output.weight", s.n_embd, s.n_vocab, head);
   return plan;
 }
 

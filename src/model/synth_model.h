@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -53,8 +54,11 @@ struct ModelPlan {
 };
 
 // Validates the geometry (heads divide the width, rows fit the block size) and lists the
-// tensors with llama.cpp's names. weight_type must be quantizable; norms stay F32.
-ModelPlan plan_model(const LlamaShape& shape, TensorType weight_type, uint64_t seed);
+// tensors with llama.cpp's names. weight_type must be quantizable; norms stay F32. head_type,
+// when given, is the LM head's type instead (output.weight, or token_embd where they are tied),
+// as llama.cpp's quantized files keep Q6_K there.
+ModelPlan plan_model(const LlamaShape& shape, TensorType weight_type, uint64_t seed,
+                     std::optional<TensorType> head_type = {});
 
 // All llama.* and general.* keys and the synthetic byte-level BPE tokenizer.
 std::vector<GgufKeyValue> model_metadata(const ModelPlan& plan);

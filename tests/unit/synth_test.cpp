@@ -65,6 +65,20 @@ TEST(SynthPlan, TensorNamesShapesAndTypes) {
   for (const TensorPlan& t : tied.tensors) EXPECT_NE(t.name, "output.weight");
 }
 
+// llama.cpp's quantized files keep the head in Q6_K: --head-type writes such a file.
+TEST(SynthPlan, HeadTypeOfItsOwn) {
+  const ModelPlan untied = plan_model(shape_by_name("llama-3-8b"), TensorType::kQ4_0, random_seed(), TensorType::kQ6_K);
+  for (const TensorPlan& t : untied.tensors) {
+    if (t.role != TensorRole::kWeight) continue;
+    EXPECT_EQ(t.type, t.name == "output.weight" ? TensorType::kQ6_K : TensorType::kQ4_0) << t.name;
+  }
+  const ModelPlan tied = plan_model(shape_by_name("llama-3.2-1b"), TensorType::kQ4_0, random_seed(), TensorType::kQ8_0);
+  EXPECT_EQ(tied.tensors.front().name, "token_embd.weight");
+  EXPECT_EQ(tied.tensors.front().type, TensorType::kQ8_0);
+  EXPECT_EQ(tied.tensors[2].type, TensorType::kQ4_0);  // blk.0.attn_q
+  EXPECT_THROW(plan_model(shape_by_name("tiny"), TensorType::kQ4_0, 1, TensorType::kQ8_1), Error);
+}
+
 TEST(SynthPlan, MetadataOfABigShape) {
   const uint64_t seed = random_seed();
   const ModelPlan plan = plan_model(shape_by_name("llama-3-8b"), TensorType::kQ8_0, seed);
