@@ -17,10 +17,12 @@
 //
 // Activations: F16/BF16 matrices multiply float activations. Quantized matrices multiply int8
 // activations (per-32 blocks, dp4a; ~1.5e-2 relative on the logits, as llama.cpp's quantized
-// matvec) for speed, except in models with a Q4_1, Q4_K or Q6_K matrix (real checkpoints such
-// as the default SmolLM2 Q4_1, where int8 activations moved the logits up to 0.115 relative and
-// broke greedy agreement): there every quantized matrix but UPG multiplies float activations
-// (float_activations()), at the cost of more instructions per weight.
+// matvec) for speed, except in models with a Q4_1, Q4_K or Q6_K matrix in a layer (real
+// checkpoints such as the default SmolLM2 Q4_1, where int8 activations moved the logits up to
+// 0.115 relative and broke greedy agreement): there every quantized matrix but UPG multiplies
+// float activations (float_activations()), at the cost of more instructions per weight. The
+// embedding and the LM head do not decide: llama.cpp's Q4_0 files keep a Q6_K head, which then
+// multiplies int8 activations like the layers.
 #pragma once
 
 #include <cstdint>

@@ -80,14 +80,17 @@ std::string check_config(const FusedConfig& c) {
 
 // Real checkpoints quantized to Q4_1, Q4_K or Q6_K (the default SmolLM2 Q4_1 among them) lost
 // exact greedy agreement with the unfused path to int8 activations (logits up to 0.115 relative
-// off on the default model); such models multiply float activations in every quantized matrix.
+// off on the default model, the error of every layer adding up); such models multiply float
+// activations in every quantized matrix. The layers decide (fused_activations_follow): a Q6_K
+// head after Q4_0 layers, as llama.cpp writes Q4_0 files, multiplies int8 activations too: one
+// matvec's rounding, where float activations everywhere for its sake ran llama-3-8b at 164 tok/s
+// against 348 unfused (docs/perf-notes.md, session 11).
 bool wants_float_activations(const FusedModelView& model) {
-  auto exact_type = [](const FusedWeightView& w) { return fused_float_activation_type(w.type); };
   for (const FusedLayerView& l : model.layers) {
     for (const FusedWeightView* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down})
-      if (exact_type(*w)) return true;
+      if (fused_float_activation_type(w->type)) return true;
   }
-  return exact_type(model.token_embd) || (model.output.data && exact_type(model.output));
+  return false;
 }
 
 void use_float_activations(DevMatrix& m) {

@@ -24,6 +24,8 @@ bool fused_float_activation_type(TensorType type) {
   return type == TensorType::kQ4_1 || type == TensorType::kQ4_K || type == TensorType::kQ6_K;
 }
 
+bool fused_activations_follow(std::string_view tensor_name) { return tensor_name.starts_with("blk."); }
+
 std::vector<std::string> gpu_mode_candidates(std::string_view requested, std::string_view backend) {
   if (requested == "auto") {
     if (backend == "cuda") return {"token", "layer", "unfused"};
@@ -38,8 +40,9 @@ std::vector<std::string> gpu_mode_candidates(std::string_view requested, std::st
 std::string fused_slower_reason(std::span<const GgufTensor> tensors) {
   uint64_t bytes = 0;
   for (const GgufTensor& t : tensors) bytes += t.n_bytes;
-  const auto float_tensor = std::find_if(tensors.begin(), tensors.end(),
-                                         [](const GgufTensor& t) { return fused_float_activation_type(t.type); });
+  const auto float_tensor = std::find_if(tensors.begin(), tensors.end(), [](const GgufTensor& t) {
+    return fused_activations_follow(t.name) && fused_float_activation_type(t.type);
+  });
   if (float_tensor != tensors.end() && bytes > kFusedFloatActivationLimitBytes) {
     return "its " + std::string(type_name(float_tensor->type)) +
            " weights multiply float activations in the fused kernels, slower than unfused above " +

@@ -37,7 +37,7 @@ double rms(const std::vector<float>& v) {
 // int8 activations on the device, hence their looser tolerance; models with Q4_1, Q4_K or Q6_K
 // multiply float activations (Q4_K/Q6_K with f16-rounded block scales).
 void check_against_reference(const FusedConfig& config, TensorType type, bool tied,
-                             std::optional<TensorType> mixed_type = {}) {
+                             std::optional<TensorType> mixed_type = {}, std::optional<TensorType> head_type = {}) {
   auto is_float = [](TensorType t) { return t == TensorType::kF16 || t == TensorType::kBF16; };
   auto is_k = [](TensorType t) { return t == TensorType::kQ4_K || t == TensorType::kQ6_K; };
   const TensorType other = mixed_type.value_or(type);
@@ -45,7 +45,7 @@ void check_against_reference(const FusedConfig& config, TensorType type, bool ti
   if (is_float(type) && is_float(other)) tolerance = 1e-3;
   else if (is_k(type) || is_k(other)) tolerance = 1e-2;
   else if (type == TensorType::kQ4_1 || other == TensorType::kQ4_1) tolerance = 2e-3;
-  test::RefModel ref(config, type, tied, mixed_type);
+  test::RefModel ref(config, type, tied, mixed_type, head_type);
   const std::vector<uint8_t> image = test::write_gguf(ref).write_to_memory();
   const GgufFile file = GgufFile::parse(image);
   FusedDecoder decoder(fused_view_from_gguf(file, config.n_ctx));
@@ -99,6 +99,14 @@ TEST(FusedModel, MixedF16Q8MatchesReference) {
 TEST(FusedModel, MixedQ4_1Q8MatchesReference) {
   check_against_reference(small_config(8, 2), TensorType::kQ4_1, true, TensorType::kQ8_0);
 }
+// llama.cpp's Q4_0 files: Q4_0 layers, a Q6_K head (untied and tied), all int8 activations.
+TEST(FusedModel, Q4_0WithQ6KHeadMatchesReference) {
+  check_against_reference(small_config(8, 2), TensorType::kQ4_0, false, std::nullopt, TensorType::kQ6_K);
+}
+TEST(FusedModel, Q4_0WithTiedQ6KHeadMatchesReference) {
+  check_against_reference(small_config(4, 2), TensorType::kQ4_0, true, std::nullopt, TensorType::kQ6_K);
+}
+
 TEST(FusedModel, GqaQ6KMatchesReference) { check_against_reference(small_config(8, 2, 768), TensorType::kQ6_K, true); }
 TEST(FusedModel, Bf16MatchesReference) { check_against_reference(small_config(4, 2), TensorType::kBF16, true); }
 
@@ -124,15 +132,22 @@ TEST(FusedModel, KernelInstanceFollowsTheFormats) {
   for (const auto& [type, name] : singles) {
     EXPECT_EQ(FusedDecoder::synthesize(config, type, test::rng()())->kernel_instance(), name) << type_name(type);
   }
-  auto from_gguf = [&config](TensorType type, bool tied, std::optional<TensorType> mixed) {
-    test::RefModel ref(config, type, tied, mixed);
+  auto from_gguf = [](const FusedConfig& c, TensorType type, bool tied, std::optional<TensorType> mixed) {
+    test::RefModel ref(c, type, tied, mixed);
     const std::vector<uint8_t> image = test::write_gguf(ref).write_to_memory();
-    return FusedDecoder(fused_view_from_gguf(GgufFile::parse(image), config.n_ctx)).kernel_instance();
+    return FusedDecoder(fused_view_from_gguf(GgufFile::parse(image), c.n_ctx)).kernel_instance();
   };
-  EXPECT_EQ(from_gguf(TensorType::kQ4_0, false, std::nullopt), "q4_0 only");
-  EXPECT_EQ(from_gguf(TensorType::kQ4_0, true, TensorType::kQ8_0), "generic");
-  EXPECT_EQ(from_gguf(TensorType::kF16, true, TensorType::kQ8_0), "generic");
-  EXPECT_EQ(from_gguf(TensorType::kQ4_0, false, TensorType::kQ6_K), "generic, float activations");
+  EXPECT_EQ(from_gguf(config, TensorType::kQ4_0, false, std::nullopt), "q4_0 only");
+  EXPECT_EQ(from_gguf(config, TensorType::kQ4_0, true, TensorType::kQ8_0), "generic");
+  EXPECT_EQ(from_gguf(config, TensorType::kF16, true, TensorType::kQ8_0), "generic");
+  EXPECT_EQ(from_gguf(small_config(8, 2, 768), TensorType::kQ4_0, false, TensorType::kQ6_K),
+            "generic, float activations");
+  // The head does not decide the activations (llama.cpp's Q4_0 files).
+  test::RefModel q6k_head(config, TensorType::kQ4_0, false, std::nullopt, TensorType::kQ6_K);
+  const std::vector<uint8_t> image = test::write_gguf(q6k_head).write_to_memory();
+  FusedDecoder decoder(fused_view_from_gguf(GgufFile::parse(image), config.n_ctx));
+  EXPECT_EQ(decoder.kernel_instance(), "generic");
+  EXPECT_FALSE(decoder.float_activations());
 }
 
 TEST(FusedModel, RepeatedRunsAreIdentical) {

@@ -85,8 +85,11 @@ struct RefLayer {
 // The model and its own KV cache (values rounded to fp16 as the device cache stores them).
 class RefModel {
  public:
-  // `mixed_type` (default: type) is used for attn_v and ffn_down, as Q4_K_M files do with Q6_K.
-  RefModel(const FusedConfig& c, TensorType type, bool tied, std::optional<TensorType> mixed_type = {})
+  // `mixed_type` (default: type) is used for attn_v and ffn_down, as Q4_K_M files do with Q6_K;
+  // `head_type` (default: type) for the LM head (output.weight, or the tied token_embd), as
+  // llama.cpp's Q4_0 files do with Q6_K.
+  RefModel(const FusedConfig& c, TensorType type, bool tied, std::optional<TensorType> mixed_type = {},
+           std::optional<TensorType> head_type = {})
       : config_(c) {
     const TensorType mixed = mixed_type.value_or(type);
     const int64_t nq = int64_t{c.n_head} * c.head_dim, nkv = int64_t{c.n_head_kv} * c.head_dim;
@@ -105,9 +108,10 @@ class RefModel {
       L.down = random_weight(b + "ffn_down.weight", mixed, c.n_ff, c.n_embd, s(c.n_ff));
       layers_.push_back(std::move(L));
     }
-    token_embd_ = random_weight("token_embd.weight", type, c.n_embd, c.n_vocab, 1.0f);
+    const TensorType head = head_type.value_or(type);
+    token_embd_ = random_weight("token_embd.weight", tied ? head : type, c.n_embd, c.n_vocab, 1.0f);
     output_norm_ = random_weight("output_norm.weight", TensorType::kF32, c.n_embd, 1, 0.2f, 1.0f);
-    if (!tied) output_ = random_weight("output.weight", type, c.n_embd, c.n_vocab, s(c.n_embd));
+    if (!tied) output_ = random_weight("output.weight", head, c.n_embd, c.n_vocab, s(c.n_embd));
     const size_t cache = static_cast<size_t>(c.n_ctx) * nkv;
     k_cache_.assign(c.n_layer, std::vector<float>(cache));
     v_cache_.assign(c.n_layer, std::vector<float>(cache));

@@ -41,6 +41,11 @@ TEST(GpuMode, FloatActivationTypesAreTheRealCheckpointQuants) {
     EXPECT_TRUE(fused_float_activation_type(t)) << type_name(t);
   for (TensorType t : {TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kUpg4})
     EXPECT_FALSE(fused_float_activation_type(t)) << type_name(t);
+  // Only layer matrices decide.
+  EXPECT_TRUE(fused_activations_follow("blk.0.ffn_down.weight"));
+  EXPECT_TRUE(fused_activations_follow("blk.31.attn_v.weight"));
+  EXPECT_FALSE(fused_activations_follow("output.weight"));
+  EXPECT_FALSE(fused_activations_follow("token_embd.weight"));
 }
 
 // A llama-shaped tensor list (norms F32) of about `bytes` weight bytes, matrices of `type` and
@@ -66,8 +71,9 @@ std::vector<GgufTensor> model_tensors(uint64_t bytes, TensorType type, TensorTyp
   return tensors;
 }
 
-// --gpu-mode auto's measured exception: float-activation types above 128 MiB run unfused; Q4_0,
-// Q8_0, F16 and UPG models of any size, and the smaller float-activation ones, stay fused.
+// --gpu-mode auto's measured exception: float-activation types in the layers above 128 MiB run
+// unfused; Q4_0, Q8_0, F16 and UPG models of any size, whatever their head, and the smaller
+// float-activation ones, stay fused.
 TEST(GpuMode, AutoTakesUnfusedWhereTheFusedKernelsMeasuredSlower) {
   std::uniform_int_distribution<uint64_t> large(uint64_t{4} << 30, uint64_t{12} << 30);
   std::uniform_int_distribution<uint64_t> small(kFusedFloatActivationLimitBytes + (64 << 20), uint64_t{1} << 30);
@@ -75,13 +81,17 @@ TEST(GpuMode, AutoTakesUnfusedWhereTheFusedKernelsMeasuredSlower) {
     EXPECT_EQ(fused_slower_reason(model_tensors(large(test::rng()), type, TensorType::kQ8_0)), "") << type_name(type);
     EXPECT_EQ(fused_slower_reason(model_tensors(large(test::rng()), type, type)), "") << type_name(type);
   }
-  // A Q4_0 model with a Q6_K head: the float-activation rule, from 128 MiB on.
+  // A Q4_0 model with a Q6_K head (llama.cpp's Q4_0 files): int8 activations, fused. Q6_K or
+  // Q4_K layers: the float-activation rule, from 128 MiB on.
   for (uint64_t bytes : {small(test::rng()), large(test::rng())}) {
-    const std::string why = fused_slower_reason(model_tensors(bytes, TensorType::kQ4_0, TensorType::kQ6_K));
-    EXPECT_NE(why.find("its q6_k weights multiply float activations in the fused kernels, slower than unfused above "
-                       "128 MiB"),
-              std::string::npos)
-        << why;
+    EXPECT_EQ(fused_slower_reason(model_tensors(bytes, TensorType::kQ4_0, TensorType::kQ6_K)), "");
+    for (TensorType layers : {TensorType::kQ6_K, TensorType::kQ4_K}) {
+      const std::string why = fused_slower_reason(model_tensors(bytes, layers, TensorType::kQ6_K));
+      EXPECT_NE(why.find("weights multiply float activations in the fused kernels, slower than unfused above 128 MiB"),
+                std::string::npos)
+          << why;
+      EXPECT_NE(why.find(type_name(layers)), std::string::npos) << why;
+    }
   }
   EXPECT_EQ(fused_slower_reason(model_tensors(kFusedFloatActivationLimitBytes / 2, TensorType::kQ4_1, TensorType::kQ4_1)),
             "");
