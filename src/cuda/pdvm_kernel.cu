@@ -76,6 +76,12 @@ constexpr FusedKernel kAllInstances[] = {
 
 std::string fused_kernel_name(const Params& p, int flags) { return choose_instance(p, flags).name; }
 
+int max_row_parts_log2() {
+  int s = 3;
+  while (kWarps % (1 << s) != 0) --s;
+  return s;
+}
+
 int row_parts_log2(int format, int rows, int row_bytes, int grid) {
   const int base = base_format(format);
   const char* env = std::getenv("PDVM_FUSED_SPLIT");
@@ -86,13 +92,15 @@ int row_parts_log2(int format, int rows, int row_bytes, int grid) {
   int best = 0, best_batches = INT_MAX;
   for (int s = 0; s <= 3; ++s) {
     const int parts = 1 << s, columns_per_part = part_columns(n_chunks, parts);
-    if ((parts - 1) * columns_per_part >= columns || max_rows * parts > kMaxSplitItems) continue;
+    if ((parts - 1) * columns_per_part >= columns || max_rows * parts > kMaxSplitItems || s > max_row_parts_log2())
+      continue;
     if (forced >= 0) {
       if (s <= forced) best = s;
       continue;
     }
     const int walk = (max_rows * parts + kWarps - 1) / kWarps * columns_per_part;
-    const int batches = (walk + kLoadsPerLane - 1) / kLoadsPerLane;
+    const int loads = loads_per_lane(format, 1);
+    const int batches = (walk + loads - 1) / loads;
     if (batches < best_batches) {
       best = s;
       best_batches = batches;

@@ -11,8 +11,8 @@
 // (whole layers; one half of each, or whole layers with the in-kernel all-reduce, for tensor
 // parallelism), and for whole layers of int8-activation models whose matrices all have one
 // format, once per format (pdvm_kernel_formats.cu); launch_fused picks the instance: the kernel
-// sits at the 128-register cap, and every code path compiled into one instance shares its
-// register allocation and its code (docs/perf-notes.md: the float-activation and TP paths made
+// sits at its register cap (96 at 640 threads), and every code path compiled into one instance
+// shares its register allocation and its code (docs/perf-notes.md: the float-activation and TP paths made
 // the int8 path spill; an instance with one format's loops only is 2-8 % faster at 1B).
 //
 // This header holds the device code; pdvm_kernel.cu and pdvm_kernel_formats.cu instantiate it.
@@ -40,7 +40,7 @@ FusedKernel single_format_kernel(int format);
 namespace {
 
 
-constexpr int kSmemHeader = 64;  // floats for reductions and flags
+constexpr int kSmemHeader = 4 * kWarps;  // floats for reductions and flags
 constexpr int kPrefetchBytes = 64 * 1024;
 
 // Shared-memory regions; `xs` is also the attention phase's scratch.
@@ -58,8 +58,8 @@ struct Smem {
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
 // Positions one step of an attention item stages: kAttnRounds per position group, so the K/V
-// rows a lane loads per step are kAttnRounds x 16 bytes each, and V's rows take 32 KB of
-// shared memory whatever the head size.
+// rows a lane loads per step are kAttnRounds x 16 bytes each, and V's rows take kAttnRounds x
+// kThreads x 16 bytes (40 KB) of shared memory whatever the head size.
 constexpr int kAttnRounds = 4;
 __host__ __device__ inline int attention_step_positions(int head_dim) { return kAttnRounds * kWarps * 32 * 8 / head_dim; }
 
@@ -303,7 +303,7 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
   // Output dimension pairs, and the position slices that share them out over the threads.
   const int n_pairs = G * hd / 2;
   const int n_slices = max(1, kThreads / n_pairs);
-  constexpr int kMaxPairsPerThread = kMaxGroup * 256 / 2 / kThreads;
+  constexpr int kMaxPairsPerThread = (kMaxGroup * 256 / 2 + kThreads - 1) / kThreads;
   float* qs = smem;                            // [G][hd], pre-scaled
   float* state = qs + G * hd;                  // [kMaxGroup][4]: running max, sum, this step's rescale
   float* weights = state + 4 * kMaxGroup;      // [G][step]

@@ -12,18 +12,20 @@
 
 namespace pdvm::fused {
 
-// 16-byte chunks in flight per lane per batch (12 for the quantized formats measured slower).
-constexpr int kLoadsPerLane = 8;
+// 16-byte chunks in flight per lane per batch (with 16 warps 12 lost to 8; with 24, 8 spilled
+// and lost to 6: perf-notes sessions 10 and 11).
+constexpr int kLoadsPerLane = 6;
 
-// Chunks per lane per batch for kFormat: Q4_0/Q4_1 row pairs (QKV, gate/up) against float
-// activations take half the slots. Their chunks (8 nibble conversions and 8 activations per
-// word) hold more registers than the int8 ones, and with 8 slots the whole-layer float-activation
-// kernel instance spilled (ptxas: 40 bytes stored / 504 loaded; none with 4). The batching does
-// not change any sum (see warp_stream_items).
-template <int kFormat, int kRows>
-constexpr int loads_per_lane() {
-  const bool float_q4 = (kFormat & kFloatActs) && weights_per_chunk(base_format(kFormat)) == 32;
-  return float_q4 && kRows == 2 ? kLoadsPerLane / 2 : kLoadsPerLane;
+// Chunks per lane per batch for `format` (with kFloatActs) and items of `rows` rows: 4 for the
+// 4-bit formats against int8 activations (at 20 warps 4 beat 6 by 1-6 % at 13B and 1B); Q4_0/Q4_1
+// row pairs (QKV, gate/up) against float activations take half the slots, as their chunks (8
+// nibble conversions and 8 activations per word) hold more registers (with 8 slots at 16 warps
+// the float-activation instance spilled). The batching does not change any sum (see
+// warp_stream_items).
+__host__ __device__ constexpr int loads_per_lane(int format, int rows) {
+  const bool four_bit = weights_per_chunk(base_format(format)) == 32;
+  if (four_bit && !(format & kFloatActs)) return 4;
+  return four_bit && rows == 2 ? kLoadsPerLane / 2 : kLoadsPerLane;
 }
 
 // Activations in shared memory: floats for f16/bf16 weights, int8 blocks for quantized ones.
@@ -133,7 +135,7 @@ __device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Ac
 template <int kFormat, int kRows, class RowsOf, class Out>
 __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, const Acts& acts, RowsOf&& rows_of,
                                                   Out&& out) {
-  constexpr int kColumns = loads_per_lane<kFormat, kRows>() / kRows;
+  constexpr int kColumns = loads_per_lane(kFormat, kRows) / kRows;
   constexpr int kBase = base_format(kFormat);  // the weight layout (kFloatActs aside)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (warp >= n_items) return;

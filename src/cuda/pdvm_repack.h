@@ -23,6 +23,9 @@ int scale_stride_of(int format, int cols);  // scales_per_row rounded up to a mu
 // splits, =all also float rows; =1..3 asks for that split (the largest valid one up to it) for
 // every format but UPG (tests, experiments).
 int row_parts_log2(int format, int rows, int row_bytes, int grid);
+// The largest split the CTA's warps allow: a row's parts go to warps k, k + parts, ..., so the
+// parts divide the warps (20 warps: up to 4 parts, log2 2).
+int max_row_parts_log2();
 
 // A matrix in the kernel layout on the host: main stream + block scales (kFmtUpg: side records
 // and outliers instead of scales, see DevMatrix).

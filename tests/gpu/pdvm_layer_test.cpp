@@ -3,6 +3,7 @@
 // position, so the K/V append, RoPE and the split-context attention are all exercised.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "cuda/pdvm_repack.h"
@@ -126,9 +127,10 @@ TEST(FusedLayer, SplitRowsMatchCpuReference) {
       SCOPED_TRACE(std::string("split ") + split + ", " + std::string(type_name(type)));
       const int format = fused::format_of(type);
       // The down rows (8192 wide) have the columns for every split: the path under test runs.
+      // The largest split the CTA's warps allow, up to the one asked for.
       const int grid = 132;
       EXPECT_EQ(fused::row_parts_log2(format, config.n_embd, fused::row_bytes_of(format, config.n_ff), grid),
-                split[0] - '0');
+                std::min(split[0] - '0', fused::max_row_parts_log2()));
       check_layer(config, type, test::decode_steps(24), 5);
     }
   }
@@ -142,20 +144,27 @@ TEST(FusedLayer, SplitsOnlyLongRowsOfFewPerCta) {
     const int format = fused::format_of(type);
     return fused::row_parts_log2(format, rows, fused::row_bytes_of(format, cols), 132);
   };
-  // llama-2-13b down (5120 x 13824): 39 rows a CTA, 3 on some warps; two parts even that out.
-  EXPECT_EQ(parts_log2(TensorType::kQ4_0, 5120, 13824), 1);
-  EXPECT_EQ(parts_log2(TensorType::kQ8_0, 5120, 13824), 1);
-  EXPECT_EQ(parts_log2(TensorType::kF16, 5120, 13824), 0);  // float rows stream at full rate unsplit
-  EXPECT_EQ(parts_log2(TensorType::kUpg4, 5120, 13824), 0);
-  // Its O projection and llama-3.2-1b's down projection gain no batch from a split.
+  // 20 warps (kThreads 640) allow 1, 2 or 4 parts.
+  EXPECT_EQ(fused::max_row_parts_log2(), 2);
+  // llama-3-8b down (4096 x 14336) in Q8_0: 32 rows a CTA, 2 on some warps; four parts of 7
+  // columns even that out (9 batches of 6 loads on the longest warp instead of 10).
+  EXPECT_EQ(parts_log2(TensorType::kQ8_0, 4096, 14336), 2);
+  // Its Q4_0 walk (4 loads a batch) and llama-2-13b's down (5120 x 13824, 39 rows a CTA) gain no
+  // batch from a split, nor does the 13B O projection or llama-3.2-1b's down projection.
+  EXPECT_EQ(parts_log2(TensorType::kQ4_0, 4096, 14336), 0);
+  EXPECT_EQ(parts_log2(TensorType::kQ4_0, 5120, 13824), 0);
+  EXPECT_EQ(parts_log2(TensorType::kQ8_0, 5120, 13824), 0);
   EXPECT_EQ(parts_log2(TensorType::kQ4_0, 5120, 5120), 0);
   EXPECT_EQ(parts_log2(TensorType::kQ4_0, 2048, 8192), 0);
+  // Float rows stream at full rate unsplit; UPG rows never split.
+  EXPECT_EQ(parts_log2(TensorType::kF16, 1024, 8192), 0);
+  EXPECT_EQ(parts_log2(TensorType::kUpg4, 4096, 14336), 0);
   setenv("PDVM_FUSED_SPLIT", "0", 1);
-  EXPECT_EQ(parts_log2(TensorType::kQ4_0, 5120, 13824), 0);
+  EXPECT_EQ(parts_log2(TensorType::kQ8_0, 4096, 14336), 0);
   setenv("PDVM_FUSED_SPLIT", "all", 1);
-  EXPECT_EQ(parts_log2(TensorType::kF16, 5120, 13824), 1);
+  EXPECT_EQ(parts_log2(TensorType::kF16, 1024, 8192), 1);
   setenv("PDVM_FUSED_SPLIT", "3", 1);
-  EXPECT_EQ(parts_log2(TensorType::kUpg4, 5120, 13824), 0);
+  EXPECT_EQ(parts_log2(TensorType::kUpg4, 4096, 14336), 0);
   unsetenv("PDVM_FUSED_SPLIT");
 }
 
