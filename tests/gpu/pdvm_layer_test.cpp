@@ -107,12 +107,13 @@ TEST(FusedLayer, LongContext) {
   check_layer(config, TensorType::kF16, test::decode_steps(4096), 1000);
 }
 
-// An attention item walks its positions in steps (512 positions a step at head_dim 32) and
-// carries each query head's softmax maximum and sum from step to step. With at least as many
-// KV heads as CTAs a head's whole context is one item, so 600 positions take two steps.
+// An attention item walks its positions in steps (640 positions a step at head_dim 32 with 20
+// warps a CTA) and carries each query head's softmax maximum and sum from step to step. With at
+// least as many KV heads as CTAs a head's whole context is one item, so 760 positions take two
+// steps.
 TEST(FusedLayer, AttentionItemsOfSeveralSteps) {
-  const FusedConfig config = make_config(256, 512, 256, 32, 512, 640);
-  check_layer(config, TensorType::kF16, test::decode_steps(600), 97);
+  const FusedConfig config = make_config(256, 512, 256, 32, 512, 768);
+  check_layer(config, TensorType::kF16, test::decode_steps(760), 97);
 }
 
 // Decode splits the O and down rows between warps only where a CTA's share has few, long rows
