@@ -16,14 +16,16 @@ namespace pdvm::fused {
 // and lost to 6: perf-notes sessions 10 and 11).
 constexpr int kLoadsPerLane = 6;
 
-// Chunks per lane per batch for `format` (with kFloatActs) and items of `rows` rows: 4 for the
-// 4-bit formats against int8 activations (at 20 warps 4 beat 6 by 1-6 % at 13B and 1B); Q4_0/Q4_1
+// Chunks per lane per batch for `format` (with kFloatActs) and items of `rows` rows: 8 for float
+// rows (F16, BF16: little arithmetic per load; 1B F16 +1.3 % over 6), 4 for the 4-bit formats
+// against int8 activations (at 20 warps 4 beat 6 by 1-6 % at 13B and 1B); Q4_0/Q4_1
 // row pairs (QKV, gate/up) against float activations take half the slots, as their chunks (8
 // nibble conversions and 8 activations per word) hold more registers (with 8 slots at 16 warps
 // the float-activation instance spilled). The batching does not change any sum (see
 // warp_stream_items).
 __host__ __device__ constexpr int loads_per_lane(int format, int rows) {
   const bool four_bit = weights_per_chunk(base_format(format)) == 32;
+  if (!is_quantized_format(base_format(format))) return 8;
   if (four_bit && !(format & kFloatActs)) return 4;
   return four_bit && rows == 2 ? kLoadsPerLane / 2 : kLoadsPerLane;
 }
