@@ -17,7 +17,7 @@ namespace pdvm::fused {
 
 // Threads of a fused-kernel CTA (one CTA per SM): 20 warps, 5 per scheduler to hide a weight
 // load's round trip behind the others' arithmetic, at a cap of 96 registers a thread (65536 /
-// 640). 13B gained 2-12 % over 512 threads, 1B Q4_0 3 %, 1B F16 lost 4 % (perf-notes session 11).
+// 640). 13B gained 2-14 % over 512 threads, 1B Q4_0 4 %, 1B F16 lost 3 % (perf-notes session 11).
 constexpr int kThreads = 640;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxGroup = 8;  // query heads per KV head the attention phase handles
