@@ -21,19 +21,25 @@ __global__ void __launch_bounds__(kThreads, 1) all_reduce_only_kernel(const __gr
   for (int i = 0; i < n_reduces; ++i) tp_all_reduce_rows(p, i & 1, begin, end);
 }
 
+// A kernel instance and what names it: a single-format instance's format (-1 for the generic
+// ones), the activation kind and the layer part.
 struct Instance {
   FusedKernel kernel;
-  std::string name;
+  int format;
+  bool float_activations;
+  const char* part;  // nullptr: whole layers
 };
 
 template <bool kFloatActivations>
 Instance instance_for_part(int flags) {
-  const std::string acts = kFloatActivations ? "generic, float activations" : "generic";
-  if (flags & kFlagAttnHalf) return {fused_decode_kernel<kFloatActivations, LayerPart::kAttentionHalf>, acts + ", attention half"};
-  if (flags & kFlagMlpHalf) return {fused_decode_kernel<kFloatActivations, LayerPart::kMlpHalf>, acts + ", MLP half"};
+  if (flags & kFlagAttnHalf)
+    return {fused_decode_kernel<kFloatActivations, LayerPart::kAttentionHalf>, -1, kFloatActivations, "attention half"};
+  if (flags & kFlagMlpHalf)
+    return {fused_decode_kernel<kFloatActivations, LayerPart::kMlpHalf>, -1, kFloatActivations, "MLP half"};
   if (flags & kFlagDeviceAllReduce)
-    return {fused_decode_kernel<kFloatActivations, LayerPart::kWholeAllReduce>, acts + ", in-kernel all-reduce"};
-  return {fused_decode_kernel<kFloatActivations, LayerPart::kWhole>, acts};
+    return {fused_decode_kernel<kFloatActivations, LayerPart::kWholeAllReduce>, -1, kFloatActivations,
+            "in-kernel all-reduce"};
+  return {fused_decode_kernel<kFloatActivations, LayerPart::kWhole>, -1, kFloatActivations, nullptr};
 }
 
 const char* single_format_name(int format) {
@@ -59,8 +65,7 @@ Instance choose_instance(const Params& p, int flags) {
     return !(env && std::string_view(env) == "0");
   }();
   if (single_format_kernels && !p.float_activations && !half && !(flags & kFlagDeviceAllReduce)) {
-    if (FusedKernel kernel = single_format_kernel(p.single_format))
-      return {kernel, std::string(single_format_name(p.single_format)) + " only"};
+    if (FusedKernel kernel = single_format_kernel(p.single_format)) return {kernel, p.single_format, false, nullptr};
   }
   return p.float_activations ? instance_for_part<true>(flags) : instance_for_part<false>(flags);
 }
@@ -74,7 +79,13 @@ constexpr FusedKernel kAllInstances[] = {
 
 }  // namespace
 
-std::string fused_kernel_name(const Params& p, int flags) { return choose_instance(p, flags).name; }
+std::string fused_kernel_name(const Params& p, int flags) {
+  const Instance instance = choose_instance(p, flags);
+  std::string name = instance.format >= 0 ? std::string(single_format_name(instance.format)) + " only" : "generic";
+  if (instance.float_activations) name += ", float activations";
+  if (instance.part) name += std::string(", ") + instance.part;
+  return name;
+}
 
 int max_row_parts_log2() {
   int s = 3;
