@@ -54,6 +54,12 @@ std::string read_text_file(const std::string& path, std::string_view what) {
   return text;
 }
 
+TensorType tensor_type_flag(std::string_view flag, const std::string& text) {
+  const auto type = type_from_name(text);
+  if (!type) throw_error(ErrorKind::kInvalidArgument, std::string(flag) + ": unknown tensor type '" + text + "'");
+  return *type;
+}
+
 std::string default_backend_name() {
   for (const BackendInfo& b : registered_backends()) {
     if (b.name == "auto") return "auto";

@@ -27,6 +27,10 @@ std::filesystem::path resolve_model_path(const std::string& given);
 // unreadable.
 std::string read_text_file(const std::string& path, std::string_view what);
 
+// The tensor type `text` names, for flag `flag`; Error(kInvalidArgument) "FLAG: unknown tensor
+// type 'TEXT'" when it names none.
+TensorType tensor_type_flag(std::string_view flag, const std::string& text);
+
 // "auto" (the GPU when usable, else the CPU) when registered, else "cpu".
 std::string default_backend_name();
 

@@ -25,12 +25,11 @@ struct Options {
 };
 
 int run(const Options& opt) {
-  const auto type = type_from_name(opt.type);
-  if (!type) throw Error(ErrorKind::kInvalidArgument, "--type: unknown tensor type '" + opt.type + "'");
-  if (is_upg_type(*type)) {
+  const TensorType type = tensor_type_flag("--type", opt.type);
+  if (is_upg_type(type)) {
     const GgufFile in = GgufFile::open(opt.input);
     UpgConvertOptions upg;
-    upg.bits = *type == TensorType::kUpg3 ? 3 : 4;
+    upg.bits = type == TensorType::kUpg3 ? 3 : 4;
     upg.outlier_fraction = opt.outliers;
     upg.calibration = opt.calibration;
     upg.threads = opt.threads;
@@ -39,10 +38,10 @@ int run(const Options& opt) {
     return 0;
   }
   if (opt.outliers >= 0.0) throw Error(ErrorKind::kInvalidArgument, "--outliers applies to --type upg4 or upg3 only");
-  llama_file_type(*type);  // rejects types that are no model file type before any work
+  llama_file_type(type);  // rejects types that are no model file type before any work
   const GgufFile in = GgufFile::open(opt.input);
   ProgressBar bar("convert to " + opt.type);
-  convert_gguf(in, opt.output, *type, opt.threads, [&bar](uint64_t done, uint64_t total) { bar.update(done, total); });
+  convert_gguf(in, opt.output, type, opt.threads, [&bar](uint64_t done, uint64_t total) { bar.update(done, total); });
   return 0;
 }
 

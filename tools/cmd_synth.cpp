@@ -9,7 +9,6 @@
 #include "cli_common.h"
 #include "command.h"
 #include "model/synth_model.h"
-#include "pdvm/error.h"
 #include "progress_bar.h"
 #include "util/parallel_rows.h"
 
@@ -37,14 +36,10 @@ int run(const Options& opt) {
   override_dim(opt.kv_heads, shape.n_head_kv);
   override_dim(opt.ffn, shape.n_ff);
   override_dim(opt.vocab, shape.n_vocab);
-  const auto type = type_from_name(opt.type);
-  if (!type) throw Error(ErrorKind::kInvalidArgument, "--type: unknown tensor type '" + opt.type + "'");
+  const TensorType type = tensor_type_flag("--type", opt.type);
   std::optional<TensorType> head_type;
-  if (!opt.head_type.empty()) {
-    head_type = type_from_name(opt.head_type);
-    if (!head_type) throw Error(ErrorKind::kInvalidArgument, "--head-type: unknown tensor type '" + opt.head_type + "'");
-  }
-  const synth::ModelPlan plan = synth::plan_model(shape, *type, opt.seed, head_type);
+  if (!opt.head_type.empty()) head_type = tensor_type_flag("--head-type", opt.head_type);
+  const synth::ModelPlan plan = synth::plan_model(shape, type, opt.seed, head_type);
   ProgressBar bar("synth " + shape.name);
   synth::write_model(plan, opt.output, opt.threads, [&bar](uint64_t done, uint64_t total) { bar.update(done, total); });
   return 0;
