@@ -326,6 +326,8 @@ struct FusedDecoder::Impl {
   // Tensor parallelism through the host's all-reduce: two launches per layer.
   bool splits_layers() const { return communicator && !in_kernel_all_reduce; }
   int all_reduce_flag() const { return in_kernel_all_reduce ? fused::kFlagDeviceAllReduce : 0; }
+  // A whole token in one launch (token mode).
+  int token_flags() const { return fused::kFlagEmbed | fused::kFlagHead | all_reduce_flag(); }
 
   void record_layer_graph() {
     if (splits_layers()) {
@@ -368,8 +370,7 @@ struct FusedDecoder::Impl {
       PDVM_CUDA_CHECK(cudaGraphLaunch(layer_graph, stream));
       kernel_launches += layer_graph_kernels;
     } else {
-      fused::launch_fused(params, grid, 0, config.n_layer, fused::kFlagEmbed | fused::kFlagHead | all_reduce_flag(), true,
-                          stream);
+      fused::launch_fused(params, grid, 0, config.n_layer, token_flags(), true, stream);
       ++kernel_launches;
     }
   }
@@ -555,9 +556,7 @@ int FusedDecoder::grid_size() const { return impl_->grid; }
 uint64_t FusedDecoder::kernel_launches() const { return impl_->kernel_launches; }
 bool FusedDecoder::float_activations() const { return impl_->params.float_activations != 0; }
 std::string FusedDecoder::kernel_instance() const {
-  const int flags = impl_->splits_layers() ? fused::kFlagAttnHalf
-                                           : fused::kFlagEmbed | fused::kFlagHead | impl_->all_reduce_flag();
-  return fused::fused_kernel_name(impl_->params, flags);
+  return fused::fused_kernel_name(impl_->params, impl_->splits_layers() ? fused::kFlagAttnHalf : impl_->token_flags());
 }
 
 void FusedDecoder::write_kv(int layer, int first, int count, const void* k_rows, const void* v_rows) {

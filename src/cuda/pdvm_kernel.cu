@@ -100,17 +100,16 @@ int row_parts_log2(int format, int rows, int row_bytes, int grid) {
   const int forced = choice.size() == 1 && choice[0] >= '1' && choice[0] <= '3' ? choice[0] - '0' : -1;
   if (base == kFmtUpg || choice == "0" || (!is_quantized_format(base) && forced < 0 && choice != "all")) return 0;
   const int n_chunks = row_bytes / 16, columns = part_columns(n_chunks, 1), max_rows = (rows + grid - 1) / grid;
+  const int max_s = max_row_parts_log2(), loads = loads_per_lane(format, 1);
   int best = 0, best_batches = INT_MAX;
-  for (int s = 0; s <= 3; ++s) {
+  for (int s = 0; s <= max_s; ++s) {
     const int parts = 1 << s, columns_per_part = part_columns(n_chunks, parts);
-    if ((parts - 1) * columns_per_part >= columns || max_rows * parts > kMaxSplitItems || s > max_row_parts_log2())
-      continue;
+    if ((parts - 1) * columns_per_part >= columns || max_rows * parts > kMaxSplitItems) continue;
     if (forced >= 0) {
       if (s <= forced) best = s;
       continue;
     }
     const int walk = (max_rows * parts + kWarps - 1) / kWarps * columns_per_part;
-    const int loads = loads_per_lane(format, 1);
     const int batches = (walk + loads - 1) / loads;
     if (batches < best_batches) {
       best = s;

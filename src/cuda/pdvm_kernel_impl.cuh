@@ -12,8 +12,8 @@
 // parallelism), and for whole layers of int8-activation models whose matrices all have one
 // format, once per format (pdvm_kernel_formats.cu); launch_fused picks the instance: the kernel
 // sits at its register cap (96 at 640 threads), and every code path compiled into one instance
-// shares its register allocation and its code (docs/perf-notes.md: the float-activation and TP paths made
-// the int8 path spill; an instance with one format's loops only is 2-8 % faster at 1B).
+// shares its register allocation and its code (docs/perf-notes.md: the float-activation and TP
+// paths made the int8 path spill; an instance with one format's loops only is 2-8 % faster at 1B).
 //
 // This header holds the device code; pdvm_kernel.cu and pdvm_kernel_formats.cu instantiate it.
 

@@ -3,6 +3,8 @@
 // (test::decode_steps), both modes bit-identical, and repeated runs deterministic.
 #include <gtest/gtest.h>
 
+#include <memory>
+
 #include "pdvm/gguf.h"
 #include "pdvm/pdvm_fused.h"
 #include "pdvm_reference.h"
@@ -132,22 +134,22 @@ TEST(FusedModel, KernelInstanceFollowsTheFormats) {
   for (const auto& [type, name] : singles) {
     EXPECT_EQ(FusedDecoder::synthesize(config, type, test::rng()())->kernel_instance(), name) << type_name(type);
   }
-  auto from_gguf = [](const FusedConfig& c, TensorType type, bool tied, std::optional<TensorType> mixed) {
-    test::RefModel ref(c, type, tied, mixed);
+  // The decoder keeps no pointer into the GGUF image (its weights are repacked on the device).
+  auto from_gguf = [](const FusedConfig& c, TensorType type, bool tied, std::optional<TensorType> mixed,
+                      std::optional<TensorType> head = std::nullopt) {
+    test::RefModel ref(c, type, tied, mixed, head);
     const std::vector<uint8_t> image = test::write_gguf(ref).write_to_memory();
-    return FusedDecoder(fused_view_from_gguf(GgufFile::parse(image), c.n_ctx)).kernel_instance();
+    return std::make_unique<FusedDecoder>(fused_view_from_gguf(GgufFile::parse(image), c.n_ctx));
   };
-  EXPECT_EQ(from_gguf(config, TensorType::kQ4_0, false, std::nullopt), "q4_0 only");
-  EXPECT_EQ(from_gguf(config, TensorType::kQ4_0, true, TensorType::kQ8_0), "generic");
-  EXPECT_EQ(from_gguf(config, TensorType::kF16, true, TensorType::kQ8_0), "generic");
-  EXPECT_EQ(from_gguf(small_config(8, 2, 768), TensorType::kQ4_0, false, TensorType::kQ6_K),
+  EXPECT_EQ(from_gguf(config, TensorType::kQ4_0, false, std::nullopt)->kernel_instance(), "q4_0 only");
+  EXPECT_EQ(from_gguf(config, TensorType::kQ4_0, true, TensorType::kQ8_0)->kernel_instance(), "generic");
+  EXPECT_EQ(from_gguf(config, TensorType::kF16, true, TensorType::kQ8_0)->kernel_instance(), "generic");
+  EXPECT_EQ(from_gguf(small_config(8, 2, 768), TensorType::kQ4_0, false, TensorType::kQ6_K)->kernel_instance(),
             "generic, float activations");
   // The head does not decide the activations (llama.cpp's Q4_0 files).
-  test::RefModel q6k_head(config, TensorType::kQ4_0, false, std::nullopt, TensorType::kQ6_K);
-  const std::vector<uint8_t> image = test::write_gguf(q6k_head).write_to_memory();
-  FusedDecoder decoder(fused_view_from_gguf(GgufFile::parse(image), config.n_ctx));
-  EXPECT_EQ(decoder.kernel_instance(), "generic");
-  EXPECT_FALSE(decoder.float_activations());
+  const auto q6k_head = from_gguf(config, TensorType::kQ4_0, false, std::nullopt, TensorType::kQ6_K);
+  EXPECT_EQ(q6k_head->kernel_instance(), "generic");
+  EXPECT_FALSE(q6k_head->float_activations());
 }
 
 TEST(FusedModel, RepeatedRunsAreIdentical) {
