@@ -111,9 +111,29 @@ __device__ Smem carve_smem(const Params& p, uint8_t* base) {
 // remainder iterations, up to three for 13B's 13824-float h, as dependent round trips).
 constexpr int kStageBatch = 8;
 
+// Where a phase's input vector goes: xs (floats) and, with `int8` (quantized weights), its int8
+// blocks, quantized from the registers that hold xs's values (no second pass over xs).
+struct Staging {
+  float* xs;
+  int8_t* q;
+  float* scale;
+  int* sum;
+  bool int8;
+};
+
+// Thread t's k-th float4 of a vector is elements 4 (t + k kThreads) .. + 3, i.e. part t % 8 of
+// block (t + k kThreads) / 8: the layout of quantize_group. Every lane calls it (shuffles).
+__device__ __forceinline__ void store_staged(const Staging& st, int i, int n, float4 v) {
+  const bool valid = i < n;
+  if (valid) *reinterpret_cast<float4*>(st.xs + i) = v;
+  if (st.int8) quantize_group(valid ? v : make_float4(0, 0, 0, 0), valid, i / 32, threadIdx.x % 8, st.q, st.scale, st.sum);
+}
+
 // x (global, written by other CTAs) -> xs = x * w * rsqrt(mean(x^2) + eps). Deterministic order;
 // w is applied in the first pass so that its loads overlap x's instead of following the reduction.
-__device__ void rms_norm_to_smem(const float* x, const float* w, int n, float eps, float* xs, float* red) {
+// The second pass scales and quantizes (x * w goes through shared memory: kept in registers
+// across the reduction it made the kernel spill).
+__device__ void rms_norm_to_smem(const float* x, const float* w, int n, float eps, const Staging& st, float* red) {
   constexpr int kBatch = kStageBatch / 2;  // x and w
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float ss = 0.0f;
@@ -129,7 +149,7 @@ __device__ void rms_norm_to_smem(const float* x, const float* w, int n, float ep
     for (int k = 0; k < kBatch; ++k) {
       const int i = first + k * kThreads * 4;
       if (i < n) {
-        *reinterpret_cast<float4*>(xs + i) =
+        *reinterpret_cast<float4*>(st.xs + i) =
             make_float4(v[k].x * g[k].x, v[k].y * g[k].y, v[k].z * g[k].z, v[k].w * g[k].w);
         ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
       }
@@ -141,42 +161,45 @@ __device__ void rms_norm_to_smem(const float* x, const float* w, int n, float ep
   float total = 0.0f;
   for (int i = 0; i < kWarps; ++i) total += red[i];
   const float scale = rsqrtf(total / static_cast<float>(n) + eps);
-  for (int i = threadIdx.x * 4; i < n; i += kThreads * 4) {
-    float4 v = *reinterpret_cast<float4*>(xs + i);
+  for (int base = 0; base < n; base += kThreads * 4) {
+    const int i = base + threadIdx.x * 4;
+    float4 v = i < n ? *reinterpret_cast<float4*>(st.xs + i) : make_float4(0, 0, 0, 0);
     v.x *= scale;
     v.y *= scale;
     v.z *= scale;
     v.w *= scale;
-    *reinterpret_cast<float4*>(xs + i) = v;
+    store_staged(st, i, n, v);
   }
   __syncthreads();
 }
 
-__device__ void copy_to_smem(const float* src, int n, float* dst) {
-  for (int first = threadIdx.x * 4; first < n; first += kThreads * 4 * kStageBatch) {
+// src (global, written by other CTAs) -> xs (and its int8 blocks).
+__device__ void copy_to_smem(const float* src, int n, const Staging& st) {
+  for (int base = 0; base < n; base += kThreads * 4 * kStageBatch) {
     float4 v[kStageBatch];
 #pragma unroll
     for (int k = 0; k < kStageBatch; ++k) {
-      const int i = first + k * kThreads * 4;
+      const int i = base + threadIdx.x * 4 + k * kThreads * 4;
       v[k] = i < n ? __ldcg(reinterpret_cast<const float4*>(src + i)) : make_float4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int k = 0; k < kStageBatch; ++k) {
-      const int i = first + k * kThreads * 4;
-      if (i < n) *reinterpret_cast<float4*>(dst + i) = v[k];
+      if (base + k * kThreads * 4 >= n) break;  // no lane has a value here (uniform)
+      store_staged(st, base + threadIdx.x * 4 + k * kThreads * 4, n, v[k]);
     }
   }
   __syncthreads();
 }
 
-// Activations for matrices of these formats (int8 blocks are built only for quantized weights;
-// kOnly >= 0: every matrix has that format).
+// The staging of an input for matrices of these formats (int8 blocks are built only for quantized
+// weights; kOnly >= 0: every matrix has that format).
 template <int kOnly>
-__device__ Acts prepare_acts(const Smem& sm, int format, int n, int other_format = kFmtF16) {
-  if (kOnly >= 0 ? is_quantized_format(kOnly) : is_quantized_format(format) || is_quantized_format(other_format))
-    quantize_activations(sm.xs, n, sm.xq, sm.q_scale, sm.q_sum);
-  return Acts{sm.xs, sm.xq, sm.q_scale, sm.q_sum};
+__device__ Staging staging_for(const Smem& sm, int format, int other_format = kFmtF16) {
+  const bool int8 = kOnly >= 0 ? is_quantized_format(kOnly) : is_quantized_format(format) || is_quantized_format(other_format);
+  return Staging{sm.xs, sm.xq, sm.q_scale, sm.q_sum, int8};
 }
+
+__device__ __forceinline__ Acts acts_of(const Smem& sm) { return Acts{sm.xs, sm.xq, sm.q_scale, sm.q_sum}; }
 
 // cos and sin of the RoPE angles pos x freq(i) (in double, then rounded), for the QKV rows of
 // every layer this launch runs: once per CTA, not once per row pair inside the QKV stream,
@@ -594,8 +617,8 @@ __device__ __forceinline__ void advance_token(DevStep* s, int* history, int toke
 // reduces the per-CTA winners in CTA order and advances the token state.
 template <bool kFloatActivations, int kOnly>
 __device__ void phase_head(const Params& p, unsigned model_epoch, const Smem& sm) {
-  rms_norm_to_smem(p.x, p.output_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
-  const Acts acts = prepare_acts<kOnly>(sm, p.output.format, p.n_embd);
+  rms_norm_to_smem(p.x, p.output_norm, p.n_embd, p.rms_eps, staging_for<kOnly>(sm, p.output.format), sm.red);
+  const Acts acts = acts_of(sm);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float best = -FLT_MAX;
   int best_index = INT_MAX;
@@ -775,9 +798,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         prefetch_attention(p, layer, pos);
         cta_wait(wait_counter, wait_target);
       }
-      rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
-      phase_qkv<kFloatActivations, kOnly>(p, L, sm.rope, layer, pos, begin, end,
-                                   prepare_acts<kOnly>(sm, L.qk.format, p.n_embd, L.v.format));
+      rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps, staging_for<kOnly>(sm, L.qk.format, L.v.format), sm.red);
+      phase_qkv<kFloatActivations, kOnly>(p, L, sm.rope, layer, pos, begin, end, acts_of(sm));
       if (threadIdx.x == 0) signal_release(ctr + kCtrQkv);
 
       cta_share(L.wo.rows, begin, end);
@@ -786,9 +808,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       phase_attention(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn, sm.xs,
                       sm.flag);
       cta_wait(ctr + kCtrAttn, (epoch + 1) * p.n_head_kv);
-      copy_to_smem(p.attn_out, p.n_head * p.head_dim, sm.xs);
-      matvec_split_rows<kFloatActivations, kOnly>(L.wo, begin, end, prepare_acts<kOnly>(sm, L.wo.format, p.n_head * p.head_dim),
-                                           sm.part_sums, add_to_x_via(0));
+      copy_to_smem(p.attn_out, p.n_head * p.head_dim, staging_for<kOnly>(sm, L.wo.format));
+      matvec_split_rows<kFloatActivations, kOnly>(L.wo, begin, end, acts_of(sm), sm.part_sums, add_to_x_via(0));
       if constexpr (kAllReduce) tp_all_reduce_rows(p, 0, begin, end);
       if (threadIdx.x == 0) signal_release(ctr + kCtrO);
     }
@@ -798,9 +819,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     prefetch_rows(L.gate, begin, end, kPrefetchBytes / 2);
     prefetch_rows(L.up, begin, end, kPrefetchBytes / 2);
     cta_wait(ctr + kCtrO, all_ctas);
-    rms_norm_to_smem(p.x, L.ffn_norm, p.n_embd, p.rms_eps, sm.xs, sm.red);
+    rms_norm_to_smem(p.x, L.ffn_norm, p.n_embd, p.rms_eps, staging_for<kOnly>(sm, L.gate.format), sm.red);
     matvec_items<kFloatActivations, kOnly, 2>(
-        L.gate.format, end - begin, L.gate.row_bytes / 16, prepare_acts<kOnly>(sm, L.gate.format, p.n_embd),
+        L.gate.format, end - begin, L.gate.row_bytes / 16, acts_of(sm),
         [&](int i, RowRef(&refs)[2]) {
           refs[0] = row_ref(L.gate, begin + i);
           refs[1] = row_ref(L.up, begin + i);
@@ -811,9 +832,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     cta_share(L.down.rows, begin, end);
     prefetch_rows(L.down, begin, end, kPrefetchBytes);
     cta_wait(ctr + kCtrUp, all_ctas);
-    copy_to_smem(p.h, p.n_ff, sm.xs);
-    matvec_split_rows<kFloatActivations, kOnly>(L.down, begin, end, prepare_acts<kOnly>(sm, L.down.format, p.n_ff), sm.part_sums,
-                                         add_to_x_via(1));
+    copy_to_smem(p.h, p.n_ff, staging_for<kOnly>(sm, L.down.format));
+    matvec_split_rows<kFloatActivations, kOnly>(L.down, begin, end, acts_of(sm), sm.part_sums, add_to_x_via(1));
     if constexpr (kAllReduce) tp_all_reduce_rows(p, 1, begin, end);
     if (threadIdx.x == 0 && signal_is_last(ctr + kCtrDown, all_ctas)) p.layer_epochs[layer] = epoch + 1;
     wait_counter = ctr + kCtrDown;

@@ -261,36 +261,29 @@ __device__ __forceinline__ void matvec_items(int format, int n_items, int n_chun
   __syncthreads();
 }
 
-// Per-32-block int8 quantization of xs[0, n) (n a multiple of 32), eight lanes per block with
-// four values each: a warp quantizes four blocks at once (one warp per block left 7/8 of the
-// CTA's lanes waiting on shuffle chains in the wide phases).
-__device__ __forceinline__ void quantize_activations(const float* xs, int n, int8_t* q, float* scale, int* sum) {
-  constexpr int kLanesPerBlock = 8, kBlocksPerPass = kThreads / kLanesPerBlock;
-  const int n_blocks = n / 32, part = threadIdx.x % kLanesPerBlock;
-  for (int b0 = 0; b0 < n_blocks; b0 += kBlocksPerPass) {
-    const int b = b0 + static_cast<int>(threadIdx.x) / kLanesPerBlock;
-    const bool valid = b < n_blocks;
-    const float4 v = valid ? *reinterpret_cast<const float4*>(xs + b * 32 + part * 4) : make_float4(0, 0, 0, 0);
-    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+// Block b of an int8 quantization, by eight lanes (part 0..7 of the 32 values, four each: lanes
+// 8j..8j+7 of a warp hold one block): amax and the sum of the codes through shuffles. Every
+// lane calls it; `valid` false lanes (a whole group past the vector) store nothing.
+__device__ __forceinline__ void quantize_group(float4 v, bool valid, int b, int part, int8_t* q, float* scale, int* sum) {
+  constexpr int kLanesPerBlock = 8;
+  float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
 #pragma unroll
-    for (int off = kLanesPerBlock / 2; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    const float d = amax / 127.0f;
-    const int q0 = d > 0.0f ? __float2int_rn(v.x / d) : 0, q1 = d > 0.0f ? __float2int_rn(v.y / d) : 0;
-    const int q2 = d > 0.0f ? __float2int_rn(v.z / d) : 0, q3 = d > 0.0f ? __float2int_rn(v.w / d) : 0;
-    int s = q0 + q1 + q2 + q3;
+  for (int off = kLanesPerBlock / 2; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  const float d = amax / 127.0f;
+  const int q0 = d > 0.0f ? __float2int_rn(v.x / d) : 0, q1 = d > 0.0f ? __float2int_rn(v.y / d) : 0;
+  const int q2 = d > 0.0f ? __float2int_rn(v.z / d) : 0, q3 = d > 0.0f ? __float2int_rn(v.w / d) : 0;
+  int s = q0 + q1 + q2 + q3;
 #pragma unroll
-    for (int off = kLanesPerBlock / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-    if (valid) {
-      *reinterpret_cast<char4*>(q + b * 32 + part * 4) =
-          make_char4(static_cast<signed char>(q0), static_cast<signed char>(q1), static_cast<signed char>(q2),
-                     static_cast<signed char>(q3));
-      if (part == 0) {
-        scale[b] = d;
-        sum[b] = s;
-      }
+  for (int off = kLanesPerBlock / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+  if (valid) {
+    *reinterpret_cast<char4*>(q + b * 32 + part * 4) =
+        make_char4(static_cast<signed char>(q0), static_cast<signed char>(q1), static_cast<signed char>(q2),
+                   static_cast<signed char>(q3));
+    if (part == 0) {
+      scale[b] = d;
+      sum[b] = s;
     }
   }
-  __syncthreads();
 }
 
 // Pulls up to `max_bytes` of rows [row_begin, row_end) into L2 (issued before a wait: the
