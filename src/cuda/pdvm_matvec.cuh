@@ -287,8 +287,11 @@ __device__ __forceinline__ void quantize_group(float4 v, bool valid, int b, int 
 }
 
 // Pulls up to `max_bytes` of rows [row_begin, row_end) into L2 (issued before a wait: the
-// weights of the next phase stream while its activations are not ready yet).
+// weights of the next phase stream while its activations are not ready yet), half of that for
+// quantized rows: the prefetches compete with the CTAs still streaming the phase before, and
+// quantized phases gained from a shorter head start where float rows lost (perf-notes session 12).
 __device__ __forceinline__ void prefetch_rows(const DevMatrix& m, int row_begin, int row_end, int max_bytes) {
+  if (is_quantized_format(base_format(m.format))) max_bytes /= 2;
   const uint8_t* begin = m.data + static_cast<int64_t>(row_begin) * m.row_bytes;
   int64_t bytes = static_cast<int64_t>(row_end - row_begin) * m.row_bytes;
   if (bytes > max_bytes) bytes = max_bytes;
