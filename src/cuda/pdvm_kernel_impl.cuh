@@ -112,7 +112,8 @@ __device__ Smem carve_smem(const Params& p, uint8_t* base) {
 constexpr int kStageBatch = 8;
 
 // Where a phase's input vector goes: xs (floats) and, with `int8` (quantized weights), its int8
-// blocks, quantized from the registers that hold xs's values (no second pass over xs).
+// blocks, quantized from the registers that hold xs's values as they are stored (no pass of its
+// own over xs).
 struct Staging {
   float* xs;
   int8_t* q;
@@ -131,8 +132,8 @@ __device__ __forceinline__ void store_staged(const Staging& st, int i, int n, fl
 
 // x (global, written by other CTAs) -> xs = x * w * rsqrt(mean(x^2) + eps). Deterministic order;
 // w is applied in the first pass so that its loads overlap x's instead of following the reduction.
-// The second pass scales and quantizes (x * w goes through shared memory: kept in registers
-// across the reduction it made the kernel spill).
+// The second pass scales and quantizes (x * w goes through shared memory: held in registers
+// across the reduction, it made the kernel spill).
 __device__ void rms_norm_to_smem(const float* x, const float* w, int n, float eps, const Staging& st, float* red) {
   constexpr int kBatch = kStageBatch / 2;  // x and w
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
