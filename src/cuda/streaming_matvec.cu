@@ -150,7 +150,7 @@ __device__ void norm_outputs_if_last(const XInput& in, int64_t k, const float* s
   if (threadIdx.x == 0) *in.arrivals = 0;
 }
 
-// Per 32-block d = max |x| / 127 and q = round(x / d), as quantize_x_kernel computes them;
+// Per 32-block d = max |x| / 127 and q = round(x * (1 / d)), as quantize_x_kernel computes them;
 // eight lanes per block, four values each. x is in.x, SwiGLU(in.x, in.up), or (kNorm) the
 // normed staged values.
 template <WeightFormat kFormat, bool kNorm>
@@ -176,9 +176,9 @@ __device__ void quantize_x_to_shared(const XInput& in, int64_t k, const SharedX<
 #pragma unroll
     for (int offset = kLanesPerBlock / 2; offset > 0; offset /= 2)
       amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-    const float d = amax / 127.0f;
-    const int q0 = d > 0.0f ? __float2int_rn(v.x / d) : 0, q1 = d > 0.0f ? __float2int_rn(v.y / d) : 0;
-    const int q2 = d > 0.0f ? __float2int_rn(v.z / d) : 0, q3 = d > 0.0f ? __float2int_rn(v.w / d) : 0;
+    const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+    const int q0 = __float2int_rn(v.x * id), q1 = __float2int_rn(v.y * id);
+    const int q2 = __float2int_rn(v.z * id), q3 = __float2int_rn(v.w * id);
     int sum = q0 + q1 + q2 + q3;
 #pragma unroll
     for (int offset = kLanesPerBlock / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);

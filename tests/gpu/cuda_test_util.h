@@ -63,7 +63,7 @@ inline Tensor alloc_poisoned(Backend& backend, TensorType type, std::array<int64
 }
 
 // Decode matvecs of Q8_0 and Q4_0 weights multiply an int8 copy of x (per 32-block, d =
-// max |x| / 127, values rounded to nearest even): x as the device rounds it, so the kernel's
+// max |x| / 127, x * (1 / d) rounded to nearest even): x as the device rounds it, so the kernel's
 // arithmetic is still checked to float accuracy. The rounding itself moves a product by up to
 // d / 2 per element (~0.4 % of the block's largest |x|), as llama.cpp's quantized matvec does.
 inline bool int8_activations(TensorType type, int n_tokens) {
@@ -75,8 +75,8 @@ inline std::vector<float> int8_rounded(const std::vector<float>& x) {
   for (size_t b = 0; b < x.size(); b += 32) {
     float amax = 0.0f;
     for (size_t i = b; i < b + 32; ++i) amax = std::max(amax, std::fabs(x[i]));
-    const float d = amax / 127.0f;
-    for (size_t i = b; i < b + 32; ++i) out[i] = d > 0.0f ? static_cast<float>(std::nearbyint(x[i] / d)) * d : 0.0f;
+    const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+    for (size_t i = b; i < b + 32; ++i) out[i] = static_cast<float>(std::nearbyint(x[i] * id)) * d;
   }
   return out;
 }
