@@ -287,14 +287,15 @@ __device__ __forceinline__ void quantize_group(float4 v, bool valid, int b, int 
   }
 }
 
-// Pulls up to `max_bytes` of rows [row_begin, row_end) into L2 (issued before a wait: the
-// weights of the next phase stream while its activations are not ready yet), half of that for
-// quantized rows: the prefetches compete with the CTAs still streaming the phase before, and
-// quantized phases gained from a shorter head start where float rows lost (perf-notes session 12).
+// Pulls the head of rows [row_begin, row_end) into L2 (issued before a wait: the weights of the
+// next phase stream while its activations are not ready yet): at most half of the rows, and at
+// most `max_bytes`, half of that for quantized rows. The prefetches compete with the CTAs still
+// streaming the phase before: quantized phases gained from a shorter head start where float rows
+// lost, and small shares (1B) from prefetching less than all of them (perf-notes sessions 12, 13).
 __device__ __forceinline__ void prefetch_rows(const DevMatrix& m, int row_begin, int row_end, int max_bytes) {
   if (is_quantized_format(base_format(m.format))) max_bytes /= 2;
   const uint8_t* begin = m.data + static_cast<int64_t>(row_begin) * m.row_bytes;
-  int64_t bytes = static_cast<int64_t>(row_end - row_begin) * m.row_bytes;
+  int64_t bytes = static_cast<int64_t>(row_end - row_begin) * m.row_bytes / 2;
   if (bytes > max_bytes) bytes = max_bytes;
   for (int64_t off = static_cast<int64_t>(threadIdx.x) * 128; off < bytes; off += kThreads * 128)
     asm volatile("prefetch.global.L2 [%0];" ::"l"(begin + off));
