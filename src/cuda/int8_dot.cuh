@@ -1,6 +1,6 @@
-// Integer dot products of one 16-byte weight chunk against int8 activations (dp4a), shared by
-// the unfused streaming matvec and the fused PDVM kernels: the sums are exact, so both paths
-// get the same integers from the same code.
+// Integer dot products of one 16-byte weight chunk against int8 activations (dp4a), and the int8
+// quantization of the activations, shared by the unfused kernels and the fused PDVM kernels: the
+// sums are exact and every path quantizes by one rule, so all get the same integers.
 #pragma once
 
 #include <cstdint>
@@ -39,6 +39,40 @@ __device__ __forceinline__ int q4_chunk_dot(uint4 w, int4 lo, int4 hi) {
   sum16 = dp4a_unsigned(w.z & kHigh, hi.z, sum16);
   sum16 = dp4a_unsigned(w.w & kHigh, hi.w, sum16);
   return sum + (sum16 >> 4);
+}
+
+// The codes of one lane's values of a 32-value block, the block's scale d and its code sum.
+template <int kLanes>
+struct BlockCodes {
+  int q[32 / kLanes];
+  float d;
+  int sum;
+};
+
+// Quantizes a 32-value block held by kLanes consecutive lanes (aligned to kLanes), 32 / kLanes
+// values each: d = max |v| / 127, codes round(v / d), multiplied by the reciprocal (a division per
+// value was half the quantization's instructions). Every lane of the warp calls it (shuffles); d and
+// the code sum come back on every lane of the block. The lane layout cannot change the result.
+template <int kLanes>
+__device__ __forceinline__ BlockCodes<kLanes> quantize_block(const float (&v)[32 / kLanes]) {
+  constexpr int kValues = 32 / kLanes;
+  float amax = fabsf(v[0]);
+#pragma unroll
+  for (int i = 1; i < kValues; ++i) amax = fmaxf(amax, fabsf(v[i]));
+#pragma unroll
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+  BlockCodes<kLanes> out;
+  out.d = amax / 127.0f;
+  const float inverse = out.d > 0.0f ? 1.0f / out.d : 0.0f;
+  out.sum = 0;
+#pragma unroll
+  for (int i = 0; i < kValues; ++i) {
+    out.q[i] = __float2int_rn(v[i] * inverse);
+    out.sum += out.q[i];
+  }
+#pragma unroll
+  for (int offset = kLanes / 2; offset > 0; offset /= 2) out.sum += __shfl_xor_sync(0xffffffffu, out.sum, offset);
+  return out;
 }
 
 }  // namespace pdvm::int8_dot

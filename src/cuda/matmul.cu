@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "cuda/env_switch.h"
+#include "cuda/int8_dot.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/ops.cuh"
 #include "cuda/swiglu.cuh"
@@ -213,17 +214,9 @@ __global__ void quantize_x_kernel(const float* __restrict__ x, int64_t k, int8_t
   for (int64_t b = static_cast<int64_t>(blockIdx.x) * warps + threadIdx.x / 32; b < n_blocks;
        b += static_cast<int64_t>(gridDim.x) * warps) {
     const int64_t e = token * k + b * 32 + lane;
-    const float v = x[e];
-    float amax = fabsf(v);
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-    const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
-    const int q = __float2int_rn(v * id);
-    int sum = q;
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    xq[e] = static_cast<int8_t>(q);
-    if (lane == 0) x_ds[token * n_blocks + b] = make_float2(d, d * static_cast<float>(sum));
+    const auto codes = int8_dot::quantize_block<32>({x[e]});
+    xq[e] = static_cast<int8_t>(codes.q[0]);
+    if (lane == 0) x_ds[token * n_blocks + b] = make_float2(codes.d, codes.d * static_cast<float>(codes.sum));
   }
 }
 

@@ -48,6 +48,9 @@ __host__ __device__ constexpr bool is_quantized_format(int format) {
 }
 // Formats with an f16 block-scale stream.
 __host__ __device__ constexpr bool has_scale_stream(int format) { return is_quantized_format(format) && format != kFmtUpg; }
+// Quantized formats whose rows read the int8 blocks of the activations only (UPG's outliers also
+// read the floats).
+__host__ __device__ constexpr bool reads_int8_only(int format) { return is_quantized_format(format) && format != kFmtUpg; }
 // 16-byte chunks sharing one scale entry.
 __host__ __device__ constexpr int chunks_per_scale(int format) { return format == kFmtQ8_0 ? 2 : 1; }
 // Halves per block in the scale stream: Q4_1 keeps (scale, min) pairs.
@@ -111,6 +114,12 @@ struct Params {
   float* q;          // roped queries [n_head * head_dim]
   float* attn_part;  // [n_head][n_chunks][head_dim + 2]: O (unnormalized), max, sum
   float* attn_out;   // [n_head * head_dim]
+  // The attention output as int8 blocks, written by the items in place of attn_out where every
+  // layer's O matrix multiplies int8 activations (null otherwise): the O phase then copies these
+  // instead of quantizing attn_out on every CTA.
+  int8_t* attn_q;       // [n_head * head_dim]
+  float* attn_q_scale;  // [n_head * head_dim / 32]
+  int* attn_q_sum;      // [n_head * head_dim / 32]
   float* h;          // [n_ff]
   float* logits;     // [n_vocab]
   __half* k_cache;   // [layer][kv head][n_ctx][head_dim]

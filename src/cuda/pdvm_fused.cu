@@ -264,6 +264,14 @@ struct FusedDecoder::Impl {
         format = m->format == format ? format : -1;
     }
     params.single_format = format;
+    bool int8_o_inputs = config.head_dim % 32 == 0;
+    for (const DevLayer& layer : layers) int8_o_inputs = int8_o_inputs && fused::reads_int8_only(layer.wo.format);
+    if (int8_o_inputs) {
+      const size_t n = static_cast<size_t>(config.n_head) * config.head_dim;
+      params.attn_q = alloc<int8_t>(n);
+      params.attn_q_scale = alloc<float>(n / 32);
+      params.attn_q_sum = alloc<int>(n / 32);
+    }
     auto* d = alloc<DevLayer>(layers.size());
     copy_to_device(d, layers.data(), layers.size() * sizeof(DevLayer));
     params.layers = d;

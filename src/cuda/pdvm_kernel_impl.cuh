@@ -192,6 +192,22 @@ __device__ void copy_to_smem(const float* src, int n, const Staging& st) {
   __syncthreads();
 }
 
+// The attention items' int8 blocks (Params::attn_q) -> the int8 staging, for O rows that read
+// nothing else: one round trip, no quantization.
+__device__ void copy_int8_to_smem(const Params& p, int n, const Smem& sm) {
+  const int n_chunks = n / 16, n_blocks = n / 32;
+  for (int i = threadIdx.x; i < n_chunks + 2 * n_blocks; i += kThreads) {
+    if (i < n_chunks) {
+      reinterpret_cast<int4*>(sm.xq)[i] = __ldcg(reinterpret_cast<const int4*>(p.attn_q) + i);
+    } else if (i < n_chunks + n_blocks) {
+      sm.q_scale[i - n_chunks] = __ldcg(p.attn_q_scale + i - n_chunks);
+    } else {
+      sm.q_sum[i - n_chunks - n_blocks] = __ldcg(p.attn_q_sum + i - n_chunks - n_blocks);
+    }
+  }
+  __syncthreads();
+}
+
 // The staging of an input for matrices of these formats (int8 blocks are built only for quantized
 // weights; kOnly >= 0: every matrix has that format).
 template <int kOnly>
@@ -313,6 +329,7 @@ __device__ void prefetch_attention(const Params& p, int layer, int pos) {
 // the item does not set the kernel's register budget, and no step waits on a shuffle chain
 // (the per-lane online softmax this replaced held 80 registers and reduced every score and
 // state across lanes: docs/perf-notes.md, session 10).
+template <bool kInt8Out>
 __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* head_counters,
                                 unsigned head_target, unsigned* attn_counter, float* smem, int* flag) {
   const int hd = p.head_dim, G = p.n_head / p.n_head_kv;
@@ -457,9 +474,12 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
 #pragma unroll
     for (int k = 0; k < kMaxPairsPerThread; ++k) {
       const int pair = threadIdx.x + k * kThreads;
-      if (pair >= n_pairs) continue;
-      float2 o = acc[k];
-      if (n_slices > 1) {
+      // With int8 output whole warps leave (the blocks' shuffles need every lane; n_pairs is a
+      // multiple of 16 then).
+      if ((kInt8Out ? pair - lane : pair) >= n_pairs) continue;
+      const bool valid = !kInt8Out || pair < n_pairs;
+      float2 o = valid ? acc[k] : make_float2(0.0f, 0.0f);
+      if (n_slices > 1 && valid) {
         o = slice_sums[pair];
         for (int s2 = 1; s2 < n_slices; ++s2) {
           const float2 b = slice_sums[s2 * n_pairs + pair];
@@ -467,13 +487,29 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
           o.y += b.y;
         }
       }
-      const int g = pair / (hd / 2), d = 2 * (pair % (hd / 2));
+      const int g = valid ? pair / (hd / 2) : 0, d = 2 * (pair % (hd / 2));
       const float mx = state[4 * g], sum = state[4 * g + 1];
       if (n_split == 1) {
-        __stcg(p.attn_out + (kvh * G + g) * hd + d, o.x / sum);
-        __stcg(p.attn_out + (kvh * G + g) * hd + d + 1, o.y / sum);
+        const int e = (kvh * G + g) * hd + d;
+        const float2 out = make_float2(o.x / sum, o.y / sum);
+        if (kInt8Out && p.attn_q) {
+          // 16 lanes hold a 32-value block.
+          const auto codes = int8_dot::quantize_block<16>({out.x, out.y});
+          if (valid) {
+            __stcg(reinterpret_cast<char2*>(p.attn_q + e),
+                   make_char2(static_cast<signed char>(codes.q[0]), static_cast<signed char>(codes.q[1])));
+            if (d % 32 == 0) {
+              __stcg(p.attn_q_scale + e / 32, codes.d);
+              __stcg(p.attn_q_sum + e / 32, codes.sum);
+            }
+          }
+        } else if (valid) {
+          __stcg(p.attn_out + e, out.x);
+          __stcg(p.attn_out + e + 1, out.y);
+        }
         continue;
       }
+      if (!valid) continue;
       float* part = p.attn_part + (static_cast<int64_t>(kvh * G + g) * p.n_chunks + chunk) * part_stride;
       __stcg(part + d, o.x);
       __stcg(part + d + 1, o.y);
@@ -524,13 +560,24 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
         total[g] = sum;
       }
       __syncthreads();
+      // A warp's 32 outputs are one int8 block (hd is a multiple of 32 where attn_q is set).
       for (int i = threadIdx.x; i < G * hd; i += kThreads) {
         const int g = i / hd, d = i % hd;
         const float* part = p.attn_part + static_cast<int64_t>(kvh * G + g) * p.n_chunks * part_stride + d;
         float acc_out = 0.0f;
 #pragma unroll 8
         for (int c = 0; c < n_split; ++c) acc_out += __ldcg(part + c * part_stride) * weight[g * n_split + c];
-        __stcg(p.attn_out + (kvh * G + g) * hd + d, acc_out / total[g]);
+        const int e = (kvh * G + g) * hd + d;
+        if (kInt8Out && p.attn_q) {
+          const auto codes = int8_dot::quantize_block<32>({acc_out / total[g]});
+          __stcg(reinterpret_cast<signed char*>(p.attn_q + e), static_cast<signed char>(codes.q[0]));
+          if (lane == 0) {
+            __stcg(p.attn_q_scale + e / 32, codes.d);
+            __stcg(p.attn_q_sum + e / 32, codes.sum);
+          }
+        } else {
+          __stcg(p.attn_out + e, acc_out / total[g]);
+        }
       }
     }
     if (*flag) {
@@ -746,6 +793,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr bool kAttentionPart = kPart != LayerPart::kMlpHalf, kMlpPart = kPart != LayerPart::kAttentionHalf;
   constexpr bool kAllReduce = kPart == LayerPart::kWholeAllReduce;
   constexpr bool kHeadPart = kPart == LayerPart::kWhole || kAllReduce;
+  // Instances whose O rows may read int8 blocks only compile the items' int8 output (Params::attn_q).
+  constexpr bool kInt8AttnOut = !kFloatActivations && (kOnly < 0 || reads_int8_only(kOnly));
 
   // Weights never depend on activations: start pulling the first phase's before any wait.
   if (kAttentionPart && layer_begin < layer_end) {
@@ -806,10 +855,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       cta_share(L.wo.rows, begin, end);
       prefetch_rows(L.wo, begin, end, kPrefetchBytes);
       cta_wait(ctr + kCtrQkv, all_ctas);
-      phase_attention(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn, sm.xs,
-                      sm.flag);
+      phase_attention<kInt8AttnOut>(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn,
+                                    sm.xs, sm.flag);
       cta_wait(ctr + kCtrAttn, (epoch + 1) * p.n_head_kv);
-      copy_to_smem(p.attn_out, p.n_head * p.head_dim, staging_for<kOnly>(sm, L.wo.format));
+      if (kInt8AttnOut && p.attn_q)
+        copy_int8_to_smem(p, p.n_head * p.head_dim, sm);
+      else
+        copy_to_smem(p.attn_out, p.n_head * p.head_dim, staging_for<kOnly>(sm, L.wo.format));
       matvec_split_rows<kFloatActivations, kOnly>(L.wo, begin, end, acts_of(sm), sm.part_sums, add_to_x_via(0));
       if constexpr (kAllReduce) tp_all_reduce_rows(p, 0, begin, end);
       if (threadIdx.x == 0) signal_release(ctr + kCtrO);

@@ -262,27 +262,17 @@ __device__ __forceinline__ void matvec_items(int format, int n_items, int n_chun
 }
 
 // Block b of an int8 quantization, by eight lanes (part 0..7 of the 32 values, four each: lanes
-// 8j..8j+7 of a warp hold one block): amax and the sum of the codes through shuffles. Every
-// lane calls it; `valid` false lanes (a whole group past the vector) store nothing.
+// 8j..8j+7 of a warp hold one block). Every lane calls it; `valid` false lanes (a whole group past
+// the vector) store nothing.
 __device__ __forceinline__ void quantize_group(float4 v, bool valid, int b, int part, int8_t* q, float* scale, int* sum) {
-  constexpr int kLanesPerBlock = 8;
-  float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-#pragma unroll
-  for (int off = kLanesPerBlock / 2; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-  const float d = amax / 127.0f;
-  const float id = d > 0.0f ? 1.0f / d : 0.0f;  // a division per value was half the quantization's instructions
-  const int q0 = __float2int_rn(v.x * id), q1 = __float2int_rn(v.y * id);
-  const int q2 = __float2int_rn(v.z * id), q3 = __float2int_rn(v.w * id);
-  int s = q0 + q1 + q2 + q3;
-#pragma unroll
-  for (int off = kLanesPerBlock / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+  const auto codes = int8_dot::quantize_block<8>({v.x, v.y, v.z, v.w});
   if (valid) {
     *reinterpret_cast<char4*>(q + b * 32 + part * 4) =
-        make_char4(static_cast<signed char>(q0), static_cast<signed char>(q1), static_cast<signed char>(q2),
-                   static_cast<signed char>(q3));
+        make_char4(static_cast<signed char>(codes.q[0]), static_cast<signed char>(codes.q[1]),
+                   static_cast<signed char>(codes.q[2]), static_cast<signed char>(codes.q[3]));
     if (part == 0) {
-      scale[b] = d;
-      sum[b] = s;
+      scale[b] = codes.d;
+      sum[b] = codes.sum;
     }
   }
 }

@@ -172,26 +172,17 @@ __device__ void quantize_x_to_shared(const XInput& in, int64_t k, const SharedX<
         if (blockIdx.x == 0) *reinterpret_cast<float4*>(in.hidden + e) = v;
       }
     }
-    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-#pragma unroll
-    for (int offset = kLanesPerBlock / 2; offset > 0; offset /= 2)
-      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-    const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
-    const int q0 = __float2int_rn(v.x * id), q1 = __float2int_rn(v.y * id);
-    const int q2 = __float2int_rn(v.z * id), q3 = __float2int_rn(v.w * id);
-    int sum = q0 + q1 + q2 + q3;
-#pragma unroll
-    for (int offset = kLanesPerBlock / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    const auto codes = int8_dot::quantize_block<kLanesPerBlock>({v.x, v.y, v.z, v.w});
     if (valid) {
-      const char4 packed = make_char4(static_cast<signed char>(q0), static_cast<signed char>(q1),
-                                      static_cast<signed char>(q2), static_cast<signed char>(q3));
+      const char4 packed = make_char4(static_cast<signed char>(codes.q[0]), static_cast<signed char>(codes.q[1]),
+                                      static_cast<signed char>(codes.q[2]), static_cast<signed char>(codes.q[3]));
       char4* dst;
       if constexpr (kFormat == WeightFormat::kQ4_0)
         dst = reinterpret_cast<char4*>(part < 4 ? xs.low + b : xs.high + b) + part % 4;
       else
         dst = reinterpret_cast<char4*>(xs.low + 2 * b) + part;
       *dst = packed;
-      if (part == 0) xs.ds[b] = make_float2(d, d * static_cast<float>(sum));
+      if (part == 0) xs.ds[b] = make_float2(codes.d, codes.d * static_cast<float>(codes.sum));
     }
   }
 }
