@@ -166,6 +166,11 @@ class FusedDecoder {
   // (compiled for that format alone: F16, Q8_0, Q4_0, UPG), else "generic" or "generic, float
   // activations" (float_activations()), with the layer part for tensor parallelism.
   std::string kernel_instance() const;
+  // The vectors handed to the next phase as int8 blocks, quantized once by the CTAs that produce
+  // them instead of on every CTA that reads them: "attention output" (where every O matrix
+  // multiplies int8 activations), "h" (the same for the down matrices, where shares of whole
+  // 32-row blocks keep the gate/up phase balanced), both joined by ", ", or "none".
+  std::string int8_handoffs() const;
 
   // The reason `model` cannot run fused, or empty when it can.
   static std::string unsupported_reason(const FusedModelView& model);

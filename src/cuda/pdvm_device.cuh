@@ -95,6 +95,13 @@ struct DevStep {
   int n_out;     // tokens appended to history
 };
 
+// A vector as int8 blocks of 32: codes, and each block's scale and code sum.
+struct Int8Vector {
+  int8_t* q = nullptr;
+  float* scale = nullptr;
+  int* sum = nullptr;
+};
+
 // Counter slots per layer; then one per KV head for the attention merge.
 enum LayerCounter : int { kCtrQkv = 0, kCtrAttn, kCtrO, kCtrUp, kCtrDown, kLayerCounters };
 enum ModelCounter : int { kCtrEmbed = 0, kCtrHead, kModelCounters };
@@ -114,12 +121,13 @@ struct Params {
   float* q;          // roped queries [n_head * head_dim]
   float* attn_part;  // [n_head][n_chunks][head_dim + 2]: O (unnormalized), max, sum
   float* attn_out;   // [n_head * head_dim]
-  // The attention output as int8 blocks, written by the items in place of attn_out where every
-  // layer's O matrix multiplies int8 activations (null otherwise): the O phase then copies these
-  // instead of quantizing attn_out on every CTA.
-  int8_t* attn_q;       // [n_head * head_dim]
-  float* attn_q_scale;  // [n_head * head_dim / 32]
-  int* attn_q_sum;      // [n_head * head_dim / 32]
+  // Vectors handed from their producers to the next phase as int8 blocks (Int8Vector; null where
+  // not): the attention output, written by the items where every layer's O matrix reads int8 only,
+  // and h, quantized by the gate/up CTAs from shares of whole blocks where every down matrix reads
+  // int8 only and such shares stay balanced. The next phase then copies them instead of quantizing
+  // the floats on every CTA.
+  Int8Vector attn_q;  // [n_head * head_dim]
+  Int8Vector h_q;     // [n_ff]
   float* h;          // [n_ff]
   float* logits;     // [n_vocab]
   __half* k_cache;   // [layer][kv head][n_ctx][head_dim]

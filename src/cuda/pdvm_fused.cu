@@ -7,6 +7,7 @@
 #include <string>
 
 #include "cuda/check.cuh"
+#include "cuda/env_switch.h"
 #include "cuda/graph_count.cuh"
 #include "cuda/pdvm_kernel.cuh"
 #include "cuda/pdvm_repack.h"
@@ -264,17 +265,32 @@ struct FusedDecoder::Impl {
         format = m->format == format ? format : -1;
     }
     params.single_format = format;
-    bool int8_o_inputs = config.head_dim % 32 == 0;
-    for (const DevLayer& layer : layers) int8_o_inputs = int8_o_inputs && fused::reads_int8_only(layer.wo.format);
-    if (int8_o_inputs) {
-      const size_t n = static_cast<size_t>(config.n_head) * config.head_dim;
-      params.attn_q = alloc<int8_t>(n);
-      params.attn_q_scale = alloc<float>(n / 32);
-      params.attn_q_sum = alloc<int>(n / 32);
-    }
+    bool int8_attention = config.head_dim % 32 == 0;
+    for (const DevLayer& layer : layers) int8_attention = int8_attention && fused::reads_int8_only(layer.wo.format);
+    if (int8_attention) params.attn_q = alloc_int8_vector(static_cast<size_t>(config.n_head) * config.head_dim);
+    if (int8_h()) params.h_q = alloc_int8_vector(config.n_ff);
     auto* d = alloc<DevLayer>(layers.size());
     copy_to_device(d, layers.data(), layers.size() * sizeof(DevLayer));
     params.layers = d;
+  }
+
+  fused::Int8Vector alloc_int8_vector(size_t n) {
+    return {alloc<int8_t>(n), alloc<float>(n / 32), alloc<int>(n / 32)};
+  }
+
+  // Whether the gate/up phase hands h to the down phase as int8 blocks: where every down matrix
+  // reads int8 only and shares of whole blocks (at most kMaxSplitItems rows, the stash in shared
+  // memory) cost the phase at most 5 % of balance (llama-3.2-1b: 256 blocks on 132 CTAs, 2 a CTA at
+  // most against 1.94; llama-2-13b's 432 blocks would take 4 against 3.27, measured 2 % slower).
+  // PDVM_FUSED_INT8_H=0 or 1 forces it off, or on where possible (tests, A/B timing).
+  bool int8_h() const {
+    bool possible = config.n_ff % 32 == 0;
+    for (const DevLayer& layer : layers) possible = possible && fused::reads_int8_only(layer.down.format);
+    const int blocks = config.n_ff / 32, most = (blocks + grid - 1) / grid;
+    possible = possible && most * 32 <= fused::kMaxSplitItems;
+    if (cuda::env_equals("PDVM_FUSED_INT8_H", "0")) return false;
+    if (cuda::env_equals("PDVM_FUSED_INT8_H", "1")) return possible;
+    return possible && static_cast<double>(most) * grid <= 1.05 * blocks;
   }
 
   void write_step(int position, int token) {
@@ -563,6 +579,12 @@ FusedFootprint FusedDecoder::footprint() const { return impl_->footprint; }
 int FusedDecoder::grid_size() const { return impl_->grid; }
 uint64_t FusedDecoder::kernel_launches() const { return impl_->kernel_launches; }
 bool FusedDecoder::float_activations() const { return impl_->params.float_activations != 0; }
+std::string FusedDecoder::int8_handoffs() const {
+  const fused::Params& p = impl_->params;
+  if (p.attn_q.q && p.h_q.q) return "attention output, h";
+  return p.attn_q.q ? "attention output" : p.h_q.q ? "h" : "none";
+}
+
 std::string FusedDecoder::kernel_instance() const {
   return fused::fused_kernel_name(impl_->params, impl_->splits_layers() ? fused::kFlagAttnHalf : impl_->token_flags());
 }

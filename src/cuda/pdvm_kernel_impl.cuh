@@ -192,20 +192,35 @@ __device__ void copy_to_smem(const float* src, int n, const Staging& st) {
   __syncthreads();
 }
 
-// The attention items' int8 blocks (Params::attn_q) -> the int8 staging, for O rows that read
-// nothing else: one round trip, no quantization.
-__device__ void copy_int8_to_smem(const Params& p, int n, const Smem& sm) {
+// A vector already quantized by its producers (Params::attn_q, h_q) -> the int8 staging, for rows
+// that read nothing else. (A batch of loads in flight per thread, as copy_to_smem has, made the
+// kernel spill.)
+__device__ void copy_int8_to_smem(const Int8Vector& v, int n, const Smem& sm) {
   const int n_chunks = n / 16, n_blocks = n / 32;
   for (int i = threadIdx.x; i < n_chunks + 2 * n_blocks; i += kThreads) {
     if (i < n_chunks) {
-      reinterpret_cast<int4*>(sm.xq)[i] = __ldcg(reinterpret_cast<const int4*>(p.attn_q) + i);
+      reinterpret_cast<int4*>(sm.xq)[i] = __ldcg(reinterpret_cast<const int4*>(v.q) + i);
     } else if (i < n_chunks + n_blocks) {
-      sm.q_scale[i - n_chunks] = __ldcg(p.attn_q_scale + i - n_chunks);
+      sm.q_scale[i - n_chunks] = __ldcg(v.scale + i - n_chunks);
     } else {
-      sm.q_sum[i - n_chunks - n_blocks] = __ldcg(p.attn_q_sum + i - n_chunks - n_blocks);
+      sm.q_sum[i - n_chunks - n_blocks] = __ldcg(v.sum + i - n_chunks - n_blocks);
     }
   }
   __syncthreads();
+}
+
+// The CTA's rows [begin, end) of h (whole blocks, stashed in shared memory by its gate/up rows)
+// -> Params::h_q: each block quantized once, by its producer, instead of on every CTA after the
+// wait. At most kMaxSplitItems rows, so 8 lanes a block take the first two warps at most.
+__device__ void quantize_h_share(const Params& p, const float* h, int begin, int end) {
+  const int n_parts = (end - begin) / 4;
+  if ((threadIdx.x & ~31) < n_parts) {  // whole warps (shuffles)
+    const int t = threadIdx.x;
+    const bool valid = t < n_parts;
+    const float4 v = valid ? *reinterpret_cast<const float4*>(h + 4 * t) : make_float4(0, 0, 0, 0);
+    quantize_group(v, valid, begin / 32 + t / 8, t % 8, p.h_q.q, p.h_q.scale, p.h_q.sum);
+  }
+  __syncthreads();  // every block stored before thread 0 signals
 }
 
 // The staging of an input for matrices of these formats (int8 blocks are built only for quantized
@@ -492,15 +507,15 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
       if (n_split == 1) {
         const int e = (kvh * G + g) * hd + d;
         const float2 out = make_float2(o.x / sum, o.y / sum);
-        if (kInt8Out && p.attn_q) {
+        if (kInt8Out && p.attn_q.q) {
           // 16 lanes hold a 32-value block.
           const auto codes = int8_dot::quantize_block<16>({out.x, out.y});
           if (valid) {
-            __stcg(reinterpret_cast<char2*>(p.attn_q + e),
+            __stcg(reinterpret_cast<char2*>(p.attn_q.q + e),
                    make_char2(static_cast<signed char>(codes.q[0]), static_cast<signed char>(codes.q[1])));
             if (d % 32 == 0) {
-              __stcg(p.attn_q_scale + e / 32, codes.d);
-              __stcg(p.attn_q_sum + e / 32, codes.sum);
+              __stcg(p.attn_q.scale + e / 32, codes.d);
+              __stcg(p.attn_q.sum + e / 32, codes.sum);
             }
           }
         } else if (valid) {
@@ -568,12 +583,12 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
 #pragma unroll 8
         for (int c = 0; c < n_split; ++c) acc_out += __ldcg(part + c * part_stride) * weight[g * n_split + c];
         const int e = (kvh * G + g) * hd + d;
-        if (kInt8Out && p.attn_q) {
+        if (kInt8Out && p.attn_q.q) {
           const auto codes = int8_dot::quantize_block<32>({acc_out / total[g]});
-          __stcg(reinterpret_cast<signed char*>(p.attn_q + e), static_cast<signed char>(codes.q[0]));
+          __stcg(reinterpret_cast<signed char*>(p.attn_q.q + e), static_cast<signed char>(codes.q[0]));
           if (lane == 0) {
-            __stcg(p.attn_q_scale + e / 32, codes.d);
-            __stcg(p.attn_q_sum + e / 32, codes.sum);
+            __stcg(p.attn_q.scale + e / 32, codes.d);
+            __stcg(p.attn_q.sum + e / 32, codes.sum);
           }
         } else {
           __stcg(p.attn_out + e, acc_out / total[g]);
@@ -793,8 +808,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr bool kAttentionPart = kPart != LayerPart::kMlpHalf, kMlpPart = kPart != LayerPart::kAttentionHalf;
   constexpr bool kAllReduce = kPart == LayerPart::kWholeAllReduce;
   constexpr bool kHeadPart = kPart == LayerPart::kWhole || kAllReduce;
-  // Instances whose O rows may read int8 blocks only compile the items' int8 output (Params::attn_q).
-  constexpr bool kInt8AttnOut = !kFloatActivations && (kOnly < 0 || reads_int8_only(kOnly));
+  // Instances whose rows may read int8 blocks only compile the int8 hand-offs (Params::attn_q, h_q).
+  constexpr bool kInt8Handoffs = !kFloatActivations && (kOnly < 0 || reads_int8_only(kOnly));
+  const bool int8_h = kInt8Handoffs && p.h_q.q;
 
   // Weights never depend on activations: start pulling the first phase's before any wait.
   if (kAttentionPart && layer_begin < layer_end) {
@@ -855,11 +871,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       cta_share(L.wo.rows, begin, end);
       prefetch_rows(L.wo, begin, end, kPrefetchBytes);
       cta_wait(ctr + kCtrQkv, all_ctas);
-      phase_attention<kInt8AttnOut>(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn,
+      phase_attention<kInt8Handoffs>(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn,
                                     sm.xs, sm.flag);
       cta_wait(ctr + kCtrAttn, (epoch + 1) * p.n_head_kv);
-      if (kInt8AttnOut && p.attn_q)
-        copy_int8_to_smem(p, p.n_head * p.head_dim, sm);
+      if (kInt8Handoffs && p.attn_q.q)
+        copy_int8_to_smem(p.attn_q, p.n_head * p.head_dim, sm);
       else
         copy_to_smem(p.attn_out, p.n_head * p.head_dim, staging_for<kOnly>(sm, L.wo.format));
       matvec_split_rows<kFloatActivations, kOnly>(L.wo, begin, end, acts_of(sm), sm.part_sums, add_to_x_via(0));
@@ -868,7 +884,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     if constexpr (!kMlpPart) continue;
 
-    cta_share(p.n_ff, begin, end);
+    if (int8_h) {
+      cta_share(p.n_ff / 32, begin, end);
+      begin *= 32;
+      end *= 32;
+    } else {
+      cta_share(p.n_ff, begin, end);
+    }
     prefetch_rows(L.gate, begin, end, kPrefetchBytes / 2);
     prefetch_rows(L.up, begin, end, kPrefetchBytes / 2);
     cta_wait(ctr + kCtrO, all_ctas);
@@ -879,13 +901,23 @@ __global__ void __launch_bounds__(kThreads, 1)
           refs[0] = row_ref(L.gate, begin + i);
           refs[1] = row_ref(L.up, begin + i);
         },
-        [&](int i, const float(&v)[2]) { __stcg(p.h + begin + i, v[0] / (1.0f + expf(-v[0])) * v[1]); });
+        [&](int i, const float(&v)[2]) {
+          const float h = v[0] / (1.0f + expf(-v[0])) * v[1];
+          __stcg(p.h + begin + i, h);
+          // Stashed for quantize_h_share whether it runs or not: int8_h tested here, in the
+          // stream loop, made the kernel spill.
+          if (i < kMaxSplitItems) sm.part_sums[i] = h;
+        });
+    if (int8_h) quantize_h_share(p, sm.part_sums, begin, end);
     if (threadIdx.x == 0) signal_release(ctr + kCtrUp);
 
     cta_share(L.down.rows, begin, end);
     prefetch_rows(L.down, begin, end, kPrefetchBytes);
     cta_wait(ctr + kCtrUp, all_ctas);
-    copy_to_smem(p.h, p.n_ff, staging_for<kOnly>(sm, L.down.format));
+    if (int8_h)
+      copy_int8_to_smem(p.h_q, p.n_ff, sm);
+    else
+      copy_to_smem(p.h, p.n_ff, staging_for<kOnly>(sm, L.down.format));
     matvec_split_rows<kFloatActivations, kOnly>(L.down, begin, end, acts_of(sm), sm.part_sums, add_to_x_via(1));
     if constexpr (kAllReduce) tp_all_reduce_rows(p, 1, begin, end);
     if (threadIdx.x == 0 && signal_is_last(ctr + kCtrDown, all_ctas)) p.layer_epochs[layer] = epoch + 1;

@@ -138,6 +138,21 @@ TEST(FusedLayer, SplitRowsMatchCpuReference) {
   unsetenv("PDVM_FUSED_SPLIT");
 }
 
+// h handed to the down phase as int8 blocks from shares of whole blocks (PDVM_FUSED_INT8_H=1;
+// decode takes it on its own only where such shares stay balanced, as at llama-3.2-1b's size).
+TEST(FusedLayer, Int8HandoffOfHMatchesCpuReference) {
+  setenv("PDVM_FUSED_INT8_H", "1", 1);
+  for (const Shape& shape : kShapes) {
+    for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0}) {
+      SCOPED_TRACE(std::string(shape.name) + ", " + std::string(type_name(type)));
+      test::RefModel ref(shape.config, type, true);
+      EXPECT_EQ(FusedDecoder(ref.view()).int8_handoffs(), "attention output, h");
+      check_layer(shape.config, type, test::decode_steps(40), 7);
+    }
+  }
+  unsetenv("PDVM_FUSED_INT8_H");
+}
+
 // The rule decode uses on its own, for an H100's 132 CTAs.
 TEST(FusedLayer, SplitsOnlyLongRowsOfFewPerCta) {
   unsetenv("PDVM_FUSED_SPLIT");

@@ -3,6 +3,7 @@
 // (test::decode_steps), both modes bit-identical, and repeated runs deterministic.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <memory>
 
 #include "pdvm/gguf.h"
@@ -132,7 +133,11 @@ TEST(FusedModel, KernelInstanceFollowsTheFormats) {
                                                         {TensorType::kBF16, "generic"},
                                                         {TensorType::kQ4_1, "generic, float activations"}};
   for (const auto& [type, name] : singles) {
-    EXPECT_EQ(FusedDecoder::synthesize(config, type, test::rng()())->kernel_instance(), name) << type_name(type);
+    const auto decoder = FusedDecoder::synthesize(config, type, test::rng()());
+    EXPECT_EQ(decoder->kernel_instance(), name) << type_name(type);
+    // O reads int8 blocks only for Q8_0 and Q4_0 here; h is not handed off at this size.
+    const bool int8_o = type == TensorType::kQ8_0 || type == TensorType::kQ4_0;
+    EXPECT_EQ(decoder->int8_handoffs(), int8_o ? "attention output" : "none") << type_name(type);
   }
   // The decoder keeps no pointer into the GGUF image (its weights are repacked on the device).
   auto from_gguf = [](const FusedConfig& c, TensorType type, bool tied, std::optional<TensorType> mixed,
@@ -150,6 +155,38 @@ TEST(FusedModel, KernelInstanceFollowsTheFormats) {
   const auto q6k_head = from_gguf(config, TensorType::kQ4_0, false, std::nullopt, TensorType::kQ6_K);
   EXPECT_EQ(q6k_head->kernel_instance(), "generic");
   EXPECT_FALSE(q6k_head->float_activations());
+}
+
+// The int8 hand-offs quantize the same floats by the same rule as the CTAs that read them would:
+// forcing h's on (PDVM_FUSED_INT8_H=1; these shapes are too small for the automatic rule) and off
+// must give bit-identical logits and tokens, and the reference within the usual tolerance.
+TEST(FusedModel, Int8HandoffOfHIsBitIdentical) {
+  for (const auto& [type, mixed] : {std::pair{TensorType::kQ4_0, TensorType::kQ4_0},
+                                    std::pair{TensorType::kQ8_0, TensorType::kQ8_0},
+                                    std::pair{TensorType::kQ4_0, TensorType::kQ8_0}}) {
+    SCOPED_TRACE(std::string(type_name(type)) + " with " + std::string(type_name(mixed)));
+    const FusedConfig config = small_config(8, 2);
+    test::RefModel ref(config, type, true, mixed);
+    const std::vector<uint8_t> image = test::write_gguf(ref).write_to_memory();
+    const GgufFile file = GgufFile::parse(image);
+    const int steps = test::decode_steps(128);
+    std::vector<int> tokens[2];
+    std::vector<float> logits[2];
+    for (int forced : {0, 1}) {
+      setenv("PDVM_FUSED_INT8_H", forced ? "1" : "0", 1);
+      FusedDecoder decoder(fused_view_from_gguf(file, config.n_ctx));
+      EXPECT_EQ(decoder.int8_handoffs(), forced ? "attention output, h" : "attention output");
+      tokens[forced] = decoder.generate(5, 0, steps, FusedMode::kToken);
+      logits[forced] = decoder.logits();
+    }
+    unsetenv("PDVM_FUSED_INT8_H");
+    EXPECT_EQ(tokens[1], tokens[0]);
+    EXPECT_EQ(logits[1], logits[0]);
+  }
+  setenv("PDVM_FUSED_INT8_H", "1", 1);
+  check_against_reference(small_config(8, 2), TensorType::kQ4_0, false);
+  check_against_reference(small_config(4, 4), TensorType::kQ8_0, true);
+  unsetenv("PDVM_FUSED_INT8_H");
 }
 
 TEST(FusedModel, RepeatedRunsAreIdentical) {
