@@ -275,7 +275,8 @@ struct FusedDecoder::Impl {
   }
 
   fused::Int8Vector alloc_int8_vector(size_t n) {
-    return {alloc<int8_t>(n), alloc<float>(n / 32), alloc<int>(n / 32)};
+    const size_t blocks = (n / 32 + 3) / 4 * 4;  // whole 16-byte loads for the reader
+    return {alloc<int8_t>(n), alloc<float>(blocks), alloc<int>(blocks)};
   }
 
   // Whether the gate/up phase hands h to the down phase as int8 blocks: where every down matrix

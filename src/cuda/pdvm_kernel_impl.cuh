@@ -193,18 +193,22 @@ __device__ void copy_to_smem(const float* src, int n, const Staging& st) {
 }
 
 // A vector already quantized by its producers (Params::attn_q, h_q) -> the int8 staging, for rows
-// that read nothing else. (A batch of loads in flight per thread, as copy_to_smem has, made the
-// kernel spill.)
+// that read nothing else: 16 bytes a load (codes, four scales or four sums), one load a thread at
+// llama-3.2-1b's h (512 + 64 + 64). A batch of loads in flight per thread, as copy_to_smem has,
+// made the kernel spill.
 __device__ void copy_int8_to_smem(const Int8Vector& v, int n, const Smem& sm) {
-  const int n_chunks = n / 16, n_blocks = n / 32;
-  for (int i = threadIdx.x; i < n_chunks + 2 * n_blocks; i += kThreads) {
-    if (i < n_chunks) {
-      reinterpret_cast<int4*>(sm.xq)[i] = __ldcg(reinterpret_cast<const int4*>(v.q) + i);
-    } else if (i < n_chunks + n_blocks) {
-      sm.q_scale[i - n_chunks] = __ldcg(v.scale + i - n_chunks);
-    } else {
-      sm.q_sum[i - n_chunks - n_blocks] = __ldcg(v.sum + i - n_chunks - n_blocks);
-    }
+  const int n_chunks = n / 16, n_quads = (n / 32 + 3) / 4, n_items = n_chunks + 2 * n_quads;
+  for (int i = threadIdx.x; i < n_items; i += kThreads) {
+    const int4* src = i < n_chunks            ? reinterpret_cast<const int4*>(v.q) + i
+                      : i < n_chunks + n_quads ? reinterpret_cast<const int4*>(v.scale) + (i - n_chunks)
+                                               : reinterpret_cast<const int4*>(v.sum) + (i - n_chunks - n_quads);
+    const int4 item = __ldcg(src);
+    if (i < n_chunks)
+      reinterpret_cast<int4*>(sm.xq)[i] = item;
+    else if (i < n_chunks + n_quads)
+      reinterpret_cast<int4*>(sm.q_scale)[i - n_chunks] = item;
+    else
+      reinterpret_cast<int4*>(sm.q_sum)[i - n_chunks - n_quads] = item;
   }
   __syncthreads();
 }
