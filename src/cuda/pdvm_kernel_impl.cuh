@@ -908,8 +908,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         [&](int i, const float(&v)[2]) {
           const float h = v[0] / (1.0f + expf(-v[0])) * v[1];
           __stcg(p.h + begin + i, h);
-          // Stashed for quantize_h_share whether it runs or not: int8_h tested here, in the
-          // stream loop, made the kernel spill.
+          // Stashed for quantize_h_share whether it runs or not: one shared-memory store, and no
+          // flag tested in the stream loop.
           if (i < kMaxSplitItems) sm.part_sums[i] = h;
         });
     if (int8_h) quantize_h_share(p, sm.part_sums, begin, end);
