@@ -618,6 +618,8 @@ void FusedDecoder::set_tensor_parallel(int rank, Communicator* communicator, Fus
   PDVM_CHECK(communicator && rank == communicator->rank() && !m.layer_graph && m.kernel_launches == 0);
   m.communicator = communicator;
   m.params.partial_output = rank > 0;
+  // Layer halves run the MLP half's instance, which has no int8 hand-off of h.
+  if (all_reduce != FusedAllReduce::kInKernel) m.params.h_q = {};
   if (m.params.output.rows < m.config.n_vocab) {
     if (all_reduce == FusedAllReduce::kInKernel)
       throw_error(ErrorKind::kUnsupported, "fused decode: a vocabulary-split head needs the all-reduce between launches");

@@ -812,9 +812,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr bool kAttentionPart = kPart != LayerPart::kMlpHalf, kMlpPart = kPart != LayerPart::kAttentionHalf;
   constexpr bool kAllReduce = kPart == LayerPart::kWholeAllReduce;
   constexpr bool kHeadPart = kPart == LayerPart::kWhole || kAllReduce;
-  // Instances whose rows may read int8 blocks only compile the int8 hand-offs (Params::attn_q, h_q).
+  // Instances whose rows may read int8 blocks only compile the int8 hand-offs (Params::attn_q, h_q);
+  // the MLP half (tensor parallelism) not h's, with which it spilled.
   constexpr bool kInt8Handoffs = !kFloatActivations && (kOnly < 0 || reads_int8_only(kOnly));
-  const bool int8_h = kInt8Handoffs && p.h_q.q;
+  const bool int8_h = kInt8Handoffs && kPart != LayerPart::kMlpHalf && p.h_q.q;
 
   // Weights never depend on activations: start pulling the first phase's before any wait.
   if (kAttentionPart && layer_begin < layer_end) {
