@@ -48,9 +48,9 @@ __host__ __device__ constexpr bool is_quantized_format(int format) {
 }
 // Formats with an f16 block-scale stream.
 __host__ __device__ constexpr bool has_scale_stream(int format) { return is_quantized_format(format) && format != kFmtUpg; }
-// Quantized formats whose rows read the int8 blocks of the activations only (UPG's outliers also
-// read the floats).
-__host__ __device__ constexpr bool reads_int8_only(int format) { return is_quantized_format(format) && format != kFmtUpg; }
+// Quantized formats whose rows read the int8 blocks of the activations only: those with a block-scale
+// stream (UPG's outliers also read the floats).
+__host__ __device__ constexpr bool reads_int8_only(int format) { return has_scale_stream(format); }
 // 16-byte chunks sharing one scale entry.
 __host__ __device__ constexpr int chunks_per_scale(int format) { return format == kFmtQ8_0 ? 2 : 1; }
 // Halves per block in the scale stream: Q4_1 keeps (scale, min) pairs.
