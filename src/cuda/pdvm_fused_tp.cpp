@@ -197,6 +197,8 @@ uint64_t FusedTensorParallel::kernel_launches() const {
   return total;
 }
 
+std::string FusedTensorParallel::int8_handoffs() const { return impl_->ranks.front()->int8_handoffs(); }
+
 int FusedTensorParallel::execute_model(int token, int position, FusedMode mode) {
   return generate(token, position, 1, mode)[0];
 }
