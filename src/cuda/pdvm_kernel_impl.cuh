@@ -130,48 +130,36 @@ __device__ __forceinline__ void store_staged(const Staging& st, int i, int n, fl
   if (st.int8) quantize_group(valid ? v : make_float4(0, 0, 0, 0), valid, i / 32, threadIdx.x % 8, st.q, st.scale, st.sum);
 }
 
-// x (global, written by other CTAs) -> xs = x * w * rsqrt(mean(x^2) + eps). Deterministic order;
-// w is applied in the first pass so that its loads overlap x's instead of following the reduction.
-// The second pass scales and quantizes (x * w goes through shared memory: held in registers
-// across the reduction, it made the kernel spill).
-__device__ void rms_norm_to_smem(const float* x, const float* w, int n, float eps, const Staging& st, float* red) {
+// x (global, written by other CTAs) -> xs = x * w and its int8 blocks, in one pass that also sums
+// x^2; returns the norm's scale rsqrt(mean(x^2) + eps). The phase multiplies its row values by it
+// (rows are linear in xs), so xs needs no second, scaling pass after the reduction. Deterministic
+// order; w's loads overlap x's.
+__device__ float rms_norm_to_smem(const float* x, const float* w, int n, float eps, const Staging& st, float* red) {
   constexpr int kBatch = kStageBatch / 2;  // x and w
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float ss = 0.0f;
-  for (int first = threadIdx.x * 4; first < n; first += kThreads * 4 * kBatch) {
+  for (int base = 0; base < n; base += kThreads * 4 * kBatch) {  // uniform: store_staged shuffles
     float4 v[kBatch], g[kBatch];
 #pragma unroll
     for (int k = 0; k < kBatch; ++k) {
-      const int i = first + k * kThreads * 4;
+      const int i = base + threadIdx.x * 4 + k * kThreads * 4;
       v[k] = i < n ? __ldcg(reinterpret_cast<const float4*>(x + i)) : make_float4(0, 0, 0, 0);
       g[k] = i < n ? __ldg(reinterpret_cast<const float4*>(w + i)) : make_float4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int k = 0; k < kBatch; ++k) {
-      const int i = first + k * kThreads * 4;
-      if (i < n) {
-        *reinterpret_cast<float4*>(st.xs + i) =
-            make_float4(v[k].x * g[k].x, v[k].y * g[k].y, v[k].z * g[k].z, v[k].w * g[k].w);
-        ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
-      }
+      if (base + k * kThreads * 4 >= n) break;  // no lane has a value here (uniform)
+      ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+      store_staged(st, base + threadIdx.x * 4 + k * kThreads * 4, n,
+                   make_float4(v[k].x * g[k].x, v[k].y * g[k].y, v[k].z * g[k].z, v[k].w * g[k].w));
     }
   }
   ss = warp_sum(ss);
   if (lane == 0) red[warp] = ss;
-  __syncthreads();
+  __syncthreads();  // also: xs and its blocks are complete
   float total = 0.0f;
   for (int i = 0; i < kWarps; ++i) total += red[i];
-  const float scale = rsqrtf(total / static_cast<float>(n) + eps);
-  for (int base = 0; base < n; base += kThreads * 4) {
-    const int i = base + threadIdx.x * 4;
-    float4 v = i < n ? *reinterpret_cast<float4*>(st.xs + i) : make_float4(0, 0, 0, 0);
-    v.x *= scale;
-    v.y *= scale;
-    v.z *= scale;
-    v.w *= scale;
-    store_staged(st, i, n, v);
-  }
-  __syncthreads();
+  return rsqrtf(total / static_cast<float>(n) + eps);
 }
 
 // src (global, written by other CTAs) -> xs (and its int8 blocks).
@@ -276,10 +264,11 @@ __device__ void store_qkv_pair(const Params& p, const float2* rope, int layer, i
   *reinterpret_cast<__half2*>(cache + at) = __floats2half2_rn(a, b);
 }
 
-// The CTA's share [begin, end) of the RoPE pairs of [Wq; Wk; Wv]: pairs of qk, then of v.
+// The CTA's share [begin, end) of the RoPE pairs of [Wq; Wk; Wv]: pairs of qk, then of v. The
+// rows' values times norm_scale (rms_norm_to_smem).
 template <bool kFloatActivations, int kOnly>
 __device__ void phase_qkv(const Params& p, const DevLayer& L, const float2* rope, int layer, int pos, int begin,
-                          int end, const Acts& acts) {
+                          int end, const Acts& acts, float norm_scale) {
   const int qk_pairs = L.qk.rows / 2;
   const int qk_end = min(end, qk_pairs), v_begin = max(begin, qk_pairs);
   matvec_items<kFloatActivations, kOnly, 2>(
@@ -288,14 +277,18 @@ __device__ void phase_qkv(const Params& p, const DevLayer& L, const float2* rope
         refs[0] = row_ref(L.qk, 2 * (begin + i));
         refs[1] = row_ref(L.qk, 2 * (begin + i) + 1);
       },
-      [&](int i, const float(&v)[2]) { store_qkv_pair(p, rope, layer, pos, 2 * (begin + i), v[0], v[1]); });
+      [&](int i, const float(&v)[2]) {
+        store_qkv_pair(p, rope, layer, pos, 2 * (begin + i), v[0] * norm_scale, v[1] * norm_scale);
+      });
   matvec_items<kFloatActivations, kOnly, 2>(
       L.v.format, max(end - v_begin, 0), L.v.row_bytes / 16, acts,
       [&](int i, RowRef(&refs)[2]) {
         refs[0] = row_ref(L.v, 2 * (v_begin + i - qk_pairs));
         refs[1] = row_ref(L.v, 2 * (v_begin + i - qk_pairs) + 1);
       },
-      [&](int i, const float(&v)[2]) { store_qkv_pair(p, rope, layer, pos, 2 * (v_begin + i), v[0], v[1]); });
+      [&](int i, const float(&v)[2]) {
+        store_qkv_pair(p, rope, layer, pos, 2 * (v_begin + i), v[0] * norm_scale, v[1] * norm_scale);
+      });
 }
 
 // Pulls the head of the CTA's QKV share into L2.
@@ -684,7 +677,8 @@ __device__ __forceinline__ void advance_token(DevStep* s, int* history, int toke
 // reduces the per-CTA winners in CTA order and advances the token state.
 template <bool kFloatActivations, int kOnly>
 __device__ void phase_head(const Params& p, unsigned model_epoch, const Smem& sm) {
-  rms_norm_to_smem(p.x, p.output_norm, p.n_embd, p.rms_eps, staging_for<kOnly>(sm, p.output.format), sm.red);
+  const float norm_scale =
+      rms_norm_to_smem(p.x, p.output_norm, p.n_embd, p.rms_eps, staging_for<kOnly>(sm, p.output.format), sm.red);
   const Acts acts = acts_of(sm);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float best = -FLT_MAX;
@@ -692,6 +686,7 @@ __device__ void phase_head(const Params& p, unsigned model_epoch, const Smem& sm
   int begin, end;
   cta_share(p.output.rows, begin, end);
   matvec_rows<kFloatActivations, kOnly>(p.output, begin, end, acts, [&](int row, float v) {
+    v *= norm_scale;
     __stcg(p.logits + row, v);
     if (v > best || (v == best && row < best_index)) {
       best = v;
@@ -869,8 +864,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         prefetch_attention(p, layer, pos);
         cta_wait(wait_counter, wait_target);
       }
-      rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps, staging_for<kOnly>(sm, L.qk.format, L.v.format), sm.red);
-      phase_qkv<kFloatActivations, kOnly>(p, L, sm.rope, layer, pos, begin, end, acts_of(sm));
+      const float norm_scale = rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps,
+                                                staging_for<kOnly>(sm, L.qk.format, L.v.format), sm.red);
+      phase_qkv<kFloatActivations, kOnly>(p, L, sm.rope, layer, pos, begin, end, acts_of(sm), norm_scale);
       if (threadIdx.x == 0) signal_release(ctr + kCtrQkv);
 
       cta_share(L.wo.rows, begin, end);
@@ -899,7 +895,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     prefetch_rows(L.gate, begin, end, kPrefetchBytes / 2);
     prefetch_rows(L.up, begin, end, kPrefetchBytes / 2);
     cta_wait(ctr + kCtrO, all_ctas);
-    rms_norm_to_smem(p.x, L.ffn_norm, p.n_embd, p.rms_eps, staging_for<kOnly>(sm, L.gate.format), sm.red);
+    const float norm_scale =
+        rms_norm_to_smem(p.x, L.ffn_norm, p.n_embd, p.rms_eps, staging_for<kOnly>(sm, L.gate.format), sm.red);
     matvec_items<kFloatActivations, kOnly, 2>(
         L.gate.format, end - begin, L.gate.row_bytes / 16, acts_of(sm),
         [&](int i, RowRef(&refs)[2]) {
@@ -907,7 +904,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           refs[1] = row_ref(L.up, begin + i);
         },
         [&](int i, const float(&v)[2]) {
-          const float h = v[0] / (1.0f + expf(-v[0])) * v[1];
+          const float gate = v[0] * norm_scale, h = gate / (1.0f + expf(-gate)) * (v[1] * norm_scale);
           __stcg(p.h + begin + i, h);
           // Stashed for quantize_h_share whether it runs or not: one shared-memory store, and no
           // flag tested in the stream loop.
