@@ -533,19 +533,20 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
     __syncthreads();
     // Every token adds p.n_chunks to the head's counter whatever the split (chunk 0 adds the
     // difference), so the last-arrival targets stay (epoch + 1) * p.n_chunks.
-    if (threadIdx.x == 0) {
-      const unsigned arrivals = chunk == 0 ? p.n_chunks - n_split + 1 : 1;
-      if (n_split == 1) {
-        // The head's only item, so its last arrival: counted without waiting for the answer
-        // (0.8 us of the item's critical path, docs/perf-notes.md session 7).
+    const unsigned arrivals = chunk == 0 ? p.n_chunks - n_split + 1 : 1;
+    if (n_split == 1) {
+      // The head's only item, so its last arrival: counted without waiting for the answer (0.8 us
+      // of the item's critical path, docs/perf-notes.md session 7), and the output published at
+      // once. No barrier after it: no thread reads shared memory after the one above.
+      if (threadIdx.x == 0) {
         count_relaxed(head_counters + kvh, arrivals);
-        *flag = 1;
-      } else {
-        *flag = signal_is_last(head_counters + kvh, head_target, arrivals);
+        signal_release(attn_counter);
       }
+      continue;
     }
+    if (threadIdx.x == 0) *flag = signal_is_last(head_counters + kvh, head_target, arrivals);
     __syncthreads();
-    if (*flag && n_split > 1) {
+    if (*flag) {
       // Weights of the chunks per query head in shared memory first (one batch of loads), then
       // each output element's partials, loaded independently of the sums they feed.
       float* weight = vs;                     // [G][n_split]
@@ -591,8 +592,6 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
           __stcg(p.attn_out + e, acc_out / total[g]);
         }
       }
-    }
-    if (*flag) {
       __syncthreads();
       if (threadIdx.x == 0) signal_release(attn_counter);
     }
