@@ -7,6 +7,7 @@
 #   PDVM_BENCH   the bench binary (default build/bench/pdvm_fused_gpu_bench)
 #   NCU          ncu (default: ncu on PATH, else /usr/local/cuda/bin/ncu)
 #   NCU_SKIP     launches skipped before the profiled one (default 40: past the bench's warm-up)
+#   NCU_ARGS     more ncu options, e.g. "--sampling-interval 0" for more samples of a short launch
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case=${1:?usage: scripts/ncu-fused.sh CASE [OUT_DIR]}
@@ -18,7 +19,7 @@ ncu=${NCU:-$(command -v ncu || echo /usr/local/cuda/bin/ncu)}
 mkdir -p "$out"
 name=${case//:/_}
 PDVM_BENCH_MODE=token "$ncu" -k regex:fused_decode --launch-skip "${NCU_SKIP:-40}" --launch-count 1 \
-  --section SourceCounters --section WarpStateStats -o "$out/$name" -f "$bench" "$case" > "$out/$name-ncu.log" 2>&1 ||
+  --section SourceCounters --section WarpStateStats ${NCU_ARGS:-} -o "$out/$name" -f "$bench" "$case" > "$out/$name-ncu.log" 2>&1 ||
   { tail -5 "$out/$name-ncu.log" >&2; exit 1; }
 "$ncu" -i "$out/$name.ncu-rep" --page source --csv --print-source sass > "$out/$name-source.csv"
 python3 scripts/ncu_stalls.py "$out/$name-source.csv" > "$out/$name-stalls.md"
