@@ -7,7 +7,7 @@
 #   PDVM_BENCH   the bench binary (default build/bench/pdvm_fused_gpu_bench)
 #   NCU          ncu (default: ncu on PATH, else /usr/local/cuda/bin/ncu)
 #   NCU_SKIP     launches skipped before the profiled one (default 40: past the bench's warm-up)
-#   NCU_ARGS     more ncu options, e.g. "--sampling-interval 0" for more samples of a short launch
+#   NCU_ARGS     more ncu options, e.g. "--warp-sampling-interval 4" for more samples (0-31; fewer is finer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case=${1:?usage: scripts/ncu-fused.sh CASE [OUT_DIR]}
