@@ -71,21 +71,18 @@ def main():
 
     print("\n| region (instructions) | executed | share of samples | main stall reasons |\n| --- | ---: | ---: | --- |")
     start = 0
-    for k, i in enumerate(instructions + [None]):
-        if i is not None and not i["source"].startswith("BAR.SYNC") and k + 1 < len(instructions):
+    for k, i in enumerate(instructions):
+        if not i["source"].startswith("BAR.SYNC") and k + 1 < len(instructions):
             continue
-        end = min(k + 1, len(instructions))
-        region = instructions[start:end]
+        region = instructions[start:k + 1]
+        start = k + 1
         samples = sum(r["samples"] for r in region)
         if samples and 100 * samples / total >= args.min_share:
             counter = collections.Counter()
             for r in region:
                 counter.update(r["stalls"])
             executed = max(r["executed"] for r in region)
-            print(f"| {start}-{end - 1} | {executed} | {100 * samples / total:.1f} % | {reasons(counter, samples)} |")
-        start = end
-        if i is None:
-            break
+            print(f"| {k + 1 - len(region)}-{k} | {executed} | {100 * samples / total:.1f} % | {reasons(counter, samples)} |")
 
     print("\n| instruction | executed | share of samples | stall reasons | SASS |\n| ---: | ---: | ---: | --- | --- |")
     ranked = sorted(range(len(instructions)), key=lambda k: -instructions[k]["samples"])[: args.top]
