@@ -3,8 +3,9 @@
 kernel: where its warps stall, as markdown.
 
 - the stall reasons' shares of all warp samples;
-- the code between consecutive barriers (BAR.SYNC), in address order: how often it ran (warp
-  instructions executed by its first instruction), its samples, and their main stall reasons.
+- the code between consecutive barriers (BAR.SYNC), in address order: how often it ran (the
+  most warp executions of any of its instructions, so a loop inside counts its iterations), its
+  samples, and their main stall reasons.
   A region's samples count warp-time: in the PDVM kernel, a region run only by the attention
   items' CTAs shows the items' steps, and the samples at a barrier after a poll loop show a grid
   wait;
@@ -41,7 +42,7 @@ def load(path):
             "source": row[1].strip(),
             "samples": number("Warp Stall Sampling (All Samples)"),
             "executed": number("Instructions Executed"),
-            "stalls": {h[len("stall_"):]: number(h) for h in stall_columns if number(h)},
+            "stalls": {h[len("stall_"):]: n for h in stall_columns if (n := number(h))},
         })
     return kernel, instructions
 
