@@ -25,6 +25,9 @@ class DecodeAccelerator {
   // Runs `token` at `position` (writing its K/V into the accelerator's own cache).
   virtual void decode(int32_t token, int64_t position) = 0;
   virtual int32_t last_argmax() = 0;
+  // last_argmax() for a caller that decodes that token next, at the following position (greedy
+  // decoding): the accelerator may start that step before it returns.
+  virtual int32_t last_argmax_run_ahead() { return last_argmax(); }
   virtual void last_logits(std::span<float> out) = 0;
   // Device kernels launched so far, where counted (see Backend::kernel_launches).
   virtual std::optional<uint64_t> kernel_launches() const { return std::nullopt; }

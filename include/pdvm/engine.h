@@ -98,6 +98,9 @@ class Session {
   void eval(std::span<const int32_t> tokens);
   std::span<const float> last_logits();
   int32_t last_argmax();
+  // last_argmax() for greedy decoding that evaluates that token next: a fused decoder starts
+  // that step before returning, so the GPU does not wait for the host between tokens.
+  int32_t greedy_token();
 
   // Appends `prompt` and then n greedy tokens (each the argmax after the previous input, fed
   // back in except for the last); returns the n tokens.

@@ -143,6 +143,15 @@ class FusedDecoder {
   std::vector<float> logits() const;
   // Greedy decoding of `n_tokens` tokens fed back on the device; returns them.
   std::vector<int> generate(int token, int position, int n_tokens, FusedMode mode);
+  // Pipelined greedy steps, for a decode loop on the host: queue_step starts `token` at
+  // `position` and returns without waiting; queue_next_step starts the position after the last
+  // queued step, its input that step's greedy token on the device; queued_token waits for the
+  // step at `position` (one of the last kQueuedSteps queued since the last queue_step) and returns
+  // its greedy token. So the host can read a token while the GPU already runs the next one.
+  static constexpr int kQueuedSteps = 4;
+  void queue_step(int token, int position, FusedMode mode);
+  void queue_next_step(FusedMode mode);
+  int queued_token(int position);
   // Like generate, but returns the device time in milliseconds (CUDA events) of the n tokens.
   double time_generate(int token, int position, int n_tokens, FusedMode mode);
   // Tensor-parallel ranks (benchmarks): the device time in milliseconds (CUDA events) of

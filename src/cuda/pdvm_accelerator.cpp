@@ -32,9 +32,33 @@ class FusedAccelerator final : public DecodeAccelerator {
   FusedAccelerator(std::unique_ptr<Decoder> decoder, FusedMode mode) : decoder_(std::move(decoder)), mode_(mode) {}
 
   void decode(int32_t token, int64_t position) override {
-    last_ = decoder_->execute_model(token, static_cast<int>(position), mode_);
+    if constexpr (kSplit) {
+      last_ = decoder_->execute_model(token, checked_position(position), mode_);
+    } else {
+      const bool queued = ahead_ && position == position_ + 1 && token == ahead_token_;
+      ahead_ = false;
+      if (!queued) decoder_->queue_step(token, checked_position(position), mode_);
+      position_ = checked_position(position);
+      token_ = token;
+    }
   }
-  int32_t last_argmax() override { return last_; }
+  int32_t last_argmax() override {
+    if constexpr (kSplit) return last_;
+    else return decoder_->queued_token(position_);
+  }
+  // Queues the next step before waiting for this one, so the GPU runs it while the host takes
+  // the token; a later decode of that token at that position finds it already running.
+  int32_t last_argmax_run_ahead() override {
+    if constexpr (kSplit) {
+      return last_;
+    } else {
+      if (ahead_ || position_ + 1 >= decoder_->config().n_ctx) return last_argmax();
+      decoder_->queue_next_step(mode_);
+      ahead_token_ = decoder_->queued_token(position_);
+      ahead_ = true;
+      return ahead_token_;
+    }
+  }
   std::optional<uint64_t> kernel_launches() const override { return decoder_->kernel_launches(); }
   double time_token_all_reduces(int tokens) override {
     if constexpr (kSplit) return decoder_->time_all_reduces(tokens) / 1e3 / tokens;
@@ -42,14 +66,22 @@ class FusedAccelerator final : public DecodeAccelerator {
   }
   // The Session shares K/V rows (batched prompts) with an unsplit decoder only.
   void write_kv(int layer, int64_t first, int64_t count, const void* k_rows, const void* v_rows) override {
-    if constexpr (kSplit) throw_error(ErrorKind::kUnsupported, "fused tensor parallel: no shared KV rows");
-    else decoder_->write_kv(layer, checked_position(first), checked_position(count), k_rows, v_rows);
+    if constexpr (kSplit) {
+      throw_error(ErrorKind::kUnsupported, "fused tensor parallel: no shared KV rows");
+    } else {
+      ahead_ = false;  // the queued step attended to the rows these replace
+      decoder_->write_kv(layer, checked_position(first), checked_position(count), k_rows, v_rows);
+    }
   }
   void read_kv(int layer, int64_t first, int64_t count, void* k_rows, void* v_rows) override {
     if constexpr (kSplit) throw_error(ErrorKind::kUnsupported, "fused tensor parallel: no shared KV rows");
     else decoder_->read_kv(layer, checked_position(first), checked_position(count), k_rows, v_rows);
   }
   void last_logits(std::span<float> out) override {
+    if constexpr (!kSplit) {
+      // The step queued ahead has overwritten them: this step again (the same K/V row).
+      if (ahead_) decode(token_, position_);
+    }
     const std::vector<float> logits = decoder_->logits();
     PDVM_CHECK(out.size() == logits.size());
     std::copy(logits.begin(), logits.end(), out.begin());
@@ -58,7 +90,12 @@ class FusedAccelerator final : public DecodeAccelerator {
  private:
   std::unique_ptr<Decoder> decoder_;
   FusedMode mode_;
-  int32_t last_ = -1;
+  int32_t last_ = -1;  // split decoders: the greedy token of the last step
+  // Unsplit: the last step decoded, and whether the next one (its input ahead_token_) is queued.
+  int position_ = -1;
+  int32_t token_ = -1;
+  bool ahead_ = false;
+  int32_t ahead_token_ = -1;
 };
 
 int checked_context(int64_t n_ctx) {

@@ -135,10 +135,23 @@ struct FusedDecoder::Impl {
   float* head_pairs = nullptr;           // vocabulary-split head: every rank's (value, id)
   std::vector<float> host_pairs;         // their host copy for a non-recordable communicator
 
+  // Queued steps (queue_step): positions [chain_first, chain_end) since the last write_step, the
+  // completion of position i recorded in step_done[i % kQueuedSteps]. Their tokens are read on
+  // a stream of their own, so a read does not wait for the steps queued after it.
+  int chain_first = 0, chain_end = 0;
+  cudaEvent_t step_done[kQueuedSteps] = {};
+  cudaStream_t read_stream = nullptr;
+  int* read_token = nullptr;  // pinned
+
   ~Impl() {
     cudaSetDevice(device);
     if (layer_graph) cudaGraphExecDestroy(layer_graph);
     for (void* p : allocations) cudaFree(p);
+    for (cudaEvent_t e : step_done) {
+      if (e) cudaEventDestroy(e);
+    }
+    if (read_token) cudaFreeHost(read_token);
+    if (read_stream) cudaStreamDestroy(read_stream);
     if (stream) cudaStreamDestroy(stream);
   }
 
@@ -294,10 +307,23 @@ struct FusedDecoder::Impl {
     return possible && static_cast<double>(most) * grid <= 1.05 * blocks;
   }
 
+  // Without waiting: a copy from pageable memory returns once the driver has staged the bytes.
   void write_step(int position, int token) {
     const fused::DevStep step{position, token, 0};
     PDVM_CUDA_CHECK(cudaMemcpyAsync(params.step, &step, sizeof(step), cudaMemcpyHostToDevice, stream));
-    PDVM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    chain_first = chain_end = position;
+  }
+
+  void queue_token_step(FusedMode mode) {
+    check_position(chain_end, 1);
+    if (!read_stream) {
+      PDVM_CUDA_CHECK(cudaStreamCreateWithFlags(&read_stream, cudaStreamNonBlocking));
+      PDVM_CUDA_CHECK(cudaMallocHost(&read_token, sizeof(int)));
+      for (cudaEvent_t& e : step_done) PDVM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    }
+    run_token(mode);
+    PDVM_CUDA_CHECK(cudaEventRecord(step_done[chain_end % kQueuedSteps], stream));
+    ++chain_end;
   }
 
   void check_position(int position, int n_tokens) const {
@@ -676,6 +702,35 @@ std::vector<int> FusedDecoder::generate(int token, int position, int n_tokens, F
   if (broken != tokens.end())
     throw_non_finite_logits("at position " + std::to_string(position + (broken - tokens.begin())));
   return tokens;
+}
+
+void FusedDecoder::queue_step(int token, int position, FusedMode mode) {
+  Impl& m = *impl_;
+  if (token < 0 || token >= m.config.n_vocab)
+    throw_error(ErrorKind::kOutOfRange, "fused decode: token " + std::to_string(token) + " out of range");
+  m.check_position(position, 1);
+  m.activate();
+  m.write_step(position, token);
+  m.queue_token_step(mode);
+}
+
+void FusedDecoder::queue_next_step(FusedMode mode) {
+  Impl& m = *impl_;
+  PDVM_CHECK(m.chain_end > m.chain_first);
+  m.activate();
+  m.queue_token_step(mode);
+}
+
+int FusedDecoder::queued_token(int position) {
+  Impl& m = *impl_;
+  PDVM_CHECK(position >= std::max(m.chain_first, m.chain_end - kQueuedSteps) && position < m.chain_end);
+  m.activate();
+  PDVM_CUDA_CHECK(cudaEventSynchronize(m.step_done[position % kQueuedSteps]));
+  PDVM_CUDA_CHECK(cudaMemcpyAsync(m.read_token, m.params.history + (position - m.chain_first), sizeof(int),
+                                  cudaMemcpyDeviceToHost, m.read_stream));
+  PDVM_CUDA_CHECK(cudaStreamSynchronize(m.read_stream));
+  if (*m.read_token < 0) throw_non_finite_logits("at position " + std::to_string(position));
+  return *m.read_token;
 }
 
 double FusedDecoder::time_all_reduces(int n_tokens) {

@@ -65,7 +65,7 @@ int32_t greedy_steps(Session& session, int32_t first, int n) {
   int32_t token = first;
   for (int i = 0; i < n; ++i) {
     session.eval({&token, 1});
-    token = session.last_argmax();
+    token = i + 1 < n ? session.greedy_token() : session.last_argmax();  // no step queued past the run
   }
   return token;
 }

@@ -101,7 +101,10 @@ GenerationStats Generator::generate(std::span<const int32_t> context, const Gene
       stats.stop_reason = StopReason::kInterrupted;
       break;
     }
-    const int32_t token = backend_argmax ? session_.last_argmax() : sampler.sample(logits, history_);
+    const bool feeds_back = options.n_predict < 0 || stats.generated_tokens + 1 < options.n_predict;
+    const int32_t token = !backend_argmax ? sampler.sample(logits, history_)
+                          : feeds_back    ? session_.greedy_token()
+                                          : session_.last_argmax();
     ++stats.generated_tokens;
     if (tokenizer_.is_end_of_generation(token)) {
       stats.stop_reason = StopReason::kEndOfGeneration;

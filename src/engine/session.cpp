@@ -343,11 +343,16 @@ int32_t Session::last_argmax() {
   return id;
 }
 
+int32_t Session::greedy_token() {
+  if (accelerator_has_logits_) return accelerator_->last_argmax_run_ahead();
+  return last_argmax();
+}
+
 std::vector<int32_t> Session::generate_greedy(std::span<const int32_t> prompt, int n) {
   std::vector<int32_t> generated;
   eval(prompt);
   for (int i = 0; i < n; ++i) {
-    generated.push_back(last_argmax());
+    generated.push_back(i + 1 < n ? greedy_token() : last_argmax());
     if (i + 1 < n) eval({&generated.back(), 1});
   }
   return generated;

@@ -72,6 +72,52 @@ TEST_F(FusedSessionTest, FusedModesMatchTheUnfusedBackend) {
   }
 }
 
+// greedy_token() queues the next step before it returns: the tokens and logits are those of a
+// session that waits for each step, up to the end of the context (where nothing is queued).
+TEST_F(FusedSessionTest, RunningAheadGivesTheStepwiseTokens) {
+  std::uniform_int_distribution<int32_t> pick(0, 499);
+  std::vector<int32_t> prompt(6);
+  for (int32_t& t : prompt) t = pick(test::rng());
+  for (const char* mode : {"layer", "token"}) {
+    SCOPED_TRACE(mode);
+    Session ahead(options(mode));
+    Session stepwise(options(mode));
+    ahead.eval(prompt);
+    stepwise.eval(prompt);
+    for (int step = 0; ahead.n_past() < ahead.n_ctx(); ++step) {
+      const int32_t token = ahead.greedy_token();
+      ASSERT_EQ(token, stepwise.last_argmax()) << "step " << step;
+      // Logits asked for after the next step was queued: that step's own, not the queued one's.
+      if (step % 7 == 3) ASSERT_LT(test::relative_error(copy(ahead.last_logits()), copy(stepwise.last_logits())), 1e-6);
+      ahead.eval({&token, 1});
+      stepwise.eval({&token, 1});
+    }
+    EXPECT_EQ(ahead.greedy_token(), stepwise.last_argmax());
+  }
+}
+
+// A queued step is dropped when the rows it attended to change: here the same token at the
+// same position, after the two positions before it were replaced by a batched prompt.
+TEST_F(FusedSessionTest, QueuedStepIsDroppedWhenItsContextChanges) {
+  std::uniform_int_distribution<int32_t> pick(0, 499);
+  std::vector<int32_t> prompt(8);
+  for (int32_t& t : prompt) t = pick(test::rng());
+  std::vector<int32_t> edited = prompt;
+  edited[6] = (prompt[6] + 1) % 500;
+  edited[7] = (prompt[7] + 1) % 500;
+  Session ahead(options("token"));
+  ASSERT_TRUE(ahead.fused_batched_prompts());
+  ahead.eval(prompt);
+  const int32_t token = ahead.greedy_token();  // queues `token` at position 8
+  ahead.truncate(6);
+  ahead.eval(std::span<const int32_t>(edited).subspan(6));  // batched on the backend
+  const std::vector<float> got = copy(ahead.decode(token));
+  Session fresh(options("token"));
+  fresh.eval(edited);
+  const std::vector<float> want = copy(fresh.decode(token));
+  EXPECT_LT(test::relative_error(got, want), 1e-6);
+}
+
 TEST_F(FusedSessionTest, UnknownModeIsRejected) {
   EXPECT_THROW(Session session(options("warp")), Error);
 }
