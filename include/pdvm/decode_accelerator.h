@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "pdvm/fused_activations.h"
+#include "pdvm/logits.h"
 
 namespace pdvm {
 
@@ -29,6 +30,9 @@ class DecodeAccelerator {
   // decoding): the accelerator may start that step before it returns.
   virtual int32_t last_argmax_run_ahead() { return last_argmax(); }
   virtual void last_logits(std::span<float> out) = 0;
+  // The last step's n largest logits in rank order (FusedDecoder::top_logits); false when this
+  // accelerator cannot rank them or the row needs reading whole.
+  virtual bool top_logits(size_t /*n*/, std::vector<LogitCandidate>& /*out*/) { return false; }
   // Device kernels launched so far, where counted (see Backend::kernel_launches).
   virtual std::optional<uint64_t> kernel_launches() const { return std::nullopt; }
   // Split over ranks (--tp): seconds per token of the all-reduces alone, as the decode runs them,

@@ -101,6 +101,10 @@ class Session {
   // last_argmax() for greedy decoding that evaluates that token next: a fused decoder starts
   // that step before returning, so the GPU does not wait for the host between tokens.
   int32_t greedy_token();
+  // The n largest of the last token's logits in rank order (larger first, lower id first among
+  // equal ones), where the fused decoder can rank them on the GPU (only they are copied back);
+  // false otherwise, or when the row holds NaN or one of them is infinite: read last_logits().
+  bool top_logits(size_t n, std::vector<LogitCandidate>& out);
 
   // Appends `prompt` and then n greedy tokens (each the argmax after the previous input, fed
   // back in except for the last); returns the n tokens.

@@ -9,6 +9,12 @@
 
 namespace pdvm {
 
+// A logit and its token id (a row's largest logits, ranked where the row lives).
+struct LogitCandidate {
+  float logit;
+  int32_t id;
+};
+
 // Index of the largest of the n logits (the first of equal ones), passing over NaNs; -1 when that
 // largest logit is not finite (every logit NaN or -inf, or one +inf). C++17, for the CUDA sources.
 int32_t finite_argmax(const float* logits, size_t n);

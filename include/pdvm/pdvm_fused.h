@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "pdvm/logits.h"
 #include "pdvm/tensor_type.h"
 
 namespace pdvm {
@@ -141,6 +142,11 @@ class FusedDecoder {
   int execute_model(int token, int position, FusedMode mode);
   // Of the last execute_model / generate step: the head's rows (the whole vocabulary unless split).
   std::vector<float> logits() const;
+  // The same step's n largest logits with their ids, larger first and lower id first among equal
+  // ones, ranked on the device so that only they come back (sampling with top-k). False, with
+  // `out` unspecified, when a logit is NaN or one of the n is infinite: the caller then needs the
+  // whole row. Unsplit heads, 0 < n <= the vocabulary.
+  bool top_logits(int n, std::vector<LogitCandidate>& out);
   // Greedy decoding of `n_tokens` tokens fed back on the device; returns them.
   std::vector<int> generate(int token, int position, int n_tokens, FusedMode mode);
   // Pipelined greedy steps, for a decode loop on the host: queue_step starts `token` at

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "pdvm/logits.h"
+
 namespace pdvm {
 
 struct SamplingParams {
@@ -49,13 +51,23 @@ class Sampler {
   // the repetition penalty. Ids in history outside the vocabulary are ignored.
   int32_t sample(std::span<const float> logits, std::span<const int32_t> history = {});
 
+  // How many of a row's largest logits sample_top needs to pick what sample() would, for a
+  // vocabulary of `vocab` ids and this history: top_k, plus the tokens the penalty lowers. 0 when
+  // sample() needs the whole row (greedy, top-k off, or a penalty below 1, which raises logits).
+  size_t candidates_needed(size_t vocab, std::span<const int32_t> history) const;
+  // sample() given only `top`, at least candidates_needed() of the row's largest finite logits in
+  // rank order (larger first, lower id first among equal ones), over a row without NaNs: the same
+  // token, and the same draws from the random stream.
+  int32_t sample_top(std::span<const LogitCandidate> top, size_t vocab, std::span<const int32_t> history = {});
+
   const SamplingParams& params() const { return params_; }
 
  private:
-  struct Candidate {
-    float logit;
-    int32_t id;
-  };
+  using Candidate = LogitCandidate;
+  bool penalizes(std::span<const int32_t> history) const;
+  // The distinct ids among the penalized tail of history.
+  std::vector<int32_t> penalized_ids(std::span<const int32_t> history) const;
+  int32_t sample_candidates();  // top-p, min-p, temperature over candidates_
   void keep_top_k(std::span<const float> logits, size_t k);
   void keep_top_p(float p);
   void keep_min_p(float min_p);

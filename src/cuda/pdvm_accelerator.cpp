@@ -78,16 +78,27 @@ class FusedAccelerator final : public DecodeAccelerator {
     else decoder_->read_kv(layer, checked_position(first), checked_position(count), k_rows, v_rows);
   }
   void last_logits(std::span<float> out) override {
-    if constexpr (!kSplit) {
-      // The step queued ahead has overwritten them: this step again (the same K/V row).
-      if (ahead_) decode(token_, position_);
-    }
+    if constexpr (!kSplit) redo_if_ahead();
     const std::vector<float> logits = decoder_->logits();
     PDVM_CHECK(out.size() == logits.size());
     std::copy(logits.begin(), logits.end(), out.begin());
   }
+  bool top_logits(size_t n, std::vector<LogitCandidate>& out) override {
+    if constexpr (kSplit) {
+      return false;
+    } else {
+      if (n == 0 || n > static_cast<size_t>(decoder_->config().n_vocab)) return false;
+      redo_if_ahead();
+      return decoder_->top_logits(static_cast<int>(n), out);
+    }
+  }
 
  private:
+  // The step queued ahead overwrote the logits: this step again (it rewrites the same K/V row).
+  void redo_if_ahead() {
+    if (ahead_) decode(token_, position_);
+  }
+
   std::unique_ptr<Decoder> decoder_;
   FusedMode mode_;
   int32_t last_ = -1;  // split decoders: the greedy token of the last step

@@ -78,12 +78,15 @@ GenerationStats Generator::generate(std::span<const int32_t> context, const Gene
   const bool backend_argmax = sp.temperature <= 0 && (sp.repeat_penalty == 1.0f || sp.repeat_last_n == 0);
   const auto prompt_start = Clock::now();
   const auto fresh = context.subspan(common);
-  std::span<const float> logits;
-  if (backend_argmax) {
-    session_.eval(fresh);
-  } else {
-    logits = session_.prefill(fresh);
-  }
+  session_.eval(fresh);
+  // With top-k on, only the largest logits come back where the fused decoder ranks them.
+  const size_t vocab = static_cast<size_t>(session_.n_vocab());
+  std::vector<LogitCandidate> top;
+  const auto sample = [&] {
+    const size_t needed = sampler.candidates_needed(vocab, history_);
+    if (needed > 0 && session_.top_logits(needed, top)) return sampler.sample_top(top, vocab, history_);
+    return sampler.sample(session_.last_logits(), history_);
+  };
   history_.insert(history_.end(), fresh.begin(), fresh.end());
   stats.prompt_tokens = static_cast<int64_t>(fresh.size());
   stats.prompt_seconds = seconds_since(prompt_start);
@@ -102,7 +105,7 @@ GenerationStats Generator::generate(std::span<const int32_t> context, const Gene
       break;
     }
     const bool feeds_back = options.n_predict < 0 || stats.generated_tokens + 1 < options.n_predict;
-    const int32_t token = !backend_argmax ? sampler.sample(logits, history_)
+    const int32_t token = !backend_argmax ? sample()
                           : feeds_back    ? session_.greedy_token()
                                           : session_.last_argmax();
     ++stats.generated_tokens;
@@ -120,11 +123,7 @@ GenerationStats Generator::generate(std::span<const int32_t> context, const Gene
       stats.stop_reason = StopReason::kContextFull;
       break;
     }
-    if (backend_argmax) {
-      session_.eval(std::span<const int32_t>(&token, 1));
-    } else {
-      logits = session_.decode(token);
-    }
+    session_.eval(std::span<const int32_t>(&token, 1));
     history_.push_back(token);
   }
   emit(filter.push(decoder.flush()));

@@ -348,6 +348,10 @@ int32_t Session::greedy_token() {
   return last_argmax();
 }
 
+bool Session::top_logits(size_t n, std::vector<LogitCandidate>& out) {
+  return accelerator_has_logits_ && accelerator_->top_logits(n, out);
+}
+
 std::vector<int32_t> Session::generate_greedy(std::span<const int32_t> prompt, int n) {
   std::vector<int32_t> generated;
   eval(prompt);

@@ -60,17 +60,27 @@ bool ranks_before(const C& a, const C& b) {
 
 }  // namespace
 
-void apply_repeat_penalty(std::span<float> logits, std::span<const int32_t> history, float penalty,
-                          int32_t last_n) {
+namespace {
+
+std::vector<int32_t> distinct_tail(std::span<const int32_t> history, int32_t last_n) {
   size_t n = history.size();
   if (last_n >= 0) n = std::min(n, static_cast<size_t>(last_n));
   std::vector<int32_t> ids(history.end() - static_cast<ptrdiff_t>(n), history.end());
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-  for (int32_t id : ids) {
+  return ids;
+}
+
+float penalized(float logit, float penalty) { return logit > 0.0f ? logit / penalty : logit * penalty; }
+
+}  // namespace
+
+void apply_repeat_penalty(std::span<float> logits, std::span<const int32_t> history, float penalty,
+                          int32_t last_n) {
+  for (int32_t id : distinct_tail(history, last_n)) {
     if (id < 0 || static_cast<size_t>(id) >= logits.size()) continue;
     float& logit = logits[static_cast<size_t>(id)];
-    logit = logit > 0.0f ? logit / penalty : logit * penalty;
+    logit = penalized(logit, penalty);
   }
 }
 
@@ -153,10 +163,18 @@ int32_t Sampler::draw(float temperature) {
   return candidates_.back().id;  // rounding left target at the very end of the mass
 }
 
+bool Sampler::penalizes(std::span<const int32_t> history) const {
+  return params_.repeat_penalty != 1.0f && params_.repeat_last_n != 0 && !history.empty();
+}
+
+std::vector<int32_t> Sampler::penalized_ids(std::span<const int32_t> history) const {
+  return penalizes(history) ? distinct_tail(history, params_.repeat_last_n) : std::vector<int32_t>{};
+}
+
 int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> history) {
   PDVM_CHECK_MSG(!logits.empty(), "sampling from an empty logits vector");
   std::span<const float> working = logits;
-  if (params_.repeat_penalty != 1.0f && params_.repeat_last_n != 0 && !history.empty()) {
+  if (penalizes(history)) {
     penalized_.assign(logits.begin(), logits.end());
     apply_repeat_penalty(penalized_, history, params_.repeat_penalty, params_.repeat_last_n);
     working = penalized_;
@@ -178,6 +196,35 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
     for (size_t i = 0; i < vocab; ++i) candidates_[i] = {working[i], static_cast<int32_t>(i)};
     candidates_sorted_ = false;
   }
+  return sample_candidates();
+}
+
+size_t Sampler::candidates_needed(size_t vocab, std::span<const int32_t> history) const {
+  const size_t k = static_cast<size_t>(params_.top_k);
+  if (params_.temperature <= 0.0f || k == 0 || k >= vocab) return 0;
+  if (!penalizes(history)) return k;
+  // A penalty above 1 only lowers logits: the k best afterwards are among the k + (lowered ones) best before.
+  if (params_.repeat_penalty < 1.0f) return 0;
+  return std::min(vocab, k + penalized_ids(history).size());
+}
+
+int32_t Sampler::sample_top(std::span<const LogitCandidate> top, size_t vocab, std::span<const int32_t> history) {
+  const size_t needed = candidates_needed(vocab, history);
+  PDVM_CHECK_MSG(needed > 0 && top.size() >= needed, "sampling: too few of the largest logits");
+  candidates_.assign(top.begin(), top.end());
+  const std::vector<int32_t> lowered = penalized_ids(history);
+  if (!lowered.empty()) {
+    for (Candidate& c : candidates_) {
+      if (std::binary_search(lowered.begin(), lowered.end(), c.id)) c.logit = penalized(c.logit, params_.repeat_penalty);
+    }
+    std::sort(candidates_.begin(), candidates_.end(), [](const Candidate& a, const Candidate& b) { return ranks_before(a, b); });
+  }
+  candidates_.resize(static_cast<size_t>(params_.top_k));
+  candidates_sorted_ = true;
+  return sample_candidates();
+}
+
+int32_t Sampler::sample_candidates() {
   if (params_.top_p < 1.0f) keep_top_p(params_.top_p);
   if (params_.min_p > 0.0f) keep_min_p(params_.min_p);
   return draw(params_.temperature);

@@ -9,6 +9,7 @@
 
 #include "model/synth_model.h"
 #include "pdvm/engine.h"
+#include "pdvm/sampling.h"
 #include "pdvm/error.h"
 #include "pdvm_reference.h"
 #include "upg/upg_convert.h"
@@ -88,7 +89,9 @@ TEST_F(FusedSessionTest, RunningAheadGivesTheStepwiseTokens) {
       const int32_t token = ahead.greedy_token();
       ASSERT_EQ(token, stepwise.last_argmax()) << "step " << step;
       // Logits asked for after the next step was queued: that step's own, not the queued one's.
-      if (step % 7 == 3) ASSERT_LT(test::relative_error(copy(ahead.last_logits()), copy(stepwise.last_logits())), 1e-6);
+      if (step % 7 == 3) {
+        ASSERT_LT(test::relative_error(copy(ahead.last_logits()), copy(stepwise.last_logits())), 1e-6);
+      }
       ahead.eval({&token, 1});
       stepwise.eval({&token, 1});
     }
@@ -116,6 +119,54 @@ TEST_F(FusedSessionTest, QueuedStepIsDroppedWhenItsContextChanges) {
   fresh.eval(edited);
   const std::vector<float> want = copy(fresh.decode(token));
   EXPECT_LT(test::relative_error(got, want), 1e-6);
+}
+
+// The largest logits ranked on the GPU are those of the whole row read back, in rank order, and
+// sampling from them draws the whole row's tokens (top-k 40, top-p, a penalty above 1), also
+// right after greedy_token() queued a step ahead.
+TEST_F(FusedSessionTest, LargestLogitsRankedOnTheGpuSampleAsTheWholeRow) {
+  std::uniform_int_distribution<int32_t> pick(0, 499);
+  std::vector<int32_t> history(7);
+  for (int32_t& t : history) t = pick(test::rng());
+  SamplingParams params;
+  params.temperature = 1.5f;
+  params.repeat_penalty = 1.2f;
+  params.seed = test::rng()();
+  Sampler from_top(params), from_row(params);
+  Session session(options("token"));
+  session.eval(history);
+  std::vector<LogitCandidate> top;
+  for (int step = 0; step < 40; ++step) {
+    if (step % 9 == 4) {
+      const int32_t greedy = session.greedy_token();  // queues a step: the logits are redone
+      ASSERT_EQ(greedy, session.last_argmax());
+    }
+    const std::vector<float> row = copy(session.last_logits());
+    if (step == 0) {
+      // The prompt ran batched on the backend, which holds these logits.
+      ASSERT_FALSE(session.top_logits(row.size(), top));
+      const int32_t token = from_row.sample(row, history);
+      ASSERT_EQ(token, from_top.sample(row, history));
+      history.push_back(token);
+      session.eval({&token, 1});
+      continue;
+    }
+    ASSERT_TRUE(session.top_logits(row.size(), top));
+    ASSERT_EQ(top.size(), row.size());
+    for (size_t i = 0; i < top.size(); ++i) {
+      ASSERT_EQ(top[i].logit, row[static_cast<size_t>(top[i].id)]) << "step " << step << " rank " << i;
+      if (i > 0) {
+        const LogitCandidate& a = top[i - 1];
+        ASSERT_TRUE(a.logit > top[i].logit || (a.logit == top[i].logit && a.id < top[i].id)) << "rank " << i;
+      }
+    }
+    const size_t needed = from_top.candidates_needed(row.size(), history);
+    ASSERT_TRUE(session.top_logits(needed, top));
+    const int32_t token = from_top.sample_top(top, row.size(), history);
+    ASSERT_EQ(token, from_row.sample(row, history)) << "step " << step;
+    history.push_back(token);
+    session.eval({&token, 1});
+  }
 }
 
 TEST_F(FusedSessionTest, UnknownModeIsRejected) {

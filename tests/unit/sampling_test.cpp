@@ -340,5 +340,50 @@ TEST(Sampling, NonFiniteLogitsAreANumericError) {
   }
 }
 
+// sample_top, given only the largest logits (as the GPU ranks them), picks what sample() picks
+// from the whole row, draw for draw from the same seed: top-k with and without top-p, min-p and a
+// repetition penalty above 1, logits with ties. A penalty below 1 or top-k off need the row.
+TEST(Sampling, LargestLogitsGiveTheWholeRowsPicks) {
+  std::uniform_int_distribution<int32_t> k_dist(1, 120);
+  std::uniform_real_distribution<float> p_dist(0.3f, 1.0f);
+  for (int trial = 0; trial < 60; ++trial) {
+    SamplingParams params = plain(trial % 3 == 0 ? 1.6f : 0.8f);
+    params.top_k = k_dist(test::rng());
+    params.top_p = trial % 2 ? p_dist(test::rng()) : 1.0f;
+    params.min_p = trial % 4 == 1 ? 0.05f : 0.0f;
+    params.repeat_penalty = trial % 5 < 3 ? 1.3f : 1.0f;
+    params.repeat_last_n = trial % 10 == 0 ? -1 : 64;
+    Sampler whole(params), top(params);
+    const size_t vocab = 3000;
+    std::vector<int32_t> history(100);
+    std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(vocab) - 1);
+    for (int32_t& t : history) t = id(test::rng());
+    for (int step = 0; step < 20; ++step) {
+      std::vector<float> logits = test::random_floats(vocab, 2.0f);
+      // Ties, some of them among the penalized tokens.
+      for (int i = 0; i < 30; ++i) logits[id(test::rng())] = logits[history[i]];
+      const std::vector<int32_t> order = ranking(logits);
+      const size_t n = top.candidates_needed(vocab, history);
+      ASSERT_GT(n, 0u);
+      ASSERT_GE(n, static_cast<size_t>(params.top_k));
+      std::vector<LogitCandidate> largest(n);
+      for (size_t i = 0; i < n; ++i) largest[i] = {logits[order[i]], order[i]};
+      const int32_t want = whole.sample(logits, history);
+      ASSERT_EQ(top.sample_top(largest, vocab, history), want) << "trial " << trial << " step " << step;
+      history.push_back(want);
+    }
+  }
+  SamplingParams params = plain(0.8f);
+  params.top_k = 40;
+  params.repeat_penalty = 0.8f;
+  EXPECT_EQ(Sampler(params).candidates_needed(3000, std::vector<int32_t>{5, 6}), 0u);
+  EXPECT_EQ(Sampler(params).candidates_needed(3000, {}), 40u);
+  params.top_k = 0;
+  EXPECT_EQ(Sampler(params).candidates_needed(3000, {}), 0u);
+  params.top_k = 40;
+  params.temperature = 0.0f;
+  EXPECT_EQ(Sampler(params).candidates_needed(3000, {}), 0u);
+}
+
 }  // namespace
 }  // namespace pdvm
