@@ -4,15 +4,15 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <string>
-
-#include <cub/device/device_radix_sort.cuh>
 
 #include "cuda/check.cuh"
 #include "cuda/env_switch.h"
 #include "cuda/graph_count.cuh"
 #include "cuda/pdvm_kernel.cuh"
 #include "cuda/pdvm_repack.h"
+#include "cuda/top_logits.cuh"
 #include "pdvm/communicator.h"
 #include "pdvm/error.h"
 #include "pdvm/fused_activations.h"
@@ -145,16 +145,7 @@ struct FusedDecoder::Impl {
   cudaStream_t read_stream = nullptr;
   int* read_token = nullptr;  // pinned
 
-  // top_logits: the logits sorted with their ids (a stable descending radix sort keeps equal
-  // logits in id order; CUB ranks -0.0 and +0.0 as equal), and its scratch.
-  int* vocab_ids = nullptr;
-  float* sorted_logits = nullptr;
-  int* sorted_ids = nullptr;
-  void* sort_scratch = nullptr;
-  size_t sort_scratch_bytes = 0;
-  float* top_host_logits = nullptr;  // pinned, top_host_capacity + 1 (the last sorted logit)
-  int* top_host_ids = nullptr;       // pinned, top_host_capacity
-  int top_host_capacity = 0;
+  std::unique_ptr<cuda::TopLogits> top;  // top_logits' ranking, made on first use
 
   ~Impl() {
     cudaSetDevice(device);
@@ -164,8 +155,6 @@ struct FusedDecoder::Impl {
       if (e) cudaEventDestroy(e);
     }
     if (read_token) cudaFreeHost(read_token);
-    if (top_host_logits) cudaFreeHost(top_host_logits);
-    if (top_host_ids) cudaFreeHost(top_host_ids);
     if (read_stream) cudaStreamDestroy(read_stream);
     if (stream) cudaStreamDestroy(stream);
   }
@@ -703,53 +692,13 @@ std::vector<float> FusedDecoder::logits() const {
   return out;
 }
 
-namespace {
-__global__ void fill_ids(int* ids, int n) {
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) ids[i] = i;
-}
-}  // namespace
-
 bool FusedDecoder::top_logits(int n, std::vector<LogitCandidate>& out) {
   Impl& m = *impl_;
   const int vocab = m.params.output.rows;
   PDVM_CHECK(vocab == m.config.n_vocab && n > 0 && n <= vocab);
   m.activate();
-  if (!m.vocab_ids) {
-    m.vocab_ids = m.alloc<int>(vocab);
-    m.sorted_logits = m.alloc<float>(vocab);
-    m.sorted_ids = m.alloc<int>(vocab);
-    fill_ids<<<(vocab + 255) / 256, 256, 0, m.stream>>>(m.vocab_ids, vocab);
-    PDVM_CUDA_CHECK(cudaGetLastError());
-    PDVM_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(nullptr, m.sort_scratch_bytes, m.params.logits,
-                                                              m.sorted_logits, m.vocab_ids, m.sorted_ids, vocab));
-    m.sort_scratch = m.alloc<uint8_t>(m.sort_scratch_bytes);
-  }
-  PDVM_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(m.sort_scratch, m.sort_scratch_bytes, m.params.logits,
-                                                            m.sorted_logits, m.vocab_ids, m.sorted_ids, vocab, 0,
-                                                            32, m.stream));
-  if (n > m.top_host_capacity) {
-    if (m.top_host_logits) PDVM_CUDA_CHECK(cudaFreeHost(m.top_host_logits));
-    if (m.top_host_ids) PDVM_CUDA_CHECK(cudaFreeHost(m.top_host_ids));
-    m.top_host_logits = nullptr;
-    m.top_host_ids = nullptr;
-    m.top_host_capacity = 0;
-    PDVM_CUDA_CHECK(cudaMallocHost(&m.top_host_logits, (n + 1) * sizeof(float)));
-    PDVM_CUDA_CHECK(cudaMallocHost(&m.top_host_ids, n * sizeof(int)));
-    m.top_host_capacity = n;
-  }
-  PDVM_CUDA_CHECK(cudaMemcpyAsync(m.top_host_logits, m.sorted_logits, n * sizeof(float), cudaMemcpyDeviceToHost, m.stream));
-  PDVM_CUDA_CHECK(cudaMemcpyAsync(m.top_host_ids, m.sorted_ids, n * sizeof(int), cudaMemcpyDeviceToHost, m.stream));
-  // NaNs sort above +inf (sign clear) or below -inf (sign set): first or last.
-  PDVM_CUDA_CHECK(cudaMemcpyAsync(m.top_host_logits + n, m.sorted_logits + vocab - 1, sizeof(float),
-                                  cudaMemcpyDeviceToHost, m.stream));
-  PDVM_CUDA_CHECK(cudaStreamSynchronize(m.stream));
-  if (std::isnan(m.top_host_logits[n])) return false;
-  out.resize(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) {
-    if (!std::isfinite(m.top_host_logits[i])) return false;
-    out[i] = {m.top_host_logits[i], m.top_host_ids[i]};
-  }
-  return true;
+  if (!m.top) m.top = std::make_unique<cuda::TopLogits>(vocab);
+  return m.top->rank(m.params.logits, n, m.stream, out);
 }
 
 std::vector<int> FusedDecoder::generate(int token, int position, int n_tokens, FusedMode mode) {
