@@ -33,6 +33,10 @@ class DecodeAccelerator {
   // The last step's n largest logits in rank order (FusedDecoder::top_logits); false when this
   // accelerator cannot rank them or the row needs reading whole.
   virtual bool top_logits(size_t /*n*/, std::vector<LogitCandidate>& /*out*/) { return false; }
+  // Samples the last step's token on the device (`draw`, Sampler::device_draw) into `token`;
+  // with `run_ahead`, as last_argmax_run_ahead, the step that decodes it may start before this
+  // returns. False when it cannot (the logits stay the last step's).
+  virtual bool draw_token(const DeviceDraw& /*draw*/, bool /*run_ahead*/, int32_t& /*token*/) { return false; }
   // Device kernels launched so far, where counted (see Backend::kernel_launches).
   virtual std::optional<uint64_t> kernel_launches() const { return std::nullopt; }
   // Split over ranks (--tp): seconds per token of the all-reduces alone, as the decode runs them,

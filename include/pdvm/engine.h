@@ -22,6 +22,8 @@
 
 namespace pdvm {
 
+class Sampler;
+
 struct SessionOptions {
   std::filesystem::path model_path;
   std::string backend = "cpu";            // a name from registered_backends()
@@ -105,6 +107,11 @@ class Session {
   // equal ones), where the fused decoder can rank them on the GPU (only they are copied back);
   // false otherwise, or when the row holds NaN or one of them is infinite: read last_logits().
   bool top_logits(size_t n, std::vector<LogitCandidate>& out);
+  // sampler.sample() of the last token's logits drawn on the GPU, where the fused decoder holds
+  // them and the sampler allows (Sampler::device_draw); with `run_ahead` (the caller evaluates
+  // the token next) the decoder queues that step before returning, as greedy_token() does.
+  // nullopt, the sampler's draw kept for a host pick, when it cannot.
+  std::optional<int32_t> draw_token(Sampler& sampler, std::span<const int32_t> history, bool run_ahead);
 
   // Appends `prompt` and then n greedy tokens (each the argmax after the previous input, fed
   // back in except for the last); returns the n tokens.

@@ -15,6 +15,22 @@ struct LogitCandidate {
   int32_t id;
 };
 
+// Sampler::sample() as a device can run it on a row's top_k largest logits (no repetition
+// penalty): top-k, then top-p and min-p on what is left, then the draw at `uniform`, the host
+// having computed the float constants so that the device repeats its arithmetic.
+struct DeviceDraw {
+  int top_k = 0;
+  float top_p = 1.0f;                 // >= 1: off
+  bool min_p_on = false;
+  float log_min_p = 0.0f;             // std::log(min_p)
+  float inverse_temperature = 1.0f;  // 1.0f / temperature
+  double uniform = 0.0;               // the random stream's draw, in [0, 1)
+};
+
+// What a device draw leaves in the token history when it cannot pick: too many logits tie at the
+// top for its bound (the host then samples the same row with the same draw).
+constexpr int32_t kNotDrawn = -2;
+
 // Index of the largest of the n logits (the first of equal ones), passing over NaNs; -1 when that
 // largest logit is not finite (every logit NaN or -inf, or one +inf). C++17, for the CUDA sources.
 int32_t finite_argmax(const float* logits, size_t n);

@@ -158,6 +158,12 @@ class FusedDecoder {
   void queue_step(int token, int position, FusedMode mode);
   void queue_next_step(FusedMode mode);
   int queued_token(int position);
+  // Queues a draw (Sampler::device_draw) from the logits of the last queued step, at `position`:
+  // its token, not the greedy one, feeds the next queued step, and queued_token(position)
+  // returns it, or kNotDrawn where the device could not pick (the row's logits are left as
+  // they were). False, queuing nothing, when this decoder cannot draw so (a split head, top_k
+  // above what the device ranks).
+  bool queue_draw(int position, const DeviceDraw& draw);
   // Like generate, but returns the device time in milliseconds (CUDA events) of the n tokens.
   double time_generate(int token, int position, int n_tokens, FusedMode mode);
   // Tensor-parallel ranks (benchmarks): the device time in milliseconds (CUDA events) of

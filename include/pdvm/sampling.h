@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
@@ -59,6 +60,12 @@ class Sampler {
   // rank order (larger first, lower id first among equal ones), over a row without NaNs: the same
   // token, and the same draws from the random stream.
   int32_t sample_top(std::span<const LogitCandidate> top, size_t vocab, std::span<const int32_t> history = {});
+  // sample() as a device runs it on the row's top_k largest logits (DeviceDraw), taking the
+  // random stream's next draw for it. nullopt when the sampler needs more (a repetition
+  // penalty, top-k off, greedy).
+  std::optional<DeviceDraw> device_draw(size_t vocab, std::span<const int32_t> history);
+  // When the device could not pick: the next sample() or sample_top() uses that draw again.
+  void put_back(const DeviceDraw& draw);
 
   const SamplingParams& params() const { return params_; }
 
@@ -76,6 +83,7 @@ class Sampler {
 
   SamplingParams params_;
   std::mt19937_64 rng_;
+  std::optional<double> put_back_;        // a draw to use before the stream's next
   std::vector<float> penalized_;          // logits after the penalty (only when it is on)
   std::vector<Candidate> candidates_;
   std::vector<float> weights_;            // unnormalized probabilities of the final draw

@@ -93,6 +93,26 @@ class FusedAccelerator final : public DecodeAccelerator {
     }
   }
 
+  bool draw_token(const DeviceDraw& draw, bool run_ahead, int32_t& token) override {
+    if constexpr (kSplit) {
+      return false;
+    } else {
+      redo_if_ahead();
+      if (!decoder_->queue_draw(position_, draw)) return false;
+      const bool ahead = run_ahead && position_ + 1 < decoder_->config().n_ctx;
+      if (ahead) decoder_->queue_next_step(mode_);
+      const int32_t drawn = decoder_->queued_token(position_);
+      if (drawn == kNotDrawn) {
+        if (ahead) decode(token_, position_);  // the queued step overwrote the logits
+        return false;
+      }
+      ahead_ = ahead;
+      ahead_token_ = drawn;
+      token = drawn;
+      return true;
+    }
+  }
+
  private:
   // The step queued ahead overwrote the logits: this step again (it rewrites the same K/V row).
   void redo_if_ahead() {

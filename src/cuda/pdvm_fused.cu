@@ -742,8 +742,22 @@ int FusedDecoder::queued_token(int position) {
   PDVM_CUDA_CHECK(cudaMemcpyAsync(m.read_token, m.params.history + (position - m.chain_first), sizeof(int),
                                   cudaMemcpyDeviceToHost, m.read_stream));
   PDVM_CUDA_CHECK(cudaStreamSynchronize(m.read_stream));
-  if (*m.read_token < 0) throw_non_finite_logits("at position " + std::to_string(position));
+  if (*m.read_token < 0 && *m.read_token != kNotDrawn) throw_non_finite_logits("at position " + std::to_string(position));
   return *m.read_token;
+}
+
+bool FusedDecoder::queue_draw(int position, const DeviceDraw& draw) {
+  Impl& m = *impl_;
+  PDVM_CHECK(m.chain_end > m.chain_first && position == m.chain_end - 1);
+  const int vocab = m.params.output.rows;
+  if (vocab != m.config.n_vocab) return false;
+  m.activate();
+  if (!m.top) m.top = std::make_unique<cuda::TopLogits>(vocab);
+  if (!m.top->can_draw(draw.top_k)) return false;
+  fused::DevStep* step = m.params.step;
+  m.top->queue_draw(m.params.logits, draw, {&step->token, &step->n_out, m.params.history}, m.stream);
+  PDVM_CUDA_CHECK(cudaEventRecord(m.step_done[position % kQueuedSteps], m.stream));
+  return true;
 }
 
 double FusedDecoder::time_all_reduces(int n_tokens) {

@@ -30,7 +30,7 @@ __device__ __forceinline__ uint64_t rank_key(float value, int id) {
   return (static_cast<uint64_t>(monotone(value)) << 32) | ~static_cast<uint32_t>(id);
 }
 
-LogitCandidate from_key(uint64_t key) {
+__host__ __device__ inline LogitCandidate from_key(uint64_t key) {
   uint32_t bits = static_cast<uint32_t>(key >> 32);
   bits = (bits & 0x80000000u) ? (bits & 0x7fffffffu) : ~bits;
   float value;
@@ -38,11 +38,121 @@ LogitCandidate from_key(uint64_t key) {
   return {value, static_cast<int32_t>(~static_cast<uint32_t>(key))};
 }
 
-// Bitonic sort, largest first, of `count` (a power of two) keys in shared memory.
+// Sampler::sample() after its top-k, on the k largest keys in rank order, run by warp 0 with
+// the host's arithmetic: the weights in parallel, their sums in the host's order by lane 0.
+// kNotDrawn for an infinite candidate (the host's checks then decide).
+__device__ int draw_token(const uint64_t* keys, int k, const DeviceDraw& d, double* nucleus_weights,
+                          float* draw_weights) {
+  const int lane = threadIdx.x;
+  const float top = from_key(keys[0]).logit;
+  bool finite = true;
+  for (int i = lane; i < k; i += 32) {
+    const float value = from_key(keys[i]).logit;
+    finite = finite && isfinite(value);
+    nucleus_weights[i] = exp(static_cast<double>(value - top));
+    draw_weights[i] = expf((value - top) * d.inverse_temperature);
+  }
+  if (!__all_sync(0xffffffffu, finite)) return kNotDrawn;
+  __syncwarp();
+  int token = 0;
+  if (lane == 0) {
+    int kept = k;
+    if (d.top_p < 1.0f) {
+      double total = 0.0;
+      for (int i = 0; i < kept; ++i) total += nucleus_weights[i];
+      const double target = static_cast<double>(d.top_p) * total;
+      double mass = 0.0;
+      for (int i = 0; i < kept; ++i) {
+        mass += nucleus_weights[i];
+        if (mass >= target) {
+          kept = i + 1;
+          break;
+        }
+      }
+    }
+    if (d.min_p_on) {
+      const float threshold = top + d.log_min_p;
+      int i = 0;
+      while (i < kept && !(from_key(keys[i]).logit < threshold)) ++i;
+      kept = i;
+    }
+    double total = 0.0;
+    for (int i = 0; i < kept; ++i) total += draw_weights[i];
+    const double target = d.uniform * total;
+    double mass = 0.0;
+    token = from_key(keys[kept - 1]).id;
+    for (int i = 0; i < kept; ++i) {
+      mass += draw_weights[i];
+      if (target < mass) {
+        token = from_key(keys[i]).id;
+        break;
+      }
+    }
+  }
+  return __shfl_sync(0xffffffffu, token, 0);
+}
+
+// The n-th largest of the strip maxima (so at least n are >= it), or 0 when there are fewer
+// than n: a radix select by the whole block, 8 bits a pass, each pass's 256-bin histogram
+// searched from the top by warp 0. `histogram` has 256 slots; `pick` carries the pass's result.
+__device__ uint32_t select_bound(const uint32_t* maxima, int strips, int n, unsigned* histogram, uint32_t* pick) {
+  const int lane = threadIdx.x % 32;
+  uint32_t prefix = 0;
+  int wanted = n;  // how many of the largest at this prefix are still to be passed
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) histogram[i] = 0;
+    __syncthreads();
+    const uint32_t high = shift == 24 ? 0u : ~0u << (shift + 8);
+    for (int i = threadIdx.x; i < strips; i += kThreads) {
+      const uint32_t value = maxima[i];
+      if ((value & high) == prefix) atomicAdd(&histogram[(value >> shift) & 255u], 1u);
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      unsigned mine = 0;
+      for (int b = 0; b < 8; ++b) mine += histogram[8 * lane + b];
+      unsigned from_here = mine;  // the bins of this lane and all above it
+      for (int offset = 1; offset < 32; offset <<= 1) {
+        const unsigned above = __shfl_down_sync(0xffffffffu, from_here, offset);
+        if (lane + offset < 32) from_here += above;
+      }
+      const unsigned reaching = __ballot_sync(0xffffffffu, from_here >= static_cast<unsigned>(wanted));
+      const int owner = reaching ? 31 - __clz(reaching) : -1;
+      if (lane == (owner < 0 ? 0 : owner)) {
+        uint32_t digit = 0, left = 0;
+        bool found = false;
+        if (owner >= 0) {
+          unsigned count = from_here - mine;
+          for (int b = 7; b >= 0 && !found; --b) {
+            count += histogram[8 * lane + b];
+            if (count >= static_cast<unsigned>(wanted)) {
+              digit = 8 * lane + b;
+              left = wanted - (count - histogram[digit]);
+              found = true;
+            }
+          }
+        }
+        pick[0] = found ? 1u : 0u;
+        pick[1] = digit;
+        pick[2] = left;
+      }
+    }
+    __syncthreads();
+    if (!pick[0]) return 0;
+    prefix |= pick[1] << shift;
+    wanted = static_cast<int>(pick[2]);
+    __syncthreads();  // the next pass clears the histogram
+  }
+  return prefix;
+}
+
+// Bitonic sort, largest first, of `count` (a power of two) keys in shared memory, by the block's
+// first kGroup threads: all of them, or warp 0 alone (no block-wide barriers for a few keys).
+template <int kGroup>
 __device__ void sort_descending(uint64_t* keys, int count) {
   for (int size = 2; size <= count; size <<= 1) {
     for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = threadIdx.x; i < count / 2; i += kThreads) {
+      for (int i = threadIdx.x; i < count / 2; i += kGroup) {
         const int lo = 2 * i - (i & (stride - 1)), hi = lo + stride;
         const uint64_t a = keys[lo], b = keys[hi];
         if ((a < b) == ((lo & size) == 0)) {
@@ -50,7 +160,11 @@ __device__ void sort_descending(uint64_t* keys, int count) {
           keys[hi] = a;
         }
       }
-      __syncthreads();
+      if constexpr (kGroup == 32) {
+        __syncwarp();
+      } else {
+        __syncthreads();
+      }
     }
   }
 }
@@ -58,14 +172,21 @@ __device__ void sort_descending(uint64_t* keys, int count) {
 enum : unsigned { kRankedAll = 0, kSawNan = 1, kTooManyCandidates = 2 };
 
 // Every warp takes the maximum of a strip of the row. If at least n strip maxima are >= t, so
-// are the n largest logits: the last block to finish finds the largest such t by bisection,
+// are the n largest logits: the last block to finish finds the largest such t (the n-th largest
+// maximum),
 // gathers the logits >= t from the strips whose maximum is, sorts them and writes the n best,
-// then kRankedAll, kSawNan or kTooManyCandidates. state: [0] blocks done, [1] NaN seen; both
-// left at 0.
+// then kRankedAll, kSawNan or kTooManyCandidates. With `draw` it then draws from the n best
+// (n = top_k) and leaves the token (or kNotDrawn) in target.history[*target.count - 1] and as
+// the next step's input (0 for kNotDrawn). state: [0] blocks done, [1] NaN seen; both left at 0.
 __global__ void __launch_bounds__(kThreads) rank_largest(const float* logits, int vocab, int n,
-                                                         uint32_t* strip_max, unsigned* state, uint64_t* out) {
+                                                         uint32_t* strip_max, unsigned* state, uint64_t* out,
+                                                         bool draw, DeviceDraw params, TopLogits::DrawTarget target) {
   __shared__ uint32_t maxima[kMaxStrips];
   __shared__ uint64_t candidates[kMaxCandidates];
+  __shared__ double nucleus_weights[TopLogits::kMaxFiltered];
+  __shared__ float draw_weights[TopLogits::kMaxFiltered];
+  __shared__ unsigned histogram[256];
+  __shared__ uint32_t pick[3];
   __shared__ unsigned found;
   __shared__ bool last;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -93,25 +214,20 @@ __global__ void __launch_bounds__(kThreads) rank_largest(const float* logits, in
   for (int i = threadIdx.x; i < strips; i += kThreads) maxima[i] = __ldcg(strip_max + i);
   if (threadIdx.x == 0) found = 0;
   __syncthreads();
-  uint32_t threshold = 0;
-  for (int bit = 31; bit >= 0; --bit) {
-    const uint32_t probe = threshold | (1u << bit);
-    int at_least = 0;
-    for (int first = 0; first < strips; first += kThreads) {
-      const int i = first + threadIdx.x;
-      at_least += __syncthreads_count(i < strips && maxima[i] >= probe);
-    }
-    if (at_least >= n) threshold = probe;
-  }
+  const uint32_t threshold = select_bound(maxima, strips, n, histogram, pick);
   for (int s = warp; s < strips; s += kThreads / 32) {
     if (maxima[s] < threshold) continue;
-    for (int j = 0; j < kStrip; j += 32) {
-      const int id = s * kStrip + j + lane;
-      if (id >= vocab) continue;
-      const float value = __ldcg(logits + id);
-      if (isnan(value) || monotone(value) < threshold) continue;
+    float values[kStrip / 32];
+#pragma unroll
+    for (int j = 0; j < kStrip / 32; ++j) {
+      const int id = s * kStrip + 32 * j + lane;
+      values[j] = id < vocab ? __ldcg(logits + id) : NAN;
+    }
+#pragma unroll
+    for (int j = 0; j < kStrip / 32; ++j) {
+      if (isnan(values[j]) || monotone(values[j]) < threshold) continue;
       const unsigned slot = atomicAdd(&found, 1u);
-      if (slot < kMaxCandidates) candidates[slot] = rank_key(value, id);
+      if (slot < kMaxCandidates) candidates[slot] = rank_key(values[j], s * kStrip + 32 * j + lane);
     }
   }
   __syncthreads();
@@ -121,12 +237,24 @@ __global__ void __launch_bounds__(kThreads) rank_largest(const float* logits, in
     while (size < static_cast<int>(count) || size < n) size <<= 1;
     for (int i = count + threadIdx.x; i < size; i += kThreads) candidates[i] = 0;
     __syncthreads();
-    sort_descending(candidates, size);
+    if (size <= 256) {
+      if (warp == 0) sort_descending<32>(candidates, size);
+      __syncthreads();
+    } else {
+      sort_descending<kThreads>(candidates, size);
+    }
     for (int i = threadIdx.x; i < n; i += kThreads) out[i] = candidates[i];
   }
-  if (threadIdx.x == 0) {
-    const unsigned saw_nan = atomicExch(&state[1], 0u);
+  if (warp != 0) return;
+  const unsigned saw_nan = lane == 0 ? atomicExch(&state[1], 0u) : 0u;
+  const bool ranked = __shfl_sync(0xffffffffu, saw_nan, 0) == 0 && count <= kMaxCandidates;
+  const int token = draw && ranked ? draw_token(candidates, n, params, nucleus_weights, draw_weights) : kNotDrawn;
+  if (lane == 0) {
     out[n] = saw_nan ? kSawNan : count > kMaxCandidates ? kTooManyCandidates : kRankedAll;
+    if (draw) {
+      target.history[*target.count - 1] = token;
+      *target.next_token = token < 0 ? 0 : token;
+    }
     state[0] = 0;
   }
 }
@@ -167,7 +295,7 @@ TopLogits::~TopLogits() {
 bool TopLogits::rank(const float* logits, int n, cudaStream_t stream, std::vector<LogitCandidate>& out) {
   PDVM_CHECK(n > 0 && n <= vocab_);
   if (n <= kMaxFiltered && vocab_ <= kMaxStrips * kStrip) {
-    rank_largest<<<blocks_, kThreads, 0, stream>>>(logits, vocab_, n, strip_max_, state_, largest_);
+    rank_largest<<<blocks_, kThreads, 0, stream>>>(logits, vocab_, n, strip_max_, state_, largest_, false, {}, {});
     PDVM_CUDA_CHECK_LAUNCH("rank_largest");
     PDVM_CUDA_CHECK(cudaMemcpyAsync(host_keys_, largest_, (n + 1) * sizeof(uint64_t), cudaMemcpyDeviceToHost, stream));
     PDVM_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -182,6 +310,17 @@ bool TopLogits::rank(const float* logits, int n, cudaStream_t stream, std::vecto
     }
   }
   return rank_sorted(logits, n, stream, out);
+}
+
+bool TopLogits::can_draw(int top_k) const {
+  return top_k > 0 && top_k <= kMaxFiltered && top_k <= vocab_ && vocab_ <= kMaxStrips * kStrip;
+}
+
+void TopLogits::queue_draw(const float* logits, const DeviceDraw& draw, const DrawTarget& target, cudaStream_t stream) {
+  PDVM_CHECK(can_draw(draw.top_k));
+  rank_largest<<<blocks_, kThreads, 0, stream>>>(logits, vocab_, draw.top_k, strip_max_, state_, largest_, true, draw,
+                                                  target);
+  PDVM_CUDA_CHECK_LAUNCH("rank_largest");
 }
 
 // A stable descending radix sort of the row keeps equal logits in id order (CUB ranks -0.0 and

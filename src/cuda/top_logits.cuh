@@ -25,6 +25,19 @@ class TopLogits {
   // is infinite.
   bool rank(const float* logits, int n, cudaStream_t stream, std::vector<LogitCandidate>& out);
 
+  // Where a draw leaves its token: history[*count - 1], and *next_token (the next step's input).
+  struct DrawTarget {
+    int* next_token;
+    const int* count;
+    int* history;
+  };
+  // Whether queue_draw can draw with this top_k.
+  bool can_draw(int top_k) const;
+  // Queues the ranking of `logits` and a draw from its top_k largest (Sampler::sample()'s steps
+  // after top-k) on `stream`, without waiting; the token, or kNotDrawn when the device cannot
+  // pick (NaN in the row, an infinite candidate, too many ties at the bound), goes to `target`.
+  void queue_draw(const float* logits, const DeviceDraw& draw, const DrawTarget& target, cudaStream_t stream);
+
   // Up to this n, one launch bounds the n largest by the maxima of strips of the row and sorts
   // only the logits above that bound; above it (or when too many logits tie there), a radix
   // sort of the whole row.

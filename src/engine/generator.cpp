@@ -79,10 +79,12 @@ GenerationStats Generator::generate(std::span<const int32_t> context, const Gene
   const auto prompt_start = Clock::now();
   const auto fresh = context.subspan(common);
   session_.eval(fresh);
-  // With top-k on, only the largest logits come back where the fused decoder ranks them.
+  // With top-k on, the fused decoder draws on the GPU (then queues the next step at once), or
+  // only the largest logits come back; elsewhere the sampler reads the row.
   const size_t vocab = static_cast<size_t>(session_.n_vocab());
   std::vector<LogitCandidate> top;
-  const auto sample = [&] {
+  const auto sample = [&](bool feeds_back) {
+    if (const std::optional<int32_t> drawn = session_.draw_token(sampler, history_, feeds_back)) return *drawn;
     const size_t needed = sampler.candidates_needed(vocab, history_);
     if (needed > 0 && session_.top_logits(needed, top)) return sampler.sample_top(top, vocab, history_);
     return sampler.sample(session_.last_logits(), history_);
@@ -105,7 +107,7 @@ GenerationStats Generator::generate(std::span<const int32_t> context, const Gene
       break;
     }
     const bool feeds_back = options.n_predict < 0 || stats.generated_tokens + 1 < options.n_predict;
-    const int32_t token = !backend_argmax ? sample()
+    const int32_t token = !backend_argmax ? sample(feeds_back)
                           : feeds_back    ? session_.greedy_token()
                                           : session_.last_argmax();
     ++stats.generated_tokens;

@@ -10,6 +10,7 @@
 #include "pdvm/engine.h"
 #include "pdvm/error.h"
 #include "pdvm/logits.h"
+#include "pdvm/sampling.h"
 
 namespace pdvm {
 namespace {
@@ -350,6 +351,16 @@ int32_t Session::greedy_token() {
 
 bool Session::top_logits(size_t n, std::vector<LogitCandidate>& out) {
   return accelerator_has_logits_ && accelerator_->top_logits(n, out);
+}
+
+std::optional<int32_t> Session::draw_token(Sampler& sampler, std::span<const int32_t> history, bool run_ahead) {
+  if (!accelerator_has_logits_) return std::nullopt;
+  const std::optional<DeviceDraw> draw = sampler.device_draw(static_cast<size_t>(n_vocab()), history);
+  if (!draw) return std::nullopt;
+  int32_t token = 0;
+  if (accelerator_->draw_token(*draw, run_ahead, token)) return token;
+  sampler.put_back(*draw);
+  return std::nullopt;
 }
 
 std::vector<int32_t> Session::generate_greedy(std::span<const int32_t> prompt, int n) {

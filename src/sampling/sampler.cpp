@@ -46,6 +46,11 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
 }
 
 double Sampler::uniform() {
+  if (put_back_) {
+    const double u = *put_back_;
+    put_back_.reset();
+    return u;
+  }
   // The top 53 bits as a fraction: std::uniform_real_distribution differs between libraries.
   return static_cast<double>(rng_() >> 11) * 0x1.0p-53;
 }
@@ -222,6 +227,24 @@ int32_t Sampler::sample_top(std::span<const LogitCandidate> top, size_t vocab, s
   candidates_.resize(static_cast<size_t>(params_.top_k));
   candidates_sorted_ = true;
   return sample_candidates();
+}
+
+std::optional<DeviceDraw> Sampler::device_draw(size_t vocab, std::span<const int32_t> history) {
+  const size_t k = static_cast<size_t>(params_.top_k);
+  if (params_.temperature <= 0.0f || k == 0 || k >= vocab || penalizes(history)) return std::nullopt;
+  DeviceDraw d;
+  d.top_k = params_.top_k;
+  d.top_p = params_.top_p;
+  d.min_p_on = params_.min_p > 0.0f;
+  d.log_min_p = d.min_p_on ? std::log(params_.min_p) : 0.0f;
+  d.inverse_temperature = 1.0f / params_.temperature;
+  d.uniform = uniform();
+  return d;
+}
+
+void Sampler::put_back(const DeviceDraw& draw) {
+  PDVM_CHECK(!put_back_);
+  put_back_ = draw.uniform;
 }
 
 int32_t Sampler::sample_candidates() {

@@ -169,6 +169,44 @@ TEST_F(FusedSessionTest, LargestLogitsRankedOnTheGpuSampleAsTheWholeRow) {
   }
 }
 
+// Tokens drawn on the GPU (Session::draw_token, the next step queued ahead or not) are the host
+// sampler's picks from the same logits with the same seed, in both fused modes; with a
+// repetition penalty nothing is drawn there and the sampler's stream is left as it was.
+TEST_F(FusedSessionTest, TokensDrawnOnTheGpuAreTheSamplersPicks) {
+  std::uniform_int_distribution<int32_t> pick(0, 499);
+  for (const char* mode : {"layer", "token"}) {
+    SCOPED_TRACE(mode);
+    std::vector<int32_t> history(7);
+    for (int32_t& t : history) t = pick(test::rng());
+    SamplingParams params;
+    params.temperature = 1.5f;
+    params.top_p = 0.9f;
+    params.seed = test::rng()();
+    Sampler on_gpu(params), on_host(params);
+    Session session(options(mode));
+    session.eval(history);
+    ASSERT_FALSE(session.draw_token(on_gpu, history, true).has_value());  // batched prompt: backend logits
+    int32_t token = on_gpu.sample(session.last_logits(), history);
+    ASSERT_EQ(token, on_host.sample(session.last_logits(), history));
+    for (int step = 0; session.n_past() + 1 < session.n_ctx(); ++step) {
+      history.push_back(token);
+      session.eval({&token, 1});
+      const std::optional<int32_t> drawn = session.draw_token(on_gpu, history, step % 3 != 0);
+      ASSERT_TRUE(drawn.has_value()) << "step " << step;
+      // last_logits() after a queued step redoes this one.
+      ASSERT_EQ(*drawn, on_host.sample(session.last_logits(), history)) << "step " << step;
+      token = *drawn;
+    }
+    SamplingParams penalized = params;
+    penalized.repeat_penalty = 1.3f;
+    Sampler gpu_penalized(penalized), host_penalized(penalized);
+    history.push_back(token);
+    session.eval({&token, 1});  // the context's last position
+    EXPECT_FALSE(session.draw_token(gpu_penalized, history, true).has_value());
+    EXPECT_EQ(gpu_penalized.sample(session.last_logits(), history), host_penalized.sample(session.last_logits(), history));
+  }
+}
+
 TEST_F(FusedSessionTest, UnknownModeIsRejected) {
   EXPECT_THROW(Session session(options("warp")), Error);
 }

@@ -385,5 +385,37 @@ TEST(Sampling, LargestLogitsGiveTheWholeRowsPicks) {
   EXPECT_EQ(Sampler(params).candidates_needed(3000, {}), 0u);
 }
 
+// device_draw hands out the stream's next draw with the host's constants; put back, the next
+// sample() uses that draw, so a failed device draw leaves the picks as if it never happened.
+TEST(Sampling, DeviceDrawsTakeTheStreamsDrawsInOrder) {
+  SamplingParams params = plain(0.7f);
+  params.top_k = 50;
+  params.top_p = 0.9f;
+  params.min_p = 0.05f;
+  Sampler drawing(params), plain_sampler(params);
+  const size_t vocab = 2000;
+  for (int step = 0; step < 40; ++step) {
+    const std::vector<float> logits = test::random_floats(vocab, 2.5f);
+    const std::optional<DeviceDraw> draw = drawing.device_draw(vocab, {});
+    ASSERT_TRUE(draw.has_value());
+    EXPECT_EQ(draw->top_k, 50);
+    EXPECT_EQ(draw->log_min_p, std::log(0.05f));
+    EXPECT_EQ(draw->inverse_temperature, 1.0f / 0.7f);
+    ASSERT_GE(draw->uniform, 0.0);
+    ASSERT_LT(draw->uniform, 1.0);
+    if (step % 2) drawing.put_back(*draw);  // the device could not pick: the host does, same draw
+    const int32_t want = plain_sampler.sample(logits);
+    if (step % 2) {
+      ASSERT_EQ(drawing.sample(logits), want) << "step " << step;
+    }
+  }
+  SamplingParams penalized = params;
+  penalized.repeat_penalty = 1.1f;
+  EXPECT_FALSE(Sampler(penalized).device_draw(vocab, std::vector<int32_t>{1, 2}).has_value());
+  EXPECT_TRUE(Sampler(penalized).device_draw(vocab, {}).has_value());
+  params.top_k = 0;
+  EXPECT_FALSE(Sampler(params).device_draw(vocab, {}).has_value());
+}
+
 }  // namespace
 }  // namespace pdvm
