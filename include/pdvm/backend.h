@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "pdvm/logits.h"
 #include "pdvm/tensor_type.h"
 
 namespace pdvm {
@@ -141,6 +142,11 @@ class Backend {
   // ids[t] = argmax of logits row t (I32 {n_tokens}); ties go to the lowest index, NaNs are passed
   // over, and -1 marks a row whose largest logit is not finite (finite_argmax, pdvm/logits.h).
   virtual void argmax(const Tensor& logits, Tensor& ids) = 0;
+  // The n largest logits of one row (F32 {n_vocab}) with their ids, larger first and lower id
+  // first among equal ones, where the backend ranks them itself so that only they are read back
+  // (sampling with top-k). False where it does not, or when the row holds NaN or one of the n is
+  // infinite: the caller then reads the row.
+  virtual bool top_logits(const Tensor& /*row*/, int /*n*/, std::vector<LogitCandidate>& /*out*/) { return false; }
 };
 
 }  // namespace pdvm

@@ -104,8 +104,9 @@ class Session {
   // that step before returning, so the GPU does not wait for the host between tokens.
   int32_t greedy_token();
   // The n largest of the last token's logits in rank order (larger first, lower id first among
-  // equal ones), where the fused decoder can rank them on the GPU (only they are copied back);
-  // false otherwise, or when the row holds NaN or one of them is infinite: read last_logits().
+  // equal ones), where the fused decoder or the backend ranks them on the GPU (only they are
+  // copied back); false otherwise, or when the row holds NaN or one of them is infinite: read
+  // last_logits().
   bool top_logits(size_t n, std::vector<LogitCandidate>& out);
   // sampler.sample() of the last token's logits drawn on the GPU, where the fused decoder holds
   // them and the sampler allows (Sampler::device_draw); with `run_ahead` (the caller evaluates

@@ -11,12 +11,14 @@
 // and the products of its output (Q8_0/Q4_0 Q/K/V, gate/up and head; in recorded sequences). Every op, write(), read(),
 // synchronize() and run_recorded() first launches whatever is held back and cannot join it.
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "cuda/env_switch.h"
 #include "cuda/graph_count.cuh"
 #include "cuda/ops.cuh"
+#include "cuda/top_logits.cuh"
 #include "cuda/upg.cuh"
 #include "pdvm/backend_registry.h"
 #include "pdvm/cuda_backend.h"
@@ -371,6 +373,19 @@ class CudaBackend final : public Backend {
     cuda::argmax(ctx_, f32(logits), logits.ne[0], static_cast<int>(logits.ne[1]), static_cast<int32_t*>(ids.data));
   }
 
+  bool top_logits(const Tensor& row, int n, std::vector<LogitCandidate>& out) override {
+    flush_pending();
+    expect_type(row, TensorType::kF32, "top_logits", "row");
+    const int vocab = static_cast<int>(row.ne[0]);
+    if (n <= 0 || n > vocab) return false;
+    activate();
+    if (!top_ || top_vocab_ != vocab) {
+      top_ = std::make_unique<cuda::TopLogits>(vocab);
+      top_vocab_ = vocab;
+    }
+    return top_->rank(f32(row), n, ctx_.stream, out);
+  }
+
  private:
   // Up to this many tokens a matmul streams the weights once per token (cheaper than
   // dequantizing them for a GEMM).
@@ -519,6 +534,8 @@ class CudaBackend final : public Backend {
   bool join_norms_ = cuda::env_equals("PDVM_CUDA_JOIN_NORM", "1");
 
   CudaContext ctx_;
+  std::unique_ptr<cuda::TopLogits> top_;  // top_logits' ranking, for rows of top_vocab_
+  int top_vocab_ = 0;
   uint64_t weight_bytes_ = 0;
   std::vector<uint8_t> staging_;
 };

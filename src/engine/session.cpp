@@ -350,7 +350,9 @@ int32_t Session::greedy_token() {
 }
 
 bool Session::top_logits(size_t n, std::vector<LogitCandidate>& out) {
-  return accelerator_has_logits_ && accelerator_->top_logits(n, out);
+  if (accelerator_has_logits_) return accelerator_->top_logits(n, out);
+  if (!last_ws_ || n > static_cast<size_t>(n_vocab())) return false;
+  return backend_->top_logits(row_view(last_ws_->logits, last_row_, 1), static_cast<int>(n), out);
 }
 
 std::optional<int32_t> Session::draw_token(Sampler& sampler, std::span<const int32_t> history, bool run_ahead) {

@@ -207,6 +207,43 @@ TEST_F(FusedSessionTest, TokensDrawnOnTheGpuAreTheSamplersPicks) {
   }
 }
 
+// The unfused CUDA backend ranks its logits on the GPU too: the largest logits of every step are
+// the row's, and sampling from them picks the row's tokens. The CPU backend reads its row.
+TEST_F(FusedSessionTest, UnfusedCudaBackendRanksItsLogits) {
+  std::uniform_int_distribution<int32_t> pick(0, 499);
+  std::vector<int32_t> history(6);
+  for (int32_t& t : history) t = pick(test::rng());
+  SessionOptions o = options("unfused");
+  o.backend = "cuda";
+  Session session(o);
+  Session on_cpu(options("unfused"));
+  SamplingParams params;
+  params.temperature = 1.2f;
+  params.repeat_penalty = 1.1f;
+  params.seed = test::rng()();
+  Sampler from_top(params), from_row(params);
+  session.eval(history);
+  on_cpu.eval(history);
+  std::vector<LogitCandidate> top;
+  EXPECT_FALSE(on_cpu.top_logits(40, top));
+  for (int step = 0; step < 24; ++step) {
+    const std::vector<float> row = copy(session.last_logits());
+    ASSERT_TRUE(session.top_logits(row.size(), top));
+    for (size_t i = 0; i < top.size(); ++i) {
+      ASSERT_EQ(top[i].logit, row[static_cast<size_t>(top[i].id)]) << "step " << step << " rank " << i;
+      if (i > 0) {
+        const LogitCandidate& a = top[i - 1];
+        ASSERT_TRUE(a.logit > top[i].logit || (a.logit == top[i].logit && a.id < top[i].id)) << "rank " << i;
+      }
+    }
+    ASSERT_TRUE(session.top_logits(from_top.candidates_needed(row.size(), history), top));
+    const int32_t token = from_top.sample_top(top, row.size(), history);
+    ASSERT_EQ(token, from_row.sample(row, history)) << "step " << step;
+    history.push_back(token);
+    session.eval({&token, 1});
+  }
+}
+
 TEST_F(FusedSessionTest, UnknownModeIsRejected) {
   EXPECT_THROW(Session session(options("warp")), Error);
 }
