@@ -121,6 +121,25 @@ TEST_F(FusedSessionTest, QueuedStepIsDroppedWhenItsContextChanges) {
   EXPECT_LT(test::relative_error(got, want), 1e-6);
 }
 
+// The session's largest logits, ranked on the GPU, are `row`'s in rank order, and sampling from
+// them (from_top) picks what sampling from the row (from_row) picks: `token`.
+void sample_from_ranked_logits(Session& session, const std::vector<float>& row, const std::vector<int32_t>& history,
+                               Sampler& from_top, Sampler& from_row, int32_t& token) {
+  std::vector<LogitCandidate> top;
+  ASSERT_TRUE(session.top_logits(row.size(), top));
+  ASSERT_EQ(top.size(), row.size());
+  for (size_t i = 0; i < top.size(); ++i) {
+    ASSERT_EQ(top[i].logit, row[static_cast<size_t>(top[i].id)]) << "rank " << i;
+    if (i > 0) {
+      const LogitCandidate& a = top[i - 1];
+      ASSERT_TRUE(a.logit > top[i].logit || (a.logit == top[i].logit && a.id < top[i].id)) << "rank " << i;
+    }
+  }
+  ASSERT_TRUE(session.top_logits(from_top.candidates_needed(row.size(), history), top));
+  token = from_top.sample_top(top, row.size(), history);
+  ASSERT_EQ(token, from_row.sample(row, history));
+}
+
 // The largest logits ranked on the GPU are those of the whole row read back, in rank order, and
 // sampling from them draws the whole row's tokens (top-k 40, top-p, a penalty above 1), also
 // right after greedy_token() queued a step ahead.
@@ -151,19 +170,9 @@ TEST_F(FusedSessionTest, LargestLogitsRankedOnTheGpuSampleAsTheWholeRow) {
       session.eval({&token, 1});
       continue;
     }
-    ASSERT_TRUE(session.top_logits(row.size(), top));
-    ASSERT_EQ(top.size(), row.size());
-    for (size_t i = 0; i < top.size(); ++i) {
-      ASSERT_EQ(top[i].logit, row[static_cast<size_t>(top[i].id)]) << "step " << step << " rank " << i;
-      if (i > 0) {
-        const LogitCandidate& a = top[i - 1];
-        ASSERT_TRUE(a.logit > top[i].logit || (a.logit == top[i].logit && a.id < top[i].id)) << "rank " << i;
-      }
-    }
-    const size_t needed = from_top.candidates_needed(row.size(), history);
-    ASSERT_TRUE(session.top_logits(needed, top));
-    const int32_t token = from_top.sample_top(top, row.size(), history);
-    ASSERT_EQ(token, from_row.sample(row, history)) << "step " << step;
+    SCOPED_TRACE("step " + std::to_string(step));
+    int32_t token = -1;
+    ASSERT_NO_FATAL_FAILURE(sample_from_ranked_logits(session, row, history, from_top, from_row, token));
     history.push_back(token);
     session.eval({&token, 1});
   }
@@ -228,17 +237,9 @@ TEST_F(FusedSessionTest, UnfusedCudaBackendRanksItsLogits) {
   EXPECT_FALSE(on_cpu.top_logits(40, top));
   for (int step = 0; step < 24; ++step) {
     const std::vector<float> row = copy(session.last_logits());
-    ASSERT_TRUE(session.top_logits(row.size(), top));
-    for (size_t i = 0; i < top.size(); ++i) {
-      ASSERT_EQ(top[i].logit, row[static_cast<size_t>(top[i].id)]) << "step " << step << " rank " << i;
-      if (i > 0) {
-        const LogitCandidate& a = top[i - 1];
-        ASSERT_TRUE(a.logit > top[i].logit || (a.logit == top[i].logit && a.id < top[i].id)) << "rank " << i;
-      }
-    }
-    ASSERT_TRUE(session.top_logits(from_top.candidates_needed(row.size(), history), top));
-    const int32_t token = from_top.sample_top(top, row.size(), history);
-    ASSERT_EQ(token, from_row.sample(row, history)) << "step " << step;
+    SCOPED_TRACE("step " + std::to_string(step));
+    int32_t token = -1;
+    ASSERT_NO_FATAL_FAILURE(sample_from_ranked_logits(session, row, history, from_top, from_row, token));
     history.push_back(token);
     session.eval({&token, 1});
   }
