@@ -37,14 +37,19 @@ class FusedAccelerator final : public DecodeAccelerator {
     } else {
       const bool queued = ahead_ && position == position_ + 1 && token == ahead_token_;
       ahead_ = false;
+      drawn_ = false;
       if (!queued) decoder_->queue_step(token, checked_position(position), mode_);
       position_ = checked_position(position);
       token_ = token;
     }
   }
   int32_t last_argmax() override {
-    if constexpr (kSplit) return last_;
-    else return decoder_->queued_token(position_);
+    if constexpr (kSplit) {
+      return last_;
+    } else {
+      redo_if_drawn();
+      return decoder_->queued_token(position_);
+    }
   }
   // Queues the next step before waiting for this one, so the GPU runs it while the host takes
   // the token; a later decode of that token at that position finds it already running.
@@ -52,6 +57,7 @@ class FusedAccelerator final : public DecodeAccelerator {
     if constexpr (kSplit) {
       return last_;
     } else {
+      redo_if_drawn();
       if (ahead_ || position_ + 1 >= decoder_->config().n_ctx) return last_argmax();
       decoder_->queue_next_step(mode_);
       ahead_token_ = decoder_->queued_token(position_);
@@ -99,6 +105,7 @@ class FusedAccelerator final : public DecodeAccelerator {
     } else {
       redo_if_ahead();
       if (!decoder_->queue_draw(position_, draw)) return false;
+      drawn_ = true;
       const bool ahead = run_ahead && position_ + 1 < decoder_->config().n_ctx;
       if (ahead) decoder_->queue_next_step(mode_);
       const int32_t drawn = decoder_->queued_token(position_);
@@ -118,6 +125,10 @@ class FusedAccelerator final : public DecodeAccelerator {
   void redo_if_ahead() {
     if (ahead_) decode(token_, position_);
   }
+  // A draw replaced the step's greedy token in the history: the step again for its argmax.
+  void redo_if_drawn() {
+    if (drawn_) decode(token_, position_);
+  }
 
   std::unique_ptr<Decoder> decoder_;
   FusedMode mode_;
@@ -127,6 +138,7 @@ class FusedAccelerator final : public DecodeAccelerator {
   int32_t token_ = -1;
   bool ahead_ = false;
   int32_t ahead_token_ = -1;
+  bool drawn_ = false;  // the last step's token in the history is a draw, not its argmax
 };
 
 int checked_context(int64_t n_ctx) {

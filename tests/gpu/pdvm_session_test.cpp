@@ -202,8 +202,12 @@ TEST_F(FusedSessionTest, TokensDrawnOnTheGpuAreTheSamplersPicks) {
       session.eval({&token, 1});
       const std::optional<int32_t> drawn = session.draw_token(on_gpu, history, step % 3 != 0);
       ASSERT_TRUE(drawn.has_value()) << "step " << step;
-      // last_logits() after a queued step redoes this one.
-      ASSERT_EQ(*drawn, on_host.sample(session.last_logits(), history)) << "step " << step;
+      // last_logits() after a queued step redoes this one; so does last_argmax() after a draw.
+      const std::vector<float> row = copy(session.last_logits());
+      ASSERT_EQ(*drawn, on_host.sample(row, history)) << "step " << step;
+      if (step % 5 == 2) {
+        ASSERT_EQ(session.last_argmax(), std::max_element(row.begin(), row.end()) - row.begin()) << "step " << step;
+      }
       token = *drawn;
     }
     SamplingParams penalized = params;
