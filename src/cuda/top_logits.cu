@@ -7,6 +7,7 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include "cuda/check.cuh"
+#include "sampling/sampling_exp.h"
 
 namespace pdvm::cuda {
 namespace {
@@ -39,7 +40,8 @@ __host__ __device__ inline LogitCandidate from_key(uint64_t key) {
 }
 
 // Sampler::sample() after its top-k, on the k largest keys in rank order, run by warp 0 with
-// the host's arithmetic: the weights in parallel, their sums in the host's order by lane 0.
+// the host's arithmetic (sampling_exp gives the same bits on both): the weights in parallel,
+// their sums in the host's order by lane 0.
 // kNotDrawn for an infinite candidate (the host's checks then decide).
 __device__ int draw_token(const uint64_t* keys, int k, const DeviceDraw& d, double* nucleus_weights,
                           float* draw_weights) {
@@ -49,8 +51,8 @@ __device__ int draw_token(const uint64_t* keys, int k, const DeviceDraw& d, doub
   for (int i = lane; i < k; i += 32) {
     const float value = from_key(keys[i]).logit;
     finite = finite && isfinite(value);
-    nucleus_weights[i] = exp(static_cast<double>(value - top));
-    draw_weights[i] = expf((value - top) * d.inverse_temperature);
+    nucleus_weights[i] = sampling_exp(value - top);
+    draw_weights[i] = sampling_exp((value - top) * d.inverse_temperature);
   }
   if (!__all_sync(0xffffffffu, finite)) return kNotDrawn;
   __syncwarp();

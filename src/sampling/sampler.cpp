@@ -7,6 +7,7 @@
 #include "pdvm/error.h"
 #include "pdvm/logits.h"
 #include "pdvm/sampling.h"
+#include "sampling/sampling_exp.h"
 
 namespace pdvm {
 
@@ -113,7 +114,7 @@ void Sampler::keep_top_p(float p) {
   float max_logit = -std::numeric_limits<float>::infinity();
   for (const Candidate& c : candidates_) max_logit = std::max(max_logit, c.logit);
   double total = 0.0;
-  for (const Candidate& c : candidates_) total += std::exp(static_cast<double>(c.logit - max_logit));
+  for (const Candidate& c : candidates_) total += sampling_exp(c.logit - max_logit);
   const double target = static_cast<double>(p) * total;
 
   // Sort only as much of the front as the nucleus needs, growing the sorted prefix as required.
@@ -131,7 +132,7 @@ void Sampler::keep_top_p(float p) {
       std::sort(block_begin, block_end, by_rank);
       sorted = want;
     }
-    mass += std::exp(static_cast<double>(candidates_[i].logit - max_logit));
+    mass += sampling_exp(candidates_[i].logit - max_logit);
     if (mass >= target) {
       candidates_.resize(i + 1);
       break;
@@ -156,7 +157,7 @@ int32_t Sampler::draw(float temperature) {
   weights_.resize(candidates_.size());
   double total = 0.0;
   for (size_t i = 0; i < candidates_.size(); ++i) {
-    weights_[i] = std::exp((candidates_[i].logit - max_logit) * inv_t);
+    weights_[i] = sampling_exp((candidates_[i].logit - max_logit) * inv_t);
     total += weights_[i];
   }
   const double target = uniform() * total;

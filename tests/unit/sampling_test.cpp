@@ -12,6 +12,7 @@
 #include "pdvm/error.h"
 #include "pdvm/logits.h"
 #include "pdvm/sampling.h"
+#include "sampling/sampling_exp.h"
 #include "test_support.h"
 
 namespace pdvm {
@@ -383,6 +384,25 @@ TEST(Sampling, LargestLogitsGiveTheWholeRowsPicks) {
   params.top_k = 40;
   params.temperature = 0.0f;
   EXPECT_EQ(Sampler(params).candidates_needed(3000, {}), 0u);
+}
+
+// sampling_exp (the sampler's exp, the same bits on host and device) against std::exp in double:
+// within 2 float ulps over the weights' range, 0 below it, exact at 0.
+TEST(Sampling, SamplingExpIsWithinTwoUlpsOfExp) {
+  std::uniform_real_distribution<float> x_dist(-103.0f, 0.0f);
+  double worst = 0.0;
+  for (int i = 0; i < 200000; ++i) {
+    const float x = i % 2 ? x_dist(test::rng()) : x_dist(test::rng()) / 100.0f;
+    const double want = std::exp(static_cast<double>(x));
+    const float got = sampling_exp(x);
+    const double ulp = std::nextafter(static_cast<float>(want), INFINITY) - static_cast<float>(want);
+    worst = std::max(worst, std::abs(got - want) / ulp);
+  }
+  EXPECT_LT(worst, 2.0);
+  EXPECT_EQ(sampling_exp(0.0f), 1.0f);
+  EXPECT_EQ(sampling_exp(-200.0f), 0.0f);
+  EXPECT_EQ(sampling_exp(-INFINITY), 0.0f);
+  std::printf("  worst error: %.3f ulp\n", worst);
 }
 
 // device_draw hands out the stream's next draw with the host's constants; put back, the next
