@@ -75,6 +75,9 @@ class Sampler {
   // The distinct ids among the penalized tail of history.
   std::vector<int32_t> penalized_ids(std::span<const int32_t> history) const;
   int32_t sample_candidates();  // top-p, min-p, temperature over candidates_
+  // exp(x) of a logit minus the largest (over the temperature in the draw), as after_top_k_ says.
+  double nucleus_weight(float x) const;
+  float draw_weight(float x) const;
   void keep_top_k(std::span<const float> logits, size_t k);
   void keep_top_p(float p);
   void keep_min_p(float min_p);
@@ -84,6 +87,9 @@ class Sampler {
   SamplingParams params_;
   std::mt19937_64 rng_;
   std::optional<double> put_back_;        // a draw to use before the stream's next
+  // Whether top-k cut the candidates: their weights then use sampling_exp, which a device draw
+  // repeats bit for bit (src/sampling/sampling_exp.h); a whole row's use the faster std::exp.
+  bool after_top_k_ = false;
   std::vector<float> penalized_;          // logits after the penalty (only when it is on)
   std::vector<Candidate> candidates_;
   std::vector<float> weights_;            // unnormalized probabilities of the final draw

@@ -109,12 +109,18 @@ void Sampler::keep_top_k(std::span<const float> logits, size_t k) {
   candidates_sorted_ = true;
 }
 
+double Sampler::nucleus_weight(float x) const {
+  return after_top_k_ ? sampling_exp(x) : std::exp(static_cast<double>(x));
+}
+
+float Sampler::draw_weight(float x) const { return after_top_k_ ? sampling_exp(x) : std::exp(x); }
+
 void Sampler::keep_top_p(float p) {
   const auto by_rank = [](const Candidate& a, const Candidate& b) { return ranks_before(a, b); };
   float max_logit = -std::numeric_limits<float>::infinity();
   for (const Candidate& c : candidates_) max_logit = std::max(max_logit, c.logit);
   double total = 0.0;
-  for (const Candidate& c : candidates_) total += sampling_exp(c.logit - max_logit);
+  for (const Candidate& c : candidates_) total += nucleus_weight(c.logit - max_logit);
   const double target = static_cast<double>(p) * total;
 
   // Sort only as much of the front as the nucleus needs, growing the sorted prefix as required.
@@ -132,7 +138,7 @@ void Sampler::keep_top_p(float p) {
       std::sort(block_begin, block_end, by_rank);
       sorted = want;
     }
-    mass += sampling_exp(candidates_[i].logit - max_logit);
+    mass += nucleus_weight(candidates_[i].logit - max_logit);
     if (mass >= target) {
       candidates_.resize(i + 1);
       break;
@@ -157,7 +163,7 @@ int32_t Sampler::draw(float temperature) {
   weights_.resize(candidates_.size());
   double total = 0.0;
   for (size_t i = 0; i < candidates_.size(); ++i) {
-    weights_[i] = sampling_exp((candidates_[i].logit - max_logit) * inv_t);
+    weights_[i] = draw_weight((candidates_[i].logit - max_logit) * inv_t);
     total += weights_[i];
   }
   const double target = uniform() * total;
@@ -195,7 +201,8 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
 
   const size_t vocab = working.size();
   const size_t k = static_cast<size_t>(params_.top_k);
-  if (k > 0 && k < vocab) {
+  after_top_k_ = k > 0 && k < vocab;
+  if (after_top_k_) {
     keep_top_k(working, k);
   } else {
     candidates_.resize(vocab);
@@ -227,6 +234,7 @@ int32_t Sampler::sample_top(std::span<const LogitCandidate> top, size_t vocab, s
   }
   candidates_.resize(static_cast<size_t>(params_.top_k));
   candidates_sorted_ = true;
+  after_top_k_ = true;
   return sample_candidates();
 }
 
