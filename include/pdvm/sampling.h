@@ -72,6 +72,7 @@ class Sampler {
  private:
   using Candidate = LogitCandidate;
   bool penalizes(std::span<const int32_t> history) const;
+  bool cuts_top_k(size_t vocab) const;  // top-k on, and below the vocabulary
   // The distinct ids among the penalized tail of history.
   std::vector<int32_t> penalized_ids(std::span<const int32_t> history) const;
   int32_t sample_candidates();  // top-p, min-p, temperature over candidates_

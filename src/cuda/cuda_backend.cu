@@ -379,10 +379,7 @@ class CudaBackend final : public Backend {
     const int vocab = static_cast<int>(row.ne[0]);
     if (n <= 0 || n > vocab) return false;
     activate();
-    if (!top_ || top_vocab_ != vocab) {
-      top_ = std::make_unique<cuda::TopLogits>(vocab);
-      top_vocab_ = vocab;
-    }
+    if (!top_ || top_->vocab() != vocab) top_ = std::make_unique<cuda::TopLogits>(vocab);
     return top_->rank(f32(row), n, ctx_.stream, out);
   }
 
@@ -534,8 +531,7 @@ class CudaBackend final : public Backend {
   bool join_norms_ = cuda::env_equals("PDVM_CUDA_JOIN_NORM", "1");
 
   CudaContext ctx_;
-  std::unique_ptr<cuda::TopLogits> top_;  // top_logits' ranking, for rows of top_vocab_
-  int top_vocab_ = 0;
+  std::unique_ptr<cuda::TopLogits> top_;  // top_logits' ranking, made on first use
   uint64_t weight_bytes_ = 0;
   std::vector<uint8_t> staging_;
 };

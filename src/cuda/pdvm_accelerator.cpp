@@ -58,11 +58,8 @@ class FusedAccelerator final : public DecodeAccelerator {
       return last_;
     } else {
       redo_if_drawn();
-      if (ahead_ || position_ + 1 >= decoder_->config().n_ctx) return last_argmax();
-      decoder_->queue_next_step(mode_);
-      ahead_token_ = decoder_->queued_token(position_);
-      ahead_ = true;
-      return ahead_token_;
+      if (ahead_) return decoder_->queued_token(position_);
+      return token_queuing_next(true);
     }
   }
   std::optional<uint64_t> kernel_launches() const override { return decoder_->kernel_launches(); }
@@ -106,21 +103,27 @@ class FusedAccelerator final : public DecodeAccelerator {
       redo_if_ahead();
       if (!decoder_->queue_draw(position_, draw)) return false;
       drawn_ = true;
-      const bool ahead = run_ahead && position_ + 1 < decoder_->config().n_ctx;
-      if (ahead) decoder_->queue_next_step(mode_);
-      const int32_t drawn = decoder_->queued_token(position_);
+      const int32_t drawn = token_queuing_next(run_ahead);
       if (drawn == kNotDrawn) {
-        if (ahead) decode(token_, position_);  // the queued step overwrote the logits
+        redo_if_ahead();  // the host samples this step's logits
         return false;
       }
-      ahead_ = ahead;
-      ahead_token_ = drawn;
       token = drawn;
       return true;
     }
   }
 
  private:
+  // This step's token (its argmax, or the draw queued after it); with `run_ahead` and room in
+  // the context, the next step, fed that token on the device, is queued before the wait.
+  int32_t token_queuing_next(bool run_ahead) {
+    const bool ahead = run_ahead && position_ + 1 < decoder_->config().n_ctx;
+    if (ahead) decoder_->queue_next_step(mode_);
+    const int32_t token = decoder_->queued_token(position_);
+    ahead_ = ahead;
+    ahead_token_ = token;
+    return token;
+  }
   // The step queued ahead overwrote the logits: this step again (it rewrites the same K/V row).
   void redo_if_ahead() {
     if (ahead_) decode(token_, position_);

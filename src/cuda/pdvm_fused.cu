@@ -145,7 +145,7 @@ struct FusedDecoder::Impl {
   cudaStream_t read_stream = nullptr;
   int* read_token = nullptr;  // pinned
 
-  std::unique_ptr<cuda::TopLogits> top;  // top_logits' ranking, made on first use
+  std::unique_ptr<cuda::TopLogits> top;  // ranking(), made on first use
 
   ~Impl() {
     cudaSetDevice(device);
@@ -338,6 +338,13 @@ struct FusedDecoder::Impl {
   }
 
   void activate() const { PDVM_CUDA_CHECK(cudaSetDevice(device)); }
+
+  // The head's rows ranked (top_logits, queue_draw): whole vocabulary heads only.
+  cuda::TopLogits& ranking() {
+    PDVM_CHECK(params.output.rows == config.n_vocab);
+    if (!top) top = std::make_unique<cuda::TopLogits>(config.n_vocab);
+    return *top;
+  }
 
   // A token as 2 launches per layer with x all-reduced after each, then the head alone.
   // In a graph (NCCL) the launches are plain; run eagerly (host all-reduce, several ranks may
@@ -694,11 +701,8 @@ std::vector<float> FusedDecoder::logits() const {
 
 bool FusedDecoder::top_logits(int n, std::vector<LogitCandidate>& out) {
   Impl& m = *impl_;
-  const int vocab = m.params.output.rows;
-  PDVM_CHECK(vocab == m.config.n_vocab && n > 0 && n <= vocab);
   m.activate();
-  if (!m.top) m.top = std::make_unique<cuda::TopLogits>(vocab);
-  return m.top->rank(m.params.logits, n, m.stream, out);
+  return m.ranking().rank(m.params.logits, n, m.stream, out);
 }
 
 std::vector<int> FusedDecoder::generate(int token, int position, int n_tokens, FusedMode mode) {
@@ -749,13 +753,12 @@ int FusedDecoder::queued_token(int position) {
 bool FusedDecoder::queue_draw(int position, const DeviceDraw& draw) {
   Impl& m = *impl_;
   PDVM_CHECK(m.chain_end > m.chain_first && position == m.chain_end - 1);
-  const int vocab = m.params.output.rows;
-  if (vocab != m.config.n_vocab) return false;
+  if (m.params.output.rows != m.config.n_vocab) return false;
   m.activate();
-  if (!m.top) m.top = std::make_unique<cuda::TopLogits>(vocab);
-  if (!m.top->can_draw(draw.top_k)) return false;
+  cuda::TopLogits& ranking = m.ranking();
+  if (!ranking.ranks_in_one_launch(draw.top_k)) return false;
   fused::DevStep* step = m.params.step;
-  m.top->queue_draw(m.params.logits, draw, {&step->token, &step->n_out, m.params.history}, m.stream);
+  ranking.queue_draw(m.params.logits, draw, {&step->token, &step->n_out, m.params.history}, m.stream);
   PDVM_CUDA_CHECK(cudaEventRecord(m.step_done[position % kQueuedSteps], m.stream));
   return true;
 }

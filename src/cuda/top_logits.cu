@@ -296,7 +296,7 @@ TopLogits::~TopLogits() {
 
 bool TopLogits::rank(const float* logits, int n, cudaStream_t stream, std::vector<LogitCandidate>& out) {
   PDVM_CHECK(n > 0 && n <= vocab_);
-  if (n <= kMaxFiltered && vocab_ <= kMaxStrips * kStrip) {
+  if (ranks_in_one_launch(n)) {
     rank_largest<<<blocks_, kThreads, 0, stream>>>(logits, vocab_, n, strip_max_, state_, largest_, false, {}, {});
     PDVM_CUDA_CHECK_LAUNCH("rank_largest");
     PDVM_CUDA_CHECK(cudaMemcpyAsync(host_keys_, largest_, (n + 1) * sizeof(uint64_t), cudaMemcpyDeviceToHost, stream));
@@ -314,12 +314,12 @@ bool TopLogits::rank(const float* logits, int n, cudaStream_t stream, std::vecto
   return rank_sorted(logits, n, stream, out);
 }
 
-bool TopLogits::can_draw(int top_k) const {
-  return top_k > 0 && top_k <= kMaxFiltered && top_k <= vocab_ && vocab_ <= kMaxStrips * kStrip;
+bool TopLogits::ranks_in_one_launch(int n) const {
+  return n > 0 && n <= kMaxFiltered && n <= vocab_ && vocab_ <= kMaxStrips * kStrip;
 }
 
 void TopLogits::queue_draw(const float* logits, const DeviceDraw& draw, const DrawTarget& target, cudaStream_t stream) {
-  PDVM_CHECK(can_draw(draw.top_k));
+  PDVM_CHECK(ranks_in_one_launch(draw.top_k));
   rank_largest<<<blocks_, kThreads, 0, stream>>>(logits, vocab_, draw.top_k, strip_max_, state_, largest_, true, draw,
                                                   target);
   PDVM_CUDA_CHECK_LAUNCH("rank_largest");

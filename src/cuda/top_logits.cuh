@@ -31,8 +31,9 @@ class TopLogits {
     const int* count;
     int* history;
   };
-  // Whether queue_draw can draw with this top_k.
-  bool can_draw(int top_k) const;
+  int vocab() const { return vocab_; }
+  // Whether one launch ranks the n largest (rank's fast path; queue_draw needs it for top_k).
+  bool ranks_in_one_launch(int n) const;
   // Queues the ranking of `logits` and a draw from its top_k largest (Sampler::sample()'s steps
   // after top-k) on `stream`, without waiting; the token, or kNotDrawn when the device cannot
   // pick (NaN in the row, an infinite candidate, too many ties at the bound), goes to `target`.

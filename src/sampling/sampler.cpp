@@ -200,10 +200,9 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   if (params_.temperature <= 0.0f) return greedy;
 
   const size_t vocab = working.size();
-  const size_t k = static_cast<size_t>(params_.top_k);
-  after_top_k_ = k > 0 && k < vocab;
+  after_top_k_ = cuts_top_k(vocab);
   if (after_top_k_) {
-    keep_top_k(working, k);
+    keep_top_k(working, static_cast<size_t>(params_.top_k));
   } else {
     candidates_.resize(vocab);
     for (size_t i = 0; i < vocab; ++i) candidates_[i] = {working[i], static_cast<int32_t>(i)};
@@ -212,9 +211,14 @@ int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> 
   return sample_candidates();
 }
 
+bool Sampler::cuts_top_k(size_t vocab) const {
+  const size_t k = static_cast<size_t>(params_.top_k);
+  return k > 0 && k < vocab;
+}
+
 size_t Sampler::candidates_needed(size_t vocab, std::span<const int32_t> history) const {
   const size_t k = static_cast<size_t>(params_.top_k);
-  if (params_.temperature <= 0.0f || k == 0 || k >= vocab) return 0;
+  if (params_.temperature <= 0.0f || !cuts_top_k(vocab)) return 0;
   if (!penalizes(history)) return k;
   // A penalty above 1 only lowers logits: the k best afterwards are among the k + (lowered ones) best before.
   if (params_.repeat_penalty < 1.0f) return 0;
@@ -239,8 +243,7 @@ int32_t Sampler::sample_top(std::span<const LogitCandidate> top, size_t vocab, s
 }
 
 std::optional<DeviceDraw> Sampler::device_draw(size_t vocab, std::span<const int32_t> history) {
-  const size_t k = static_cast<size_t>(params_.top_k);
-  if (params_.temperature <= 0.0f || k == 0 || k >= vocab || penalizes(history)) return std::nullopt;
+  if (params_.temperature <= 0.0f || !cuts_top_k(vocab) || penalizes(history)) return std::nullopt;
   DeviceDraw d;
   d.top_k = params_.top_k;
   d.top_p = params_.top_p;
