@@ -69,14 +69,6 @@ void register_decode_accelerator(DecodeAcceleratorFactory factory);
 // then unfused; "unfused" itself. Error(kInvalidArgument) for unknown modes.
 std::vector<std::string> gpu_mode_candidates(std::string_view requested, std::string_view backend);
 
-// Why --gpu-mode auto takes the unfused path for a model of these tensors although the fused
-// kernels support it (they would be slower), or empty: float-activation types above
-// kFusedFloatActivationLimitBytes. (Q4_0 models above 4 GiB ran unfused too until session 10:
-// H100, pdvm bench tg128, unfused vs token, synthesized all-Q4_0 llama-3-8b 357-360 vs 385-391
-// tok/s, llama-2-13b 231-232 vs 238-252; with the generic kernel instance, as a Q4_0 model
-// with a Q8_0 head runs, 373-374 and 237-239: docs/perf-notes.md, session 10.)
-std::string fused_slower_reason(std::span<const GgufTensor> tensors);
-
 // "unfused" returns nullptr. Other modes need a registered accelerator: Error(kUnsupported)
 // when none is linked in or it rejects the model, Error(kInvalidArgument) for unknown modes.
 std::unique_ptr<DecodeAccelerator> create_decode_accelerator(const GgufFile& file, int64_t n_ctx,

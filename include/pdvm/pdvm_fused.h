@@ -20,7 +20,8 @@
 // matvec) for speed, except in models with a Q4_1, Q4_K or Q6_K matrix in a layer (real
 // checkpoints such as the default SmolLM2 Q4_1, where int8 activations moved the logits up to
 // 0.115 relative and broke greedy agreement): there every quantized matrix but UPG multiplies
-// float activations (float_activations()), at the cost of more instructions per weight. The
+// int16 activations (int16_activations(); per-32 blocks, two dp4a per word, a rounding of 2^-16
+// of a block's largest value), at the cost of a few more instructions per weight. The
 // embedding and the LM head do not decide: llama.cpp's Q4_0 files keep a Q6_K head, which then
 // multiplies int8 activations like the layers.
 #pragma once
@@ -180,12 +181,12 @@ class FusedDecoder {
   void write_kv(int layer, int first, int count, const void* k_rows, const void* v_rows);
   void read_kv(int layer, int first, int count, void* k_rows, void* v_rows) const;
 
-  // Whether matrices of quantized types multiply float activations (see FusedDecoder(model)).
-  bool float_activations() const;
+  // Whether matrices of quantized types multiply int16 activations (see FusedDecoder(model)).
+  bool int16_activations() const;
   // The kernel instance a token's layers run (the attention half's, when layers run as two
   // halves): "q4_0 only" for a model whose every matrix is Q4_0 and whose activations are int8
-  // (compiled for that format alone: F16, Q8_0, Q4_0, UPG), else "generic" or "generic, float
-  // activations" (float_activations()), with the layer part for tensor parallelism.
+  // (compiled for that format alone: F16, Q8_0, Q4_0, UPG), else "generic" or "generic, int16
+  // activations" (int16_activations()), with the layer part for tensor parallelism.
   std::string kernel_instance() const;
   // The vectors handed to the next phase as int8 blocks, quantized once by the CTAs that produce
   // them instead of on every CTA that reads them: "attention output" (where every O matrix

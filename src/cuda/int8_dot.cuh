@@ -16,6 +16,20 @@ __device__ __forceinline__ int dp4a_unsigned(uint32_t a, int b, int c) {
   return d;
 }
 
+// Unsigned bytes of a times unsigned bytes of b, plus c.
+__device__ __forceinline__ int dp4a_both_unsigned(uint32_t a, uint32_t b, int c) {
+  int d;
+  asm("dp4a.u32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+// Signed bytes of a times unsigned bytes of b, plus c.
+__device__ __forceinline__ int dp4a_signed_unsigned(uint32_t a, uint32_t b, int c) {
+  int d;
+  asm("dp4a.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
 // 16 int8 weights (Q8_0) times 16 int8 activations.
 __device__ __forceinline__ int q8_chunk_dot(uint4 w, int4 a) {
   int sum = dp4a(w.x, a.x, 0);
@@ -41,6 +55,28 @@ __device__ __forceinline__ int q4_chunk_dot(uint4 w, int4 lo, int4 hi) {
   return sum + (sum16 >> 4);
 }
 
+// q8_chunk_dot against unsigned activation bytes (the low bytes of int16 activations).
+__device__ __forceinline__ int q8_chunk_dot_unsigned(uint4 w, uint4 a) {
+  int sum = dp4a_signed_unsigned(w.x, a.x, 0);
+  sum = dp4a_signed_unsigned(w.y, a.y, sum);
+  sum = dp4a_signed_unsigned(w.z, a.z, sum);
+  return dp4a_signed_unsigned(w.w, a.w, sum);
+}
+
+// q4_chunk_dot against unsigned activation bytes (the low bytes of int16 activations).
+__device__ __forceinline__ int q4_chunk_dot_unsigned(uint4 w, uint4 lo, uint4 hi) {
+  constexpr uint32_t kLow = 0x0f0f0f0fu, kHigh = 0xf0f0f0f0u;
+  int sum = dp4a_both_unsigned(w.x & kLow, lo.x, 0);
+  sum = dp4a_both_unsigned(w.y & kLow, lo.y, sum);
+  sum = dp4a_both_unsigned(w.z & kLow, lo.z, sum);
+  sum = dp4a_both_unsigned(w.w & kLow, lo.w, sum);
+  int sum16 = dp4a_both_unsigned(w.x & kHigh, hi.x, 0);
+  sum16 = dp4a_both_unsigned(w.y & kHigh, hi.y, sum16);
+  sum16 = dp4a_both_unsigned(w.z & kHigh, hi.z, sum16);
+  sum16 = dp4a_both_unsigned(w.w & kHigh, hi.w, sum16);
+  return sum + (sum16 >> 4);
+}
+
 // The codes of one lane's values of a 32-value block, the block's scale d and its code sum.
 template <int kLanes>
 struct BlockCodes {
@@ -50,10 +86,11 @@ struct BlockCodes {
 };
 
 // Quantizes a 32-value block held by kLanes consecutive lanes (aligned to kLanes), 32 / kLanes
-// values each: d = max |v| / 127, codes round(v / d), multiplied by the reciprocal (a division per
-// value was half the quantization's instructions). Every lane of the warp calls it (shuffles); d and
+// values each: d = max |v| / kMaxCode, codes round(v / d), multiplied by the reciprocal (a division per
+// value was half the quantization's instructions; its rounding stays far below the half step that
+// would take a code past kMaxCode). Every lane of the warp calls it (shuffles); d and
 // the code sum come back on every lane of the block. The lane layout cannot change the result.
-template <int kLanes>
+template <int kLanes, int kMaxCode = 127>
 __device__ __forceinline__ BlockCodes<kLanes> quantize_block(const float (&v)[32 / kLanes]) {
   constexpr int kValues = 32 / kLanes;
   float amax = fabsf(v[0]);
@@ -62,7 +99,7 @@ __device__ __forceinline__ BlockCodes<kLanes> quantize_block(const float (&v)[32
 #pragma unroll
   for (int offset = kLanes / 2; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
   BlockCodes<kLanes> out;
-  out.d = amax / 127.0f;
+  out.d = amax / static_cast<float>(kMaxCode);
   const float inverse = out.d > 0.0f ? 1.0f / out.d : 0.0f;
   out.sum = 0;
 #pragma unroll

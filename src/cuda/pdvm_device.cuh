@@ -30,12 +30,12 @@ constexpr int kMaxSplitItems = 256;  // row parts of a CTA's share (sums in shar
 // kFmtUpg: UPG4/UPG3 codes as consecutive nibbles with a per-row side stream (pdvm_upg.cuh).
 enum Format : int { kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3, kFmtQ4_1 = 4, kFmtQ8_16 = 5, kFmtUpg = 6 };
 
-// Flag on a quantized format (not UPG) in DevMatrix::format: the matrix multiplies the float
-// activations instead of int8 blocks (set per model by FusedDecoder, see pdvm_fused.h). The
+// Flag on a quantized format (not UPG) in DevMatrix::format: the matrix multiplies int16 blocks
+// of the activations instead of int8 ones (set per model by FusedDecoder, see pdvm_fused.h). The
 // weight layout is the base format's; is_quantized_format() is false for flagged formats, so no
 // int8 blocks are built for them.
-constexpr int kFloatActs = 16;
-__host__ __device__ constexpr int base_format(int format) { return format & ~kFloatActs; }
+constexpr int kInt16Acts = 16;
+__host__ __device__ constexpr int base_format(int format) { return format & ~kInt16Acts; }
 
 __host__ __device__ constexpr int weights_per_chunk(int format) {
   return format == kFmtQ8_0 || format == kFmtQ8_16 ? 16
@@ -148,9 +148,9 @@ struct Params {
   // O and down projections add into x; 1 on the other ranks, where they replace x by this rank's
   // partial sums, so an in-place all-reduce of x leaves every rank with x + all partials.
   int partial_output;
-  // Read on the host only: set with the kFloatActs formats, it makes launch_fused run the kernel
-  // instances built for float activations.
-  int float_activations;
+  // Set with the kInt16Acts formats: launch_fused runs the kernel instances built for int16
+  // activations, which stage them in shared memory (smem_layout).
+  int int16_activations;
   // In-kernel all-reduce (kFlagDeviceAllReduce, NCCL's device API): the partials go through a
   // symmetric window of [2 slots][ranks][n_embd] floats; CTA b meets CTA b of the other ranks at
   // LSA barrier b (the grids are equal), after the O and after the down projection.
@@ -301,13 +301,13 @@ struct FormatTag {
 };
 
 // The formats one kernel instance handles: its quantized matrices (UPG aside) all multiply int8
-// activations or all float ones (kFloatActs), as FusedDecoder flags them per model. Each instance
+// activations or all float ones (kInt16Acts), as FusedDecoder flags them per model. Each instance
 // compiles only its own kind's matvec loops: with both kinds in one kernel, the float loops'
 // register demand made the int8 ones spill (docs/perf-notes.md, session 3, fused-spills).
 // kOnly >= 0: the instance of a model whose matrices all have format kOnly compiles its loops alone.
-template <bool kFloatActivations, int kOnly, class Fn>
+template <bool kInt16Activations, int kOnly, class Fn>
 __device__ __forceinline__ void dispatch_format(int format, Fn&& fn) {
-  constexpr int kActs = kFloatActivations ? kFloatActs : 0;
+  constexpr int kActs = kInt16Activations ? kInt16Acts : 0;
   if constexpr (kOnly >= 0) {
     fn(FormatTag<kOnly>{});
   } else {

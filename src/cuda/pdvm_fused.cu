@@ -83,21 +83,22 @@ std::string check_config(const FusedConfig& c) {
 
 // Real checkpoints quantized to Q4_1, Q4_K or Q6_K (the default SmolLM2 Q4_1 among them) lost
 // exact greedy agreement with the unfused path to int8 activations (logits up to 0.115 relative
-// off on the default model, the error of every layer adding up); such models multiply float
-// activations in every quantized matrix. The layers decide (fused_activations_follow): a Q6_K
+// off on the default model, the error of every layer adding up); such models multiply int16
+// activations in every quantized matrix (float ones until session 19, at twice the time per
+// token at 1B: docs/perf-notes.md, session 19). The layers decide (fused_activations_follow): a Q6_K
 // head after Q4_0 layers, as llama.cpp writes Q4_0 files, multiplies int8 activations too: one
 // matvec's rounding, where float activations everywhere for its sake ran llama-3-8b at 164 tok/s
 // against 348 unfused (docs/perf-notes.md, session 11).
-bool wants_float_activations(const FusedModelView& model) {
+bool wants_int16_activations(const FusedModelView& model) {
   for (const FusedLayerView& l : model.layers) {
     for (const FusedWeightView* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down})
-      if (fused_float_activation_type(w->type)) return true;
+      if (fused_int16_activation_type(w->type)) return true;
   }
   return false;
 }
 
-void use_float_activations(DevMatrix& m) {
-  if (is_quantized(m.format) && m.format != fused::kFmtUpg) m.format |= fused::kFloatActs;
+void use_int16_activations(DevMatrix& m) {
+  if (is_quantized(m.format) && m.format != fused::kFmtUpg) m.format |= fused::kInt16Acts;
 }
 
 
@@ -519,7 +520,7 @@ FusedDecoder::FusedDecoder(const FusedModelView& model) : FusedDecoder() {
     throw_error(ErrorKind::kUnsupported, "fused decode: " + why);
   Impl& m = *impl_;
   m.init_state(model.config);
-  m.params.float_activations = wants_float_activations(model);
+  m.params.int16_activations = wants_int16_activations(model);
   for (const FusedLayerView& l : model.layers) {
     DevLayer d{};
     d.attn_norm = m.upload(to_floats(l.attn_norm));
@@ -533,8 +534,8 @@ FusedDecoder::FusedDecoder(const FusedModelView& model) : FusedDecoder() {
     d.gate = m.upload(l.gate);
     d.up = m.upload(l.up);
     d.down = m.upload(l.down);
-    if (m.params.float_activations) {
-      for (DevMatrix* w : {&d.qk, &d.v, &d.wo, &d.gate, &d.up, &d.down}) use_float_activations(*w);
+    if (m.params.int16_activations) {
+      for (DevMatrix* w : {&d.qk, &d.v, &d.wo, &d.gate, &d.up, &d.down}) use_int16_activations(*w);
     }
     m.layers.push_back(d);
   }
@@ -548,9 +549,9 @@ FusedDecoder::FusedDecoder(const FusedModelView& model) : FusedDecoder() {
   } else {
     m.params.output = m.params.token_embd;
   }
-  if (m.params.float_activations) {
-    use_float_activations(m.params.token_embd);
-    use_float_activations(m.params.output);
+  if (m.params.int16_activations) {
+    use_int16_activations(m.params.token_embd);
+    use_int16_activations(m.params.output);
   }
   m.params.output_norm = m.upload(to_floats(model.output_norm));
   if (!model.rope_freq_factors.empty()) m.params.rope_factors = m.upload(model.rope_freq_factors);
@@ -567,7 +568,7 @@ std::unique_ptr<FusedDecoder> FusedDecoder::synthesize(const FusedConfig& config
   std::unique_ptr<FusedDecoder> decoder(new FusedDecoder());
   Impl& m = *decoder->impl_;
   m.init_state(config);
-  m.params.float_activations = fused_float_activation_type(type);
+  m.params.int16_activations = fused_int16_activation_type(type);
   const FusedConfig& c = config;
   const int nq = c.n_head * c.head_dim, nkv = c.n_head_kv * c.head_dim;
   uint64_t tensor = seed * 1000003;
@@ -591,8 +592,8 @@ std::unique_ptr<FusedDecoder> FusedDecoder::synthesize(const FusedConfig& config
     d.gate = matrix(c.n_ff, c.n_embd);
     d.up = matrix(c.n_ff, c.n_embd);
     d.down = matrix(c.n_embd, c.n_ff);
-    if (m.params.float_activations) {
-      for (DevMatrix* w : {&d.qk, &d.v, &d.wo, &d.gate, &d.up, &d.down}) use_float_activations(*w);
+    if (m.params.int16_activations) {
+      for (DevMatrix* w : {&d.qk, &d.v, &d.wo, &d.gate, &d.up, &d.down}) use_int16_activations(*w);
     }
     m.layers.push_back(d);
   }
@@ -601,9 +602,9 @@ std::unique_ptr<FusedDecoder> FusedDecoder::synthesize(const FusedConfig& config
     m.params.output = matrix(head_rows, c.n_embd);
     m.params.vocab_first = head_first;
   }
-  if (m.params.float_activations) {
-    use_float_activations(m.params.token_embd);
-    use_float_activations(m.params.output);
+  if (m.params.int16_activations) {
+    use_int16_activations(m.params.token_embd);
+    use_int16_activations(m.params.output);
   }
   m.params.output_norm = norm();
   m.finish_layers();
@@ -616,7 +617,7 @@ const FusedConfig& FusedDecoder::config() const { return impl_->config; }
 FusedFootprint FusedDecoder::footprint() const { return impl_->footprint; }
 int FusedDecoder::grid_size() const { return impl_->grid; }
 uint64_t FusedDecoder::kernel_launches() const { return impl_->kernel_launches; }
-bool FusedDecoder::float_activations() const { return impl_->params.float_activations != 0; }
+bool FusedDecoder::int16_activations() const { return impl_->params.int16_activations != 0; }
 std::string FusedDecoder::int8_handoffs() const {
   const fused::Params& p = impl_->params;
   if (p.attn_q.q && p.h_q.q) return "attention output, h";

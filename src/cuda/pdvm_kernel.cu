@@ -26,20 +26,20 @@ __global__ void __launch_bounds__(kThreads, 1) all_reduce_only_kernel(const __gr
 struct Instance {
   FusedKernel kernel;
   int format;
-  bool float_activations;
+  bool int16_activations;
   const char* part;  // nullptr: whole layers
 };
 
-template <bool kFloatActivations>
+template <bool kInt16Activations>
 Instance instance_for_part(int flags) {
   if (flags & kFlagAttnHalf)
-    return {fused_decode_kernel<kFloatActivations, LayerPart::kAttentionHalf>, -1, kFloatActivations, "attention half"};
+    return {fused_decode_kernel<kInt16Activations, LayerPart::kAttentionHalf>, -1, kInt16Activations, "attention half"};
   if (flags & kFlagMlpHalf)
-    return {fused_decode_kernel<kFloatActivations, LayerPart::kMlpHalf>, -1, kFloatActivations, "MLP half"};
+    return {fused_decode_kernel<kInt16Activations, LayerPart::kMlpHalf>, -1, kInt16Activations, "MLP half"};
   if (flags & kFlagDeviceAllReduce)
-    return {fused_decode_kernel<kFloatActivations, LayerPart::kWholeAllReduce>, -1, kFloatActivations,
+    return {fused_decode_kernel<kInt16Activations, LayerPart::kWholeAllReduce>, -1, kInt16Activations,
             "in-kernel all-reduce"};
-  return {fused_decode_kernel<kFloatActivations, LayerPart::kWhole>, -1, kFloatActivations, nullptr};
+  return {fused_decode_kernel<kInt16Activations, LayerPart::kWhole>, -1, kInt16Activations, nullptr};
 }
 
 const char* single_format_name(int format) {
@@ -64,10 +64,10 @@ Instance choose_instance(const Params& p, int flags) {
     const char* env = std::getenv("PDVM_FUSED_FORMAT_KERNEL");
     return !(env && std::string_view(env) == "0");
   }();
-  if (single_format_kernels && !p.float_activations && !half && !(flags & kFlagDeviceAllReduce)) {
+  if (single_format_kernels && !p.int16_activations && !half && !(flags & kFlagDeviceAllReduce)) {
     if (FusedKernel kernel = single_format_kernel(p.single_format)) return {kernel, p.single_format, false, nullptr};
   }
-  return p.float_activations ? instance_for_part<true>(flags) : instance_for_part<false>(flags);
+  return p.int16_activations ? instance_for_part<true>(flags) : instance_for_part<false>(flags);
 }
 
 constexpr FusedKernel kAllInstances[] = {
@@ -82,7 +82,7 @@ constexpr FusedKernel kAllInstances[] = {
 std::string fused_kernel_name(const Params& p, int flags) {
   const Instance instance = choose_instance(p, flags);
   std::string name = instance.format >= 0 ? std::string(single_format_name(instance.format)) + " only" : "generic";
-  if (instance.float_activations) name += ", float activations";
+  if (instance.int16_activations) name += ", int16 activations";
   if (instance.part) name += std::string(", ") + instance.part;
   return name;
 }
@@ -100,7 +100,7 @@ int row_parts_log2(int format, int rows, int row_bytes, int grid) {
   const int forced = choice.size() == 1 && choice[0] >= '1' && choice[0] <= '3' ? choice[0] - '0' : -1;
   if (base == kFmtUpg || choice == "0" || (!is_quantized_format(base) && forced < 0 && choice != "all")) return 0;
   const int n_chunks = row_bytes / 16, columns = part_columns(n_chunks, 1), max_rows = (rows + grid - 1) / grid;
-  const int max_s = max_row_parts_log2(), loads = loads_per_lane(format, 1);
+  const int max_s = max_row_parts_log2(), loads = loads_per_lane(format);
   int best = 0, best_batches = INT_MAX;
   for (int s = 0; s <= max_s; ++s) {
     const int parts = 1 << s, columns_per_part = part_columns(n_chunks, parts);
@@ -120,9 +120,9 @@ int row_parts_log2(int format, int rows, int row_bytes, int grid) {
 }
 
 size_t fused_smem_bytes(const Params& p) {
-  size_t offsets[6];
+  size_t offsets[kSmemRegions];
   smem_layout(p, offsets);
-  return offsets[5];
+  return offsets[kSmemRegions - 1];
 }
 
 int fused_max_grid(const Params& p, int device) {

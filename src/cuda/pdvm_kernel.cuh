@@ -34,7 +34,7 @@ void launch_fused(const Params& p, int grid, int layer_begin, int layer_end, int
                   cudaStream_t stream);
 
 // Which instance of the kernel launch_fused(p, ..., flags, ...) runs: "q4_0 only" (compiled for
-// models whose matrices all have that format), "generic", "generic, float activations, MLP
+// models whose matrices all have that format), "generic", "generic, int16 activations, MLP
 // half", ...
 std::string fused_kernel_name(const Params& p, int flags);
 

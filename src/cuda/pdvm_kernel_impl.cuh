@@ -7,13 +7,13 @@
 // residual. Counters grow monotonically: phase targets are (epoch + 1) * arrivals, where the
 // layer's epoch is bumped by the last CTA to finish its down projection.
 //
-// The kernel is compiled per activation kind (int8 or float, see kFloatActs) and per layer part
+// The kernel is compiled per activation kind (int8 or int16, see kInt16Acts) and per layer part
 // (whole layers; one half of each, or whole layers with the in-kernel all-reduce, for tensor
 // parallelism), and for whole layers of int8-activation models whose matrices all have one
 // format, once per format (pdvm_kernel_formats.cu); launch_fused picks the instance: the kernel
 // sits at its register cap (96 at 640 threads), and every code path compiled into one instance
-// shares its register allocation and its code (docs/perf-notes.md: the float-activation and TP
-// paths made the int8 path spill; an instance with one format's loops only is 2-8 % faster at 1B).
+// shares its register allocation and its code (docs/perf-notes.md: the float-activation path, which the
+// int16 one replaced, and the TP paths made the int8 path spill; an instance with one format's loops only is 2-8 % faster at 1B).
 //
 // This header holds the device code; pdvm_kernel.cu and pdvm_kernel_formats.cu instantiate it.
 
@@ -53,6 +53,11 @@ struct Smem {
   int* q_sum;
   float* part_sums;  // [kMaxSplitItems]
   float2* rope;      // [n_rot / 2]: cos, sin of this token's RoPE angles
+  // int16 blocks (kInt16Acts matrices; empty in models without them).
+  int8_t* q16_high;
+  uint8_t* q16_low;
+  float* scale16;
+  int* sum16;
 };
 
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
@@ -80,19 +85,25 @@ __host__ __device__ inline size_t max_activation(const Params& p) {
   return std::max({p.n_embd, p.n_ff, p.n_head * p.head_dim});
 }
 
-// Byte offsets of xq, q_scale, q_sum, part_sums, rope and the total.
-__host__ __device__ inline void smem_layout(const Params& p, size_t (&offsets)[6]) {
-  const size_t n = max_activation(p);
+// Byte offsets of xq, q_scale, q_sum, part_sums, rope, q16_high, q16_low, scale16, sum16 and the
+// total. Models without kInt16Acts matrices (Params::int16_activations) take no int16 blocks.
+constexpr int kSmemRegions = 10;
+__host__ __device__ inline void smem_layout(const Params& p, size_t (&offsets)[kSmemRegions]) {
+  const size_t n = max_activation(p), n16 = p.int16_activations ? n : 0;
   offsets[0] = align16((kSmemHeader + vector_floats(p)) * sizeof(float));
   offsets[1] = offsets[0] + align16(n);
   offsets[2] = offsets[1] + align16(n / 32 * sizeof(float));
   offsets[3] = offsets[2] + align16(n / 32 * sizeof(int));
   offsets[4] = offsets[3] + kMaxSplitItems * sizeof(float);
   offsets[5] = offsets[4] + align16(p.n_rot / 2 * sizeof(float2));
+  offsets[6] = offsets[5] + align16(n16);
+  offsets[7] = offsets[6] + align16(n16);
+  offsets[8] = offsets[7] + align16(n16 / 32 * sizeof(float));
+  offsets[9] = offsets[8] + align16(n16 / 32 * sizeof(int));
 }
 
 __device__ Smem carve_smem(const Params& p, uint8_t* base) {
-  size_t off[6];
+  size_t off[kSmemRegions];
   smem_layout(p, off);
   Smem s;
   s.red = reinterpret_cast<float*>(base);
@@ -103,6 +114,10 @@ __device__ Smem carve_smem(const Params& p, uint8_t* base) {
   s.q_sum = reinterpret_cast<int*>(base + off[2]);
   s.part_sums = reinterpret_cast<float*>(base + off[3]);
   s.rope = reinterpret_cast<float2*>(base + off[4]);
+  s.q16_high = reinterpret_cast<int8_t*>(base + off[5]);
+  s.q16_low = base + off[6];
+  s.scale16 = reinterpret_cast<float*>(base + off[7]);
+  s.sum16 = reinterpret_cast<int*>(base + off[8]);
   return s;
 }
 
@@ -112,14 +127,19 @@ __device__ Smem carve_smem(const Params& p, uint8_t* base) {
 constexpr int kStageBatch = 8;
 
 // Where a phase's input vector goes: xs (floats) and, with `int8` (quantized weights), its int8
-// blocks, quantized from the registers that hold xs's values as they are stored (no pass of its
-// own over xs).
+// blocks, with `int16` (kInt16Acts weights) its int16 blocks, quantized from the registers that
+// hold xs's values as they are stored (no pass of its own over xs).
 struct Staging {
   float* xs;
   int8_t* q;
   float* scale;
   int* sum;
+  int8_t* q16_high;
+  uint8_t* q16_low;
+  float* scale16;
+  int* sum16;
   bool int8;
+  bool int16;
 };
 
 // Thread t's k-th float4 of a vector is elements 4 (t + k kThreads) .. + 3, i.e. part t % 8 of
@@ -127,7 +147,9 @@ struct Staging {
 __device__ __forceinline__ void store_staged(const Staging& st, int i, int n, float4 v) {
   const bool valid = i < n;
   if (valid) *reinterpret_cast<float4*>(st.xs + i) = v;
-  if (st.int8) quantize_group(valid ? v : make_float4(0, 0, 0, 0), valid, i / 32, threadIdx.x % 8, st.q, st.scale, st.sum);
+  if (!valid) v = make_float4(0, 0, 0, 0);
+  if (st.int8) quantize_group(v, valid, i / 32, threadIdx.x % 8, st.q, st.scale, st.sum);
+  if (st.int16) quantize_group16(v, valid, i / 32, threadIdx.x % 8, st.q16_high, st.q16_low, st.scale16, st.sum16);
 }
 
 // x (global, written by other CTAs) -> xs = x * w and its int8 blocks, in one pass that also sums
@@ -216,14 +238,17 @@ __device__ void quantize_h_share(const Params& p, const float* h, int begin, int
 }
 
 // The staging of an input for matrices of these formats (int8 blocks are built only for quantized
-// weights; kOnly >= 0: every matrix has that format).
-template <int kOnly>
+// weights, int16 blocks only for kInt16Acts ones; kOnly >= 0: every matrix has that format).
+template <bool kInt16Activations, int kOnly>
 __device__ Staging staging_for(const Smem& sm, int format, int other_format = kFmtF16) {
   const bool int8 = kOnly >= 0 ? is_quantized_format(kOnly) : is_quantized_format(format) || is_quantized_format(other_format);
-  return Staging{sm.xs, sm.xq, sm.q_scale, sm.q_sum, int8};
+  const bool int16 = kInt16Activations && ((format | other_format) & kInt16Acts) != 0;
+  return Staging{sm.xs, sm.xq, sm.q_scale, sm.q_sum, sm.q16_high, sm.q16_low, sm.scale16, sm.sum16, int8, int16};
 }
 
-__device__ __forceinline__ Acts acts_of(const Smem& sm) { return Acts{sm.xs, sm.xq, sm.q_scale, sm.q_sum}; }
+__device__ __forceinline__ Acts acts_of(const Smem& sm) {
+  return Acts{sm.xs, sm.xq, sm.q_scale, sm.q_sum, sm.q16_high, sm.q16_low, sm.scale16, sm.sum16};
+}
 
 // cos and sin of the RoPE angles pos x freq(i) (in double, then rounded), for the QKV rows of
 // every layer this launch runs: once per CTA, not once per row pair inside the QKV stream,
@@ -266,12 +291,12 @@ __device__ void store_qkv_pair(const Params& p, const float2* rope, int layer, i
 
 // The CTA's share [begin, end) of the RoPE pairs of [Wq; Wk; Wv]: pairs of qk, then of v. The
 // rows' values times norm_scale (rms_norm_to_smem).
-template <bool kFloatActivations, int kOnly>
+template <bool kInt16Activations, int kOnly>
 __device__ void phase_qkv(const Params& p, const DevLayer& L, const float2* rope, int layer, int pos, int begin,
                           int end, const Acts& acts, float norm_scale) {
   const int qk_pairs = L.qk.rows / 2;
   const int qk_end = min(end, qk_pairs), v_begin = max(begin, qk_pairs);
-  matvec_items<kFloatActivations, kOnly, 2>(
+  matvec_items<kInt16Activations, kOnly, 2>(
       L.qk.format, max(qk_end - begin, 0), L.qk.row_bytes / 16, acts,
       [&](int i, RowRef(&refs)[2]) {
         refs[0] = row_ref(L.qk, 2 * (begin + i));
@@ -280,7 +305,7 @@ __device__ void phase_qkv(const Params& p, const DevLayer& L, const float2* rope
       [&](int i, const float(&v)[2]) {
         store_qkv_pair(p, rope, layer, pos, 2 * (begin + i), v[0] * norm_scale, v[1] * norm_scale);
       });
-  matvec_items<kFloatActivations, kOnly, 2>(
+  matvec_items<kInt16Activations, kOnly, 2>(
       L.v.format, max(end - v_begin, 0), L.v.row_bytes / 16, acts,
       [&](int i, RowRef(&refs)[2]) {
         refs[0] = row_ref(L.v, 2 * (v_begin + i - qk_pairs));
@@ -600,9 +625,9 @@ __device__ void phase_attention(const Params& p, int layer, int pos, unsigned* h
 }
 
 // One row per item: rows [begin, end) of m; out(row, value).
-template <bool kFloatActivations, int kOnly, class Out>
+template <bool kInt16Activations, int kOnly, class Out>
 __device__ __forceinline__ void matvec_rows(const DevMatrix& m, int begin, int end, const Acts& acts, Out&& out) {
-  matvec_items<kFloatActivations, kOnly, 1>(
+  matvec_items<kInt16Activations, kOnly, 1>(
       m.format, end - begin, m.row_bytes / 16, acts, [&](int i, RowRef(&refs)[1]) { refs[0] = row_ref(m, begin + i); },
       [&](int i, const float(&v)[1]) { out(begin + i, v[0]); });
 }
@@ -618,12 +643,12 @@ __host__ __device__ inline int part_columns(int n_chunks, int parts) {
 // (items go round-robin over the warps, and the parts divide kWarps), against the activations
 // from that column on. The parts' sums meet in shared memory and are added in part order, so a
 // row's value does not depend on which warps ran it. out(row, value).
-template <bool kFloatActivations, int kOnly, class Out>
+template <bool kInt16Activations, int kOnly, class Out>
 __device__ __forceinline__ void matvec_split_rows(const DevMatrix& m, int begin, int end, const Acts& acts,
                                                   float* part_sums, Out&& out) {
   const int s = m.parts_log2;
   if (s == 0) {
-    matvec_rows<kFloatActivations, kOnly>(m, begin, end, acts, out);
+    matvec_rows<kInt16Activations, kOnly>(m, begin, end, acts, out);
     return;
   }
   const int n_chunks = m.row_bytes / 16, parts = 1 << s;
@@ -631,10 +656,12 @@ __device__ __forceinline__ void matvec_split_rows(const DevMatrix& m, int begin,
   const int first = ((threadIdx.x >> 5) & (parts - 1)) * part_chunks;
   const int base = base_format(m.format);
   const int first_weight = first * weights_per_chunk(base);
-  const Acts part_acts{acts.x + first_weight, acts.q + first_weight, acts.scale + first_weight / kQuantBlock,
-                       acts.sum + first_weight / kQuantBlock};
+  const int first_block = first_weight / kQuantBlock;
+  const Acts part_acts{acts.x + first_weight,        acts.q + first_weight,       acts.scale + first_block,
+                       acts.sum + first_block,       acts.q16_high + first_weight, acts.q16_low + first_weight,
+                       acts.scale16 + first_block,   acts.sum16 + first_block};
   const int first_scale = first / chunks_per_scale(base) * scale_halves(base);
-  matvec_items<kFloatActivations, kOnly, 1>(
+  matvec_items<kInt16Activations, kOnly, 1>(
       m.format, (end - begin) << s, min(part_chunks, n_chunks - first), part_acts,
       [&](int i, RowRef(&refs)[1]) {
         refs[0] = row_ref(m, begin + (i >> s));
@@ -650,11 +677,11 @@ __device__ __forceinline__ void matvec_split_rows(const DevMatrix& m, int begin,
   __syncthreads();
 }
 
-template <bool kFloatActivations, int kOnly>
+template <bool kInt16Activations, int kOnly>
 __device__ void phase_embed(const Params& p, int token) {
   int begin, end;
   cta_share(p.n_embd, begin, end);
-  dispatch_format<kFloatActivations, kOnly>(p.token_embd.format, [&](auto tag) {
+  dispatch_format<kInt16Activations, kOnly>(p.token_embd.format, [&](auto tag) {
     constexpr int kF = decltype(tag)::value;
     for (int i = begin + threadIdx.x; i < end; i += kThreads) __stcg(p.x + i, matrix_element<kF>(p.token_embd, token, i));
   });
@@ -674,17 +701,17 @@ __device__ __forceinline__ void advance_token(DevStep* s, int* history, int toke
 
 // Final norm, LM head rows of this CTA, argmax (ties: lowest index). The last CTA to arrive
 // reduces the per-CTA winners in CTA order and advances the token state.
-template <bool kFloatActivations, int kOnly>
+template <bool kInt16Activations, int kOnly>
 __device__ void phase_head(const Params& p, unsigned model_epoch, const Smem& sm) {
   const float norm_scale =
-      rms_norm_to_smem(p.x, p.output_norm, p.n_embd, p.rms_eps, staging_for<kOnly>(sm, p.output.format), sm.red);
+      rms_norm_to_smem(p.x, p.output_norm, p.n_embd, p.rms_eps, staging_for<kInt16Activations, kOnly>(sm, p.output.format), sm.red);
   const Acts acts = acts_of(sm);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float best = -FLT_MAX;
   int best_index = INT_MAX;
   int begin, end;
   cta_share(p.output.rows, begin, end);
-  matvec_rows<kFloatActivations, kOnly>(p.output, begin, end, acts, [&](int row, float v) {
+  matvec_rows<kInt16Activations, kOnly>(p.output, begin, end, acts, [&](int row, float v) {
     v *= norm_scale;
     __stcg(p.logits + row, v);
     if (v > best || (v == best && row < best_index)) {
@@ -794,7 +821,7 @@ enum class LayerPart { kWhole, kAttentionHalf, kMlpHalf, kWholeAllReduce };
 
 // kOnly >= 0: an instance for models whose every matrix has that format (Params::single_format),
 // which compiles that format's loops only; -1: every format.
-template <bool kFloatActivations, LayerPart kPart, int kOnly = -1>
+template <bool kInt16Activations, LayerPart kPart, int kOnly = -1>
 __global__ void __launch_bounds__(kThreads, 1)
     fused_decode_kernel(const __grid_constant__ Params p, int layer_begin, int layer_end, int flags) {
   extern __shared__ float4 smem_raw[];
@@ -808,7 +835,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr bool kHeadPart = kPart == LayerPart::kWhole || kAllReduce;
   // Instances whose rows may read int8 blocks only compile the int8 hand-offs (Params::attn_q, h_q);
   // the MLP half (tensor parallelism) not h's, with which it spilled.
-  constexpr bool kInt8Handoffs = !kFloatActivations && (kOnly < 0 || reads_int8_only(kOnly));
+  constexpr bool kInt8Handoffs = !kInt16Activations && (kOnly < 0 || reads_int8_only(kOnly));
   const bool int8_h = kInt8Handoffs && kPart != LayerPart::kMlpHalf && p.h_q.q;
 
   // Weights never depend on activations: start pulling the first phase's before any wait.
@@ -828,7 +855,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const unsigned* wait_counter = nullptr;
   unsigned wait_target = 0;
   if (kAttentionPart && (flags & kFlagEmbed)) {
-    phase_embed<kFloatActivations, kOnly>(p, __ldcg(&p.step->token));
+    phase_embed<kInt16Activations, kOnly>(p, __ldcg(&p.step->token));
     if (threadIdx.x == 0) signal_release(p.model_counters + kCtrEmbed);
     wait_counter = p.model_counters + kCtrEmbed;
     wait_target = (model_epoch + 1) * grid;
@@ -864,8 +891,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         cta_wait(wait_counter, wait_target);
       }
       const float norm_scale = rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps,
-                                                staging_for<kOnly>(sm, L.qk.format, L.v.format), sm.red);
-      phase_qkv<kFloatActivations, kOnly>(p, L, sm.rope, layer, pos, begin, end, acts_of(sm), norm_scale);
+                                                staging_for<kInt16Activations, kOnly>(sm, L.qk.format, L.v.format), sm.red);
+      phase_qkv<kInt16Activations, kOnly>(p, L, sm.rope, layer, pos, begin, end, acts_of(sm), norm_scale);
       if (threadIdx.x == 0) signal_release(ctr + kCtrQkv);
 
       cta_share(L.wo.rows, begin, end);
@@ -877,8 +904,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (kInt8Handoffs && p.attn_q.q)
         copy_int8_to_smem(p.attn_q, p.n_head * p.head_dim, sm);
       else
-        copy_to_smem(p.attn_out, p.n_head * p.head_dim, staging_for<kOnly>(sm, L.wo.format));
-      matvec_split_rows<kFloatActivations, kOnly>(L.wo, begin, end, acts_of(sm), sm.part_sums, add_to_x_via(0));
+        copy_to_smem(p.attn_out, p.n_head * p.head_dim, staging_for<kInt16Activations, kOnly>(sm, L.wo.format));
+      matvec_split_rows<kInt16Activations, kOnly>(L.wo, begin, end, acts_of(sm), sm.part_sums, add_to_x_via(0));
       if constexpr (kAllReduce) tp_all_reduce_rows(p, 0, begin, end);
       if (threadIdx.x == 0) signal_release(ctr + kCtrO);
     }
@@ -895,8 +922,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     prefetch_rows(L.up, begin, end, kPrefetchBytes / 2);
     cta_wait(ctr + kCtrO, all_ctas);
     const float norm_scale =
-        rms_norm_to_smem(p.x, L.ffn_norm, p.n_embd, p.rms_eps, staging_for<kOnly>(sm, L.gate.format), sm.red);
-    matvec_items<kFloatActivations, kOnly, 2>(
+        rms_norm_to_smem(p.x, L.ffn_norm, p.n_embd, p.rms_eps, staging_for<kInt16Activations, kOnly>(sm, L.gate.format), sm.red);
+    matvec_items<kInt16Activations, kOnly, 2>(
         L.gate.format, end - begin, L.gate.row_bytes / 16, acts_of(sm),
         [&](int i, RowRef(&refs)[2]) {
           refs[0] = row_ref(L.gate, begin + i);
@@ -918,8 +945,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (int8_h)
       copy_int8_to_smem(p.h_q, p.n_ff, sm);
     else
-      copy_to_smem(p.h, p.n_ff, staging_for<kOnly>(sm, L.down.format));
-    matvec_split_rows<kFloatActivations, kOnly>(L.down, begin, end, acts_of(sm), sm.part_sums, add_to_x_via(1));
+      copy_to_smem(p.h, p.n_ff, staging_for<kInt16Activations, kOnly>(sm, L.down.format));
+    matvec_split_rows<kInt16Activations, kOnly>(L.down, begin, end, acts_of(sm), sm.part_sums, add_to_x_via(1));
     if constexpr (kAllReduce) tp_all_reduce_rows(p, 1, begin, end);
     if (threadIdx.x == 0 && signal_is_last(ctr + kCtrDown, all_ctas)) p.layer_epochs[layer] = epoch + 1;
     wait_counter = ctr + kCtrDown;
@@ -929,7 +956,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     cta_share(p.output.rows, begin, end);
     prefetch_rows(p.output, begin, end, kPrefetchBytes);
     if (wait_counter) cta_wait(wait_counter, wait_target);
-    phase_head<kFloatActivations, kOnly>(p, model_epoch, sm);
+    phase_head<kInt16Activations, kOnly>(p, model_epoch, sm);
   }
 }
 

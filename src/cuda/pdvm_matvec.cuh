@@ -3,7 +3,8 @@
 // in registers, batches running across row boundaries, and reduces with shuffles.
 //
 // Quantized formats multiply int8 weights/nibbles against int8 activations (per-32 blocks,
-// quantized once per CTA per phase) with dp4a, accumulating exact integer sums per block.
+// quantized once per CTA per phase) with dp4a, accumulating exact integer sums per block; models
+// that need more precision (kInt16Acts) multiply int16 blocks the same way, in two dp4a per word.
 // (A per-warp cp.async shared-memory ring measured slower: docs/perf-notes.md.)
 #pragma once
 
@@ -16,26 +17,26 @@ namespace pdvm::fused {
 // and lost to 6: perf-notes sessions 10 and 11).
 constexpr int kLoadsPerLane = 6;
 
-// Chunks per lane per batch for `format` (with kFloatActs) and items of `rows` rows: 8 for float
-// rows (F16, BF16: little arithmetic per load; 1B F16 +1.3 % over 6), 4 for the 4-bit formats
-// against int8 activations (at 20 warps 4 beat 6 by 1-6 % at 13B and 1B); Q4_0/Q4_1
-// row pairs (QKV, gate/up) against float activations take half the slots, as their chunks (8
-// nibble conversions and 8 activations per word) hold more registers (with 8 slots at 16 warps
-// the float-activation instance spilled). The batching does not change any sum (see
-// warp_stream_items).
-__host__ __device__ constexpr int loads_per_lane(int format, int rows) {
-  const bool four_bit = weights_per_chunk(base_format(format)) == 32;
+// Chunks per lane per batch for `format` (shared by an item's rows): 8 for float rows (F16, BF16:
+// little arithmetic per load; 1B F16 +1.3 % over 6), 4 for the 4-bit formats against int8 or
+// int16 activations (at 20 warps 4 beat 6 by 1-6 % at 13B and 1B). The batching does not change
+// any sum (see warp_stream_items).
+__host__ __device__ constexpr int loads_per_lane(int format) {
   if (!is_quantized_format(base_format(format))) return 8;
-  if (four_bit && !(format & kFloatActs)) return 4;
-  return four_bit && rows == 2 ? kLoadsPerLane / 2 : kLoadsPerLane;
+  return weights_per_chunk(base_format(format)) == 32 ? 4 : kLoadsPerLane;
 }
 
-// Activations in shared memory: floats for f16/bf16 weights, int8 blocks for quantized ones.
+// Activations in shared memory: floats for f16/bf16 weights, int8 blocks for quantized ones, and
+// int16 blocks for kInt16Acts ones, as the codes' high (signed) and low (unsigned) bytes.
 struct Acts {
   const float* x;
   const int8_t* q;
   const float* scale;  // per 32-block
   const int* sum;      // per 32-block, sum of q
+  const int8_t* q16_high;
+  const uint8_t* q16_low;
+  const float* scale16;
+  const int* sum16;
 };
 
 // One row as the warp streams it: main data and (quantized formats) block scales; UPG rows
@@ -61,44 +62,26 @@ using int8_dot::dp4a;
 
 namespace pdvm::fused {
 
-// Chunk c of a quantized format against float activations x (kFloatActs): a float sum of
-// weight times activation per block, then the block scale (and, for Q4_1, min x block sum).
+// Chunk c of a quantized format against int16 activations (kInt16Acts): the exact integer sum
+// of weights times codes, as 256 x (against the codes' high bytes) + (against their low bytes),
+// then the block scales (and, for Q4_1, min x the block's code sum).
 template <int kBase>
-__device__ __forceinline__ float float_chunk_value(uint4 w, float2 ws, int c, const float* x) {
-  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-  float sum = 0.0f;
+__device__ __forceinline__ float int16_chunk_value(uint4 w, float2 ws, int c, const Acts& acts) {
   if constexpr (kBase == kFmtQ8_0 || kBase == kFmtQ8_16) {
-    const float4* x4 = reinterpret_cast<const float4*>(x + c * 16);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float4 a = x4[j];
-      const uint32_t q = words[j];
-      sum = fmaf(static_cast<float>(static_cast<int8_t>(q)), a.x, sum);
-      sum = fmaf(static_cast<float>(static_cast<int8_t>(q >> 8)), a.y, sum);
-      sum = fmaf(static_cast<float>(static_cast<int8_t>(q >> 16)), a.z, sum);
-      sum = fmaf(static_cast<float>(static_cast<int8_t>(q >> 24)), a.w, sum);
-    }
-    return sum * ws.x;
+    const int4 high = *reinterpret_cast<const int4*>(acts.q16_high + c * 16);
+    const uint4 low = *reinterpret_cast<const uint4*>(acts.q16_low + c * 16);
+    const int sum = 256 * int8_dot::q8_chunk_dot(w, high) + int8_dot::q8_chunk_dot_unsigned(w, low);
+    return static_cast<float>(sum) * ws.x * acts.scale16[c >> 1];
   } else {
-    // Word j holds elements 4j..4j+3 (low nibbles) and 16+4j..16+4j+3 (high nibbles).
-    const float4* x4 = reinterpret_cast<const float4*>(x + c * 32);
-    float x_sum = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float4 lo = x4[j], hi = x4[j + 4];
-      const uint32_t q = words[j];
-      sum = fmaf(static_cast<float>(q & 15), lo.x, sum);
-      sum = fmaf(static_cast<float>((q >> 8) & 15), lo.y, sum);
-      sum = fmaf(static_cast<float>((q >> 16) & 15), lo.z, sum);
-      sum = fmaf(static_cast<float>((q >> 24) & 15), lo.w, sum);
-      sum = fmaf(static_cast<float>((q >> 4) & 15), hi.x, sum);
-      sum = fmaf(static_cast<float>((q >> 12) & 15), hi.y, sum);
-      sum = fmaf(static_cast<float>((q >> 20) & 15), hi.z, sum);
-      sum = fmaf(static_cast<float>(q >> 28), hi.w, sum);
-      x_sum += (lo.x + lo.y) + (lo.z + lo.w) + (hi.x + hi.y) + (hi.z + hi.w);
+    const int4* high = reinterpret_cast<const int4*>(acts.q16_high + c * 32);
+    const uint4* low = reinterpret_cast<const uint4*>(acts.q16_low + c * 32);
+    int sum = 256 * int8_dot::q4_chunk_dot(w, high[0], high[1]) + int8_dot::q4_chunk_dot_unsigned(w, low[0], low[1]);
+    if constexpr (kBase == kFmtQ4_0) {
+      sum -= 8 * acts.sum16[c];
+      return static_cast<float>(sum) * ws.x * acts.scale16[c];
+    } else {
+      return acts.scale16[c] * (static_cast<float>(sum) * ws.x + static_cast<float>(acts.sum16[c]) * ws.y);
     }
-    if constexpr (kBase == kFmtQ4_0) return ws.x * fmaf(-8.0f, x_sum, sum);
-    return fmaf(ws.x, sum, ws.y * x_sum);
   }
 }
 
@@ -106,7 +89,7 @@ __device__ __forceinline__ float float_chunk_value(uint4 w, float2 ws, int c, co
 template <int kFormat>
 __device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Acts& acts) {
   if constexpr (kFormat != base_format(kFormat)) {
-    return float_chunk_value<base_format(kFormat)>(w, ws, c, acts.x);
+    return int16_chunk_value<base_format(kFormat)>(w, ws, c, acts);
   } else if constexpr (kFormat == kFmtF16) {
     return dot8_f16(w, acts.x + c * 8);
   } else if constexpr (kFormat == kFmtBF16) {
@@ -137,8 +120,8 @@ __device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Ac
 template <int kFormat, int kRows, class RowsOf, class Out>
 __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, const Acts& acts, RowsOf&& rows_of,
                                                   Out&& out) {
-  constexpr int kColumns = loads_per_lane(kFormat, kRows) / kRows;
-  constexpr int kBase = base_format(kFormat);  // the weight layout (kFloatActs aside)
+  constexpr int kColumns = loads_per_lane(kFormat) / kRows;
+  constexpr int kBase = base_format(kFormat);  // the weight layout (kInt16Acts aside)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (warp >= n_items) return;
   const int columns_per_item = (n_chunks + 31) / 32;
@@ -251,10 +234,10 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
 
 // Items [0, n_items) of this CTA: rows_of(i, refs) names the kRows rows of item i (item
 // i + kWarps's rows a fixed step after item i's), out(i, values) runs in lane 0.
-template <bool kFloatActivations, int kOnly, int kRows, class RowsOf, class Out>
+template <bool kInt16Activations, int kOnly, int kRows, class RowsOf, class Out>
 __device__ __forceinline__ void matvec_items(int format, int n_items, int n_chunks, const Acts& acts, RowsOf&& rows_of,
                                              Out&& out) {
-  dispatch_format<kFloatActivations, kOnly>(format, [&](auto tag) {
+  dispatch_format<kInt16Activations, kOnly>(format, [&](auto tag) {
     constexpr int kF = decltype(tag)::value;
     warp_stream_items<kF, kRows>(n_items, n_chunks, acts, rows_of, out);
   });
@@ -270,6 +253,24 @@ __device__ __forceinline__ void quantize_group(float4 v, bool valid, int b, int 
     *reinterpret_cast<char4*>(q + b * 32 + part * 4) =
         make_char4(static_cast<signed char>(codes.q[0]), static_cast<signed char>(codes.q[1]),
                    static_cast<signed char>(codes.q[2]), static_cast<signed char>(codes.q[3]));
+    if (part == 0) {
+      scale[b] = codes.d;
+      sum[b] = codes.sum;
+    }
+  }
+}
+
+// quantize_group's int16 blocks (kInt16Acts matrices): codes split into high and low bytes.
+__device__ __forceinline__ void quantize_group16(float4 v, bool valid, int b, int part, int8_t* high, uint8_t* low,
+                                                 float* scale, int* sum) {
+  const auto codes = int8_dot::quantize_block<8, 32767>({v.x, v.y, v.z, v.w});
+  if (valid) {
+    *reinterpret_cast<char4*>(high + b * 32 + part * 4) =
+        make_char4(static_cast<signed char>(codes.q[0] >> 8), static_cast<signed char>(codes.q[1] >> 8),
+                   static_cast<signed char>(codes.q[2] >> 8), static_cast<signed char>(codes.q[3] >> 8));
+    *reinterpret_cast<uchar4*>(low + b * 32 + part * 4) =
+        make_uchar4(static_cast<unsigned char>(codes.q[0] & 255), static_cast<unsigned char>(codes.q[1] & 255),
+                    static_cast<unsigned char>(codes.q[2] & 255), static_cast<unsigned char>(codes.q[3] & 255));
     if (part == 0) {
       scale[b] = codes.d;
       sum[b] = codes.sum;

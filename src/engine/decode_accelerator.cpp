@@ -1,7 +1,5 @@
 #include "pdvm/decode_accelerator.h"
 
-#include <algorithm>
-
 #include "pdvm/error.h"
 #include "pdvm/gguf.h"
 
@@ -20,7 +18,7 @@ void register_decode_accelerator(DecodeAcceleratorFactory factory) {
   registered_factory() = std::move(factory);
 }
 
-bool fused_float_activation_type(TensorType type) {
+bool fused_int16_activation_type(TensorType type) {
   return type == TensorType::kQ4_1 || type == TensorType::kQ4_K || type == TensorType::kQ6_K;
 }
 
@@ -35,21 +33,6 @@ std::vector<std::string> gpu_mode_candidates(std::string_view requested, std::st
   if (requested == "unfused") return {"unfused"};
   throw_error(ErrorKind::kInvalidArgument,
               "unknown --gpu-mode '" + std::string(requested) + "' (auto, unfused, layer or token)");
-}
-
-std::string fused_slower_reason(std::span<const GgufTensor> tensors) {
-  uint64_t bytes = 0;
-  for (const GgufTensor& t : tensors) bytes += t.n_bytes;
-  const auto float_tensor = std::find_if(tensors.begin(), tensors.end(), [](const GgufTensor& t) {
-    return fused_activations_follow(t.name) && fused_float_activation_type(t.type);
-  });
-  if (float_tensor != tensors.end() && bytes > kFusedFloatActivationLimitBytes) {
-    return "its " + std::string(type_name(float_tensor->type)) +
-           " weights multiply float activations in the fused kernels, slower than unfused above " +
-           std::to_string(kFusedFloatActivationLimitBytes >> 20) + " MiB of weights (" + std::to_string(bytes >> 20) +
-           " MiB)";
-  }
-  return {};
 }
 
 std::unique_ptr<DecodeAccelerator> create_decode_accelerator(const GgufFile& file, int64_t n_ctx,

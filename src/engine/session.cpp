@@ -76,13 +76,6 @@ Session::Session(const SessionOptions& options) {
   // Split (or any group), the fused decoder runs only when asked for (--gpu-mode layer): its
   // prompts go one token at a time, while the unfused split runs them batched.
   if (!communicator.empty() && options.gpu_mode == "auto") modes = {"unfused"};
-  if (options.gpu_mode == "auto" && modes.size() > 1) {
-    if (std::string why = fused_slower_reason(file_->tensors()); !why.empty()) {
-      std::fprintf(stderr, "pdvm: notice: --gpu-mode auto: using the unfused path (%s; --gpu-mode token forces it)\n",
-                   why.c_str());
-      modes = {"unfused"};
-    }
-  }
   if (options.gpu_mode == "auto" && options.kv_type && *options.kv_type != TensorType::kF16 && modes.size() > 1) {
     std::fprintf(stderr,
                  "pdvm: notice: --gpu-mode auto: using the unfused path (--kv-type %s: the fused modes keep an f16 "

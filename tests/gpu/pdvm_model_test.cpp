@@ -38,7 +38,7 @@ double rms(const std::vector<float>& v) {
 // The reference follows the device's tokens; each device token must be the reference argmax or
 // within rounding of it (random models can have near-ties). Q8_0, Q4_0 and UPG weights multiply
 // int8 activations on the device, hence their looser tolerance; models with Q4_1, Q4_K or Q6_K
-// multiply float activations (Q4_K/Q6_K with f16-rounded block scales).
+// multiply int16 activations (Q4_K/Q6_K with f16-rounded block scales).
 void check_against_reference(const FusedConfig& config, TensorType type, bool tied,
                              std::optional<TensorType> mixed_type = {}, std::optional<TensorType> head_type = {}) {
   auto is_float = [](TensorType t) { return t == TensorType::kF16 || t == TensorType::kBF16; };
@@ -98,7 +98,7 @@ TEST(FusedModel, MixedQ4KQ6KMatchesReference) {
 TEST(FusedModel, MixedF16Q8MatchesReference) {
   check_against_reference(small_config(8, 2), TensorType::kF16, true, TensorType::kQ8_0);
 }
-// Q4_1 with q8_0 V and down projections: the q8_0 matrices multiply float activations too.
+// Q4_1 with q8_0 V and down projections: the q8_0 matrices multiply int16 activations too.
 TEST(FusedModel, MixedQ4_1Q8MatchesReference) {
   check_against_reference(small_config(8, 2), TensorType::kQ4_1, true, TensorType::kQ8_0);
 }
@@ -122,7 +122,7 @@ TEST(FusedModel, MixedUpg4Q8MatchesReference) {
 }
 
 // Models whose matrices all share an int8-activation format run the instance compiled for that
-// format alone; mixed ones and float-activation ones the generic instances (the other tests
+// format alone; mixed ones and int16-activation ones the generic instances (the other tests
 // pass through whichever is picked, so only this one sees a wrong pick).
 TEST(FusedModel, KernelInstanceFollowsTheFormats) {
   const FusedConfig config = small_config(8, 2);
@@ -131,7 +131,7 @@ TEST(FusedModel, KernelInstanceFollowsTheFormats) {
                                                         {TensorType::kQ4_0, "q4_0 only"},
                                                         {TensorType::kUpg4, "upg only"},
                                                         {TensorType::kBF16, "generic"},
-                                                        {TensorType::kQ4_1, "generic, float activations"}};
+                                                        {TensorType::kQ4_1, "generic, int16 activations"}};
   for (const auto& [type, name] : singles) {
     const auto decoder = FusedDecoder::synthesize(config, type, test::rng()());
     EXPECT_EQ(decoder->kernel_instance(), name) << type_name(type);
@@ -150,11 +150,11 @@ TEST(FusedModel, KernelInstanceFollowsTheFormats) {
   EXPECT_EQ(from_gguf(config, TensorType::kQ4_0, true, TensorType::kQ8_0)->kernel_instance(), "generic");
   EXPECT_EQ(from_gguf(config, TensorType::kF16, true, TensorType::kQ8_0)->kernel_instance(), "generic");
   EXPECT_EQ(from_gguf(small_config(8, 2, 768), TensorType::kQ4_0, false, TensorType::kQ6_K)->kernel_instance(),
-            "generic, float activations");
+            "generic, int16 activations");
   // The head does not decide the activations (llama.cpp's Q4_0 files).
   const auto q6k_head = from_gguf(config, TensorType::kQ4_0, false, std::nullopt, TensorType::kQ6_K);
   EXPECT_EQ(q6k_head->kernel_instance(), "generic");
-  EXPECT_FALSE(q6k_head->float_activations());
+  EXPECT_FALSE(q6k_head->int16_activations());
 }
 
 // The int8 hand-offs quantize the same floats by the same rule as the CTAs that read them would:
