@@ -26,9 +26,13 @@ constexpr int kMaxSplitItems = 256;  // row parts of a CTA's share (sums in shar
 
 // Repacked weight formats. Every format streams 16-byte chunks from a row-major main stream;
 // quantized formats keep their per-32 block scales in a separate f16 stream.
-// kFmtQ8_16: int8 quants with an f16 scale per 16 (Q6_K repacked); Q4_K is repacked to Q4_1.
+// kFmtQ8_16: int8 quants with an f16 scale per 16 (Q6_K repacked).
+// kFmtQ4_K: Q4_1's nibbles; its scale stream keeps Q4_K's own scales, one record per super-block
+// of 256 (q4_k_scale_min), so the weights stay exact at 4.625 bits a weight (5 as Q4_1 blocks).
 // kFmtUpg: UPG4/UPG3 codes as consecutive nibbles with a per-row side stream (pdvm_upg.cuh).
-enum Format : int { kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3, kFmtQ4_1 = 4, kFmtQ8_16 = 5, kFmtUpg = 6 };
+enum Format : int {
+  kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3, kFmtQ4_1 = 4, kFmtQ8_16 = 5, kFmtUpg = 6, kFmtQ4_K = 7
+};
 
 // Flag on a quantized format (not UPG) in DevMatrix::format: the matrix multiplies int16 blocks
 // of the activations instead of int8 ones (set per model by FusedDecoder, see pdvm_fused.h). The
@@ -39,12 +43,13 @@ __host__ __device__ constexpr int base_format(int format) { return format & ~kIn
 
 __host__ __device__ constexpr int weights_per_chunk(int format) {
   return format == kFmtQ8_0 || format == kFmtQ8_16 ? 16
-         : format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtUpg ? 32
+         : format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtQ4_K || format == kFmtUpg ? 32
                                                                           : 8;
 }
 // Formats multiplied against int8 activations.
 __host__ __device__ constexpr bool is_quantized_format(int format) {
-  return format == kFmtQ8_0 || format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtQ8_16 || format == kFmtUpg;
+  return format == kFmtQ8_0 || format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtQ8_16 || format == kFmtUpg ||
+         format == kFmtQ4_K;
 }
 // Formats with an f16 block-scale stream.
 __host__ __device__ constexpr bool has_scale_stream(int format) { return is_quantized_format(format) && format != kFmtUpg; }
@@ -55,6 +60,14 @@ __host__ __device__ constexpr bool reads_int8_only(int format) { return has_scal
 __host__ __device__ constexpr int chunks_per_scale(int format) { return format == kFmtQ8_0 ? 2 : 1; }
 // Halves per block in the scale stream: Q4_1 keeps (scale, min) pairs.
 __host__ __device__ constexpr int scale_halves(int format) { return format == kFmtQ4_1 ? 2 : 1; }
+// A Q4_K super-block's scale record: eight (scale, min) 6-bit pairs as bytes (u16 scale | min <<
+// 8), then d and -dmin as halves.
+constexpr int kQ4KRecordHalves = 10;
+// Halves from a row's scale stream to the entry of its chunk `chunk` (Q4_K: a multiple of 8, the
+// start of a super-block's record).
+__host__ __device__ constexpr int scale_offset(int format, int chunk) {
+  return format == kFmtQ4_K ? chunk / 8 * kQ4KRecordHalves : chunk / chunks_per_scale(format) * scale_halves(format);
+}
 
 struct DevMatrix {
   const uint8_t* data = nullptr;  // rows x row_bytes
@@ -168,6 +181,15 @@ __host__ __device__ inline int layer_counter_stride(int n_head_kv) { return kLay
 
 // ---- memory access -----------------------------------------------------------------------
 
+// Q4_K: scale d * sc and min -dmin * m of 32-block `chunk` of a row, from its super-block's record
+// (kQ4KRecordHalves); exact in fp32, as the reference computes them.
+__device__ __forceinline__ float2 q4_k_scale_min(const __half* row_scales, int chunk) {
+  const __half* record = row_scales + chunk / 8 * kQ4KRecordHalves;
+  const unsigned pair = __ldg(reinterpret_cast<const unsigned short*>(record) + chunk % 8);
+  const float2 d = __half22float2(__ldg(reinterpret_cast<const __half2*>(record + 8)));
+  return make_float2(d.x * static_cast<float>(pair & 0xff), d.y * static_cast<float>(pair >> 8));
+}
+
 // Weights: read once per token, never written by the kernels: skip L1, pull 256 B into L2.
 __device__ __forceinline__ uint4 load_stream(const void* ptr) {
   uint4 v;
@@ -280,15 +302,21 @@ __device__ __forceinline__ float matrix_element(const DevMatrix& m, int row, int
   } else if constexpr (kFormat == kFmtBF16) {
     return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(r)[i]);
   } else {
-    const int block = i / (weights_per_chunk(kFormat) * chunks_per_scale(kFormat));
-    const __half* block_scales = m.scales + static_cast<int64_t>(row) * m.scale_stride + block * scale_halves(kFormat);
-    const float scale = __half2float(block_scales[0]);
+    const __half* row_scales = m.scales + static_cast<int64_t>(row) * m.scale_stride;
+    const int chunk = i / weights_per_chunk(kFormat);
     if constexpr (kFormat == kFmtQ8_0 || kFormat == kFmtQ8_16) {
+      const float scale = __half2float(row_scales[scale_offset(kFormat, chunk)]);
       return scale * static_cast<float>(reinterpret_cast<const int8_t*>(r)[i]);
     } else {
       const int in_block = i % kQuantBlock;
       const uint8_t byte = r[(i / kQuantBlock) * 16 + (in_block & 15)];
       const int q = in_block < 16 ? (byte & 0xf) : (byte >> 4);
+      if constexpr (kFormat == kFmtQ4_K) {
+        const float2 scale_min = q4_k_scale_min(row_scales, chunk);
+        return scale_min.x * static_cast<float>(q) + scale_min.y;
+      }
+      const __half* block_scales = row_scales + scale_offset(kFormat, chunk);
+      const float scale = __half2float(block_scales[0]);
       if constexpr (kFormat == kFmtQ4_1) return scale * static_cast<float>(q) + __half2float(block_scales[1]);
       return scale * static_cast<float>(q - 8);
     }
@@ -310,6 +338,9 @@ __device__ __forceinline__ void dispatch_format(int format, Fn&& fn) {
   constexpr int kActs = kInt16Activations ? kInt16Acts : 0;
   if constexpr (kOnly >= 0) {
     fn(FormatTag<kOnly>{});
+  } else if (kInt16Activations && format == (kFmtQ4_K | kInt16Acts)) {
+    // Q4_K layers always make a model's activations int16 (fused_int16_activation_type).
+    if constexpr (kInt16Activations) fn(FormatTag<kFmtQ4_K | kInt16Acts>{});
   } else {
     switch (format) {
       case kFmtF16: fn(FormatTag<kFmtF16>{}); break;

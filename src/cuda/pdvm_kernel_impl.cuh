@@ -660,7 +660,7 @@ __device__ __forceinline__ void matvec_split_rows(const DevMatrix& m, int begin,
   const Acts part_acts{acts.x + first_weight,        acts.q + first_weight,       acts.scale + first_block,
                        acts.sum + first_block,       acts.q16_high + first_weight, acts.q16_low + first_weight,
                        acts.scale16 + first_block,   acts.sum16 + first_block};
-  const int first_scale = first / chunks_per_scale(base) * scale_halves(base);
+  const int first_scale = scale_offset(base, first);
   matvec_items<kInt16Activations, kOnly, 1>(
       m.format, (end - begin) << s, min(part_chunks, n_chunks - first), part_acts,
       [&](int i, RowRef(&refs)[1]) {

@@ -162,6 +162,8 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
         if constexpr (kFormat == kFmtUpg) {
           const auto* block_scales = reinterpret_cast<const int8_t*>(refs[r].side + kUpgBlockScales);
           ws[r][u] = make_float2(in ? static_cast<float>(__ldg(block_scales + (c >> block_shift[r]))) : 0.0f, 0.0f);
+        } else if constexpr (kBase == kFmtQ4_K) {
+          ws[r][u] = in ? q4_k_scale_min(refs[r].scales, c) : make_float2(0, 0);
         } else if constexpr (kBase == kFmtQ4_1) {
           ws[r][u] = in ? __half22float2(__ldg(reinterpret_cast<const __half2*>(refs[r].scales) + c)) : make_float2(0, 0);
         } else if constexpr (is_quantized_format(kBase)) {

@@ -38,21 +38,27 @@ void split_simple_blocks(HostMatrix& out, const uint8_t* src, int64_t rows) {
   }
 }
 
-// Q4_K super-blocks -> Q4_1 blocks: x = (d * scale) q - dmin * min per 32 elements, the two
-// f16 products rounded once; nibbles reordered to the Q4_0/Q4_1 byte layout.
+// Q4_K super-blocks -> nibbles in the Q4_0/Q4_1 byte layout, and a scale record per super-block
+// (kQ4KRecordHalves): the eight 6-bit (scale, min) pairs as bytes, d, and -dmin (d's and dmin's
+// f16 bits as they are, dmin's sign flipped), so x = (d * scale) q + (-dmin * min) exactly.
 void repack_q4_k(HostMatrix& out, const uint8_t* src, int64_t rows) {
   const int supers = out.cols / kSuperBlock;
   const int stride = scale_stride_of(out.format, out.cols);
   for (int64_t r = 0; r < rows; ++r) {
     for (int s = 0; s < supers; ++s) {
       const uint8_t* block = src + (r * supers + s) * 144;
-      const float d = load_half(block), dmin = load_half(block + 2);
+      uint16_t d, dmin;
+      std::memcpy(&d, block, 2);
+      std::memcpy(&dmin, block + 2, 2);
       const uint8_t* qs = block + 16;
       for (int sub = 0; sub < 8; ++sub) {
         int scale, min;
         reference::k4_scale_min(block + 4, sub, scale, min);
-        out.scales.push_back(fp32_to_fp16(d * static_cast<float>(scale)));
-        out.scales.push_back(fp32_to_fp16(-dmin * static_cast<float>(min)));
+        out.scales.push_back(static_cast<uint16_t>(scale | (min << 8)));
+      }
+      out.scales.push_back(d);
+      out.scales.push_back(static_cast<uint16_t>(dmin ^ 0x8000u));
+      for (int sub = 0; sub < 8; ++sub) {
         const uint8_t* q = qs + (sub / 2) * 32;
         const int shift = 4 * (sub % 2);
         for (int i = 0; i < 16; ++i) {
@@ -61,7 +67,7 @@ void repack_q4_k(HostMatrix& out, const uint8_t* src, int64_t rows) {
         }
       }
     }
-    out.scales.resize(out.scales.size() + (stride - supers * 16), 0);
+    out.scales.resize(out.scales.size() + (stride - supers * kQ4KRecordHalves), 0);
   }
 }
 
@@ -96,8 +102,8 @@ int format_of(TensorType type) {
     case TensorType::kBF16: return kFmtBF16;
     case TensorType::kQ8_0: return kFmtQ8_0;
     case TensorType::kQ4_0: return kFmtQ4_0;
-    case TensorType::kQ4_1:
-    case TensorType::kQ4_K: return kFmtQ4_1;
+    case TensorType::kQ4_1: return kFmtQ4_1;
+    case TensorType::kQ4_K: return kFmtQ4_K;
     case TensorType::kQ6_K: return kFmtQ8_16;
     case TensorType::kUpg3:
     case TensorType::kUpg4: return kFmtUpg;
@@ -109,6 +115,7 @@ bool is_quantized(int format) { return is_quantized_format(format); }
 
 int scales_per_row(int format, int cols) {
   if (!has_scale_stream(format)) return 0;
+  if (format == kFmtQ4_K) return cols / kSuperBlock * kQ4KRecordHalves;
   return format == kFmtQ8_16 ? cols / 16 : cols / kQuantBlock * scale_halves(format);
 }
 
@@ -120,6 +127,7 @@ int row_bytes_of(int format, int cols) {
     case kFmtQ8_16: return cols;
     case kFmtQ4_0:
     case kFmtQ4_1:
+    case kFmtQ4_K:
     case kFmtUpg: return cols / 2;
     default: return cols * 2;
   }

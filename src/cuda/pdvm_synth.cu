@@ -57,7 +57,24 @@ __global__ void fill_matrix_kernel(DevMatrix m, uint64_t seed, float amplitude) 
       }
     }
   }
-  if (m.scales) {
+  if (m.scales && m.format == kFmtQ4_K) {
+    // Super-block records: scales 32..63 with mins equal to them and dmin = 8 d, so a weight is
+    // d * scale * (q - 8), centred as Q4_0's.
+    const int64_t n_scales = static_cast<int64_t>(m.rows) * m.scale_stride;
+    uint16_t* records = reinterpret_cast<uint16_t*>(const_cast<__half*>(m.scales));
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_scales; i += stride) {
+      const int64_t row = i / m.scale_stride, in_row = i % m.scale_stride;
+      const int64_t super = row * m.scale_stride + in_row / kQ4KRecordHalves;  // one draw per record
+      const int j = static_cast<int>(in_row % kQ4KRecordHalves);
+      const float d = amplitude / (8.0f * 63.0f) * (0.5f + 0.5f * (uniform_pm1(seed ^ 0x5ca1e, super) + 1.0f));
+      if (j < 8) {
+        const int scale = 32 + static_cast<int>(mix64(seed ^ mix64(static_cast<uint64_t>(i))) % 32);
+        records[i] = static_cast<uint16_t>(scale | (scale << 8));
+      } else {
+        records[i] = __half_as_ushort(__float2half_rn(j == 8 ? d : -8.0f * d));
+      }
+    }
+  } else if (m.scales) {
     const int64_t n_scales = static_cast<int64_t>(m.rows) * m.scale_stride;
     const float max_quant = m.format == kFmtQ8_0 || m.format == kFmtQ8_16 ? 127.0f : 8.0f;
     __half* scales = const_cast<__half*>(m.scales);
