@@ -26,12 +26,13 @@ constexpr int kMaxSplitItems = 256;  // row parts of a CTA's share (sums in shar
 
 // Repacked weight formats. Every format streams 16-byte chunks from a row-major main stream;
 // quantized formats keep their per-32 block scales in a separate f16 stream.
-// kFmtQ8_16: int8 quants with an f16 scale per 16 (Q6_K repacked).
+// kFmtQ6_K: int8 quants (q - 32); its scale stream keeps Q6_K's own scales, one record per
+// super-block of 256 (q6_k_scale): exact, 8.625 bits a weight (9 with an f16 scale per 16).
 // kFmtQ4_K: Q4_1's nibbles; its scale stream keeps Q4_K's own scales, one record per super-block
 // of 256 (q4_k_scale_min), so the weights stay exact at 4.625 bits a weight (5 as Q4_1 blocks).
 // kFmtUpg: UPG4/UPG3 codes as consecutive nibbles with a per-row side stream (pdvm_upg.cuh).
 enum Format : int {
-  kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3, kFmtQ4_1 = 4, kFmtQ8_16 = 5, kFmtUpg = 6, kFmtQ4_K = 7
+  kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3, kFmtQ4_1 = 4, kFmtQ6_K = 5, kFmtUpg = 6, kFmtQ4_K = 7
 };
 
 // Flag on a quantized format (not UPG) in DevMatrix::format: the matrix multiplies int16 blocks
@@ -42,13 +43,13 @@ constexpr int kInt16Acts = 16;
 __host__ __device__ constexpr int base_format(int format) { return format & ~kInt16Acts; }
 
 __host__ __device__ constexpr int weights_per_chunk(int format) {
-  return format == kFmtQ8_0 || format == kFmtQ8_16 ? 16
+  return format == kFmtQ8_0 || format == kFmtQ6_K ? 16
          : format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtQ4_K || format == kFmtUpg ? 32
                                                                           : 8;
 }
 // Formats multiplied against int8 activations.
 __host__ __device__ constexpr bool is_quantized_format(int format) {
-  return format == kFmtQ8_0 || format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtQ8_16 || format == kFmtUpg ||
+  return format == kFmtQ8_0 || format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtQ6_K || format == kFmtUpg ||
          format == kFmtQ4_K;
 }
 // Formats with an f16 block-scale stream.
@@ -61,12 +62,15 @@ __host__ __device__ constexpr int chunks_per_scale(int format) { return format =
 // Halves per block in the scale stream: Q4_1 keeps (scale, min) pairs.
 __host__ __device__ constexpr int scale_halves(int format) { return format == kFmtQ4_1 ? 2 : 1; }
 // A Q4_K super-block's scale record: eight (scale, min) 6-bit pairs as bytes (u16 scale | min <<
-// 8), then d and -dmin as halves.
+// 8), then d and -dmin as halves. A Q6_K one: sixteen int8 scales, d, and a half of padding.
 constexpr int kQ4KRecordHalves = 10;
-// Halves from a row's scale stream to the entry of its chunk `chunk` (Q4_K: a multiple of 8, the
-// start of a super-block's record).
+constexpr int kQ6KRecordHalves = 10;
+// Halves from a row's scale stream to the entry of its chunk `chunk` (Q4_K, Q6_K: the start of a
+// super-block's record, where `chunk` starts one).
 __host__ __device__ constexpr int scale_offset(int format, int chunk) {
-  return format == kFmtQ4_K ? chunk / 8 * kQ4KRecordHalves : chunk / chunks_per_scale(format) * scale_halves(format);
+  return format == kFmtQ4_K   ? chunk / 8 * kQ4KRecordHalves
+         : format == kFmtQ6_K ? chunk / 16 * kQ6KRecordHalves
+                              : chunk / chunks_per_scale(format) * scale_halves(format);
 }
 
 struct DevMatrix {
@@ -190,6 +194,14 @@ __device__ __forceinline__ float2 q4_k_scale_min(const __half* row_scales, int c
   return make_float2(d.x * static_cast<float>(pair & 0xff), d.y * static_cast<float>(pair >> 8));
 }
 
+// Q6_K: scale d * sc of 16-weight `chunk` of a row, from its super-block's record
+// (kQ6KRecordHalves); exact in fp32, as the reference computes it.
+__device__ __forceinline__ float q6_k_scale(const __half* row_scales, int chunk) {
+  const __half* record = row_scales + chunk / 16 * kQ6KRecordHalves;
+  const int scale = __ldg(reinterpret_cast<const signed char*>(record) + chunk % 16);
+  return __half2float(__ldg(record + 8)) * static_cast<float>(scale);
+}
+
 // Weights: read once per token, never written by the kernels: skip L1, pull 256 B into L2.
 __device__ __forceinline__ uint4 load_stream(const void* ptr) {
   uint4 v;
@@ -304,8 +316,9 @@ __device__ __forceinline__ float matrix_element(const DevMatrix& m, int row, int
   } else {
     const __half* row_scales = m.scales + static_cast<int64_t>(row) * m.scale_stride;
     const int chunk = i / weights_per_chunk(kFormat);
-    if constexpr (kFormat == kFmtQ8_0 || kFormat == kFmtQ8_16) {
-      const float scale = __half2float(row_scales[scale_offset(kFormat, chunk)]);
+    if constexpr (kFormat == kFmtQ8_0 || kFormat == kFmtQ6_K) {
+      const float scale =
+          kFormat == kFmtQ6_K ? q6_k_scale(row_scales, chunk) : __half2float(row_scales[scale_offset(kFormat, chunk)]);
       return scale * static_cast<float>(reinterpret_cast<const int8_t*>(r)[i]);
     } else {
       const int in_block = i % kQuantBlock;
@@ -349,7 +362,7 @@ __device__ __forceinline__ void dispatch_format(int format, Fn&& fn) {
       case kFmtQ4_0 | kActs: fn(FormatTag<kFmtQ4_0 | kActs>{}); break;
       case kFmtQ4_1 | kActs: fn(FormatTag<kFmtQ4_1 | kActs>{}); break;
       case kFmtUpg: fn(FormatTag<kFmtUpg>{}); break;
-      default: fn(FormatTag<kFmtQ8_16 | kActs>{}); break;
+      default: fn(FormatTag<kFmtQ6_K | kActs>{}); break;
     }
   }
 }

@@ -67,7 +67,7 @@ namespace pdvm::fused {
 // then the block scales (and, for Q4_1, min x the block's code sum).
 template <int kBase>
 __device__ __forceinline__ float int16_chunk_value(uint4 w, float2 ws, int c, const Acts& acts) {
-  if constexpr (kBase == kFmtQ8_0 || kBase == kFmtQ8_16) {
+  if constexpr (kBase == kFmtQ8_0 || kBase == kFmtQ6_K) {
     const int4 high = *reinterpret_cast<const int4*>(acts.q16_high + c * 16);
     const uint4 low = *reinterpret_cast<const uint4*>(acts.q16_low + c * 16);
     const int sum = 256 * int8_dot::q8_chunk_dot(w, high) + int8_dot::q8_chunk_dot_unsigned(w, low);
@@ -94,7 +94,7 @@ __device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Ac
     return dot8_f16(w, acts.x + c * 8);
   } else if constexpr (kFormat == kFmtBF16) {
     return dot8_bf16(w, acts.x + c * 8);
-  } else if constexpr (kFormat == kFmtQ8_0 || kFormat == kFmtQ8_16) {
+  } else if constexpr (kFormat == kFmtQ8_0 || kFormat == kFmtQ6_K) {
     const int4 a = *reinterpret_cast<const int4*>(acts.q + c * 16);
     return static_cast<float>(int8_dot::q8_chunk_dot(w, a)) * ws.x * acts.scale[c >> 1];
   } else {
@@ -162,6 +162,8 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
         if constexpr (kFormat == kFmtUpg) {
           const auto* block_scales = reinterpret_cast<const int8_t*>(refs[r].side + kUpgBlockScales);
           ws[r][u] = make_float2(in ? static_cast<float>(__ldg(block_scales + (c >> block_shift[r]))) : 0.0f, 0.0f);
+        } else if constexpr (kBase == kFmtQ6_K) {
+          ws[r][u] = make_float2(in ? q6_k_scale(refs[r].scales, c) : 0.0f, 0.0f);
         } else if constexpr (kBase == kFmtQ4_K) {
           ws[r][u] = in ? q4_k_scale_min(refs[r].scales, c) : make_float2(0, 0);
         } else if constexpr (kBase == kFmtQ4_1) {

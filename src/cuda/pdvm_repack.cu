@@ -11,12 +11,6 @@ namespace {
 
 constexpr int kSuperBlock = 256;
 
-float load_half(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return fp16_to_fp32(h);
-}
-
 // Q8_0, Q4_0, Q4_1: split each block's f16 scale (and min) from its quants.
 void split_simple_blocks(HostMatrix& out, const uint8_t* src, int64_t rows) {
   const int blocks = out.cols / kQuantBlock;
@@ -71,16 +65,19 @@ void repack_q4_k(HostMatrix& out, const uint8_t* src, int64_t rows) {
   }
 }
 
-// Q6_K super-blocks -> int8 (q - 32) with an f16 scale d * scale[j] per 16 elements.
+// Q6_K super-blocks -> int8 (q - 32), and a scale record per super-block (kQ6KRecordHalves): the
+// sixteen int8 scales as they are, then d's f16 bits, so x = (d * scale) (q - 32) exactly.
 void repack_q6_k(HostMatrix& out, const uint8_t* src, int64_t rows) {
   const int supers = out.cols / kSuperBlock;
   const int stride = scale_stride_of(out.format, out.cols);
   for (int64_t r = 0; r < rows; ++r) {
     for (int s = 0; s < supers; ++s) {
       const uint8_t* block = src + (r * supers + s) * 210;
-      const float d = load_half(block + 208);
-      for (int j = 0; j < 16; ++j)
-        out.scales.push_back(fp32_to_fp16(d * static_cast<float>(static_cast<int8_t>(block[192 + j]))));
+      for (int j = 0; j < 16; j += 2) out.scales.push_back(static_cast<uint16_t>(block[192 + j] | (block[193 + j] << 8)));
+      uint16_t d;
+      std::memcpy(&d, block + 208, 2);
+      out.scales.push_back(d);
+      out.scales.push_back(0);
       for (int e = 0; e < kSuperBlock; ++e) {
         const int half = e / 128, group = (e % 128) / 32, l = e % 32;
         const uint8_t* ql = block + half * 64;
@@ -90,7 +87,7 @@ void repack_q6_k(HostMatrix& out, const uint8_t* src, int64_t rows) {
         out.data.push_back(static_cast<uint8_t>(static_cast<int8_t>((low | (high << 4)) - 32)));
       }
     }
-    out.scales.resize(out.scales.size() + (stride - supers * 16), 0);
+    out.scales.resize(out.scales.size() + (stride - supers * kQ6KRecordHalves), 0);
   }
 }
 
@@ -104,7 +101,7 @@ int format_of(TensorType type) {
     case TensorType::kQ4_0: return kFmtQ4_0;
     case TensorType::kQ4_1: return kFmtQ4_1;
     case TensorType::kQ4_K: return kFmtQ4_K;
-    case TensorType::kQ6_K: return kFmtQ8_16;
+    case TensorType::kQ6_K: return kFmtQ6_K;
     case TensorType::kUpg3:
     case TensorType::kUpg4: return kFmtUpg;
     default: return -1;
@@ -116,7 +113,8 @@ bool is_quantized(int format) { return is_quantized_format(format); }
 int scales_per_row(int format, int cols) {
   if (!has_scale_stream(format)) return 0;
   if (format == kFmtQ4_K) return cols / kSuperBlock * kQ4KRecordHalves;
-  return format == kFmtQ8_16 ? cols / 16 : cols / kQuantBlock * scale_halves(format);
+  if (format == kFmtQ6_K) return cols / kSuperBlock * kQ6KRecordHalves;
+  return cols / kQuantBlock * scale_halves(format);
 }
 
 int scale_stride_of(int format, int cols) { return (scales_per_row(format, cols) + 7) / 8 * 8; }
@@ -124,7 +122,7 @@ int scale_stride_of(int format, int cols) { return (scales_per_row(format, cols)
 int row_bytes_of(int format, int cols) {
   switch (format) {
     case kFmtQ8_0:
-    case kFmtQ8_16: return cols;
+    case kFmtQ6_K: return cols;
     case kFmtQ4_0:
     case kFmtQ4_1:
     case kFmtQ4_K:

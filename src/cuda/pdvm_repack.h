@@ -10,7 +10,7 @@
 namespace pdvm::fused {
 
 // Kernel format a GGUF type is repacked into (Q4_K -> Q4_1's nibbles with its own scale records,
-// Q6_K -> int8 with a scale per 16), or -1 when the fused kernels cannot run it.
+// Q6_K -> int8 with its own scale records), or -1 when the fused kernels cannot run it.
 int format_of(TensorType type);
 bool is_quantized(int format);
 int row_bytes_of(int format, int cols);

@@ -33,7 +33,7 @@ __global__ void fill_matrix_kernel(DevMatrix m, uint64_t seed, float amplitude) 
       value = __half_as_ushort(__float2half_rn(amplitude * uniform_pm1(seed, i)));
     } else if (m.format == kFmtBF16) {
       value = __bfloat16_as_ushort(__float2bfloat16_rn(amplitude * uniform_pm1(seed, i)));
-    } else if (m.format == kFmtQ8_0 || m.format == kFmtQ8_16) {
+    } else if (m.format == kFmtQ8_0 || m.format == kFmtQ6_K) {
       const int8_t lo = static_cast<int8_t>(static_cast<int>(r % 255) - 127);
       const int8_t hi = static_cast<int8_t>(static_cast<int>((r >> 16) % 255) - 127);
       value = static_cast<uint16_t>(static_cast<uint8_t>(lo) | (static_cast<uint8_t>(hi) << 8));
@@ -74,9 +74,21 @@ __global__ void fill_matrix_kernel(DevMatrix m, uint64_t seed, float amplitude) 
         records[i] = __half_as_ushort(__float2half_rn(j == 8 ? d : -8.0f * d));
       }
     }
+  } else if (m.scales && m.format == kFmtQ6_K) {
+    // Super-block records: int8 scales 64..127 and d so that a weight stays near `amplitude`.
+    const int64_t n_scales = static_cast<int64_t>(m.rows) * m.scale_stride;
+    uint16_t* records = reinterpret_cast<uint16_t*>(const_cast<__half*>(m.scales));
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_scales; i += stride) {
+      const int j = static_cast<int>(i % m.scale_stride % kQ6KRecordHalves);
+      const uint64_t r = mix64(seed ^ mix64(static_cast<uint64_t>(i)));
+      const float d = amplitude / (127.0f * 96.0f) * (0.5f + 0.5f * (uniform_pm1(seed ^ 0x5ca1e, i) + 1.0f));
+      records[i] = j < 8   ? static_cast<uint16_t>((64 + r % 64) | ((64 + (r >> 8) % 64) << 8))
+                   : j == 8 ? __half_as_ushort(__float2half_rn(d))
+                            : 0;
+    }
   } else if (m.scales) {
     const int64_t n_scales = static_cast<int64_t>(m.rows) * m.scale_stride;
-    const float max_quant = m.format == kFmtQ8_0 || m.format == kFmtQ8_16 ? 127.0f : 8.0f;
+    const float max_quant = m.format == kFmtQ8_0 ? 127.0f : 8.0f;
     __half* scales = const_cast<__half*>(m.scales);
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_scales; i += stride) {
       const float u = 0.5f * (uniform_pm1(seed ^ 0x5ca1e, i) + 1.0f);

@@ -43,14 +43,13 @@ const Shape kShapes[] = {
 };
 
 // f16/bf16 weights multiply fp32 activations; models of Q4_1, Q4_K and Q6_K multiply int16
-// activations (a rounding of 2^-16 of each 32-block's largest value; Q6_K is repacked with f16
-// block scales, which rounds them; Q4_K keeps its exact scales since session 19); Q8_0, Q4_0 and
+// activations (a rounding of 2^-16 of each 32-block's largest value; Q4_K and Q6_K keep their
+// exact scales since session 19, f16-rounded products before); Q8_0, Q4_0 and
 // UPG multiply int8 activations quantized per 32-block (as llama.cpp does), which costs about
 // 1e-3..1e-2 of relative error.
 double update_tolerance(TensorType type) {
   if (type == TensorType::kF16 || type == TensorType::kBF16) return 2e-4;
-  if (type == TensorType::kQ4_1 || type == TensorType::kQ4_K) return 5e-4;
-  if (type == TensorType::kQ6_K) return 5e-3;
+  if (type == TensorType::kQ4_1 || type == TensorType::kQ4_K || type == TensorType::kQ6_K) return 5e-4;
   return 3e-2;
 }
 

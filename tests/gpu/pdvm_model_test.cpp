@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "pdvm/fused_activations.h"
 #include "pdvm/gguf.h"
 #include "pdvm/pdvm_fused.h"
 #include "pdvm_reference.h"
@@ -38,17 +39,15 @@ double rms(const std::vector<float>& v) {
 // The reference follows the device's tokens; each device token must be the reference argmax or
 // within rounding of it (random models can have near-ties). Q8_0, Q4_0 and UPG weights multiply
 // int8 activations on the device, hence their looser tolerance; models with Q4_1, Q4_K or Q6_K
-// multiply int16 activations (Q6_K with f16-rounded block scales; Q4_K's are exact since
-// session 19).
+// multiply int16 activations (with exact block scales since session 19; f16-rounded ones for
+// Q4_K and Q6_K before, with a tolerance of 1e-2).
 void check_against_reference(const FusedConfig& config, TensorType type, bool tied,
                              std::optional<TensorType> mixed_type = {}, std::optional<TensorType> head_type = {}) {
   auto is_float = [](TensorType t) { return t == TensorType::kF16 || t == TensorType::kBF16; };
-  auto is_q4 = [](TensorType t) { return t == TensorType::kQ4_1 || t == TensorType::kQ4_K; };
   const TensorType other = mixed_type.value_or(type);
   double tolerance = 5e-2;
   if (is_float(type) && is_float(other)) tolerance = 1e-3;
-  else if (type == TensorType::kQ6_K || other == TensorType::kQ6_K) tolerance = 1e-2;
-  else if (is_q4(type) || is_q4(other)) tolerance = 2e-3;
+  else if (fused_int16_activation_type(type) || fused_int16_activation_type(other)) tolerance = 2e-3;
   test::RefModel ref(config, type, tied, mixed_type, head_type);
   const std::vector<uint8_t> image = test::write_gguf(ref).write_to_memory();
   const GgufFile file = GgufFile::parse(image);
