@@ -11,7 +11,8 @@
 //
 // Weights are repacked at load into kernel layouts (16-byte aligned streams, block scales split
 // out). Supported matrix types: F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K (Q4_1's nibble layout with
-// Q4_K's own scale records, exact, 4.625 bits per weight), Q6_K (as int8 with a scale per 16), UPG4 and UPG3
+// Q4_K's own scale records, exact, 4.625 bits per weight), Q6_K (as int8
+// with its own scale records, exact, 8.625 bits per weight), UPG4 and UPG3
 // (codes as nibbles, table lookups by byte_perm). Anything else is rejected with
 // Error(kUnsupported) naming the tensor, so the engine can fall back to the unfused path.
 //
