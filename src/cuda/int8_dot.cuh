@@ -1,6 +1,7 @@
-// Integer dot products of one 16-byte weight chunk against int8 activations (dp4a), and the int8
-// quantization of the activations, shared by the unfused kernels and the fused PDVM kernels: the
-// sums are exact and every path quantizes by one rule, so all get the same integers.
+// Integer dot products of one 16-byte weight chunk against int8 activations (dp4a; int16 ones
+// as their high and low bytes), and the quantization of the activations, shared by the unfused
+// kernels and the fused PDVM kernels: the sums are exact and every path quantizes by one rule,
+// so all get the same integers.
 #pragma once
 
 #include <cstdint>
@@ -9,71 +10,50 @@ namespace pdvm::int8_dot {
 
 __device__ __forceinline__ int dp4a(uint32_t a, int b, int c) { return __dp4a(static_cast<int>(a), b, c); }
 
-// Unsigned bytes of a times signed bytes of b, plus c.
-__device__ __forceinline__ int dp4a_unsigned(uint32_t a, int b, int c) {
+// Weight bytes a times activation bytes b, plus c: nibbles (unsigned) or int8 quants (signed)
+// against activations that are signed (int: int8 codes, or the high bytes of int16 ones) or
+// unsigned (uint32_t: the low bytes of int16 ones).
+__device__ __forceinline__ int dp4a_nibbles(uint32_t a, int b, int c) {
   int d;
   asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
   return d;
 }
-
-// Unsigned bytes of a times unsigned bytes of b, plus c.
-__device__ __forceinline__ int dp4a_both_unsigned(uint32_t a, uint32_t b, int c) {
+__device__ __forceinline__ int dp4a_nibbles(uint32_t a, uint32_t b, int c) {
   int d;
   asm("dp4a.u32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
   return d;
 }
-
-// Signed bytes of a times unsigned bytes of b, plus c.
-__device__ __forceinline__ int dp4a_signed_unsigned(uint32_t a, uint32_t b, int c) {
+__device__ __forceinline__ int dp4a_int8(uint32_t a, int b, int c) { return dp4a(a, b, c); }
+__device__ __forceinline__ int dp4a_int8(uint32_t a, uint32_t b, int c) {
   int d;
   asm("dp4a.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
   return d;
 }
 
-// 16 int8 weights (Q8_0) times 16 int8 activations.
-__device__ __forceinline__ int q8_chunk_dot(uint4 w, int4 a) {
-  int sum = dp4a(w.x, a.x, 0);
-  sum = dp4a(w.y, a.y, sum);
-  sum = dp4a(w.z, a.z, sum);
-  return dp4a(w.w, a.w, sum);
+// 16 int8 weights (Q8_0) times 16 activation bytes (Acts4: int4 signed, uint4 unsigned).
+template <class Acts4>
+__device__ __forceinline__ int q8_chunk_dot(uint4 w, Acts4 a) {
+  int sum = dp4a_int8(w.x, a.x, 0);
+  sum = dp4a_int8(w.y, a.y, sum);
+  sum = dp4a_int8(w.z, a.z, sum);
+  return dp4a_int8(w.w, a.w, sum);
 }
 
 // 32 unsigned nibbles (Q4_0/Q4_1: byte i holds element i in its low nibble and element i + 16 in
-// its high one) times the activations of those elements (lo: 0-15, hi: 16-31), without the
-// Q4_0 offset of 8. The high nibbles are multiplied in place (16 x their value): one shift per
-// chunk instead of one per word, and the integer sum is exact either way.
-__device__ __forceinline__ int q4_chunk_dot(uint4 w, int4 lo, int4 hi) {
+// its high one) times the activation bytes of those elements (lo: 0-15, hi: 16-31; Acts4 as
+// above), without the Q4_0 offset of 8. The high nibbles are multiplied in place (16 x their
+// value): one shift per chunk instead of one per word, and the integer sum is exact either way.
+template <class Acts4>
+__device__ __forceinline__ int q4_chunk_dot(uint4 w, Acts4 lo, Acts4 hi) {
   constexpr uint32_t kLow = 0x0f0f0f0fu, kHigh = 0xf0f0f0f0u;
-  int sum = dp4a_unsigned(w.x & kLow, lo.x, 0);
-  sum = dp4a_unsigned(w.y & kLow, lo.y, sum);
-  sum = dp4a_unsigned(w.z & kLow, lo.z, sum);
-  sum = dp4a_unsigned(w.w & kLow, lo.w, sum);
-  int sum16 = dp4a_unsigned(w.x & kHigh, hi.x, 0);
-  sum16 = dp4a_unsigned(w.y & kHigh, hi.y, sum16);
-  sum16 = dp4a_unsigned(w.z & kHigh, hi.z, sum16);
-  sum16 = dp4a_unsigned(w.w & kHigh, hi.w, sum16);
-  return sum + (sum16 >> 4);
-}
-
-// q8_chunk_dot against unsigned activation bytes (the low bytes of int16 activations).
-__device__ __forceinline__ int q8_chunk_dot_unsigned(uint4 w, uint4 a) {
-  int sum = dp4a_signed_unsigned(w.x, a.x, 0);
-  sum = dp4a_signed_unsigned(w.y, a.y, sum);
-  sum = dp4a_signed_unsigned(w.z, a.z, sum);
-  return dp4a_signed_unsigned(w.w, a.w, sum);
-}
-
-// q4_chunk_dot against unsigned activation bytes (the low bytes of int16 activations).
-__device__ __forceinline__ int q4_chunk_dot_unsigned(uint4 w, uint4 lo, uint4 hi) {
-  constexpr uint32_t kLow = 0x0f0f0f0fu, kHigh = 0xf0f0f0f0u;
-  int sum = dp4a_both_unsigned(w.x & kLow, lo.x, 0);
-  sum = dp4a_both_unsigned(w.y & kLow, lo.y, sum);
-  sum = dp4a_both_unsigned(w.z & kLow, lo.z, sum);
-  sum = dp4a_both_unsigned(w.w & kLow, lo.w, sum);
-  int sum16 = dp4a_both_unsigned(w.x & kHigh, hi.x, 0);
-  sum16 = dp4a_both_unsigned(w.y & kHigh, hi.y, sum16);
-  sum16 = dp4a_both_unsigned(w.z & kHigh, hi.z, sum16);
-  sum16 = dp4a_both_unsigned(w.w & kHigh, hi.w, sum16);
+  int sum = dp4a_nibbles(w.x & kLow, lo.x, 0);
+  sum = dp4a_nibbles(w.y & kLow, lo.y, sum);
+  sum = dp4a_nibbles(w.z & kLow, lo.z, sum);
+  sum = dp4a_nibbles(w.w & kLow, lo.w, sum);
+  int sum16 = dp4a_nibbles(w.x & kHigh, hi.x, 0);
+  sum16 = dp4a_nibbles(w.y & kHigh, hi.y, sum16);
+  sum16 = dp4a_nibbles(w.z & kHigh, hi.z, sum16);
+  sum16 = dp4a_nibbles(w.w & kHigh, hi.w, sum16);
   return sum + (sum16 >> 4);
 }
 

@@ -70,12 +70,12 @@ __device__ __forceinline__ float int16_chunk_value(uint4 w, float2 ws, int c, co
   if constexpr (kBase == kFmtQ8_0 || kBase == kFmtQ6_K) {
     const int4 high = *reinterpret_cast<const int4*>(acts.q16_high + c * 16);
     const uint4 low = *reinterpret_cast<const uint4*>(acts.q16_low + c * 16);
-    const int sum = 256 * int8_dot::q8_chunk_dot(w, high) + int8_dot::q8_chunk_dot_unsigned(w, low);
+    const int sum = 256 * int8_dot::q8_chunk_dot(w, high) + int8_dot::q8_chunk_dot(w, low);
     return static_cast<float>(sum) * ws.x * acts.scale16[c >> 1];
   } else {
     const int4* high = reinterpret_cast<const int4*>(acts.q16_high + c * 32);
     const uint4* low = reinterpret_cast<const uint4*>(acts.q16_low + c * 32);
-    int sum = 256 * int8_dot::q4_chunk_dot(w, high[0], high[1]) + int8_dot::q4_chunk_dot_unsigned(w, low[0], low[1]);
+    int sum = 256 * int8_dot::q4_chunk_dot(w, high[0], high[1]) + int8_dot::q4_chunk_dot(w, low[0], low[1]);
     if constexpr (kBase == kFmtQ4_0) {
       sum -= 8 * acts.sum16[c];
       return static_cast<float>(sum) * ws.x * acts.scale16[c];
