@@ -1,0 +1,97 @@
+// The fused kernels' repack of Q4_K and Q6_K weights (src/cuda/pdvm_repack.cu), on the host: the
+// quants and scale records it writes, read by the layouts pdvm_device.cuh documents (kFmtQ4_K,
+// kFmtQ6_K: one record of ten halves per super-block of 256), give back the reference's
+// dequantized weights bit for bit. Host code of the CUDA library: runs without a GPU.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "cuda/pdvm_repack.h"
+#include "pdvm/tensor_type.h"
+#include "tensor/reference_blocks.h"
+#include "test_support.h"
+
+namespace pdvm::fused {
+namespace {
+
+constexpr int kSuperBlock = 256;
+constexpr int kRecordHalves = 10;
+
+struct Quantized {
+  std::vector<uint8_t> bytes;  // GGUF blocks
+  std::vector<float> values;   // the reference's dequantization of them
+};
+
+// Random rows of heavy-tailed weights (a few large ones per row) quantized by the reference.
+Quantized quantize_rows(TensorType type, int rows, int cols) {
+  std::vector<float> x = test::random_floats(static_cast<size_t>(rows) * cols, 0.05f);
+  std::uniform_int_distribution<size_t> pick(0, x.size() - 1);
+  for (int i = 0; i < rows; ++i) x[pick(test::rng())] *= 40.0f;
+  Quantized q;
+  q.bytes.resize(static_cast<size_t>(type_bytes(type, cols)) * rows);
+  q.values.resize(x.size());
+  const int64_t blocks = static_cast<int64_t>(rows) * cols / kSuperBlock;
+  reference::quantize_blocks(type, x.data(), q.bytes.data(), blocks);
+  reference::dequantize_blocks(type, q.bytes.data(), q.values.data(), blocks);
+  return q;
+}
+
+HostMatrix repack(TensorType type, int rows, int cols, const Quantized& q) {
+  HostMatrix m;
+  append_rows(m, FusedWeightView{type, cols, rows, q.bytes.data(), "w"});
+  EXPECT_EQ(m.format, format_of(type));
+  EXPECT_EQ(m.rows, rows);
+  EXPECT_EQ(m.scales.size(), static_cast<size_t>(rows) * scale_stride_of(m.format, cols));
+  EXPECT_EQ(scales_per_row(m.format, cols), cols / kSuperBlock * kRecordHalves);
+  return m;
+}
+
+TEST(FusedRepack, Q4KRecordsGiveTheReferenceWeightsExactly) {
+  std::uniform_int_distribution<int> supers(1, 6);
+  const int rows = 7, cols = kSuperBlock * supers(test::rng());
+  const Quantized q = quantize_rows(TensorType::kQ4_K, rows, cols);
+  const HostMatrix m = repack(TensorType::kQ4_K, rows, cols, q);
+  ASSERT_EQ(m.data.size(), static_cast<size_t>(rows) * cols / 2);
+  const int stride = scale_stride_of(m.format, cols);
+  for (int r = 0; r < rows; ++r) {
+    for (int e = 0; e < cols; ++e) {
+      // Q4_1's nibbles: byte i of a 32-block holds element i (low) and i + 16 (high).
+      const int block = e / 32, in_block = e % 32;
+      const uint8_t byte = m.data[static_cast<size_t>(r) * cols / 2 + block * 16 + in_block % 16];
+      const int quant = in_block < 16 ? byte & 15 : byte >> 4;
+      // The record: eight (scale | min << 8) pairs, d, -dmin.
+      const uint16_t* record = m.scales.data() + static_cast<size_t>(r) * stride + block / 8 * kRecordHalves;
+      const uint16_t pair = record[block % 8];
+      const float scale = fp16_to_fp32(record[8]) * static_cast<float>(pair & 0xff);
+      const float min = fp16_to_fp32(record[9]) * static_cast<float>(pair >> 8);
+      ASSERT_EQ(scale * static_cast<float>(quant) + min, q.values[static_cast<size_t>(r) * cols + e])
+          << "row " << r << ", element " << e;
+    }
+  }
+}
+
+TEST(FusedRepack, Q6KRecordsGiveTheReferenceWeightsExactly) {
+  std::uniform_int_distribution<int> supers(1, 6);
+  const int rows = 7, cols = kSuperBlock * supers(test::rng());
+  const Quantized q = quantize_rows(TensorType::kQ6_K, rows, cols);
+  const HostMatrix m = repack(TensorType::kQ6_K, rows, cols, q);
+  ASSERT_EQ(m.data.size(), static_cast<size_t>(rows) * cols);
+  const int stride = scale_stride_of(m.format, cols);
+  for (int r = 0; r < rows; ++r) {
+    for (int e = 0; e < cols; ++e) {
+      const int quant = static_cast<int8_t>(m.data[static_cast<size_t>(r) * cols + e]);  // q - 32
+      // The record: sixteen int8 scales (one per 16 elements), then d.
+      const uint16_t* record = m.scales.data() + static_cast<size_t>(r) * stride + e / kSuperBlock * kRecordHalves;
+      const int j = e % kSuperBlock / 16;
+      const int scale = static_cast<int8_t>(record[j / 2] >> (8 * (j % 2)));
+      ASSERT_EQ(fp16_to_fp32(record[8]) * static_cast<float>(scale) * static_cast<float>(quant),
+                q.values[static_cast<size_t>(r) * cols + e])
+          << "row " << r << ", element " << e;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace pdvm::fused
