@@ -12,8 +12,9 @@
 // parallelism), and for whole layers of int8-activation models whose matrices all have one
 // format, once per format (pdvm_kernel_formats.cu); launch_fused picks the instance: the kernel
 // sits at its register cap (96 at 640 threads), and every code path compiled into one instance
-// shares its register allocation and its code (docs/perf-notes.md: the float-activation path, which the
-// int16 one replaced, and the TP paths made the int8 path spill; an instance with one format's loops only is 2-8 % faster at 1B).
+// shares its register allocation and its code (docs/perf-notes.md: the float-activation path,
+// which the int16 one replaced, and the TP paths made the int8 path spill; an instance with one
+// format's loops only is 2-8 % faster at 1B).
 //
 // This header holds the device code; pdvm_kernel.cu and pdvm_kernel_formats.cu instantiate it.
 
@@ -657,9 +658,9 @@ __device__ __forceinline__ void matvec_split_rows(const DevMatrix& m, int begin,
   const int base = base_format(m.format);
   const int first_weight = first * weights_per_chunk(base);
   const int first_block = first_weight / kQuantBlock;
-  const Acts part_acts{acts.x + first_weight,        acts.q + first_weight,       acts.scale + first_block,
-                       acts.sum + first_block,       acts.q16_high + first_weight, acts.q16_low + first_weight,
-                       acts.scale16 + first_block,   acts.sum16 + first_block};
+  const Acts part_acts{acts.x + first_weight,         acts.q + first_weight,      acts.scale + first_block,
+                       acts.sum + first_block,         acts.q16_high + first_weight, acts.q16_low + first_weight,
+                       acts.scale16 + first_block,     acts.sum16 + first_block};
   const int first_scale = scale_offset(base, first);
   matvec_items<kInt16Activations, kOnly, 1>(
       m.format, (end - begin) << s, min(part_chunks, n_chunks - first), part_acts,
@@ -704,7 +705,8 @@ __device__ __forceinline__ void advance_token(DevStep* s, int* history, int toke
 template <bool kInt16Activations, int kOnly>
 __device__ void phase_head(const Params& p, unsigned model_epoch, const Smem& sm) {
   const float norm_scale =
-      rms_norm_to_smem(p.x, p.output_norm, p.n_embd, p.rms_eps, staging_for<kInt16Activations, kOnly>(sm, p.output.format), sm.red);
+      rms_norm_to_smem(p.x, p.output_norm, p.n_embd, p.rms_eps,
+                       staging_for<kInt16Activations, kOnly>(sm, p.output.format), sm.red);
   const Acts acts = acts_of(sm);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float best = -FLT_MAX;
@@ -890,8 +892,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         prefetch_attention(p, layer, pos);
         cta_wait(wait_counter, wait_target);
       }
-      const float norm_scale = rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps,
-                                                staging_for<kInt16Activations, kOnly>(sm, L.qk.format, L.v.format), sm.red);
+      const float norm_scale =
+          rms_norm_to_smem(p.x, L.attn_norm, p.n_embd, p.rms_eps,
+                           staging_for<kInt16Activations, kOnly>(sm, L.qk.format, L.v.format), sm.red);
       phase_qkv<kInt16Activations, kOnly>(p, L, sm.rope, layer, pos, begin, end, acts_of(sm), norm_scale);
       if (threadIdx.x == 0) signal_release(ctr + kCtrQkv);
 
@@ -922,7 +925,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     prefetch_rows(L.up, begin, end, kPrefetchBytes / 2);
     cta_wait(ctr + kCtrO, all_ctas);
     const float norm_scale =
-        rms_norm_to_smem(p.x, L.ffn_norm, p.n_embd, p.rms_eps, staging_for<kInt16Activations, kOnly>(sm, L.gate.format), sm.red);
+        rms_norm_to_smem(p.x, L.ffn_norm, p.n_embd, p.rms_eps,
+                         staging_for<kInt16Activations, kOnly>(sm, L.gate.format), sm.red);
     matvec_items<kInt16Activations, kOnly, 2>(
         L.gate.format, end - begin, L.gate.row_bytes / 16, acts_of(sm),
         [&](int i, RowRef(&refs)[2]) {

@@ -73,7 +73,8 @@ void repack_q6_k(HostMatrix& out, const uint8_t* src, int64_t rows) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int s = 0; s < supers; ++s) {
       const uint8_t* block = src + (r * supers + s) * 210;
-      for (int j = 0; j < 16; j += 2) out.scales.push_back(static_cast<uint16_t>(block[192 + j] | (block[193 + j] << 8)));
+      for (int j = 0; j < 16; j += 2)
+        out.scales.push_back(static_cast<uint16_t>(block[192 + j] | (block[193 + j] << 8)));
       uint16_t d;
       std::memcpy(&d, block + 208, 2);
       out.scales.push_back(d);
