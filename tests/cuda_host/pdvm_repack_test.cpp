@@ -1,7 +1,8 @@
-// The fused kernels' repack of Q4_K and Q6_K weights (src/cuda/pdvm_repack.cu), on the host: the
-// quants and scale records it writes, read by the layouts pdvm_device.cuh documents (kFmtQ4_K,
-// kFmtQ6_K: one record of ten halves per super-block of 256), give back the reference's
-// dequantized weights bit for bit. Host code of the CUDA library: runs without a GPU.
+// The fused kernels' repack of quantized weights (src/cuda/pdvm_repack.cu), on the host: the
+// quants and scales it writes, read by the layouts pdvm_device.cuh documents (Q8_0/Q4_0/Q4_1: an
+// f16 scale, and Q4_1's min, per 32-block; kFmtQ4_K, kFmtQ6_K: one record of ten halves per
+// super-block of 256), give back the reference's dequantized weights bit for bit. Host code of
+// the CUDA library: runs without a GPU.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -26,13 +27,14 @@ struct Quantized {
 
 // Random rows of heavy-tailed weights (a few large ones per row) quantized by the reference.
 Quantized quantize_rows(TensorType type, int rows, int cols) {
+  const int block = type == TensorType::kQ4_K || type == TensorType::kQ6_K ? kSuperBlock : 32;
   std::vector<float> x = test::random_floats(static_cast<size_t>(rows) * cols, 0.05f);
   std::uniform_int_distribution<size_t> pick(0, x.size() - 1);
   for (int i = 0; i < rows; ++i) x[pick(test::rng())] *= 40.0f;
   Quantized q;
   q.bytes.resize(static_cast<size_t>(type_bytes(type, cols)) * rows);
   q.values.resize(x.size());
-  const int64_t blocks = static_cast<int64_t>(rows) * cols / kSuperBlock;
+  const int64_t blocks = static_cast<int64_t>(rows) * cols / block;
   reference::quantize_blocks(type, x.data(), q.bytes.data(), blocks);
   reference::dequantize_blocks(type, q.bytes.data(), q.values.data(), blocks);
   return q;
@@ -44,8 +46,37 @@ HostMatrix repack(TensorType type, int rows, int cols, const Quantized& q) {
   EXPECT_EQ(m.format, format_of(type));
   EXPECT_EQ(m.rows, rows);
   EXPECT_EQ(m.scales.size(), static_cast<size_t>(rows) * scale_stride_of(m.format, cols));
-  EXPECT_EQ(scales_per_row(m.format, cols), cols / kSuperBlock * kRecordHalves);
   return m;
+}
+
+TEST(FusedRepack, SimpleBlocksSplitIntoQuantsAndScales) {
+  std::uniform_int_distribution<int> blocks(1, 40);
+  for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1}) {
+    const int rows = 5, cols = 32 * blocks(test::rng());
+    const Quantized q = quantize_rows(type, rows, cols);
+    const HostMatrix m = repack(type, rows, cols, q);
+    const bool eight_bit = type == TensorType::kQ8_0, with_min = type == TensorType::kQ4_1;
+    ASSERT_EQ(m.data.size(), static_cast<size_t>(rows) * cols / (eight_bit ? 1 : 2)) << type_name(type);
+    EXPECT_EQ(scales_per_row(m.format, cols), cols / 32 * (with_min ? 2 : 1)) << type_name(type);
+    const int stride = scale_stride_of(m.format, cols);
+    for (int r = 0; r < rows; ++r) {
+      for (int e = 0; e < cols; ++e) {
+        const int block = e / 32, in_block = e % 32;
+        const uint16_t* scales = m.scales.data() + static_cast<size_t>(r) * stride + block * (with_min ? 2 : 1);
+        const float d = fp16_to_fp32(scales[0]);
+        float value;
+        if (eight_bit) {
+          value = static_cast<float>(static_cast<int8_t>(m.data[static_cast<size_t>(r) * cols + e])) * d;
+        } else {
+          const uint8_t byte = m.data[static_cast<size_t>(r) * cols / 2 + block * 16 + in_block % 16];
+          const int quant = in_block < 16 ? byte & 15 : byte >> 4;
+          value = with_min ? static_cast<float>(quant) * d + fp16_to_fp32(scales[1]) : static_cast<float>(quant - 8) * d;
+        }
+        ASSERT_EQ(value, q.values[static_cast<size_t>(r) * cols + e])
+            << type_name(type) << ", row " << r << ", element " << e;
+      }
+    }
+  }
 }
 
 TEST(FusedRepack, Q4KRecordsGiveTheReferenceWeightsExactly) {
@@ -54,6 +85,7 @@ TEST(FusedRepack, Q4KRecordsGiveTheReferenceWeightsExactly) {
   const Quantized q = quantize_rows(TensorType::kQ4_K, rows, cols);
   const HostMatrix m = repack(TensorType::kQ4_K, rows, cols, q);
   ASSERT_EQ(m.data.size(), static_cast<size_t>(rows) * cols / 2);
+  EXPECT_EQ(scales_per_row(m.format, cols), cols / kSuperBlock * kRecordHalves);
   const int stride = scale_stride_of(m.format, cols);
   for (int r = 0; r < rows; ++r) {
     for (int e = 0; e < cols; ++e) {
@@ -78,6 +110,7 @@ TEST(FusedRepack, Q6KRecordsGiveTheReferenceWeightsExactly) {
   const Quantized q = quantize_rows(TensorType::kQ6_K, rows, cols);
   const HostMatrix m = repack(TensorType::kQ6_K, rows, cols, q);
   ASSERT_EQ(m.data.size(), static_cast<size_t>(rows) * cols);
+  EXPECT_EQ(scales_per_row(m.format, cols), cols / kSuperBlock * kRecordHalves);
   const int stride = scale_stride_of(m.format, cols);
   for (int r = 0; r < rows; ++r) {
     for (int e = 0; e < cols; ++e) {
