@@ -12,6 +12,7 @@
 #include "pdvm/sampling.h"
 #include "pdvm/error.h"
 #include "pdvm_reference.h"
+#include "random_llama.h"
 #include "upg/upg_convert.h"
 
 namespace pdvm {
@@ -19,6 +20,8 @@ namespace {
 
 class FusedSessionTest : public ::testing::Test {
  protected:
+  static constexpr int kVocab = 500;
+
   void SetUp() override {
     FusedConfig c;
     c.n_layer = 3;
@@ -27,7 +30,7 @@ class FusedSessionTest : public ::testing::Test {
     c.n_head_kv = 2;
     c.head_dim = 32;
     c.n_ff = 512;
-    c.n_vocab = 500;
+    c.n_vocab = kVocab;
     c.n_ctx = 64;
     c.n_rot = 32;
     ref_ = std::make_unique<test::RefModel>(c, TensorType::kF16, true);
@@ -52,9 +55,7 @@ class FusedSessionTest : public ::testing::Test {
 std::vector<float> copy(std::span<const float> v) { return {v.begin(), v.end()}; }
 
 TEST_F(FusedSessionTest, FusedModesMatchTheUnfusedBackend) {
-  std::uniform_int_distribution<int32_t> pick(0, 499);
-  std::vector<int32_t> prompt(6);
-  for (int32_t& t : prompt) t = pick(test::rng());
+  std::vector<int32_t> prompt = test::random_tokens(6, kVocab);
   for (const char* mode : {"layer", "token"}) {
     SCOPED_TRACE(mode);
     Session unfused(options("unfused"));
@@ -76,9 +77,7 @@ TEST_F(FusedSessionTest, FusedModesMatchTheUnfusedBackend) {
 // greedy_token() queues the next step before it returns: the tokens and logits are those of a
 // session that waits for each step, up to the end of the context (where nothing is queued).
 TEST_F(FusedSessionTest, RunningAheadGivesTheStepwiseTokens) {
-  std::uniform_int_distribution<int32_t> pick(0, 499);
-  std::vector<int32_t> prompt(6);
-  for (int32_t& t : prompt) t = pick(test::rng());
+  std::vector<int32_t> prompt = test::random_tokens(6, kVocab);
   for (const char* mode : {"layer", "token"}) {
     SCOPED_TRACE(mode);
     Session ahead(options(mode));
@@ -102,12 +101,10 @@ TEST_F(FusedSessionTest, RunningAheadGivesTheStepwiseTokens) {
 // A queued step is dropped when the rows it attended to change: here the same token at the
 // same position, after the two positions before it were replaced by a batched prompt.
 TEST_F(FusedSessionTest, QueuedStepIsDroppedWhenItsContextChanges) {
-  std::uniform_int_distribution<int32_t> pick(0, 499);
-  std::vector<int32_t> prompt(8);
-  for (int32_t& t : prompt) t = pick(test::rng());
+  std::vector<int32_t> prompt = test::random_tokens(8, kVocab);
   std::vector<int32_t> edited = prompt;
-  edited[6] = (prompt[6] + 1) % 500;
-  edited[7] = (prompt[7] + 1) % 500;
+  edited[6] = (prompt[6] + 1) % kVocab;
+  edited[7] = (prompt[7] + 1) % kVocab;
   Session ahead(options("token"));
   ASSERT_TRUE(ahead.fused_batched_prompts());
   ahead.eval(prompt);
@@ -144,9 +141,7 @@ void sample_from_ranked_logits(Session& session, const std::vector<float>& row, 
 // sampling from them draws the whole row's tokens (top-k 40, top-p, a penalty above 1), also
 // right after greedy_token() queued a step ahead.
 TEST_F(FusedSessionTest, LargestLogitsRankedOnTheGpuSampleAsTheWholeRow) {
-  std::uniform_int_distribution<int32_t> pick(0, 499);
-  std::vector<int32_t> history(7);
-  for (int32_t& t : history) t = pick(test::rng());
+  std::vector<int32_t> history = test::random_tokens(7, kVocab);
   SamplingParams params;
   params.temperature = 1.5f;
   params.repeat_penalty = 1.2f;
@@ -182,11 +177,9 @@ TEST_F(FusedSessionTest, LargestLogitsRankedOnTheGpuSampleAsTheWholeRow) {
 // sampler's picks from the same logits with the same seed, in both fused modes; with a
 // repetition penalty nothing is drawn there and the sampler's stream is left as it was.
 TEST_F(FusedSessionTest, TokensDrawnOnTheGpuAreTheSamplersPicks) {
-  std::uniform_int_distribution<int32_t> pick(0, 499);
   for (const char* mode : {"layer", "token"}) {
     SCOPED_TRACE(mode);
-    std::vector<int32_t> history(7);
-    for (int32_t& t : history) t = pick(test::rng());
+    std::vector<int32_t> history = test::random_tokens(7, kVocab);
     SamplingParams params;
     params.temperature = 1.5f;
     params.top_p = 0.9f;
@@ -223,9 +216,7 @@ TEST_F(FusedSessionTest, TokensDrawnOnTheGpuAreTheSamplersPicks) {
 // The unfused CUDA backend ranks its logits on the GPU too: the largest logits of every step are
 // the row's, and sampling from them picks the row's tokens. The CPU backend reads its row.
 TEST_F(FusedSessionTest, UnfusedCudaBackendRanksItsLogits) {
-  std::uniform_int_distribution<int32_t> pick(0, 499);
-  std::vector<int32_t> history(6);
-  for (int32_t& t : history) t = pick(test::rng());
+  std::vector<int32_t> history = test::random_tokens(6, kVocab);
   SessionOptions o = options("unfused");
   o.backend = "cuda";
   Session session(o);
@@ -257,9 +248,7 @@ TEST_F(FusedSessionTest, UnknownModeIsRejected) {
 // (both take the unfused argmax), within `tolerance`.
 void compare_sessions(const SessionOptions& unfused_options, const SessionOptions& fused_options, int vocab,
                       double tolerance) {
-  std::uniform_int_distribution<int32_t> pick(0, vocab - 1);
-  std::vector<int32_t> prompt(5);
-  for (int32_t& t : prompt) t = pick(test::rng());
+  std::vector<int32_t> prompt = test::random_tokens(5, vocab);
   Session unfused(unfused_options);
   Session fused(fused_options);
   std::vector<float> want = copy(unfused.prefill(prompt));
@@ -323,9 +312,7 @@ TEST(FusedSessionUpg, ConvertedModelsMatchTheUnfusedBackend) {
 TEST_F(FusedSessionTest, UnsupportedModelFallsBackWithANotice) {
   test::RefModel q5(ref_->config(), TensorType::kQ5_0, true);
   test::write_gguf(q5).write(path_);
-  std::uniform_int_distribution<int32_t> pick(0, 499);
-  std::vector<int32_t> prompt(4);
-  for (int32_t& t : prompt) t = pick(test::rng());
+  std::vector<int32_t> prompt = test::random_tokens(4, kVocab);
   Session unfused(options("unfused"));
   testing::internal::CaptureStderr();
   Session fallback(options("token"));
