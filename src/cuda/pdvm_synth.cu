@@ -22,6 +22,37 @@ __device__ __forceinline__ float uniform_pm1(uint64_t seed, uint64_t index) {
   return static_cast<float>(mix64(seed ^ mix64(index)) >> 40) * (2.0f / 16777216.0f) - 1.0f;
 }
 
+// Entry i (16 bits) of a random scale stream for m's format.
+__device__ __forceinline__ uint16_t random_scale_entry(const DevMatrix& m, uint64_t seed, float amplitude, int64_t i) {
+  if (m.format == kFmtQ4_K) {
+    // Super-block records: scales 32..63 with mins equal to them and dmin = 8 d, so a weight is
+    // d * scale * (q - 8), centred as Q4_0's.
+    const int64_t row = i / m.scale_stride, in_row = i % m.scale_stride;
+    const int64_t super = row * m.scale_stride + in_row / kQ4KRecordHalves;  // one draw per record
+    const int j = static_cast<int>(in_row % kQ4KRecordHalves);
+    const float d = amplitude / (8.0f * 63.0f) * (0.5f + 0.5f * (uniform_pm1(seed ^ 0x5ca1e, super) + 1.0f));
+    if (j < 8) {
+      const int scale = 32 + static_cast<int>(mix64(seed ^ mix64(static_cast<uint64_t>(i))) % 32);
+      return static_cast<uint16_t>(scale | (scale << 8));
+    }
+    return __half_as_ushort(__float2half_rn(j == 8 ? d : -8.0f * d));
+  }
+  if (m.format == kFmtQ6_K) {
+    // Super-block records: int8 scales 64..127 and d so that a weight stays near `amplitude`.
+    const int j = static_cast<int>(i % m.scale_stride % kQ6KRecordHalves);
+    const uint64_t r = mix64(seed ^ mix64(static_cast<uint64_t>(i)));
+    const float d = amplitude / (127.0f * 96.0f) * (0.5f + 0.5f * (uniform_pm1(seed ^ 0x5ca1e, i) + 1.0f));
+    return j < 8   ? static_cast<uint16_t>((64 + r % 64) | ((64 + (r >> 8) % 64) << 8))
+           : j == 8 ? __half_as_ushort(__float2half_rn(d))
+                    : 0;
+  }
+  // f16 block scales; Q4_1 (scale, min) pairs: mins near -8 scales keep the weights centred.
+  const float max_quant = m.format == kFmtQ8_0 ? 127.0f : 8.0f;
+  const float u = 0.5f * (uniform_pm1(seed ^ 0x5ca1e, i) + 1.0f);
+  const bool is_min = m.format == kFmtQ4_1 && (i & 1);
+  return __half_as_ushort(__float2half_rn((is_min ? -amplitude : amplitude) * (0.5f + u) / (is_min ? 1.0f : max_quant)));
+}
+
 __global__ void fill_matrix_kernel(DevMatrix m, uint64_t seed, float amplitude) {
   const int64_t n_bytes = static_cast<int64_t>(m.rows) * m.row_bytes;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -57,45 +88,11 @@ __global__ void fill_matrix_kernel(DevMatrix m, uint64_t seed, float amplitude) 
       }
     }
   }
-  if (m.scales && m.format == kFmtQ4_K) {
-    // Super-block records: scales 32..63 with mins equal to them and dmin = 8 d, so a weight is
-    // d * scale * (q - 8), centred as Q4_0's.
+  if (m.scales) {
     const int64_t n_scales = static_cast<int64_t>(m.rows) * m.scale_stride;
-    uint16_t* records = reinterpret_cast<uint16_t*>(const_cast<__half*>(m.scales));
-    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_scales; i += stride) {
-      const int64_t row = i / m.scale_stride, in_row = i % m.scale_stride;
-      const int64_t super = row * m.scale_stride + in_row / kQ4KRecordHalves;  // one draw per record
-      const int j = static_cast<int>(in_row % kQ4KRecordHalves);
-      const float d = amplitude / (8.0f * 63.0f) * (0.5f + 0.5f * (uniform_pm1(seed ^ 0x5ca1e, super) + 1.0f));
-      if (j < 8) {
-        const int scale = 32 + static_cast<int>(mix64(seed ^ mix64(static_cast<uint64_t>(i))) % 32);
-        records[i] = static_cast<uint16_t>(scale | (scale << 8));
-      } else {
-        records[i] = __half_as_ushort(__float2half_rn(j == 8 ? d : -8.0f * d));
-      }
-    }
-  } else if (m.scales && m.format == kFmtQ6_K) {
-    // Super-block records: int8 scales 64..127 and d so that a weight stays near `amplitude`.
-    const int64_t n_scales = static_cast<int64_t>(m.rows) * m.scale_stride;
-    uint16_t* records = reinterpret_cast<uint16_t*>(const_cast<__half*>(m.scales));
-    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_scales; i += stride) {
-      const int j = static_cast<int>(i % m.scale_stride % kQ6KRecordHalves);
-      const uint64_t r = mix64(seed ^ mix64(static_cast<uint64_t>(i)));
-      const float d = amplitude / (127.0f * 96.0f) * (0.5f + 0.5f * (uniform_pm1(seed ^ 0x5ca1e, i) + 1.0f));
-      records[i] = j < 8   ? static_cast<uint16_t>((64 + r % 64) | ((64 + (r >> 8) % 64) << 8))
-                   : j == 8 ? __half_as_ushort(__float2half_rn(d))
-                            : 0;
-    }
-  } else if (m.scales) {
-    const int64_t n_scales = static_cast<int64_t>(m.rows) * m.scale_stride;
-    const float max_quant = m.format == kFmtQ8_0 ? 127.0f : 8.0f;
-    __half* scales = const_cast<__half*>(m.scales);
-    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_scales; i += stride) {
-      const float u = 0.5f * (uniform_pm1(seed ^ 0x5ca1e, i) + 1.0f);
-      // Q4_1 (scale, min) pairs: mins near -8 scales keep the weights centred.
-      const bool is_min = m.format == kFmtQ4_1 && (i & 1);
-      scales[i] = __float2half_rn((is_min ? -amplitude : amplitude) * (0.5f + u) / (is_min ? 1.0f : max_quant));
-    }
+    uint16_t* entries = reinterpret_cast<uint16_t*>(const_cast<__half*>(m.scales));
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_scales; i += stride)
+      entries[i] = random_scale_entry(m, seed, amplitude, i);
   }
 }
 
