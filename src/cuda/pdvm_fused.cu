@@ -272,7 +272,16 @@ struct FusedDecoder::Impl {
     footprint.kv_bytes_per_position = static_cast<uint64_t>(c.n_layer) * 2 * c.n_head_kv * c.head_dim * 2;
   }
 
+  // Runs once the constructor has uploaded or synthesized every matrix and set
+  // params.int16_activations.
   void finish_layers() {
+    if (params.int16_activations) {
+      for (DevLayer& layer : layers) {
+        for (DevMatrix* w : {&layer.qk, &layer.v, &layer.wo, &layer.gate, &layer.up, &layer.down}) use_int16_activations(*w);
+      }
+      use_int16_activations(params.token_embd);
+      use_int16_activations(params.output);
+    }
     for (DevLayer& layer : layers) {
       for (DevMatrix* m : {&layer.wo, &layer.down}) m->parts_log2 = fused::row_parts_log2(m->format, m->rows, m->row_bytes, grid);
     }
@@ -534,9 +543,6 @@ FusedDecoder::FusedDecoder(const FusedModelView& model) : FusedDecoder() {
     d.gate = m.upload(l.gate);
     d.up = m.upload(l.up);
     d.down = m.upload(l.down);
-    if (m.params.int16_activations) {
-      for (DevMatrix* w : {&d.qk, &d.v, &d.wo, &d.gate, &d.up, &d.down}) use_int16_activations(*w);
-    }
     m.layers.push_back(d);
   }
   // The embedding is read one row per token; only the LM head's bytes count as streamed.
@@ -548,10 +554,6 @@ FusedDecoder::FusedDecoder(const FusedModelView& model) : FusedDecoder() {
     if (model.output_split) m.params.vocab_first = static_cast<int>(model.output_first_row);
   } else {
     m.params.output = m.params.token_embd;
-  }
-  if (m.params.int16_activations) {
-    use_int16_activations(m.params.token_embd);
-    use_int16_activations(m.params.output);
   }
   m.params.output_norm = m.upload(to_floats(model.output_norm));
   if (!model.rope_freq_factors.empty()) m.params.rope_factors = m.upload(model.rope_freq_factors);
@@ -592,19 +594,12 @@ std::unique_ptr<FusedDecoder> FusedDecoder::synthesize(const FusedConfig& config
     d.gate = matrix(c.n_ff, c.n_embd);
     d.up = matrix(c.n_ff, c.n_embd);
     d.down = matrix(c.n_embd, c.n_ff);
-    if (m.params.int16_activations) {
-      for (DevMatrix* w : {&d.qk, &d.v, &d.wo, &d.gate, &d.up, &d.down}) use_int16_activations(*w);
-    }
     m.layers.push_back(d);
   }
   m.params.output = m.params.token_embd = matrix(c.n_vocab, c.n_embd);
   if (head_rows > 0) {
     m.params.output = matrix(head_rows, c.n_embd);
     m.params.vocab_first = head_first;
-  }
-  if (m.params.int16_activations) {
-    use_int16_activations(m.params.token_embd);
-    use_int16_activations(m.params.output);
   }
   m.params.output_norm = norm();
   m.finish_layers();
