@@ -29,8 +29,8 @@ void run_case(const std::string& spec, double bandwidth) {
   const pdvm::FusedConfig config = pdvm::bench::fused_shape_config(shape, 4608);
   auto decoder = pdvm::FusedDecoder::synthesize(config, *type, 1234);
   const pdvm::FusedFootprint fp = decoder->footprint();
-  std::printf("%-4s %-5s kernel instance: %s; int8 hand-offs: %s\n", shape.c_str(), type_text.c_str(),
-              decoder->kernel_instance().c_str(), decoder->int8_handoffs().c_str());
+  std::printf("%-4s %-5s kernel instance: %s; hand-offs as blocks: %s\n", shape.c_str(), type_text.c_str(),
+              decoder->kernel_instance().c_str(), decoder->quantized_handoffs().c_str());
   const int n_tokens = 128;
   // PDVM_BENCH_MODE=layer|token times only that mode (e.g. under a profiler).
   const char* only = std::getenv("PDVM_BENCH_MODE");

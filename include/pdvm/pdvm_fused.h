@@ -187,13 +187,15 @@ class FusedDecoder {
   // The kernel instance a token's layers run (the attention half's, when layers run as two
   // halves): "q4_0 only" for a model whose every matrix is Q4_0 and whose activations are int8
   // (compiled for that format alone: F16, Q8_0, Q4_0, UPG), else "generic" or "generic, int16
-  // activations" (int16_activations()), with the layer part for tensor parallelism.
+  // activations" (int16_activations()), with the layer part for tensor parallelism, or ", h as
+  // int16 blocks" where an int16 model hands h over as blocks (quantized_handoffs()).
   std::string kernel_instance() const;
-  // The vectors handed to the next phase as int8 blocks, quantized once by the CTAs that produce
-  // them instead of on every CTA that reads them: "attention output" (where every O matrix
-  // multiplies int8 activations), "h" (the same for the down matrices, where shares of whole
-  // 32-row blocks keep the gate/up phase balanced), both joined by ", ", or "none".
-  std::string int8_handoffs() const;
+  // The vectors handed to the next phase as quantized blocks (int8, or int16 where
+  // int16_activations()), quantized once by the CTAs that produce them instead of on every CTA
+  // that reads them: "attention output" (int8 only, where every O matrix multiplies int8 blocks
+  // only), "h" (where every down matrix multiplies blocks only and shares of whole 32-row blocks
+  // keep the gate/up phase balanced), both joined by ", ", or "none".
+  std::string quantized_handoffs() const;
 
   // The reason `model` cannot run fused, or empty when it can.
   static std::string unsupported_reason(const FusedModelView& model);

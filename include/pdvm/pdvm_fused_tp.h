@@ -42,7 +42,7 @@ class FusedTensorParallel {
   const FusedConfig& config() const;  // of the whole model
   FusedFootprint footprint() const;   // of all ranks together
   uint64_t kernel_launches() const;   // all ranks, NCCL kernels included
-  std::string int8_handoffs() const;  // FusedDecoder's, of rank 0 (every rank has the same shapes)
+  std::string quantized_handoffs() const;  // FusedDecoder's, of rank 0 (every rank has the same shapes)
 
   // As FusedDecoder's (layer mode only, unless kInKernel); logits: every rank's share of the head in
   // rank order (rank 0's whole head with kInKernel). generate checks that every rank produced the

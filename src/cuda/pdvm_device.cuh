@@ -54,9 +54,9 @@ __host__ __device__ constexpr bool is_quantized_format(int format) {
 }
 // Formats with an f16 block-scale stream.
 __host__ __device__ constexpr bool has_scale_stream(int format) { return is_quantized_format(format) && format != kFmtUpg; }
-// Quantized formats whose rows read the int8 blocks of the activations only: those with a block-scale
-// stream (UPG's outliers also read the floats).
-__host__ __device__ constexpr bool reads_int8_only(int format) { return has_scale_stream(format); }
+// Formats whose rows read the quantized blocks of the activations only (int8 blocks, or int16 ones
+// where flagged kInt16Acts): those with a block-scale stream (UPG's outliers also read the floats).
+__host__ __device__ constexpr bool reads_blocks_only(int format) { return has_scale_stream(base_format(format)); }
 // 16-byte chunks sharing one scale entry.
 __host__ __device__ constexpr int chunks_per_scale(int format) { return format == kFmtQ8_0 ? 2 : 1; }
 // Halves per block in the scale stream: Q4_1 keeps (scale, min) pairs.
@@ -112,9 +112,12 @@ struct DevStep {
   int n_out;     // tokens appended to history
 };
 
-// A vector as int8 blocks of 32: codes, and each block's scale and code sum.
-struct Int8Vector {
+// A vector as quantized blocks of 32: codes, and each block's scale and code sum. int8 blocks
+// leave `low` null; int16 blocks (for kInt16Acts rows) keep the codes' high bytes in q and their
+// low bytes in `low`, as the int16 staging does.
+struct QuantVector {
   int8_t* q = nullptr;
+  uint8_t* low = nullptr;
   float* scale = nullptr;
   int* sum = nullptr;
 };
@@ -138,13 +141,15 @@ struct Params {
   float* q;          // roped queries [n_head * head_dim]
   float* attn_part;  // [n_head][n_chunks][head_dim + 2]: O (unnormalized), max, sum
   float* attn_out;   // [n_head * head_dim]
-  // Vectors handed from their producers to the next phase as int8 blocks (Int8Vector; null where
-  // not): the attention output, written by the items where every layer's O matrix reads int8 only,
-  // and h, quantized by the gate/up CTAs from shares of whole blocks where every down matrix reads
-  // int8 only and such shares stay balanced. The next phase then copies them instead of quantizing
-  // the floats on every CTA.
-  Int8Vector attn_q;  // [n_head * head_dim]
-  Int8Vector h_q;     // [n_ff]
+  // Vectors handed from their producers to the next phase as quantized blocks (QuantVector; null
+  // where not): the attention output as int8 blocks, written by the items where every layer's O
+  // matrix reads int8 blocks only (not int16 ones: the items' quantization on the critical path
+  // cost more than the copy saved, docs/perf-notes.md session 20), and h, quantized by the gate/up
+  // CTAs from shares of whole blocks (int16 ones in int16-activation models) where every down
+  // matrix reads blocks only and such shares stay balanced. The next phase then copies them
+  // instead of quantizing the floats on every CTA.
+  QuantVector attn_q;  // [n_head * head_dim]
+  QuantVector h_q;     // [n_ff]
   float* h;          // [n_ff]
   float* logits;     // [n_vocab]
   __half* k_cache;   // [layer][kv head][n_ctx][head_dim]

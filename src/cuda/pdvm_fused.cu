@@ -292,32 +292,34 @@ struct FusedDecoder::Impl {
         format = m->format == format ? format : -1;
     }
     params.single_format = format;
-    bool int8_attention = config.head_dim % 32 == 0;
-    for (const DevLayer& layer : layers) int8_attention = int8_attention && fused::reads_int8_only(layer.wo.format);
-    if (int8_attention) params.attn_q = alloc_int8_vector(static_cast<size_t>(config.n_head) * config.head_dim);
-    if (int8_h()) params.h_q = alloc_int8_vector(config.n_ff);
+    bool attention_blocks = config.head_dim % 32 == 0 && !params.int16_activations;  // see Params::attn_q
+    for (const DevLayer& layer : layers) attention_blocks = attention_blocks && fused::reads_blocks_only(layer.wo.format);
+    if (attention_blocks) params.attn_q = alloc_quant_vector(static_cast<size_t>(config.n_head) * config.head_dim);
+    if (h_blocks()) params.h_q = alloc_quant_vector(config.n_ff);
     auto* d = alloc<DevLayer>(layers.size());
     copy_to_device(d, layers.data(), layers.size() * sizeof(DevLayer));
     params.layers = d;
   }
 
-  fused::Int8Vector alloc_int8_vector(size_t n) {
-    const size_t blocks = (n / 32 + 3) / 4 * 4;  // whole 16-byte loads for the reader
-    return {alloc<int8_t>(n), alloc<float>(blocks), alloc<int>(blocks)};
+  // Blocks of the model's activation kind: int8, or int16 with a plane of low bytes.
+  fused::QuantVector alloc_quant_vector(size_t n) {
+    const size_t blocks = (n / 32 + 3) / 4 * 4;  // whole 16-byte copies for the reader
+    return {alloc<int8_t>(n), params.int16_activations ? alloc<uint8_t>(n) : nullptr, alloc<float>(blocks),
+            alloc<int>(blocks)};
   }
 
-  // Whether the gate/up phase hands h to the down phase as int8 blocks: where every down matrix
-  // reads int8 only and shares of whole blocks (at most kMaxSplitItems rows, the stash in shared
-  // memory) cost the phase at most 5 % of balance (llama-3.2-1b: 256 blocks on 132 CTAs, 2 a CTA at
-  // most against 1.94; llama-2-13b's 432 blocks would take 4 against 3.27, measured 2 % slower).
-  // PDVM_FUSED_INT8_H=0 or 1 forces it off, or on where possible (tests, A/B timing).
-  bool int8_h() const {
+  // Whether the gate/up phase hands h to the down phase as quantized blocks: where every down
+  // matrix reads blocks only and shares of whole blocks (at most kMaxSplitItems rows, the stash in
+  // shared memory) cost the phase at most 5 % of balance (llama-3.2-1b: 256 blocks on 132 CTAs, 2 a
+  // CTA at most against 1.94; llama-2-13b's 432 blocks would take 4 against 3.27, measured 2 %
+  // slower). PDVM_FUSED_H_BLOCKS=0 or 1 forces it off, or on where possible (tests, A/B timing).
+  bool h_blocks() const {
     bool possible = config.n_ff % 32 == 0;
-    for (const DevLayer& layer : layers) possible = possible && fused::reads_int8_only(layer.down.format);
+    for (const DevLayer& layer : layers) possible = possible && fused::reads_blocks_only(layer.down.format);
     const int blocks = config.n_ff / 32, most = (blocks + grid - 1) / grid;
     possible = possible && most * 32 <= fused::kMaxSplitItems;
-    if (cuda::env_equals("PDVM_FUSED_INT8_H", "0")) return false;
-    if (cuda::env_equals("PDVM_FUSED_INT8_H", "1")) return possible;
+    if (cuda::env_equals("PDVM_FUSED_H_BLOCKS", "0")) return false;
+    if (cuda::env_equals("PDVM_FUSED_H_BLOCKS", "1")) return possible;
     return possible && static_cast<double>(most) * grid <= 1.05 * blocks;
   }
 
@@ -613,7 +615,7 @@ FusedFootprint FusedDecoder::footprint() const { return impl_->footprint; }
 int FusedDecoder::grid_size() const { return impl_->grid; }
 uint64_t FusedDecoder::kernel_launches() const { return impl_->kernel_launches; }
 bool FusedDecoder::int16_activations() const { return impl_->params.int16_activations != 0; }
-std::string FusedDecoder::int8_handoffs() const {
+std::string FusedDecoder::quantized_handoffs() const {
   const fused::Params& p = impl_->params;
   if (p.attn_q.q && p.h_q.q) return "attention output, h";
   return p.attn_q.q ? "attention output" : p.h_q.q ? "h" : "none";
@@ -651,8 +653,9 @@ void FusedDecoder::set_tensor_parallel(int rank, Communicator* communicator, Fus
   PDVM_CHECK(communicator && rank == communicator->rank() && !m.layer_graph && m.kernel_launches == 0);
   m.communicator = communicator;
   m.params.partial_output = rank > 0;
-  // Layer halves run the MLP half's instance, which has no int8 hand-off of h.
-  if (all_reduce != FusedAllReduce::kInKernel) m.params.h_q = {};
+  // Layer halves run the MLP half's instance, which has no hand-off of h, and int16 models' in-kernel
+  // all-reduce an instance without int16 hand-offs.
+  if (all_reduce != FusedAllReduce::kInKernel || m.params.int16_activations) m.params.h_q = {};
   if (m.params.output.rows < m.config.n_vocab) {
     if (all_reduce == FusedAllReduce::kInKernel)
       throw_error(ErrorKind::kUnsupported, "fused decode: a vocabulary-split head needs the all-reduce between launches");

@@ -197,7 +197,7 @@ uint64_t FusedTensorParallel::kernel_launches() const {
   return total;
 }
 
-std::string FusedTensorParallel::int8_handoffs() const { return impl_->ranks.front()->int8_handoffs(); }
+std::string FusedTensorParallel::quantized_handoffs() const { return impl_->ranks.front()->quantized_handoffs(); }
 
 int FusedTensorParallel::execute_model(int token, int position, FusedMode mode) {
   return generate(token, position, 1, mode)[0];

@@ -1,5 +1,6 @@
-// The fused kernel's single-format instances (see kSingleFormats), compiled apart from the
-// generic ones in pdvm_kernel.cu so that the two halves build in parallel.
+// The fused kernel's single-format instances (see kSingleFormats) and the int16 one with h's
+// hand-off, compiled apart from the generic ones in pdvm_kernel.cu so that the two halves build in
+// parallel.
 
 #include "cuda/pdvm_kernel_impl.cuh"
 
@@ -14,5 +15,7 @@ FusedKernel single_format_kernel(int format) {
     default: return nullptr;
   }
 }
+
+FusedKernel int16_h_blocks_kernel() { return fused_decode_kernel<true, LayerPart::kWhole, -1, true>; }
 
 }  // namespace pdvm::fused

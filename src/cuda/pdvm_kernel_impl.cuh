@@ -37,6 +37,9 @@ using FusedKernel = void (*)(Params, int, int, int);
 // (pdvm_kernel_formats.cu); nullptr for other formats.
 constexpr int kSingleFormats[] = {kFmtF16, kFmtQ8_0, kFmtQ4_0, kFmtUpg};
 FusedKernel single_format_kernel(int format);
+// The instance for whole layers of int16-activation models that hand h over as int16 blocks
+// (Params::h_q; pdvm_kernel_formats.cu).
+FusedKernel int16_h_blocks_kernel();
 
 namespace {
 
@@ -203,23 +206,41 @@ __device__ void copy_to_smem(const float* src, int n, const Staging& st) {
   __syncthreads();
 }
 
-// A vector already quantized by its producers (Params::attn_q, h_q) -> the int8 staging, for rows
-// that read nothing else: 16 bytes a load (codes, four scales or four sums), one load a thread at
-// llama-3.2-1b's h (512 + 64 + 64). A batch of loads in flight per thread, as copy_to_smem has,
-// made the kernel spill.
-__device__ void copy_int8_to_smem(const Int8Vector& v, int n, const Smem& sm) {
-  const int n_chunks = n / 16, n_quads = (n / 32 + 3) / 4, n_items = n_chunks + 2 * n_quads;
+// What the gate/up CTAs (and, int8 only, the attention items) hand to the next phase where
+// Params::h_q (attn_q) are set: the instance's kind of blocks, or nothing (instances whose rows may
+// read floats).
+enum class Handoff { kNone, kInt8, kInt16 };
+
+// A vector already quantized by its producers (Params::attn_q, h_q) -> the int8 or int16 staging,
+// for rows that read nothing else: 16 bytes a load (codes, low bytes, four scales or four sums),
+// one load a thread at llama-3.2-1b's int8 h (512 + 64 + 64), two for its int16 h. A batch of
+// loads in flight per thread, as copy_to_smem has, made the kernel spill; asynchronous copies
+// (cp.async) into shared memory were 0.5-1 % slower at 1B (docs/perf-notes.md, session 20).
+template <Handoff kHandoff>
+__device__ void copy_blocks_to_smem(const QuantVector& v, int n, const Smem& sm) {
+  constexpr bool kInt16 = kHandoff == Handoff::kInt16;
+  int8_t* codes = kInt16 ? sm.q16_high : sm.xq;
+  float* scales = kInt16 ? sm.scale16 : sm.q_scale;
+  int* sums = kInt16 ? sm.sum16 : sm.q_sum;
+  const int n_chunks = n / 16, n_code_chunks = kInt16 ? 2 * n_chunks : n_chunks, n_quads = (n / 32 + 3) / 4;
+  const int n_items = n_code_chunks + 2 * n_quads;
   for (int i = threadIdx.x; i < n_items; i += kThreads) {
-    const int4* src = i < n_chunks            ? reinterpret_cast<const int4*>(v.q) + i
-                      : i < n_chunks + n_quads ? reinterpret_cast<const int4*>(v.scale) + (i - n_chunks)
-                                               : reinterpret_cast<const int4*>(v.sum) + (i - n_chunks - n_quads);
-    const int4 item = __ldcg(src);
-    if (i < n_chunks)
-      reinterpret_cast<int4*>(sm.xq)[i] = item;
-    else if (i < n_chunks + n_quads)
-      reinterpret_cast<int4*>(sm.q_scale)[i - n_chunks] = item;
-    else
-      reinterpret_cast<int4*>(sm.q_sum)[i - n_chunks - n_quads] = item;
+    const void* src;
+    void* dst;
+    if (i < n_chunks) {
+      src = v.q + 16 * i;
+      dst = codes + 16 * i;
+    } else if (i < n_code_chunks) {
+      src = v.low + 16 * (i - n_chunks);
+      dst = sm.q16_low + 16 * (i - n_chunks);
+    } else if (i < n_code_chunks + n_quads) {
+      src = v.scale + 4 * (i - n_code_chunks);
+      dst = scales + 4 * (i - n_code_chunks);
+    } else {
+      src = v.sum + 4 * (i - n_code_chunks - n_quads);
+      dst = sums + 4 * (i - n_code_chunks - n_quads);
+    }
+    *static_cast<int4*>(dst) = __ldcg(static_cast<const int4*>(src));
   }
   __syncthreads();
 }
@@ -227,13 +248,18 @@ __device__ void copy_int8_to_smem(const Int8Vector& v, int n, const Smem& sm) {
 // The CTA's rows [begin, end) of h (whole blocks, stashed in shared memory by its gate/up rows)
 // -> Params::h_q: each block quantized once, by its producer, instead of on every CTA after the
 // wait. At most kMaxSplitItems rows, so 8 lanes a block take the first two warps at most.
+template <Handoff kHandoff>
 __device__ void quantize_h_share(const Params& p, const float* h, int begin, int end) {
   const int n_parts = (end - begin) / 4;
   if ((threadIdx.x & ~31) < n_parts) {  // whole warps (shuffles)
     const int t = threadIdx.x;
     const bool valid = t < n_parts;
     const float4 v = valid ? *reinterpret_cast<const float4*>(h + 4 * t) : make_float4(0, 0, 0, 0);
-    quantize_group(v, valid, begin / 32 + t / 8, t % 8, p.h_q.q, p.h_q.scale, p.h_q.sum);
+    const int block = begin / 32 + t / 8;
+    if constexpr (kHandoff == Handoff::kInt16)
+      quantize_group16(v, valid, block, t % 8, p.h_q.q, p.h_q.low, p.h_q.scale, p.h_q.sum);
+    else
+      quantize_group(v, valid, block, t % 8, p.h_q.q, p.h_q.scale, p.h_q.sum);
   }
   __syncthreads();  // every block stored before thread 0 signals
 }
@@ -822,8 +848,10 @@ __device__ __forceinline__ void tp_all_reduce_rows(const Params& p, int slot, in
 enum class LayerPart { kWhole, kAttentionHalf, kMlpHalf, kWholeAllReduce };
 
 // kOnly >= 0: an instance for models whose every matrix has that format (Params::single_format),
-// which compiles that format's loops only; -1: every format.
-template <bool kInt16Activations, LayerPart kPart, int kOnly = -1>
+// which compiles that format's loops only; -1: every format. kInt16HBlocks: the int16 instance
+// that hands h over as int16 blocks; the other int16 instances compile no hand-off (added code
+// cost shapes without one 2-4 %, docs/perf-notes.md session 20).
+template <bool kInt16Activations, LayerPart kPart, int kOnly = -1, bool kInt16HBlocks = false>
 __global__ void __launch_bounds__(kThreads, 1)
     fused_decode_kernel(const __grid_constant__ Params p, int layer_begin, int layer_end, int flags) {
   extern __shared__ float4 smem_raw[];
@@ -835,10 +863,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr bool kAttentionPart = kPart != LayerPart::kMlpHalf, kMlpPart = kPart != LayerPart::kAttentionHalf;
   constexpr bool kAllReduce = kPart == LayerPart::kWholeAllReduce;
   constexpr bool kHeadPart = kPart == LayerPart::kWhole || kAllReduce;
-  // Instances whose rows may read int8 blocks only compile the int8 hand-offs (Params::attn_q, h_q);
-  // the MLP half (tensor parallelism) not h's, with which it spilled.
-  constexpr bool kInt8Handoffs = !kInt16Activations && (kOnly < 0 || reads_int8_only(kOnly));
-  const bool int8_h = kInt8Handoffs && kPart != LayerPart::kMlpHalf && p.h_q.q;
+  // Int8 instances whose rows may read blocks only compile the int8 hand-offs (Params::attn_q, h_q;
+  // h's not in the MLP half, with which it spilled); int16 ones only kInt16HBlocks's.
+  static_assert(!kInt16HBlocks || (kInt16Activations && kPart == LayerPart::kWhole));
+  constexpr Handoff kHandoff = kInt16Activations                     ? (kInt16HBlocks ? Handoff::kInt16 : Handoff::kNone)
+                               : kOnly < 0 || reads_blocks_only(kOnly) ? Handoff::kInt8
+                                                                       : Handoff::kNone;
+  constexpr bool kAttentionBlocks = kHandoff == Handoff::kInt8;
+  const bool h_blocks = kHandoff != Handoff::kNone && kPart != LayerPart::kMlpHalf && p.h_q.q;
 
   // Weights never depend on activations: start pulling the first phase's before any wait.
   if (kAttentionPart && layer_begin < layer_end) {
@@ -901,11 +933,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       cta_share(L.wo.rows, begin, end);
       prefetch_rows(L.wo, begin, end, kPrefetchBytes);
       cta_wait(ctr + kCtrQkv, all_ctas);
-      phase_attention<kInt8Handoffs>(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn,
-                                    sm.xs, sm.flag);
+      phase_attention<kAttentionBlocks>(p, layer, pos, ctr + kLayerCounters, (epoch + 1) * p.n_chunks, ctr + kCtrAttn,
+                                        sm.xs, sm.flag);
       cta_wait(ctr + kCtrAttn, (epoch + 1) * p.n_head_kv);
-      if (kInt8Handoffs && p.attn_q.q)
-        copy_int8_to_smem(p.attn_q, p.n_head * p.head_dim, sm);
+      if (kAttentionBlocks && p.attn_q.q)
+        copy_blocks_to_smem<Handoff::kInt8>(p.attn_q, p.n_head * p.head_dim, sm);
       else
         copy_to_smem(p.attn_out, p.n_head * p.head_dim, staging_for<kInt16Activations, kOnly>(sm, L.wo.format));
       matvec_split_rows<kInt16Activations, kOnly>(L.wo, begin, end, acts_of(sm), sm.part_sums, add_to_x_via(0));
@@ -914,7 +946,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     if constexpr (!kMlpPart) continue;
 
-    if (int8_h) {
+    if (h_blocks) {
       cta_share(p.n_ff / 32, begin, end);
       begin *= 32;
       end *= 32;
@@ -940,14 +972,14 @@ __global__ void __launch_bounds__(kThreads, 1)
           // flag tested in the stream loop.
           if (i < kMaxSplitItems) sm.part_sums[i] = h;
         });
-    if (int8_h) quantize_h_share(p, sm.part_sums, begin, end);
+    if (h_blocks) quantize_h_share<kHandoff>(p, sm.part_sums, begin, end);
     if (threadIdx.x == 0) signal_release(ctr + kCtrUp);
 
     cta_share(L.down.rows, begin, end);
     prefetch_rows(L.down, begin, end, kPrefetchBytes);
     cta_wait(ctr + kCtrUp, all_ctas);
-    if (int8_h)
-      copy_int8_to_smem(p.h_q, p.n_ff, sm);
+    if (h_blocks)
+      copy_blocks_to_smem<kHandoff>(p.h_q, p.n_ff, sm);
     else
       copy_to_smem(p.h, p.n_ff, staging_for<kInt16Activations, kOnly>(sm, L.down.format));
     matvec_split_rows<kInt16Activations, kOnly>(L.down, begin, end, acts_of(sm), sm.part_sums, add_to_x_via(1));

@@ -139,19 +139,22 @@ TEST(FusedLayer, SplitRowsMatchCpuReference) {
   unsetenv("PDVM_FUSED_SPLIT");
 }
 
-// h handed to the down phase as int8 blocks from shares of whole blocks (PDVM_FUSED_INT8_H=1;
-// decode takes it on its own only where such shares stay balanced, as at llama-3.2-1b's size).
-TEST(FusedLayer, Int8HandoffOfHMatchesCpuReference) {
-  setenv("PDVM_FUSED_INT8_H", "1", 1);
+// h handed to the down phase as quantized blocks (int8, or int16 for the types that multiply
+// int16 activations) from shares of whole blocks (PDVM_FUSED_H_BLOCKS=1; decode takes it on its
+// own only where such shares stay balanced, as at llama-3.2-1b's size).
+TEST(FusedLayer, QuantizedHandoffOfHMatchesCpuReference) {
+  setenv("PDVM_FUSED_H_BLOCKS", "1", 1);
   for (const Shape& shape : kShapes) {
-    for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0}) {
+    for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1, TensorType::kQ4_K,
+                            TensorType::kQ6_K}) {
       SCOPED_TRACE(std::string(shape.name) + ", " + std::string(type_name(type)));
       test::RefModel ref(shape.config, type, true);
-      EXPECT_EQ(FusedDecoder(ref.view()).int8_handoffs(), "attention output, h");
+      const FusedDecoder decoder(ref.view());
+      EXPECT_EQ(decoder.quantized_handoffs(), decoder.int16_activations() ? "h" : "attention output, h");
       check_layer(shape.config, type, test::decode_steps(40), 7);
     }
   }
-  unsetenv("PDVM_FUSED_INT8_H");
+  unsetenv("PDVM_FUSED_H_BLOCKS");
 }
 
 // The rule decode uses on its own, for an H100's 132 CTAs.

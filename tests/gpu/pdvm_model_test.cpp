@@ -135,9 +135,10 @@ TEST(FusedModel, KernelInstanceFollowsTheFormats) {
   for (const auto& [type, name] : singles) {
     const auto decoder = FusedDecoder::synthesize(config, type, test::rng()());
     EXPECT_EQ(decoder->kernel_instance(), name) << type_name(type);
-    // O reads int8 blocks only for Q8_0 and Q4_0 here; h is not handed off at this size.
+    // O reads int8 blocks only for Q8_0 and Q4_0 here (Q4_1's int16 attention output is handed
+    // over as floats); h is not handed off at this size.
     const bool int8_o = type == TensorType::kQ8_0 || type == TensorType::kQ4_0;
-    EXPECT_EQ(decoder->int8_handoffs(), int8_o ? "attention output" : "none") << type_name(type);
+    EXPECT_EQ(decoder->quantized_handoffs(), int8_o ? "attention output" : "none") << type_name(type);
   }
   // The decoder keeps no pointer into the GGUF image (its weights are repacked on the device).
   auto from_gguf = [](const FusedConfig& c, TensorType type, bool tied, std::optional<TensorType> mixed,
@@ -157,15 +158,19 @@ TEST(FusedModel, KernelInstanceFollowsTheFormats) {
   EXPECT_FALSE(q6k_head->int16_activations());
 }
 
-// The int8 hand-offs quantize the same floats by the same rule as the CTAs that read them would:
-// forcing h's on (PDVM_FUSED_INT8_H=1; these shapes are too small for the automatic rule) and off
-// must give bit-identical logits and tokens, and the reference within the usual tolerance.
-TEST(FusedModel, Int8HandoffOfHIsBitIdentical) {
+// The hand-offs quantize the same floats by the same rule as the CTAs that read them would: forcing
+// h's on (PDVM_FUSED_H_BLOCKS=1; these shapes are too small for the automatic rule) and off must
+// give bit-identical logits and tokens, with int8 blocks and with int16 ones (Q4_1, Q4_K, Q6_K),
+// and the reference within the usual tolerance.
+TEST(FusedModel, QuantizedHandoffOfHIsBitIdentical) {
   for (const auto& [type, mixed] : {std::pair{TensorType::kQ4_0, TensorType::kQ4_0},
                                     std::pair{TensorType::kQ8_0, TensorType::kQ8_0},
-                                    std::pair{TensorType::kQ4_0, TensorType::kQ8_0}}) {
+                                    std::pair{TensorType::kQ4_0, TensorType::kQ8_0},
+                                    std::pair{TensorType::kQ4_1, TensorType::kQ4_1},
+                                    std::pair{TensorType::kQ4_K, TensorType::kQ6_K}}) {
     SCOPED_TRACE(std::string(type_name(type)) + " with " + std::string(type_name(mixed)));
-    const FusedConfig config = small_config(8, 2);
+    const bool k_types = type == TensorType::kQ4_K;
+    const FusedConfig config = small_config(8, 2, k_types ? 768 : 640);  // K types: rows of 256-blocks
     test::RefModel ref(config, type, true, mixed);
     const std::vector<uint8_t> image = test::write_gguf(ref).write_to_memory();
     const GgufFile file = GgufFile::parse(image);
@@ -173,20 +178,23 @@ TEST(FusedModel, Int8HandoffOfHIsBitIdentical) {
     std::vector<int> tokens[2];
     std::vector<float> logits[2];
     for (int forced : {0, 1}) {
-      setenv("PDVM_FUSED_INT8_H", forced ? "1" : "0", 1);
+      setenv("PDVM_FUSED_H_BLOCKS", forced ? "1" : "0", 1);
       FusedDecoder decoder(fused_view_from_gguf(file, config.n_ctx));
-      EXPECT_EQ(decoder.int8_handoffs(), forced ? "attention output, h" : "attention output");
+      const bool int16 = decoder.int16_activations();
+      EXPECT_EQ(decoder.quantized_handoffs(), forced ? (int16 ? "h" : "attention output, h")
+                                                     : (int16 ? "none" : "attention output"));
       tokens[forced] = decoder.generate(5, 0, steps, FusedMode::kToken);
       logits[forced] = decoder.logits();
     }
-    unsetenv("PDVM_FUSED_INT8_H");
+    unsetenv("PDVM_FUSED_H_BLOCKS");
     EXPECT_EQ(tokens[1], tokens[0]);
     EXPECT_EQ(logits[1], logits[0]);
   }
-  setenv("PDVM_FUSED_INT8_H", "1", 1);
+  setenv("PDVM_FUSED_H_BLOCKS", "1", 1);
   check_against_reference(small_config(8, 2), TensorType::kQ4_0, false);
   check_against_reference(small_config(4, 4), TensorType::kQ8_0, true);
-  unsetenv("PDVM_FUSED_INT8_H");
+  check_against_reference(small_config(4, 4), TensorType::kQ4_1, true);
+  unsetenv("PDVM_FUSED_H_BLOCKS");
 }
 
 TEST(FusedModel, RepeatedRunsAreIdentical) {

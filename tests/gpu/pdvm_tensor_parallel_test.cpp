@@ -198,22 +198,24 @@ TEST_P(FusedTensorParallelTest, InKernelAllReduceOverSeveralGpusMatchesTheUnspli
   }
 }
 
-// h handed to the down phase as int8 blocks, forced on (these shapes are too small for the
+// h handed to the down phase as quantized blocks, forced on (these shapes are too small for the
 // automatic rule): layer halves run the MLP half's instance, which has no such hand-off, and drop
-// it; the in-kernel all-reduce's whole layers keep it. Both still match the unsplit decoder.
-TEST_P(FusedTensorParallelTest, OnlyWholeLayersHandHOverAsInt8) {
-  struct ForceInt8H {
-    ForceInt8H() { setenv("PDVM_FUSED_INT8_H", "1", 1); }
-    ~ForceInt8H() { unsetenv("PDVM_FUSED_INT8_H"); }
+// it; the in-kernel all-reduce's whole layers keep int8 blocks. Both still match the unsplit decoder.
+TEST_P(FusedTensorParallelTest, OnlyWholeLayersHandHOverAsBlocks) {
+  struct ForceHBlocks {
+    ForceHBlocks() { setenv("PDVM_FUSED_H_BLOCKS", "1", 1); }
+    ~ForceHBlocks() { unsetenv("PDVM_FUSED_H_BLOCKS"); }
   } force;
-  const bool int8_rows = GetParam() == TensorType::kQ8_0;
+  // Q8_0 hands over the attention output and h as int8 blocks; Q4_1's int16 h hand-off runs in
+  // single-GPU whole layers only.
+  const TensorType type = GetParam();
   {
     FusedTensorParallel halves(view_, {0, 0}, "in-process");
-    EXPECT_EQ(halves.int8_handoffs(), int8_rows ? "attention output" : "none");
+    EXPECT_EQ(halves.quantized_handoffs(), type == TensorType::kQ8_0 ? "attention output" : "none");
     expect_matches_unsplit(halves);
   }
   FusedTensorParallel whole(view_, {0}, "nccl", FusedAllReduce::kInKernel);
-  EXPECT_EQ(whole.int8_handoffs(), int8_rows ? "attention output, h" : "none");
+  EXPECT_EQ(whole.quantized_handoffs(), type == TensorType::kQ8_0 ? "attention output, h" : "none");
   expect_matches_unsplit(whole);
 }
 
