@@ -51,7 +51,7 @@ PDVM_REGISTER_COMMAND("synth", "write a random-weight llama model of a named geo
   auto opt = std::make_shared<Options>();
   app.add_option("--shape", opt->shape,
                  "tiny, smollm2-135m, llama-3.2-1b, llama-2-7b, llama-3-8b or llama-2-13b")->required();
-  app.add_option("--type", opt->type, "weight type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k")
+  app.add_option("--type", opt->type, "weight type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k")
       ->capture_default_str();
   app.add_option("--head-type", opt->head_type,
                  "the LM head's type (output.weight, or the tied embedding), as llama.cpp's quantized files keep "

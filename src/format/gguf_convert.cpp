@@ -19,6 +19,7 @@ uint32_t llama_file_type(TensorType weight_type) {
     case TensorType::kQ5_0: return 8;
     case TensorType::kQ5_1: return 9;
     case TensorType::kQ4_K: return 14;  // "Q4_K_S": every matrix Q4_K
+    case TensorType::kQ5_K: return 16;  // "Q5_K_S"
     case TensorType::kQ6_K: return 18;
     case TensorType::kBF16: return 32;
     default: break;
@@ -31,6 +32,7 @@ TensorType matrix_type(TensorType target, int64_t row_length, const std::string&
   TensorType type = target;
   if (row_length % type_info(type).block_elems != 0) {
     if (type == TensorType::kQ4_K) type = TensorType::kQ5_0;
+    if (type == TensorType::kQ5_K) type = TensorType::kQ5_1;
     if (type == TensorType::kQ6_K) type = TensorType::kQ8_0;
   }
   const TypeInfo& info = type_info(type);

@@ -92,7 +92,7 @@ ModelPlan plan_model(const LlamaShape& shape, TensorType weight_type, uint64_t s
     const TypeInfo& info = type_info(type);
     require(info.quantizable && type != TensorType::kQ8_1,
             std::string("cannot write weights of type ") + info.name +
-                " (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q6_k)");
+                " (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)");
   }
 
   ModelPlan plan{s, weight_type, seed, {}};

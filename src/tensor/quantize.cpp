@@ -156,6 +156,7 @@ void quantize_blocks(TensorType type, const float* src, uint8_t* dst, int64_t n)
     case TensorType::kQ8_0: return for_each_block(quantize_q8_0, src, dst, n, 34);
     case TensorType::kQ8_1: return for_each_block(quantize_q8_1, src, dst, n, 36);
     case TensorType::kQ4_K: return for_each_block(quantize_q4_k, src, dst, n, 144, kQKK);
+    case TensorType::kQ5_K: return for_each_block(quantize_q5_k, src, dst, n, 176, kQKK);
     case TensorType::kQ6_K: return for_each_block(quantize_q6_k, src, dst, n, 210, kQKK);
     default: break;
   }

@@ -1,4 +1,4 @@
-// Reference quantizers for the K-quant super-blocks Q4_K and Q6_K without an importance matrix,
+// Reference quantizers for the K-quant super-blocks Q4_K, Q5_K and Q6_K without an importance matrix,
 // following GGML's reference search step for step (same float operations in the same order, so
 // llama.cpp's `quantize` produces the same bytes; tests compare against it).
 #include <algorithm>
@@ -23,7 +23,7 @@ int nearest_int(float x) {
 
 int clamp_int(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
-// Asymmetric search for Q4_K sub-blocks: quants 0..nmax with x ~ scale * q - min, weighted
+// Asymmetric search for Q4_K/Q5_K sub-blocks: quants 0..nmax with x ~ scale * q - min, weighted
 // least squares over a sweep of candidate inverse scales. Returns the scale; *neg_min = -min.
 float search_scale_min(int n, int nmax, const float* x, const float* weights, uint8_t* q, float* neg_min,
                        uint8_t* q_try, float rmin, float rdelta, int nstep) {
@@ -134,9 +134,13 @@ float search_scale_symmetric(int n, int nmax, const float* x, uint8_t* q) {
   return scale;
 }
 
-}  // namespace
 
-void quantize_q4_k(const float* x, uint8_t* block) {
+// Q4_K (kFifthBit false: 4-bit quants) and Q5_K (a fifth bit per quant in qh, bit `sub` of qh[l]
+// for element 32 sub + l): the same sub-block search (GGML's parameters for each) and the same
+// packed 6-bit scales and mins.
+template <bool kFifthBit>
+void quantize_k4_family(const float* x, uint8_t* block) {
+  constexpr int kMaxQuant = kFifthBit ? 31 : 15;
   uint8_t q[kQKK], q_try[32];
   float weights[32], scales[8], mins[8];
   float max_scale = 0, max_min = 0;
@@ -146,7 +150,8 @@ void quantize_q4_k(const float* x, uint8_t* block) {
     for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
     const float av_x = std::sqrt(sum_x2 / 32);
     for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xs[l]);
-    scales[j] = search_scale_min(32, 15, xs, weights, q + 32 * j, &mins[j], q_try, -1.0f, 0.1f, 20);
+    scales[j] = kFifthBit ? search_scale_min(32, kMaxQuant, xs, weights, q + 32 * j, &mins[j], q_try, -0.5f, 0.1f, 15)
+                          : search_scale_min(32, kMaxQuant, xs, weights, q + 32 * j, &mins[j], q_try, -1.0f, 0.1f, 20);
     if (scales[j] > max_scale) max_scale = scales[j];
     if (mins[j] > max_min) max_min = mins[j];
   }
@@ -175,13 +180,25 @@ void quantize_q4_k(const float* x, uint8_t* block) {
     const float d = d_all * static_cast<float>(sc);
     if (d == 0) continue;  // keeps the search's quants, as GGML does
     const float dm = dmin_all * static_cast<float>(m);
-    for (int l = 0; l < 32; ++l) q[32 * j + l] = static_cast<uint8_t>(clamp_int(nearest_int((x[32 * j + l] + dm) / d), 0, 15));
+    for (int l = 0; l < 32; ++l)
+      q[32 * j + l] = static_cast<uint8_t>(clamp_int(nearest_int((x[32 * j + l] + dm) / d), 0, kMaxQuant));
   }
-  uint8_t* qs = block + 16;
+  uint8_t* qh = block + 16;
+  uint8_t* qs = block + (kFifthBit ? 48 : 16);
+  if (kFifthBit) std::memset(qh, 0, 32);
   for (int chunk = 0; chunk < 4; ++chunk) {  // 64 elements: low nibbles then high nibbles
-    for (int l = 0; l < 32; ++l) qs[32 * chunk + l] = static_cast<uint8_t>(q[64 * chunk + l] | (q[64 * chunk + l + 32] << 4));
+    for (int l = 0; l < 32; ++l) {
+      const int lo = q[64 * chunk + l], hi = q[64 * chunk + l + 32];
+      qs[32 * chunk + l] = static_cast<uint8_t>((lo & 0x0f) | ((hi & 0x0f) << 4));
+      if (kFifthBit) qh[l] = static_cast<uint8_t>(qh[l] | ((lo >> 4) << (2 * chunk)) | ((hi >> 4) << (2 * chunk + 1)));
+    }
   }
 }
+
+}  // namespace
+
+void quantize_q4_k(const float* x, uint8_t* block) { quantize_k4_family<false>(x, block); }
+void quantize_q5_k(const float* x, uint8_t* block) { quantize_k4_family<true>(x, block); }
 
 void quantize_q6_k(const float* x, uint8_t* block) {
   uint8_t q[kQKK];

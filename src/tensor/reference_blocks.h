@@ -48,6 +48,7 @@ void quantize_blocks(TensorType type, const float* src, uint8_t* dst, int64_t n_
 
 // One K-quant super-block of kQKK elements.
 void quantize_q4_k(const float* x, uint8_t* block);
+void quantize_q5_k(const float* x, uint8_t* block);
 void quantize_q6_k(const float* x, uint8_t* block);
 
 }  // namespace pdvm::reference

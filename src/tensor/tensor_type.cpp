@@ -30,7 +30,7 @@ constexpr std::array kTypes = {
     TypeInfo{T::kQ2_K, "q2_k", 256, 84, true, false},
     TypeInfo{T::kQ3_K, "q3_k", 256, 110, true, false},
     TypeInfo{T::kQ4_K, "q4_k", 256, 144, true, true},
-    TypeInfo{T::kQ5_K, "q5_k", 256, 176, true, false},
+    TypeInfo{T::kQ5_K, "q5_k", 256, 176, true, true},
     TypeInfo{T::kQ6_K, "q6_k", 256, 210, true, true},
     TypeInfo{T::kQ8_K, "q8_k", 256, 292, true, false},
     TypeInfo{T::kI8, "i8", 1, 1, true, false},

@@ -21,9 +21,9 @@ SEED = int(os.environ.get("PDVM_TEST_SEED", random.SystemRandom().randrange(1 <<
 print(f"[pdvm test] random seed {SEED} (set PDVM_TEST_SEED to replay)")
 # (llama.cpp file type id, our type name); q4_k is llama.cpp's Q4_K_S, which leaves a few tensors
 # in other types: those are skipped, only tensors of equal type are compared. The FFN width of 288
-# is no multiple of 256, so ffn_down exercises the K-quant fallback (to q5_0 / q8_0).
+# is no multiple of 256, so ffn_down exercises the K-quant fallback (to q5_0 / q5_1 / q8_0).
 TYPES = [(1, "f16"), (32, "bf16"), (7, "q8_0"), (2, "q4_0"), (3, "q4_1"), (8, "q5_0"), (9, "q5_1"),
-         (14, "q4_k"), (18, "q6_k")]
+         (14, "q4_k"), (16, "q5_k"), (18, "q6_k")]
 
 
 def edge_rows(rng, n_rows, width):

@@ -225,7 +225,7 @@ TEST(TensorTypeTable, Errors) {
   uint8_t bytes[64] = {};
   expect_error([&] { dequantize_row(unknown, bytes, out, 32); }, ErrorKind::kUnsupported, {"16"});
   expect_error([&] { type_bytes(unknown, 32); }, ErrorKind::kUnsupported, {"16"});
-  expect_error([&] { quantize_row(TensorType::kQ5_K, out, bytes, 256); }, ErrorKind::kUnsupported, {"q5_k"});
+  expect_error([&] { quantize_row(TensorType::kQ3_K, out, bytes, 256); }, ErrorKind::kUnsupported, {"q3_k"});
   expect_error([&] { quantize_row(TensorType::kI32, out, bytes, 4); }, ErrorKind::kUnsupported, {"i32"});
   expect_error([&] { dequantize_row(TensorType::kQ8_0, bytes, out, 31); }, ErrorKind::kInvalidArgument, {"q8_0"});
 }
@@ -279,11 +279,12 @@ TEST(RoundTrip, ErrorWithinTypeBounds) {
   }
 }
 
-// Q4_K/Q6_K search their scales, so there is no simple per-element bound; their bytes are checked
-// against llama.cpp in tests/python/test_quant_vs_llama_cpp.py. Here: the error is that of a
-// 4.5- and 6.5-bit format, and zero blocks stay zero.
+// Q4_K/Q5_K/Q6_K search their scales, so there is no simple per-element bound; their bytes are
+// checked against llama.cpp in tests/python/test_quant_vs_llama_cpp.py. Here: the error is that of
+// a 4.5-, 5.5- and 6.5-bit format, and zero blocks stay zero.
 TEST(RoundTrip, KQuantErrorIsThatOfTheirBitWidth) {
-  for (const auto& [type, max_relative_rms] : {std::pair{TensorType::kQ4_K, 0.10}, std::pair{TensorType::kQ6_K, 0.025}}) {
+  for (const auto& [type, max_relative_rms] : {std::pair{TensorType::kQ4_K, 0.10}, std::pair{TensorType::kQ5_K, 0.05},
+                                               std::pair{TensorType::kQ6_K, 0.025}}) {
     SCOPED_TRACE(std::string(type_name(type)));
     const int64_t n = 256 * 64;
     std::vector<float> x = test::random_floats(n, 0.02f);
