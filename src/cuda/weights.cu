@@ -22,6 +22,7 @@ WeightFormat format_of(TensorType type, uint32_t layout) {
     case TensorType::kQ4_0: return WeightFormat::kQ4_0;
     case TensorType::kQ4_1: return WeightFormat::kQ4_1;
     case TensorType::kQ4_K: return WeightFormat::kQ4_K;
+    case TensorType::kQ5_K: return WeightFormat::kQ5_K;
     case TensorType::kQ6_K: return WeightFormat::kQ6_K;
     default: break;
   }
@@ -66,6 +67,7 @@ uint32_t layout_for(TensorType type) {
     case TensorType::kQ4_0:
     case TensorType::kQ4_1: return kLayoutSplitBlocks;
     case TensorType::kQ4_K:
+    case TensorType::kQ5_K:
     case TensorType::kQ6_K: return kLayoutGguf;
     default: break;
   }

@@ -25,13 +25,13 @@ namespace pdvm::cuda {
 
 // Tensor::layout values of weights this backend created.
 enum WeightLayout : uint32_t {
-  kLayoutGguf = 0,         // bytes as in the file (Q4_K, Q6_K)
+  kLayoutGguf = 0,         // bytes as in the file (Q4_K, Q5_K, Q6_K)
   kLayoutDenseRows = 1,    // F32/F16/BF16 rows, each padded with zeros to a whole chunk
   kLayoutSplitBlocks = 2,  // Q8_0/Q4_0/Q4_1: all rows' quants, then all rows' scales
   kLayoutConvertedF16 = 3, // any other dequantizable type, converted to F16 dense rows at load
 };
 
-enum class WeightFormat : int { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_1, kQ4_K, kQ6_K };
+enum class WeightFormat : int { kF32, kF16, kBF16, kQ8_0, kQ4_0, kQ4_1, kQ4_K, kQ5_K, kQ6_K };
 
 struct WeightView {
   WeightFormat format = WeightFormat::kF32;
@@ -334,23 +334,41 @@ struct Q4Format {
 using Q4_0Format = Q4Format<false>;
 using Q4_1Format = Q4Format<true>;
 
-// Q4_K in GGUF layout (144-byte super-blocks of 256, so 16-byte aligned): chunk t (0..7) of
-// a super-block is 16 bytes of quants covering two sub-blocks' halves; the 16-byte header
-// (d, dmin, packed 6-bit scales and mins) comes with it.
-struct Q4_KFormat {
+// Q4_K (kFifthBit false) and Q5_K in GGUF layout (144- and 176-byte super-blocks of 256, so
+// 16-byte aligned): chunk t (0..7) of a super-block is 16 bytes of quants covering two
+// sub-blocks' halves; the 16-byte header (d, dmin, packed 6-bit scales and mins) comes with it,
+// and for Q5_K the 16 bytes of qh (the fifth bits, bit `sub` of qh[l]) of the same halves.
+template <bool kFifthBit>
+struct K4Format {
   static constexpr int kChunk = 32;
+  static constexpr int kBlockBytes = kFifthBit ? 176 : 144;
+  static constexpr int kQuantsOffset = kFifthBit ? 48 : 16;
   static constexpr int kRows = 2;
   static constexpr int kUnroll = 2;
   struct Frag {
     uint4 q;
     uint4 head;
+    uint4 qh;  // Q5_K only
   };
   __device__ static Frag load(const WeightView& w, int64_t row, int64_t c) {
-    const uint8_t* block = w.q + row * w.q_row_bytes + (c / 8) * 144;
+    const uint8_t* block = w.q + row * w.q_row_bytes + (c / 8) * kBlockBytes;
     Frag f;
     f.head = __ldg(reinterpret_cast<const uint4*>(block));
-    f.q = __ldcs(reinterpret_cast<const uint4*>(block + 16) + c % 8);
+    f.q = __ldcs(reinterpret_cast<const uint4*>(block + kQuantsOffset) + c % 8);
+    if constexpr (kFifthBit) f.qh = __ldg(reinterpret_cast<const uint4*>(block + 16) + c % 2);
     return f;
+  }
+  // Word i of the chunk's quants as bytes: elements of the low sub-block (lo) and of the high one.
+  __device__ static void quant_bytes(const Frag& f, int64_t c, int i, uint32_t& lo, uint32_t& hi) {
+    const uint32_t words[4] = {f.q.x, f.q.y, f.q.z, f.q.w};
+    lo = words[i] & 0x0f0f0f0fu;
+    hi = (words[i] >> 4) & 0x0f0f0f0fu;
+    if constexpr (kFifthBit) {
+      const uint32_t fifth[4] = {f.qh.x, f.qh.y, f.qh.z, f.qh.w};
+      const int sub = 2 * static_cast<int>((c % 8) / 2);
+      lo |= ((fifth[i] >> sub) & 0x01010101u) << 4;
+      hi |= ((fifth[i] >> (sub + 1)) & 0x01010101u) << 4;
+    }
   }
   __device__ static void scale_min(const uint8_t* s, int j, float& scale, float& min) {
     if (j < 4) {
@@ -402,12 +420,13 @@ struct Q4_KFormat {
     for (int r = 0; r < R; ++r) {
       float d_lo, m_lo, d_hi, m_hi;
       coefficients(f[r], static_cast<int>(c % 8), d_lo, m_lo, d_hi, m_hi);
-      const uint32_t words[4] = {f[r].q.x, f[r].q.y, f[r].q.z, f[r].q.w};
       float s_lo = 0.0f, s_hi = 0.0f;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        s_lo = dot4(nibbles(words[i] & 0x0f0f0f0fu), xl[i], s_lo);
-        s_hi = dot4(nibbles((words[i] >> 4) & 0x0f0f0f0fu), xh[i], s_hi);
+        uint32_t lo, hi;
+        quant_bytes(f[r], c, i, lo, hi);
+        s_lo = dot4(nibbles(lo), xl[i], s_lo);
+        s_hi = dot4(nibbles(hi), xh[i], s_hi);
       }
       acc[r] += d_lo * s_lo - m_lo * sum_lo + d_hi * s_hi - m_hi * sum_hi;
     }
@@ -417,10 +436,11 @@ struct Q4_KFormat {
     float d_lo, m_lo, d_hi, m_hi;
     coefficients(f, static_cast<int>(c % 8), d_lo, m_lo, d_hi, m_hi);
     const int64_t e0 = 4 * first_f4(c);
-    const uint32_t words[4] = {f.q.x, f.q.y, f.q.z, f.q.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float4 lo = nibbles(words[i] & 0x0f0f0f0fu), hi = nibbles((words[i] >> 4) & 0x0f0f0f0fu);
+      uint32_t lo_bytes, hi_bytes;
+      quant_bytes(f, c, i, lo_bytes, hi_bytes);
+      const float4 lo = nibbles(lo_bytes), hi = nibbles(hi_bytes);
       const float l[4] = {lo.x, lo.y, lo.z, lo.w}, h[4] = {hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -430,6 +450,8 @@ struct Q4_KFormat {
     }
   }
 };
+using Q4_KFormat = K4Format<false>;
+using Q5_KFormat = K4Format<true>;
 
 // Q6_K in GGUF layout (210-byte super-blocks: only 2-byte aligned, so 16-bit loads). Chunk
 // (half h, u) covers l = 4u..4u+3 of the four 32-element groups of that half.
@@ -510,6 +532,7 @@ void dispatch_format(WeightFormat format, Fn&& fn) {
     case WeightFormat::kQ4_0: return fn(Q4_0Format{});
     case WeightFormat::kQ4_1: return fn(Q4_1Format{});
     case WeightFormat::kQ4_K: return fn(Q4_KFormat{});
+    case WeightFormat::kQ5_K: return fn(Q5_KFormat{});
     case WeightFormat::kQ6_K: return fn(Q6_KFormat{});
   }
 }

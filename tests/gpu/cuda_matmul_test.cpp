@@ -30,7 +30,7 @@ std::vector<Case> cases() {
   // More rows than the streaming matvec's persistent grid has warps (several rows per warp),
   // rows of 33 Q4_0 chunks (a second column with one chunk, batches crossing rows).
   for (TensorType type : {TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_0}) out.push_back({type, 1056, 9001});
-  for (TensorType type : {TensorType::kQ4_K, TensorType::kQ6_K}) {
+  for (TensorType type : {TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K}) {
     out.push_back({type, 768, 37});
     out.push_back({type, 2816, 129});
   }

@@ -86,6 +86,9 @@ constexpr double kPrefillTol = 1e-2;
 // Q8_0 and Q4_0 decode matvecs multiply int8 activations (per-32 blocks, ~0.5 % rms rounding
 // per matvec input), which bounds decode agreement whatever the cache type.
 constexpr double kDecodeTolInt8 = 5e-2;
+// Q5_K models keep Q5_1 rows where a row is no multiple of 256 (as llama.cpp does; every row of
+// the 192-wide family), and the backend converts Q5_1 to F16 at load: measured up to 6e-4.
+constexpr double kDecodeTolF16Weights = 2e-3;
 
 double rms(std::span<const float> v) {
   double squares = 0.0;
@@ -129,8 +132,10 @@ TEST_P(CudaSynthesizedModel, MatchesTheReference) {
       const std::span<const float> want = ref.decode(prompt[t]);
       const std::vector<float> want_copy(want.begin(), want.end());
       const double err = relative_l2(g.decode(prompt[t]), want_copy);
-      EXPECT_LT(err, int8_activations(type, 1) ? std::max(tol, kDecodeTolInt8) : tol)
-          << what << " kv " << type_name(kv) << " decode step " << t;
+      const double bound = int8_activations(type, 1)       ? std::max(tol, kDecodeTolInt8)
+                           : type == TensorType::kQ5_K ? std::max(tol, kDecodeTolF16Weights)
+                                                       : tol;
+      EXPECT_LT(err, bound) << what << " kv " << type_name(kv) << " decode step " << t;
     }
   }
 
@@ -158,7 +163,9 @@ TEST_P(CudaSynthesizedModel, MatchesTheReference) {
 INSTANTIATE_TEST_SUITE_P(
     FamiliesAndTypes, CudaSynthesizedModel,
     ::testing::Combine(::testing::Range(0, static_cast<int>(std::size(kFamilies))),
-                       ::testing::Values(TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1)),
+                       ::testing::Values(TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1,
+                                         // Q5_K: rows of 256 multiples; the others fall back to Q5_1
+                                         TensorType::kQ5_K)),
     [](const auto& test_info) {
       std::string name = kFamilies[std::get<0>(test_info.param)].name + "_" +
                          std::string(type_name(std::get<1>(test_info.param)));
