@@ -57,6 +57,20 @@ __device__ __forceinline__ int q4_chunk_dot(uint4 w, Acts4 lo, Acts4 hi) {
   return sum + (sum16 >> 4);
 }
 
+// 32 unsigned weight bytes (elements 4k..4k+3 in lo[k], 16 + 4k.. in hi[k]) times the activation
+// bytes of those elements (Acts4 as above).
+template <class Acts4>
+__device__ __forceinline__ int u8_chunk_dot(const uint32_t (&lo)[4], const uint32_t (&hi)[4], Acts4 a_lo, Acts4 a_hi) {
+  int sum = dp4a_nibbles(lo[0], a_lo.x, 0);
+  sum = dp4a_nibbles(lo[1], a_lo.y, sum);
+  sum = dp4a_nibbles(lo[2], a_lo.z, sum);
+  sum = dp4a_nibbles(lo[3], a_lo.w, sum);
+  sum = dp4a_nibbles(hi[0], a_hi.x, sum);
+  sum = dp4a_nibbles(hi[1], a_hi.y, sum);
+  sum = dp4a_nibbles(hi[2], a_hi.z, sum);
+  return dp4a_nibbles(hi[3], a_hi.w, sum);
+}
+
 // The codes of one lane's values of a 32-value block, the block's scale d and its code sum.
 template <int kLanes>
 struct BlockCodes {

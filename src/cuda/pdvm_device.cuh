@@ -30,9 +30,12 @@ constexpr int kMaxSplitItems = 256;  // row parts of a CTA's share (sums in shar
 // super-block of 256 (q6_k_scale): exact, 8.625 bits a weight (9 with an f16 scale per 16).
 // kFmtQ4_K: Q4_1's nibbles; its scale stream keeps Q4_K's own scales, one record per super-block
 // of 256 (q4_k_scale_min), so the weights stay exact at 4.625 bits a weight (5 as Q4_1 blocks).
+// kFmtQ5_K: Q4_K's nibbles and records, each record followed by its chunks' fifth bits
+// (q5_k_fifth_bits): exact, 5.625 bits a weight (5.5 in GGUF).
 // kFmtUpg: UPG4/UPG3 codes as consecutive nibbles with a per-row side stream (pdvm_upg.cuh).
 enum Format : int {
-  kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3, kFmtQ4_1 = 4, kFmtQ6_K = 5, kFmtUpg = 6, kFmtQ4_K = 7
+  kFmtF16 = 0, kFmtBF16 = 1, kFmtQ8_0 = 2, kFmtQ4_0 = 3, kFmtQ4_1 = 4, kFmtQ6_K = 5, kFmtUpg = 6, kFmtQ4_K = 7,
+  kFmtQ5_K = 8
 };
 
 // Flag on a quantized format (not UPG) in DevMatrix::format: the matrix multiplies int16 blocks
@@ -44,13 +47,14 @@ __host__ __device__ constexpr int base_format(int format) { return format & ~kIn
 
 __host__ __device__ constexpr int weights_per_chunk(int format) {
   return format == kFmtQ8_0 || format == kFmtQ6_K ? 16
-         : format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtQ4_K || format == kFmtUpg ? 32
+         : format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtQ4_K || format == kFmtQ5_K || format == kFmtUpg
+             ? 32
                                                                           : 8;
 }
 // Formats multiplied against int8 activations.
 __host__ __device__ constexpr bool is_quantized_format(int format) {
   return format == kFmtQ8_0 || format == kFmtQ4_0 || format == kFmtQ4_1 || format == kFmtQ6_K || format == kFmtUpg ||
-         format == kFmtQ4_K;
+         format == kFmtQ4_K || format == kFmtQ5_K;
 }
 // Formats with an f16 block-scale stream.
 __host__ __device__ constexpr bool has_scale_stream(int format) { return is_quantized_format(format) && format != kFmtUpg; }
@@ -65,10 +69,13 @@ __host__ __device__ constexpr int scale_halves(int format) { return format == kF
 // 8), then d and -dmin as halves. A Q6_K one: sixteen int8 scales, d, and a half of padding.
 constexpr int kQ4KRecordHalves = 10;
 constexpr int kQ6KRecordHalves = 10;
+// A Q5_K record: Q4_K's, then the fifth bits of its eight chunks as one 32-bit word each.
+constexpr int kQ5KRecordHalves = kQ4KRecordHalves + 16;
 // Halves from a row's scale stream to the entry of its chunk `chunk` (Q4_K, Q6_K: the start of a
 // super-block's record, where `chunk` starts one).
 __host__ __device__ constexpr int scale_offset(int format, int chunk) {
   return format == kFmtQ4_K   ? chunk / 8 * kQ4KRecordHalves
+         : format == kFmtQ5_K ? chunk / 8 * kQ5KRecordHalves
          : format == kFmtQ6_K ? chunk / 16 * kQ6KRecordHalves
                               : chunk / chunks_per_scale(format) * scale_halves(format);
 }
@@ -173,6 +180,8 @@ struct Params {
   // Set with the kInt16Acts formats: launch_fused runs the kernel instances built for int16
   // activations, which stage them in shared memory (smem_layout).
   int int16_activations;
+  // Some matrix is Q5_K (int16 activations then): launch_fused runs the one instance built for it.
+  int with_q5_k;
   // In-kernel all-reduce (kFlagDeviceAllReduce, NCCL's device API): the partials go through a
   // symmetric window of [2 slots][ranks][n_embd] floats; CTA b meets CTA b of the other ranks at
   // LSA barrier b (the grids are equal), after the O and after the down projection.
@@ -190,13 +199,25 @@ __host__ __device__ inline int layer_counter_stride(int n_head_kv) { return kLay
 
 // ---- memory access -----------------------------------------------------------------------
 
-// Q4_K: scale d * sc and min -dmin * m of 32-block `chunk` of a row, from its super-block's record
-// (kQ4KRecordHalves); exact in fp32, as the reference computes them.
-__device__ __forceinline__ float2 q4_k_scale_min(const __half* row_scales, int chunk) {
-  const __half* record = row_scales + chunk / 8 * kQ4KRecordHalves;
-  const unsigned pair = __ldg(reinterpret_cast<const unsigned short*>(record) + chunk % 8);
+// Q4_K/Q5_K: scale d * sc and min -dmin * m of chunk j (0..7) of a super-block, from its record
+// (kQ4KRecordHalves, or the head of a Q5_K one); exact in fp32, as the reference computes them.
+__device__ __forceinline__ float2 k4_record_scale_min(const __half* record, int j) {
+  const unsigned pair = __ldg(reinterpret_cast<const unsigned short*>(record) + j);
   const float2 d = __half22float2(__ldg(reinterpret_cast<const __half2*>(record + 8)));
   return make_float2(d.x * static_cast<float>(pair & 0xff), d.y * static_cast<float>(pair >> 8));
+}
+__device__ __forceinline__ float2 q4_k_scale_min(const __half* row_scales, int chunk) {
+  return k4_record_scale_min(row_scales + chunk / 8 * kQ4KRecordHalves, chunk % 8);
+}
+__device__ __forceinline__ float2 q5_k_scale_min(const __half* row_scales, int chunk) {
+  return k4_record_scale_min(row_scales + chunk / 8 * kQ5KRecordHalves, chunk % 8);
+}
+
+// Q5_K: the fifth bits of 32-weight `chunk`, laid out for the nibble words: bit 8b + k is element
+// 4k + b (k < 4, the low nibbles of word k) and bit 8b + 4 + k element 16 + 4k + b (its high ones).
+__device__ __forceinline__ uint32_t q5_k_fifth_bits(const __half* row_scales, int chunk) {
+  const __half* record = row_scales + chunk / 8 * kQ5KRecordHalves;
+  return __ldg(reinterpret_cast<const uint32_t*>(record + kQ4KRecordHalves) + chunk % 8);
 }
 
 // Q6_K: scale d * sc of 16-weight `chunk` of a row, from its super-block's record
@@ -332,6 +353,11 @@ __device__ __forceinline__ float matrix_element(const DevMatrix& m, int row, int
       if constexpr (kFormat == kFmtQ4_K) {
         const float2 scale_min = q4_k_scale_min(row_scales, chunk);
         return scale_min.x * static_cast<float>(q) + scale_min.y;
+      } else if constexpr (kFormat == kFmtQ5_K) {
+        const float2 scale_min = q5_k_scale_min(row_scales, chunk);
+        const int bit = in_block < 16 ? 8 * (in_block % 4) + in_block / 4 : 8 * (in_block % 4) + 4 + (in_block - 16) / 4;
+        const int q5 = q | static_cast<int>((q5_k_fifth_bits(row_scales, chunk) >> bit) & 1) << 4;
+        return scale_min.x * static_cast<float>(q5) + scale_min.y;
       }
       const __half* block_scales = row_scales + scale_offset(kFormat, chunk);
       const float scale = __half2float(block_scales[0]);
@@ -351,11 +377,16 @@ struct FormatTag {
 // compiles only its own kind's matvec loops: with both kinds in one kernel, the float loops'
 // register demand made the int8 ones spill (docs/perf-notes.md, session 3, fused-spills).
 // kOnly >= 0: the instance of a model whose matrices all have format kOnly compiles its loops alone.
+// kOnly == kWithQ5K: the generic int16 formats and Q5_K (whose code would cost the other int16
+// models in their instance).
+constexpr int kWithQ5K = -2;
 template <bool kInt16Activations, int kOnly, class Fn>
 __device__ __forceinline__ void dispatch_format(int format, Fn&& fn) {
   constexpr int kActs = kInt16Activations ? kInt16Acts : 0;
   if constexpr (kOnly >= 0) {
     fn(FormatTag<kOnly>{});
+  } else if (kOnly == kWithQ5K && format == (kFmtQ5_K | kInt16Acts)) {
+    if constexpr (kOnly == kWithQ5K) fn(FormatTag<kFmtQ5_K | kInt16Acts>{});
   } else if (kInt16Activations && format == (kFmtQ4_K | kInt16Acts)) {
     // Q4_K layers always make a model's activations int16 (fused_int16_activation_type).
     if constexpr (kInt16Activations) fn(FormatTag<kFmtQ4_K | kInt16Acts>{});

@@ -49,7 +49,7 @@ std::string check_matrix(const FusedWeightView& w, int64_t cols, int64_t rows) {
   const int format = format_of(w.type);
   if (format < 0)
     return "tensor " + w.name + " has type " + std::string(type_name(w.type)) +
-           " (fused kernels support f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k, upg4, upg3)";
+           " (fused kernels support f16, bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k, upg4, upg3)";
   if (is_upg_type(w.type)) return fused::upg_unsupported_reason(w);
   const int chunk = is_quantized(format) ? fused::kQuantBlock : fused::weights_per_chunk(format);
   if (cols % chunk != 0 || cols % type_info(w.type).block_elems != 0 ||
@@ -94,7 +94,8 @@ bool wants_int16_activations(const FusedModelView& model) {
     for (const FusedWeightView* w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down})
       if (fused_int16_activation_type(w->type)) return true;
   }
-  return false;
+  // Q5_K runs in the int16 instance only, so a Q5_K head or embedding decides too.
+  return model.token_embd.type == TensorType::kQ5_K || (model.output.data && model.output.type == TensorType::kQ5_K);
 }
 
 void use_int16_activations(DevMatrix& m) {
@@ -292,6 +293,13 @@ struct FusedDecoder::Impl {
         format = m->format == format ? format : -1;
     }
     params.single_format = format;
+    bool q5_k = fused::base_format(params.token_embd.format) == fused::kFmtQ5_K ||
+                fused::base_format(params.output.format) == fused::kFmtQ5_K;
+    for (const DevLayer& layer : layers) {
+      for (const DevMatrix* m : {&layer.qk, &layer.v, &layer.wo, &layer.gate, &layer.up, &layer.down})
+        q5_k = q5_k || fused::base_format(m->format) == fused::kFmtQ5_K;
+    }
+    params.with_q5_k = q5_k;
     bool attention_blocks = config.head_dim % 32 == 0 && !params.int16_activations;  // see Params::attn_q
     for (const DevLayer& layer : layers) attention_blocks = attention_blocks && fused::reads_blocks_only(layer.wo.format);
     if (attention_blocks) params.attn_q = alloc_quant_vector(static_cast<size_t>(config.n_head) * config.head_dim);
@@ -651,6 +659,8 @@ std::vector<float> FusedDecoder::hidden() const {
 void FusedDecoder::set_tensor_parallel(int rank, Communicator* communicator, FusedAllReduce all_reduce) {
   Impl& m = *impl_;
   PDVM_CHECK(communicator && rank == communicator->rank() && !m.layer_graph && m.kernel_launches == 0);
+  if (m.params.with_q5_k)
+    throw_error(ErrorKind::kUnsupported, "fused tensor parallelism: q5_k weights run on one GPU only");
   m.communicator = communicator;
   m.params.partial_output = rank > 0;
   // Layer halves run the MLP half's instance, which has no hand-off of h, and int16 models' in-kernel

@@ -67,6 +67,9 @@ Instance choose_instance(const Params& p, int flags) {
   if (single_format_kernels && !p.int16_activations && !half && !(flags & kFlagDeviceAllReduce)) {
     if (FusedKernel kernel = single_format_kernel(p.single_format)) return {kernel, p.single_format, false, nullptr};
   }
+  // Q5_K has one instance, whole layers on one GPU (FusedTensorParallel rejects such models).
+  PDVM_CHECK(!p.with_q5_k || (p.int16_activations && !half && !(flags & kFlagDeviceAllReduce)));
+  if (p.with_q5_k) return {q5_k_kernel(), -1, true, "q5_k"};
   // Only the whole-layer instance compiles h's int16 hand-off (set_tensor_parallel drops h_q).
   PDVM_CHECK(!p.int16_activations || !p.h_q.q || (!half && !(flags & kFlagDeviceAllReduce)));
   if (p.int16_activations && p.h_q.q) return {int16_h_blocks_kernel(), -1, true, "h as int16 blocks"};
@@ -148,6 +151,7 @@ int fused_max_grid(const Params& p, int device) {
   for (FusedKernel kernel : kAllInstances) fit(kernel);
   for (int format : kSingleFormats) fit(single_format_kernel(format));
   fit(int16_h_blocks_kernel());
+  fit(q5_k_kernel());
   // Loaded now too (a lazy load may wait for the device while a peer's kernel spins on it).
   cudaFuncAttributes attributes{};
   PDVM_CUDA_CHECK(cudaFuncGetAttributes(&attributes, all_reduce_only_kernel));

@@ -1,5 +1,5 @@
-// The fused kernel's single-format instances (see kSingleFormats) and the int16 one with h's
-// hand-off, compiled apart from the generic ones in pdvm_kernel.cu so that the two halves build in
+// The fused kernel's single-format instances (see kSingleFormats), the int16 one with h's
+// hand-off and the Q5_K one, compiled apart from the generic ones in pdvm_kernel.cu so that the two halves build in
 // parallel.
 
 #include "cuda/pdvm_kernel_impl.cuh"
@@ -17,5 +17,6 @@ FusedKernel single_format_kernel(int format) {
 }
 
 FusedKernel int16_h_blocks_kernel() { return fused_decode_kernel<true, LayerPart::kWhole, -1, true>; }
+FusedKernel q5_k_kernel() { return fused_decode_kernel<true, LayerPart::kWhole, kWithQ5K, true>; }
 
 }  // namespace pdvm::fused

@@ -40,6 +40,8 @@ FusedKernel single_format_kernel(int format);
 // The instance for whole layers of int16-activation models that hand h over as int16 blocks
 // (Params::h_q; pdvm_kernel_formats.cu).
 FusedKernel int16_h_blocks_kernel();
+// The instance for models with Q5_K matrices (Params::with_q5_k; whole layers, h's hand-off too).
+FusedKernel q5_k_kernel();
 
 namespace {
 
@@ -848,7 +850,7 @@ __device__ __forceinline__ void tp_all_reduce_rows(const Params& p, int slot, in
 enum class LayerPart { kWhole, kAttentionHalf, kMlpHalf, kWholeAllReduce };
 
 // kOnly >= 0: an instance for models whose every matrix has that format (Params::single_format),
-// which compiles that format's loops only; -1: every format. kInt16HBlocks: the int16 instance
+// which compiles that format's loops only; -1: every format; kWithQ5K: every int16 format and Q5_K. kInt16HBlocks: the int16 instance
 // that hands h over as int16 blocks; the other int16 instances compile no hand-off (added code
 // cost shapes without one 2-4 %, docs/perf-notes.md session 20).
 template <bool kInt16Activations, LayerPart kPart, int kOnly = -1, bool kInt16HBlocks = false>
@@ -866,6 +868,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Int8 instances whose rows may read blocks only compile the int8 hand-offs (Params::attn_q, h_q;
   // h's not in the MLP half, with which it spilled); int16 ones only kInt16HBlocks's.
   static_assert(!kInt16HBlocks || (kInt16Activations && kPart == LayerPart::kWhole));
+  static_assert(kOnly != kWithQ5K || kInt16HBlocks);
   constexpr Handoff kHandoff = kInt16Activations                     ? (kInt16HBlocks ? Handoff::kInt16 : Handoff::kNone)
                                : kOnly < 0 || reads_blocks_only(kOnly) ? Handoff::kInt8
                                                                        : Handoff::kNone;

@@ -62,12 +62,31 @@ using int8_dot::dp4a;
 
 namespace pdvm::fused {
 
+// Q5_K chunk: the nibble words with their fifth bits (q5_k_fifth_bits' layout) as weight bytes
+// 0..31, elements 4k.. in lo[k] and 16 + 4k.. in hi[k].
+__device__ __forceinline__ void q5_k_bytes(uint4 w, uint32_t fifth, uint32_t (&lo)[4], uint32_t (&hi)[4]) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    lo[k] = (words[k] & 0x0f0f0f0fu) | ((fifth << (4 - k)) & 0x10101010u);
+    hi[k] = ((words[k] >> 4) & 0x0f0f0f0fu) | ((fifth >> k) & 0x10101010u);
+  }
+}
+
 // Chunk c of a quantized format against int16 activations (kInt16Acts): the exact integer sum
 // of weights times codes, as 256 x (against the codes' high bytes) + (against their low bytes),
-// then the block scales (and, for Q4_1, min x the block's code sum).
+// then the block scales (and, for Q4_1, Q4_K and Q5_K, min x the block's code sum). `fifth`: Q5_K's
+// fifth bits.
 template <int kBase>
-__device__ __forceinline__ float int16_chunk_value(uint4 w, float2 ws, int c, const Acts& acts) {
-  if constexpr (kBase == kFmtQ8_0 || kBase == kFmtQ6_K) {
+__device__ __forceinline__ float int16_chunk_value(uint4 w, float2 ws, int c, const Acts& acts, uint32_t fifth) {
+  if constexpr (kBase == kFmtQ5_K) {
+    const int4* high = reinterpret_cast<const int4*>(acts.q16_high + c * 32);
+    const uint4* low = reinterpret_cast<const uint4*>(acts.q16_low + c * 32);
+    uint32_t lo[4], hi[4];
+    q5_k_bytes(w, fifth, lo, hi);
+    const int sum = 256 * int8_dot::u8_chunk_dot(lo, hi, high[0], high[1]) + int8_dot::u8_chunk_dot(lo, hi, low[0], low[1]);
+    return acts.scale16[c] * (static_cast<float>(sum) * ws.x + static_cast<float>(acts.sum16[c]) * ws.y);
+  } else if constexpr (kBase == kFmtQ8_0 || kBase == kFmtQ6_K) {
     const int4 high = *reinterpret_cast<const int4*>(acts.q16_high + c * 16);
     const uint4 low = *reinterpret_cast<const uint4*>(acts.q16_low + c * 16);
     const int sum = 256 * int8_dot::q8_chunk_dot(w, high) + int8_dot::q8_chunk_dot(w, low);
@@ -87,9 +106,9 @@ __device__ __forceinline__ float int16_chunk_value(uint4 w, float2 ws, int c, co
 
 // Chunk c (16 bytes `w`; block scale ws.x and, for Q4_1, min ws.y) against the activations.
 template <int kFormat>
-__device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Acts& acts) {
+__device__ __forceinline__ float chunk_value(uint4 w, float2 ws, int c, const Acts& acts, uint32_t fifth) {
   if constexpr (kFormat != base_format(kFormat)) {
-    return int16_chunk_value<base_format(kFormat)>(w, ws, c, acts);
+    return int16_chunk_value<base_format(kFormat)>(w, ws, c, acts, fifth);
   } else if constexpr (kFormat == kFmtF16) {
     return dot8_f16(w, acts.x + c * 8);
   } else if constexpr (kFormat == kFmtBF16) {
@@ -152,6 +171,7 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
   for (int done = 0; done < total; done += kColumns) {
     uint4 w[kRows][kColumns];
     float2 ws[kRows][kColumns];
+    uint32_t fifth[kRows][kColumns];  // Q5_K only
 #pragma unroll
     for (int u = 0; u < kColumns; ++u) {
       const int c = load_column * 32 + lane;
@@ -166,6 +186,9 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
           ws[r][u] = make_float2(in ? q6_k_scale(refs[r].scales, c) : 0.0f, 0.0f);
         } else if constexpr (kBase == kFmtQ4_K) {
           ws[r][u] = in ? q4_k_scale_min(refs[r].scales, c) : make_float2(0, 0);
+        } else if constexpr (kBase == kFmtQ5_K) {
+          ws[r][u] = in ? q5_k_scale_min(refs[r].scales, c) : make_float2(0, 0);
+          fifth[r][u] = in ? q5_k_fifth_bits(refs[r].scales, c) : 0u;
         } else if constexpr (kBase == kFmtQ4_1) {
           ws[r][u] = in ? __half22float2(__ldg(reinterpret_cast<const __half2*>(refs[r].scales) + c)) : make_float2(0, 0);
         } else if constexpr (is_quantized_format(kBase)) {
@@ -200,7 +223,7 @@ __device__ __forceinline__ void warp_stream_items(int n_items, int n_chunks, con
               const uint4 table = __ldg(reinterpret_cast<const uint4*>(side[r]));
               acc[r] += upg_chunk_value(w[r][u], table, c, acts) * ws[r][u].x;
             } else {
-              acc[r] += chunk_value<kFormat>(w[r][u], ws[r][u], c, acts);
+              acc[r] += chunk_value<kFormat>(w[r][u], ws[r][u], c, acts, kBase == kFmtQ5_K ? fifth[r][u] : 0u);
             }
           }
         }

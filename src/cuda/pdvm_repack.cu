@@ -32,19 +32,23 @@ void split_simple_blocks(HostMatrix& out, const uint8_t* src, int64_t rows) {
   }
 }
 
-// Q4_K super-blocks -> nibbles in the Q4_0/Q4_1 byte layout, and a scale record per super-block
-// (kQ4KRecordHalves): the eight 6-bit (scale, min) pairs as bytes, d, and -dmin (d's and dmin's
-// f16 bits as they are, dmin's sign flipped), so x = (d * scale) q + (-dmin * min) exactly.
-void repack_q4_k(HostMatrix& out, const uint8_t* src, int64_t rows) {
+// Q4_K (and Q5_K) super-blocks -> nibbles in the Q4_0/Q4_1 byte layout, one 32-weight chunk per
+// sub-block, and a scale record per super-block (kQ4KRecordHalves): the eight 6-bit (scale, min)
+// pairs as bytes, d, and -dmin (d's and dmin's f16 bits as they are, dmin's sign flipped), so
+// x = (d * scale) q + (-dmin * min) exactly. Q5_K's records (kQ5KRecordHalves) go on with each
+// chunk's fifth bits as one 32-bit word in q5_k_fifth_bits' layout.
+void repack_k4_family(HostMatrix& out, const uint8_t* src, int64_t rows, bool fifth_bit) {
   const int supers = out.cols / kSuperBlock;
   const int stride = scale_stride_of(out.format, out.cols);
+  const int block_bytes = fifth_bit ? 176 : 144;
   for (int64_t r = 0; r < rows; ++r) {
     for (int s = 0; s < supers; ++s) {
-      const uint8_t* block = src + (r * supers + s) * 144;
+      const uint8_t* block = src + (r * supers + s) * block_bytes;
       uint16_t d, dmin;
       std::memcpy(&d, block, 2);
       std::memcpy(&dmin, block + 2, 2);
-      const uint8_t* qs = block + 16;
+      const uint8_t* qh = block + 16;
+      const uint8_t* qs = block + (fifth_bit ? 48 : 16);
       for (int sub = 0; sub < 8; ++sub) {
         int scale, min;
         reference::k4_scale_min(block + 4, sub, scale, min);
@@ -55,13 +59,22 @@ void repack_q4_k(HostMatrix& out, const uint8_t* src, int64_t rows) {
       for (int sub = 0; sub < 8; ++sub) {
         const uint8_t* q = qs + (sub / 2) * 32;
         const int shift = 4 * (sub % 2);
+        uint32_t fifth = 0;
         for (int i = 0; i < 16; ++i) {
           const int lo = (q[i] >> shift) & 0x0f, hi = (q[i + 16] >> shift) & 0x0f;
           out.data.push_back(static_cast<uint8_t>(lo | (hi << 4)));
+          // Element i (low nibble of byte i) and i + 16 (its high nibble): bits 8 (i % 4) + i / 4
+          // and 8 (i % 4) + 4 + i / 4.
+          fifth |= static_cast<uint32_t>((qh[i] >> sub) & 1) << (8 * (i % 4) + i / 4);
+          fifth |= static_cast<uint32_t>((qh[i + 16] >> sub) & 1) << (8 * (i % 4) + 4 + i / 4);
+        }
+        if (fifth_bit) {
+          out.scales.push_back(static_cast<uint16_t>(fifth & 0xffff));
+          out.scales.push_back(static_cast<uint16_t>(fifth >> 16));
         }
       }
     }
-    out.scales.resize(out.scales.size() + (stride - supers * kQ4KRecordHalves), 0);
+    out.scales.resize(out.scales.size() + (stride - supers * (fifth_bit ? kQ5KRecordHalves : kQ4KRecordHalves)), 0);
   }
 }
 
@@ -102,6 +115,7 @@ int format_of(TensorType type) {
     case TensorType::kQ4_0: return kFmtQ4_0;
     case TensorType::kQ4_1: return kFmtQ4_1;
     case TensorType::kQ4_K: return kFmtQ4_K;
+    case TensorType::kQ5_K: return kFmtQ5_K;
     case TensorType::kQ6_K: return kFmtQ6_K;
     case TensorType::kUpg3:
     case TensorType::kUpg4: return kFmtUpg;
@@ -114,6 +128,7 @@ bool is_quantized(int format) { return is_quantized_format(format); }
 int scales_per_row(int format, int cols) {
   if (!has_scale_stream(format)) return 0;
   if (format == kFmtQ4_K) return cols / kSuperBlock * kQ4KRecordHalves;
+  if (format == kFmtQ5_K) return cols / kSuperBlock * kQ5KRecordHalves;
   if (format == kFmtQ6_K) return cols / kSuperBlock * kQ6KRecordHalves;
   return cols / kQuantBlock * scale_halves(format);
 }
@@ -127,6 +142,7 @@ int row_bytes_of(int format, int cols) {
     case kFmtQ4_0:
     case kFmtQ4_1:
     case kFmtQ4_K:
+    case kFmtQ5_K:
     case kFmtUpg: return cols / 2;
     default: return cols * 2;
   }
@@ -151,7 +167,8 @@ void append_rows(HostMatrix& out, const FusedWeightView& w) {
     case TensorType::kBF16:
       out.data.insert(out.data.end(), src, src + static_cast<size_t>(w.rows) * row_bytes_of(format, out.cols));
       break;
-    case TensorType::kQ4_K: repack_q4_k(out, src, w.rows); break;
+    case TensorType::kQ4_K: repack_k4_family(out, src, w.rows, false); break;
+    case TensorType::kQ5_K: repack_k4_family(out, src, w.rows, true); break;
     case TensorType::kQ6_K: repack_q6_k(out, src, w.rows); break;
     default: split_simple_blocks(out, src, w.rows); break;
   }

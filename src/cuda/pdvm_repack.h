@@ -9,7 +9,8 @@
 
 namespace pdvm::fused {
 
-// Kernel format a GGUF type is repacked into (Q4_K -> Q4_1's nibbles with its own scale records,
+// Kernel format a GGUF type is repacked into (Q4_K, Q5_K -> Q4_1's nibbles with their own scale
+// records, Q5_K's with the fifth bits,
 // Q6_K -> int8 with its own scale records), or -1 when the fused kernels cannot run it.
 int format_of(TensorType type);
 bool is_quantized(int format);

@@ -37,6 +37,20 @@ __device__ __forceinline__ uint16_t random_scale_entry(const DevMatrix& m, uint6
     }
     return __half_as_ushort(__float2half_rn(j == 8 ? d : -8.0f * d));
   }
+  if (m.format == kFmtQ5_K) {
+    // Q4_K's records (see above) with dmin = 16 d, centring 5-bit quants; random fifth bits.
+    const int64_t row = i / m.scale_stride, in_row = i % m.scale_stride;
+    const int64_t super = row * m.scale_stride + in_row / kQ5KRecordHalves;
+    const int j = static_cast<int>(in_row % kQ5KRecordHalves);
+    const uint64_t r = mix64(seed ^ mix64(static_cast<uint64_t>(i)));
+    const float d = amplitude / (16.0f * 63.0f) * (0.5f + 0.5f * (uniform_pm1(seed ^ 0x5ca1e, super) + 1.0f));
+    if (j < 8) {
+      const int scale = 32 + static_cast<int>(r % 32);
+      return static_cast<uint16_t>(scale | (scale << 8));
+    }
+    if (j < 10) return __half_as_ushort(__float2half_rn(j == 8 ? d : -16.0f * d));
+    return static_cast<uint16_t>(r);
+  }
   if (m.format == kFmtQ6_K) {
     // Super-block records: int8 scales 64..127 and d so that a weight stays near `amplitude`.
     const int j = static_cast<int>(i % m.scale_stride % kQ6KRecordHalves);

@@ -1,7 +1,7 @@
 // The fused kernels' repack of quantized weights (src/cuda/pdvm_repack.cu), on the host: the
 // quants and scales it writes, read by the layouts pdvm_device.cuh documents (Q8_0/Q4_0/Q4_1: an
 // f16 scale, and Q4_1's min, per 32-block; kFmtQ4_K, kFmtQ6_K: one record of ten halves per
-// super-block of 256), give back the reference's dequantized weights bit for bit. Host code of
+// super-block of 256, kFmtQ5_K: Q4_K's record and the eight chunks' fifth-bit words), give back the reference's dequantized weights bit for bit. Host code of
 // the CUDA library: runs without a GPU.
 #include <gtest/gtest.h>
 
@@ -27,7 +27,7 @@ struct Quantized {
 
 // Random rows of heavy-tailed weights (a few large ones per row) quantized by the reference.
 Quantized quantize_rows(TensorType type, int rows, int cols) {
-  const int block = type == TensorType::kQ4_K || type == TensorType::kQ6_K ? kSuperBlock : 32;
+  const int block = type_info(type).block_elems;
   std::vector<float> x = test::random_floats(static_cast<size_t>(rows) * cols, 0.05f);
   std::uniform_int_distribution<size_t> pick(0, x.size() - 1);
   for (int i = 0; i < rows; ++i) x[pick(test::rng())] *= 40.0f;
@@ -79,27 +79,38 @@ TEST(FusedRepack, SimpleBlocksSplitIntoQuantsAndScales) {
   }
 }
 
-TEST(FusedRepack, Q4KRecordsGiveTheReferenceWeightsExactly) {
+TEST(FusedRepack, Q4KAndQ5KRecordsGiveTheReferenceWeightsExactly) {
   std::uniform_int_distribution<int> supers(1, 6);
-  const int rows = 7, cols = kSuperBlock * supers(test::rng());
-  const Quantized q = quantize_rows(TensorType::kQ4_K, rows, cols);
-  const HostMatrix m = repack(TensorType::kQ4_K, rows, cols, q);
-  ASSERT_EQ(m.data.size(), static_cast<size_t>(rows) * cols / 2);
-  EXPECT_EQ(scales_per_row(m.format, cols), cols / kSuperBlock * kRecordHalves);
-  const int stride = scale_stride_of(m.format, cols);
-  for (int r = 0; r < rows; ++r) {
-    for (int e = 0; e < cols; ++e) {
-      // Q4_1's nibbles: byte i of a 32-block holds element i (low) and i + 16 (high).
-      const int block = e / 32, in_block = e % 32;
-      const uint8_t byte = m.data[static_cast<size_t>(r) * cols / 2 + block * 16 + in_block % 16];
-      const int quant = in_block < 16 ? byte & 15 : byte >> 4;
-      // The record: eight (scale | min << 8) pairs, d, -dmin.
-      const uint16_t* record = m.scales.data() + static_cast<size_t>(r) * stride + block / 8 * kRecordHalves;
-      const uint16_t pair = record[block % 8];
-      const float scale = fp16_to_fp32(record[8]) * static_cast<float>(pair & 0xff);
-      const float min = fp16_to_fp32(record[9]) * static_cast<float>(pair >> 8);
-      ASSERT_EQ(scale * static_cast<float>(quant) + min, q.values[static_cast<size_t>(r) * cols + e])
-          << "row " << r << ", element " << e;
+  for (TensorType type : {TensorType::kQ4_K, TensorType::kQ5_K}) {
+    const bool fifth_bit = type == TensorType::kQ5_K;
+    const int record_halves = kRecordHalves + (fifth_bit ? 16 : 0);
+    const int rows = 7, cols = kSuperBlock * supers(test::rng());
+    const Quantized q = quantize_rows(type, rows, cols);
+    const HostMatrix m = repack(type, rows, cols, q);
+    ASSERT_EQ(m.data.size(), static_cast<size_t>(rows) * cols / 2);
+    EXPECT_EQ(scales_per_row(m.format, cols), cols / kSuperBlock * record_halves);
+    const int stride = scale_stride_of(m.format, cols);
+    for (int r = 0; r < rows; ++r) {
+      for (int e = 0; e < cols; ++e) {
+        // Q4_1's nibbles: byte i of a 32-block holds element i (low) and i + 16 (high).
+        const int block = e / 32, in_block = e % 32;
+        const uint8_t byte = m.data[static_cast<size_t>(r) * cols / 2 + block * 16 + in_block % 16];
+        int quant = in_block < 16 ? byte & 15 : byte >> 4;
+        // The record: eight (scale | min << 8) pairs, d, -dmin; Q5_K: then one 32-bit word of fifth
+        // bits per 32-block, bit 8 (i % 4) + i / 4 for element i < 16, 8 (i % 4) + 4 + (i - 16) / 4 after.
+        const uint16_t* record = m.scales.data() + static_cast<size_t>(r) * stride + block / 8 * record_halves;
+        if (fifth_bit) {
+          const uint32_t word = record[kRecordHalves + 2 * (block % 8)] |
+                                static_cast<uint32_t>(record[kRecordHalves + 2 * (block % 8) + 1]) << 16;
+          const int bit = 8 * (in_block % 4) + (in_block < 16 ? in_block / 4 : 4 + (in_block - 16) / 4);
+          quant |= static_cast<int>((word >> bit) & 1) << 4;
+        }
+        const uint16_t pair = record[block % 8];
+        const float scale = fp16_to_fp32(record[8]) * static_cast<float>(pair & 0xff);
+        const float min = fp16_to_fp32(record[9]) * static_cast<float>(pair >> 8);
+        ASSERT_EQ(scale * static_cast<float>(quant) + min, q.values[static_cast<size_t>(r) * cols + e])
+            << type_name(type) << ", row " << r << ", element " << e;
+      }
     }
   }
 }

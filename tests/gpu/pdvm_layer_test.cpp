@@ -49,7 +49,8 @@ const Shape kShapes[] = {
 // 1e-3..1e-2 of relative error.
 double update_tolerance(TensorType type) {
   if (type == TensorType::kF16 || type == TensorType::kBF16) return 2e-4;
-  if (type == TensorType::kQ4_1 || type == TensorType::kQ4_K || type == TensorType::kQ6_K) return 5e-4;
+  if (type == TensorType::kQ4_1 || type == TensorType::kQ4_K || type == TensorType::kQ5_K || type == TensorType::kQ6_K)
+    return 5e-4;
   return 3e-2;
 }
 
@@ -93,7 +94,8 @@ INSTANTIATE_TEST_SUITE_P(
     AllTypes, FusedLayerTest,
     ::testing::Combine(::testing::Range(0, static_cast<int>(std::size(kShapes))),
                        ::testing::Values(TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
-                                         TensorType::kQ4_1, TensorType::kQ4_K, TensorType::kQ6_K, TensorType::kUpg4,
+                                         TensorType::kQ4_1, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K,
+                                         TensorType::kUpg4,
                                          TensorType::kUpg3)),
     [](const auto& test_info) {
       return std::string(kShapes[std::get<0>(test_info.param)].name) + "_" +
@@ -146,7 +148,7 @@ TEST(FusedLayer, QuantizedHandoffOfHMatchesCpuReference) {
   setenv("PDVM_FUSED_H_BLOCKS", "1", 1);
   for (const Shape& shape : kShapes) {
     for (TensorType type : {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1, TensorType::kQ4_K,
-                            TensorType::kQ6_K}) {
+                            TensorType::kQ5_K, TensorType::kQ6_K}) {
       SCOPED_TRACE(std::string(shape.name) + ", " + std::string(type_name(type)));
       test::RefModel ref(shape.config, type, true);
       const FusedDecoder decoder(ref.view());

@@ -90,6 +90,10 @@ TEST(FusedModel, GqaQ4MatchesReference) { check_against_reference(small_config(8
 TEST(FusedModel, MhaQ4_1MatchesReference) { check_against_reference(small_config(4, 4), TensorType::kQ4_1, true); }
 // K-quants need rows of whole 256-element super-blocks.
 TEST(FusedModel, GqaQ4KMatchesReference) { check_against_reference(small_config(8, 2, 768), TensorType::kQ4_K, false); }
+// Q5_K_M-style mix: attn_v and ffn_down in Q6_K, the rest Q5_K (the Q5_K instance).
+TEST(FusedModel, MixedQ5KQ6KMatchesReference) {
+  check_against_reference(small_config(8, 2, 768), TensorType::kQ5_K, true, TensorType::kQ6_K);
+}
 // Q4_K_M-style mix: attn_v and ffn_down in Q6_K, the rest Q4_K.
 TEST(FusedModel, MixedQ4KQ6KMatchesReference) {
   check_against_reference(small_config(8, 2, 768), TensorType::kQ4_K, false, TensorType::kQ6_K);
@@ -152,6 +156,8 @@ TEST(FusedModel, KernelInstanceFollowsTheFormats) {
   EXPECT_EQ(from_gguf(config, TensorType::kF16, true, TensorType::kQ8_0)->kernel_instance(), "generic");
   EXPECT_EQ(from_gguf(small_config(8, 2, 768), TensorType::kQ4_0, false, TensorType::kQ6_K)->kernel_instance(),
             "generic, int16 activations");
+  EXPECT_EQ(from_gguf(small_config(8, 2, 768), TensorType::kQ5_K, false, TensorType::kQ6_K)->kernel_instance(),
+            "generic, int16 activations, q5_k");
   // The head does not decide the activations (llama.cpp's Q4_0 files).
   const auto q6k_head = from_gguf(config, TensorType::kQ4_0, false, std::nullopt, TensorType::kQ6_K);
   EXPECT_EQ(q6k_head->kernel_instance(), "generic");

@@ -36,7 +36,7 @@ TEST(GpuMode, ExplicitModesFallBackOnlyToUnfused) {
 }
 
 TEST(GpuMode, Int16ActivationTypesAreTheRealCheckpointQuants) {
-  for (TensorType t : {TensorType::kQ4_1, TensorType::kQ4_K, TensorType::kQ6_K})
+  for (TensorType t : {TensorType::kQ4_1, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K})
     EXPECT_TRUE(fused_int16_activation_type(t)) << type_name(t);
   for (TensorType t : {TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kUpg4})
     EXPECT_FALSE(fused_int16_activation_type(t)) << type_name(t);
