@@ -114,6 +114,11 @@ TEST(FusedModel, Q4_0WithTiedQ6KHeadMatchesReference) {
   check_against_reference(small_config(4, 2), TensorType::kQ4_0, true, std::nullopt, TensorType::kQ6_K);
 }
 
+// A Q5_K head runs in the Q5_K instance only, which puts the whole model on int16 activations.
+TEST(FusedModel, Q4_0WithQ5KHeadMatchesReference) {
+  check_against_reference(small_config(8, 2), TensorType::kQ4_0, false, std::nullopt, TensorType::kQ5_K);
+}
+
 TEST(FusedModel, GqaQ6KMatchesReference) { check_against_reference(small_config(8, 2, 768), TensorType::kQ6_K, true); }
 TEST(FusedModel, Bf16MatchesReference) { check_against_reference(small_config(4, 2), TensorType::kBF16, true); }
 
@@ -162,6 +167,10 @@ TEST(FusedModel, KernelInstanceFollowsTheFormats) {
   const auto q6k_head = from_gguf(config, TensorType::kQ4_0, false, std::nullopt, TensorType::kQ6_K);
   EXPECT_EQ(q6k_head->kernel_instance(), "generic");
   EXPECT_FALSE(q6k_head->int16_activations());
+  // A Q5_K head does: only the Q5_K instance reads it.
+  const auto q5k_head = from_gguf(config, TensorType::kQ4_0, false, std::nullopt, TensorType::kQ5_K);
+  EXPECT_EQ(q5k_head->kernel_instance(), "generic, int16 activations, q5_k");
+  EXPECT_TRUE(q5k_head->int16_activations());
 }
 
 // The hand-offs quantize the same floats by the same rule as the CTAs that read them would: forcing
