@@ -22,12 +22,13 @@ __global__ void __launch_bounds__(kThreads, 1) all_reduce_only_kernel(const __gr
 }
 
 // A kernel instance and what names it: a single-format instance's format (-1 for the generic
-// ones), the activation kind and the layer part.
+// ones), the activation kind, and what else sets it apart (the layer part for tensor
+// parallelism, or a specialized whole-layer instance's feature).
 struct Instance {
   FusedKernel kernel;
   int format;
   bool int16_activations;
-  const char* part;  // nullptr: whole layers (or what sets a whole-layer instance apart)
+  const char* variant;  // nullptr: the plain whole-layer instance
 };
 
 template <bool kInt16Activations>
@@ -89,7 +90,7 @@ std::string fused_kernel_name(const Params& p, int flags) {
   const Instance instance = choose_instance(p, flags);
   std::string name = instance.format >= 0 ? std::string(single_format_name(instance.format)) + " only" : "generic";
   if (instance.int16_activations) name += ", int16 activations";
-  if (instance.part) name += std::string(", ") + instance.part;
+  if (instance.variant) name += std::string(", ") + instance.variant;
   return name;
 }
 
