@@ -51,7 +51,8 @@ PDVM_REGISTER_COMMAND("convert", "re-quantize a GGUF model to another weight typ
   auto opt = std::make_shared<Options>();
   app.add_option("input", opt->input, "input .gguf")->required();
   app.add_option("output", opt->output, "output .gguf (written through a temporary file)")->required();
-  app.add_option("--type", opt->type, "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, upg4 or upg3")->required();
+  app.add_option("--type", opt->type, "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k, upg4 or upg3")
+      ->required();
   app.add_option("--outliers", opt->outliers,
                  "UPG: fraction of each row kept as f16 outliers (default 0 at upg4, 0.0035 at upg3)")
       ->check(CLI::Range(0.0, 0.49));

@@ -355,7 +355,7 @@ __device__ __forceinline__ float matrix_element(const DevMatrix& m, int row, int
         return scale_min.x * static_cast<float>(q) + scale_min.y;
       } else if constexpr (kFormat == kFmtQ5_K) {
         const float2 scale_min = q5_k_scale_min(row_scales, chunk);
-        const int bit = in_block < 16 ? 8 * (in_block % 4) + in_block / 4 : 8 * (in_block % 4) + 4 + (in_block - 16) / 4;
+        const int bit = 8 * (in_block % 4) + (in_block < 16 ? in_block / 4 : 4 + (in_block - 16) / 4);
         const int q5 = q | static_cast<int>((q5_k_fifth_bits(row_scales, chunk) >> bit) & 1) << 4;
         return scale_min.x * static_cast<float>(q5) + scale_min.y;
       }

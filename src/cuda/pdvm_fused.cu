@@ -278,7 +278,8 @@ struct FusedDecoder::Impl {
   void finish_layers() {
     if (params.int16_activations) {
       for (DevLayer& layer : layers) {
-        for (DevMatrix* w : {&layer.qk, &layer.v, &layer.wo, &layer.gate, &layer.up, &layer.down}) use_int16_activations(*w);
+        for (DevMatrix* w : {&layer.qk, &layer.v, &layer.wo, &layer.gate, &layer.up, &layer.down})
+          use_int16_activations(*w);
       }
       use_int16_activations(params.token_embd);
       use_int16_activations(params.output);
@@ -301,7 +302,8 @@ struct FusedDecoder::Impl {
     }
     params.with_q5_k = q5_k;
     bool attention_blocks = config.head_dim % 32 == 0 && !params.int16_activations;  // see Params::attn_q
-    for (const DevLayer& layer : layers) attention_blocks = attention_blocks && fused::reads_blocks_only(layer.wo.format);
+    for (const DevLayer& layer : layers)
+      attention_blocks = attention_blocks && fused::reads_blocks_only(layer.wo.format);
     if (attention_blocks) params.attn_q = alloc_quant_vector(static_cast<size_t>(config.n_head) * config.head_dim);
     if (h_blocks()) params.h_q = alloc_quant_vector(config.n_ff);
     auto* d = alloc<DevLayer>(layers.size());

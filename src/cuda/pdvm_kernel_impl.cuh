@@ -850,9 +850,10 @@ __device__ __forceinline__ void tp_all_reduce_rows(const Params& p, int slot, in
 enum class LayerPart { kWhole, kAttentionHalf, kMlpHalf, kWholeAllReduce };
 
 // kOnly >= 0: an instance for models whose every matrix has that format (Params::single_format),
-// which compiles that format's loops only; -1: every format; kWithQ5K: every int16 format and Q5_K. kInt16HBlocks: the int16 instance
-// that hands h over as int16 blocks; the other int16 instances compile no hand-off (added code
-// cost shapes without one 2-4 %, docs/perf-notes.md session 20).
+// which compiles that format's loops only; -1: every format; kWithQ5K: every int16 format and
+// Q5_K. kInt16HBlocks: the int16 instance that hands h over as int16 blocks; the other int16
+// instances compile no hand-off (added code cost shapes without one 2-4 %, docs/perf-notes.md
+// session 20).
 template <bool kInt16Activations, LayerPart kPart, int kOnly = -1, bool kInt16HBlocks = false>
 __global__ void __launch_bounds__(kThreads, 1)
     fused_decode_kernel(const __grid_constant__ Params p, int layer_begin, int layer_end, int flags) {
@@ -869,7 +870,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // h's not in the MLP half, with which it spilled); int16 ones only kInt16HBlocks's.
   static_assert(!kInt16HBlocks || (kInt16Activations && kPart == LayerPart::kWhole));
   static_assert(kOnly != kWithQ5K || kInt16HBlocks);
-  constexpr Handoff kHandoff = kInt16Activations                     ? (kInt16HBlocks ? Handoff::kInt16 : Handoff::kNone)
+  constexpr Handoff kInt16Handoff = kInt16HBlocks ? Handoff::kInt16 : Handoff::kNone;
+  constexpr Handoff kHandoff = kInt16Activations                     ? kInt16Handoff
                                : kOnly < 0 || reads_blocks_only(kOnly) ? Handoff::kInt8
                                                                        : Handoff::kNone;
   constexpr bool kAttentionBlocks = kHandoff == Handoff::kInt8;

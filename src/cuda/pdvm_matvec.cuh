@@ -84,7 +84,8 @@ __device__ __forceinline__ float int16_chunk_value(uint4 w, float2 ws, int c, co
     const uint4* low = reinterpret_cast<const uint4*>(acts.q16_low + c * 32);
     uint32_t lo[4], hi[4];
     q5_k_bytes(w, fifth, lo, hi);
-    const int sum = 256 * int8_dot::u8_chunk_dot(lo, hi, high[0], high[1]) + int8_dot::u8_chunk_dot(lo, hi, low[0], low[1]);
+    const int sum =
+        256 * int8_dot::u8_chunk_dot(lo, hi, high[0], high[1]) + int8_dot::u8_chunk_dot(lo, hi, low[0], low[1]);
     return acts.scale16[c] * (static_cast<float>(sum) * ws.x + static_cast<float>(acts.sum16[c]) * ws.y);
   } else if constexpr (kBase == kFmtQ8_0 || kBase == kFmtQ6_K) {
     const int4 high = *reinterpret_cast<const int4*>(acts.q16_high + c * 16);

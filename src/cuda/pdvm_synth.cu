@@ -64,7 +64,8 @@ __device__ __forceinline__ uint16_t random_scale_entry(const DevMatrix& m, uint6
   const float max_quant = m.format == kFmtQ8_0 ? 127.0f : 8.0f;
   const float u = 0.5f * (uniform_pm1(seed ^ 0x5ca1e, i) + 1.0f);
   const bool is_min = m.format == kFmtQ4_1 && (i & 1);
-  return __half_as_ushort(__float2half_rn((is_min ? -amplitude : amplitude) * (0.5f + u) / (is_min ? 1.0f : max_quant)));
+  const float value = (is_min ? -amplitude : amplitude) * (0.5f + u) / (is_min ? 1.0f : max_quant);
+  return __half_as_ushort(__float2half_rn(value));
 }
 
 __global__ void fill_matrix_kernel(DevMatrix m, uint64_t seed, float amplitude) {

@@ -19,7 +19,8 @@ void register_decode_accelerator(DecodeAcceleratorFactory factory) {
 }
 
 bool fused_int16_activation_type(TensorType type) {
-  return type == TensorType::kQ4_1 || type == TensorType::kQ4_K || type == TensorType::kQ5_K || type == TensorType::kQ6_K;
+  return type == TensorType::kQ4_1 || type == TensorType::kQ4_K || type == TensorType::kQ5_K ||
+         type == TensorType::kQ6_K;
 }
 
 bool fused_activations_follow(std::string_view tensor_name) { return tensor_name.starts_with("blk."); }

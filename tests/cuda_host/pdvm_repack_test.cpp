@@ -1,8 +1,9 @@
 // The fused kernels' repack of quantized weights (src/cuda/pdvm_repack.cu), on the host: the
 // quants and scales it writes, read by the layouts pdvm_device.cuh documents (Q8_0/Q4_0/Q4_1: an
 // f16 scale, and Q4_1's min, per 32-block; kFmtQ4_K, kFmtQ6_K: one record of ten halves per
-// super-block of 256, kFmtQ5_K: Q4_K's record and the eight chunks' fifth-bit words), give back the reference's dequantized weights bit for bit. Host code of
-// the CUDA library: runs without a GPU.
+// super-block of 256, kFmtQ5_K: Q4_K's record and the eight chunks' fifth-bit words), give back
+// the reference's dequantized weights bit for bit. Host code of the CUDA library: runs without a
+// GPU.
 #include <gtest/gtest.h>
 
 #include <cstdint>
