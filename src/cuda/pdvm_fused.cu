@@ -273,33 +273,30 @@ struct FusedDecoder::Impl {
     footprint.kv_bytes_per_position = static_cast<uint64_t>(c.n_layer) * 2 * c.n_head_kv * c.head_dim * 2;
   }
 
+  // fn(matrix) for the embedding, the head and every layer matrix.
+  template <class Fn>
+  void for_each_matrix(Fn&& fn) {
+    fn(params.token_embd);
+    fn(params.output);
+    for (DevLayer& layer : layers) {
+      for (DevMatrix* m : {&layer.qk, &layer.v, &layer.wo, &layer.gate, &layer.up, &layer.down}) fn(*m);
+    }
+  }
+
   // Runs once the constructor has uploaded or synthesized every matrix and set
   // params.int16_activations.
   void finish_layers() {
-    if (params.int16_activations) {
-      for (DevLayer& layer : layers) {
-        for (DevMatrix* w : {&layer.qk, &layer.v, &layer.wo, &layer.gate, &layer.up, &layer.down})
-          use_int16_activations(*w);
-      }
-      use_int16_activations(params.token_embd);
-      use_int16_activations(params.output);
-    }
+    if (params.int16_activations) for_each_matrix([](DevMatrix& m) { use_int16_activations(m); });
     for (DevLayer& layer : layers) {
       for (DevMatrix* m : {&layer.wo, &layer.down}) m->parts_log2 = fused::row_parts_log2(m->format, m->rows, m->row_bytes, grid);
     }
     int format = params.token_embd.format;
-    for (const DevMatrix* m : {&params.token_embd, &params.output}) format = m->format == format ? format : -1;
-    for (const DevLayer& layer : layers) {
-      for (const DevMatrix* m : {&layer.qk, &layer.v, &layer.wo, &layer.gate, &layer.up, &layer.down})
-        format = m->format == format ? format : -1;
-    }
+    bool q5_k = false;
+    for_each_matrix([&](const DevMatrix& m) {
+      format = m.format == format ? format : -1;
+      q5_k = q5_k || fused::base_format(m.format) == fused::kFmtQ5_K;
+    });
     params.single_format = format;
-    bool q5_k = fused::base_format(params.token_embd.format) == fused::kFmtQ5_K ||
-                fused::base_format(params.output.format) == fused::kFmtQ5_K;
-    for (const DevLayer& layer : layers) {
-      for (const DevMatrix* m : {&layer.qk, &layer.v, &layer.wo, &layer.gate, &layer.up, &layer.down})
-        q5_k = q5_k || fused::base_format(m->format) == fused::kFmtQ5_K;
-    }
     params.with_q5_k = q5_k;
     bool attention_blocks = config.head_dim % 32 == 0 && !params.int16_activations;  // see Params::attn_q
     for (const DevLayer& layer : layers)

@@ -1,6 +1,6 @@
 // The fused kernel's single-format instances (see kSingleFormats), the int16 one with h's
-// hand-off and the Q5_K one, compiled apart from the generic ones in pdvm_kernel.cu so that the two halves build in
-// parallel.
+// hand-off and the Q5_K one, compiled apart from the generic ones in pdvm_kernel.cu so that the
+// two halves build in parallel.
 
 #include "cuda/pdvm_kernel_impl.cuh"
 

@@ -63,10 +63,12 @@ void repack_k4_family(HostMatrix& out, const uint8_t* src, int64_t rows, bool fi
         for (int i = 0; i < 16; ++i) {
           const int lo = (q[i] >> shift) & 0x0f, hi = (q[i + 16] >> shift) & 0x0f;
           out.data.push_back(static_cast<uint8_t>(lo | (hi << 4)));
-          // Element i (low nibble of byte i) and i + 16 (its high nibble): bits 8 (i % 4) + i / 4
-          // and 8 (i % 4) + 4 + i / 4.
-          fifth |= static_cast<uint32_t>((qh[i] >> sub) & 1) << (8 * (i % 4) + i / 4);
-          fifth |= static_cast<uint32_t>((qh[i + 16] >> sub) & 1) << (8 * (i % 4) + 4 + i / 4);
+          if (fifth_bit) {
+            // Element i (low nibble of byte i) and i + 16 (its high nibble): bits 8 (i % 4) + i / 4
+            // and 8 (i % 4) + 4 + i / 4.
+            fifth |= static_cast<uint32_t>((qh[i] >> sub) & 1) << (8 * (i % 4) + i / 4);
+            fifth |= static_cast<uint32_t>((qh[i + 16] >> sub) & 1) << (8 * (i % 4) + 4 + i / 4);
+          }
         }
         if (fifth_bit) {
           out.scales.push_back(static_cast<uint16_t>(fifth & 0xffff));
@@ -74,7 +76,7 @@ void repack_k4_family(HostMatrix& out, const uint8_t* src, int64_t rows, bool fi
         }
       }
     }
-    out.scales.resize(out.scales.size() + (stride - supers * (fifth_bit ? kQ5KRecordHalves : kQ4KRecordHalves)), 0);
+    out.scales.resize(out.scales.size() + (stride - scales_per_row(out.format, out.cols)), 0);
   }
 }
 
@@ -101,7 +103,7 @@ void repack_q6_k(HostMatrix& out, const uint8_t* src, int64_t rows) {
         out.data.push_back(static_cast<uint8_t>(static_cast<int8_t>((low | (high << 4)) - 32)));
       }
     }
-    out.scales.resize(out.scales.size() + (stride - supers * kQ6KRecordHalves), 0);
+    out.scales.resize(out.scales.size() + (stride - scales_per_row(out.format, out.cols)), 0);
   }
 }
 

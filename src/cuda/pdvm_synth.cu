@@ -24,31 +24,23 @@ __device__ __forceinline__ float uniform_pm1(uint64_t seed, uint64_t index) {
 
 // Entry i (16 bits) of a random scale stream for m's format.
 __device__ __forceinline__ uint16_t random_scale_entry(const DevMatrix& m, uint64_t seed, float amplitude, int64_t i) {
-  if (m.format == kFmtQ4_K) {
-    // Super-block records: scales 32..63 with mins equal to them and dmin = 8 d, so a weight is
-    // d * scale * (q - 8), centred as Q4_0's.
+  if (m.format == kFmtQ4_K || m.format == kFmtQ5_K) {
+    // Super-block records: scales 32..63 with mins equal to them and dmin = centre d, so a weight
+    // is d * scale * (q - centre), centred as Q4_0's (Q4_K: 8, Q5_K: 16); Q5_K's fifth-bit words
+    // random.
+    const bool q5 = m.format == kFmtQ5_K;
+    const int record = q5 ? kQ5KRecordHalves : kQ4KRecordHalves;
+    const float centre = q5 ? 16.0f : 8.0f;
     const int64_t row = i / m.scale_stride, in_row = i % m.scale_stride;
-    const int64_t super = row * m.scale_stride + in_row / kQ4KRecordHalves;  // one draw per record
-    const int j = static_cast<int>(in_row % kQ4KRecordHalves);
-    const float d = amplitude / (8.0f * 63.0f) * (0.5f + 0.5f * (uniform_pm1(seed ^ 0x5ca1e, super) + 1.0f));
-    if (j < 8) {
-      const int scale = 32 + static_cast<int>(mix64(seed ^ mix64(static_cast<uint64_t>(i))) % 32);
-      return static_cast<uint16_t>(scale | (scale << 8));
-    }
-    return __half_as_ushort(__float2half_rn(j == 8 ? d : -8.0f * d));
-  }
-  if (m.format == kFmtQ5_K) {
-    // Q4_K's records (see above) with dmin = 16 d, centring 5-bit quants; random fifth bits.
-    const int64_t row = i / m.scale_stride, in_row = i % m.scale_stride;
-    const int64_t super = row * m.scale_stride + in_row / kQ5KRecordHalves;
-    const int j = static_cast<int>(in_row % kQ5KRecordHalves);
+    const int64_t super = row * m.scale_stride + in_row / record;  // one draw per record
+    const int j = static_cast<int>(in_row % record);
     const uint64_t r = mix64(seed ^ mix64(static_cast<uint64_t>(i)));
-    const float d = amplitude / (16.0f * 63.0f) * (0.5f + 0.5f * (uniform_pm1(seed ^ 0x5ca1e, super) + 1.0f));
+    const float d = amplitude / (centre * 63.0f) * (0.5f + 0.5f * (uniform_pm1(seed ^ 0x5ca1e, super) + 1.0f));
     if (j < 8) {
       const int scale = 32 + static_cast<int>(r % 32);
       return static_cast<uint16_t>(scale | (scale << 8));
     }
-    if (j < 10) return __half_as_ushort(__float2half_rn(j == 8 ? d : -16.0f * d));
+    if (j < kQ4KRecordHalves) return __half_as_ushort(__float2half_rn(j == 8 ? d : -centre * d));
     return static_cast<uint16_t>(r);
   }
   if (m.format == kFmtQ6_K) {

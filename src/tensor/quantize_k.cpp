@@ -134,13 +134,14 @@ float search_scale_symmetric(int n, int nmax, const float* x, uint8_t* q) {
   return scale;
 }
 
-
 // Q4_K (kFifthBit false: 4-bit quants) and Q5_K (a fifth bit per quant in qh, bit `sub` of qh[l]
 // for element 32 sub + l): the same sub-block search (GGML's parameters for each) and the same
 // packed 6-bit scales and mins.
 template <bool kFifthBit>
 void quantize_k4_family(const float* x, uint8_t* block) {
   constexpr int kMaxQuant = kFifthBit ? 31 : 15;
+  constexpr float kSearchMin = kFifthBit ? -0.5f : -1.0f;  // GGML's sweep for each
+  constexpr int kSearchSteps = kFifthBit ? 15 : 20;
   uint8_t q[kQKK], q_try[32];
   float weights[32], scales[8], mins[8];
   float max_scale = 0, max_min = 0;
@@ -150,8 +151,8 @@ void quantize_k4_family(const float* x, uint8_t* block) {
     for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
     const float av_x = std::sqrt(sum_x2 / 32);
     for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xs[l]);
-    scales[j] = kFifthBit ? search_scale_min(32, kMaxQuant, xs, weights, q + 32 * j, &mins[j], q_try, -0.5f, 0.1f, 15)
-                          : search_scale_min(32, kMaxQuant, xs, weights, q + 32 * j, &mins[j], q_try, -1.0f, 0.1f, 20);
+    scales[j] =
+        search_scale_min(32, kMaxQuant, xs, weights, q + 32 * j, &mins[j], q_try, kSearchMin, 0.1f, kSearchSteps);
     if (scales[j] > max_scale) max_scale = scales[j];
     if (mins[j] > max_min) max_min = mins[j];
   }
