@@ -214,7 +214,11 @@ __device__ __forceinline__ float2 q5_k_scale_min(const __half* row_scales, int c
 }
 
 // Q5_K: the fifth bits of 32-weight `chunk`, laid out for the nibble words: bit 8b + k is element
-// 4k + b (k < 4, the low nibbles of word k) and bit 8b + 4 + k element 16 + 4k + b (its high ones).
+// 4k + b (k < 4, the low nibbles of word k) and bit 8b + 4 + k element 16 + 4k + b (its high ones),
+// so one shift and mask put word k's bits beside its nibbles (q5_k_bytes).
+__host__ __device__ constexpr int q5_k_fifth_bit(int element) {
+  return 8 * (element % 4) + (element < 16 ? element / 4 : 4 + (element - 16) / 4);
+}
 __device__ __forceinline__ uint32_t q5_k_fifth_bits(const __half* row_scales, int chunk) {
   const __half* record = row_scales + chunk / 8 * kQ5KRecordHalves;
   return __ldg(reinterpret_cast<const uint32_t*>(record + kQ4KRecordHalves) + chunk % 8);
@@ -355,8 +359,8 @@ __device__ __forceinline__ float matrix_element(const DevMatrix& m, int row, int
         return scale_min.x * static_cast<float>(q) + scale_min.y;
       } else if constexpr (kFormat == kFmtQ5_K) {
         const float2 scale_min = q5_k_scale_min(row_scales, chunk);
-        const int bit = 8 * (in_block % 4) + (in_block < 16 ? in_block / 4 : 4 + (in_block - 16) / 4);
-        const int q5 = q | static_cast<int>((q5_k_fifth_bits(row_scales, chunk) >> bit) & 1) << 4;
+        const int fifth = static_cast<int>((q5_k_fifth_bits(row_scales, chunk) >> q5_k_fifth_bit(in_block)) & 1);
+        const int q5 = q | fifth << 4;
         return scale_min.x * static_cast<float>(q5) + scale_min.y;
       }
       const __half* block_scales = row_scales + scale_offset(kFormat, chunk);

@@ -63,11 +63,9 @@ void repack_k4_family(HostMatrix& out, const uint8_t* src, int64_t rows, bool fi
         for (int i = 0; i < 16; ++i) {
           const int lo = (q[i] >> shift) & 0x0f, hi = (q[i + 16] >> shift) & 0x0f;
           out.data.push_back(static_cast<uint8_t>(lo | (hi << 4)));
-          if (fifth_bit) {
-            // Element i (low nibble of byte i) and i + 16 (its high nibble): bits 8 (i % 4) + i / 4
-            // and 8 (i % 4) + 4 + i / 4.
-            fifth |= static_cast<uint32_t>((qh[i] >> sub) & 1) << (8 * (i % 4) + i / 4);
-            fifth |= static_cast<uint32_t>((qh[i + 16] >> sub) & 1) << (8 * (i % 4) + 4 + i / 4);
+          if (fifth_bit) {  // element i is byte i's low nibble, element i + 16 its high one
+            fifth |= static_cast<uint32_t>((qh[i] >> sub) & 1) << q5_k_fifth_bit(i);
+            fifth |= static_cast<uint32_t>((qh[i + 16] >> sub) & 1) << q5_k_fifth_bit(i + 16);
           }
         }
         if (fifth_bit) {
